@@ -1,0 +1,296 @@
+"""``fedsegnet`` command line: data, eval, demo, job.
+
+    fedsegnet data synth --out DIR --sites 2 --cases 12 --size 48 --seed 0
+    fedsegnet data baseline --data DIR
+    fedsegnet eval --model FL_global_model.pt --data DIR/test [--json]
+    fedsegnet demo [--workdir W]
+    fedsegnet job set JOB --out DIR num_rounds=3 preset=tiny
+    fedsegnet job policy WORKSPACE/local
+    fedsegnet job simulate JOB -w WS -n 2 [--data-root DATA]
+
+Only this module prints. Errors of the FedSegNet family are shown as one message (exit code 2);
+anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+from fedsegnet.errors import FedSegNetError
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _cmd_data_synth(args) -> int:
+    from fedsegnet.data.synth import parse_corrupt, parse_site_style, synthesize
+
+    styles: dict[str, dict] = {}
+    for spec in args.style or []:
+        site, key, value = parse_site_style(spec)
+        styles.setdefault(site, {})[key] = value
+    corrupt = [parse_corrupt(spec) for spec in args.corrupt or []]
+    orientation = {}
+    for spec in args.orientation or []:
+        site, _, codes = spec.partition(":")
+        orientation[site] = codes
+    summary = synthesize(
+        args.out,
+        sites=args.sites,
+        cases=args.cases,
+        size=args.size,
+        seed=args.seed,
+        channels=args.channels,
+        test_cases=args.test_cases,
+        site_styles=styles or None,
+        corrupt=corrupt or None,
+        orientation=orientation or None,
+        progress=sys.stderr.isatty(),
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"wrote {args.sites} site(s) + test set to {Path(args.out).resolve()}")
+    return 0
+
+
+def _cmd_data_baseline(args) -> int:
+    from fedsegnet.data.synth import threshold_baseline
+
+    root = Path(args.data)
+    sites = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "test")
+    result = threshold_baseline(sites, root / "test")
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def _fmt(x, digits=3):
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
+
+
+def print_eval_table(summary: dict, title: str = "") -> None:
+    """Print an EvalResult summary (``to_dict()``) as a small table."""
+    if title:
+        print(title)
+    print(f"  {'class':<16}{'Dice':>8}{'HD95 mm':>10}   missing (pred / label / both)")
+    for name, row in summary["per_class"].items():
+        print(
+            f"  {str(name):<16}{_fmt(row.get('dice')):>8}{_fmt(row.get('hd95'), 2):>10}   "
+            f"{row.get('n_missing_pred', 0)} / {row.get('n_missing_label', 0)} / {row.get('n_both_empty', 0)}"
+        )
+    print(f"  {'mean':<16}{_fmt(summary['dice_mean']):>8}{_fmt(summary['hd95_mean'], 2):>10}   ({summary['n_cases']} cases)")
+
+
+def _cmd_eval(args) -> int:
+    from fedsegnet.training.site import evaluate_model_file
+
+    result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty())
+    summary = result.to_dict()
+    if args.json:
+        print(json.dumps({k: summary[k] for k in ("dice_mean", "hd95_mean", "per_class", "n_cases")}))
+    else:
+        print_eval_table(summary, f"{args.model} on {args.data} ({spec['network']}, preset {spec['preset']})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- job
+def _parse_values(pairs: list[str]) -> dict:
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise FedSegNetError(f"job arg {pair!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def _cmd_job_set(args) -> int:
+    from fedsegnet.flare.jobs import configure_job
+
+    dst = configure_job(args.job, args.out, **_parse_values(args.values))
+    print(f"job written to {dst}")
+    return 0
+
+
+def _cmd_job_policy(args) -> int:
+    from fedsegnet.flare.policy import write_site_policy
+
+    print(f"site policy written to {write_site_policy(args.local_dir)}")
+    return 0
+
+
+def _cmd_job_simulate(args) -> int:
+    from fedsegnet.flare.jobs import SimResults, SimulatorRun
+
+    run = SimulatorRun(args.job, args.workspace, args.n_clients, args.threads, data_root=args.data_root)
+    print(f"simulating {args.job} with {args.n_clients} site(s); log: {run.log_file}")
+    with run:
+        rc = run.wait(timeout=args.timeout or None)
+    res = SimResults(args.workspace)
+    print(f"simulator exit code {rc}; global model: {res.global_model}; TensorBoard: {res.tb_dir}")
+    return 0 if rc == 0 else 1
+
+
+# ---------------------------------------------------------------------------------------------- demo
+def _cmd_demo(args) -> int:
+    from fedsegnet.data.synth import synthesize
+    from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, repo_jobs_dir, wait_with_progress
+    from fedsegnet.training.site import evaluate_model_file
+
+    t0 = time.perf_counter()
+    work = Path(args.workdir).resolve()
+    data, job, ws = work / "data", work / "job" / "fedavg", work / "workspace"
+    print(f"[1/4] synthetic data: {args.sites} sites x {args.cases} cases, {args.size}^3 voxels -> {data}")
+    synthesize(
+        data, sites=args.sites, cases=args.cases, size=args.size, seed=args.seed, test_cases=args.test_cases
+    )
+    jobs = repo_jobs_dir()
+    job_args = dict(
+        num_rounds=args.rounds,
+        min_clients=args.sites,
+        preset=args.preset,
+        local_steps=args.local_steps,
+        seed=args.seed,
+        torch_threads=args.torch_threads,
+    )
+    if jobs is not None:
+        configure_job(jobs / "fedavg", job, **job_args)
+    else:  # installed from a wheel: the same job, generated by the Recipe
+        from fedsegnet.flare.recipe import FedSegNetFedAvgRecipe
+
+        FedSegNetFedAvgRecipe(name="fedavg", **job_args).export(str(job.parent))
+    if ws.exists():
+        import shutil
+
+        shutil.rmtree(ws)
+    print(f"[2/4] nvflare simulator: {args.rounds} rounds x {args.local_steps} local steps, preset {args.preset}")
+    print(f"      (FLARE log: {ws / 'simulator.log'})")
+    res = SimResults(ws)
+
+    def on_round(rec):
+        print(
+            f"      round {rec['round'] + 1}/{args.rounds}: val Dice of the received global model "
+            f"{_fmt(rec.get('val_dice_global'))}, of the local models {_fmt(rec.get('val_dice_local'))} "
+            f"({_fmt(rec.get('seconds'), 1)} s)",
+            flush=True,
+        )
+        for err in rec.get("errors", []):
+            print(f"      ERROR from {err['site']}: {err['message']}")
+
+    with SimulatorRun(job, ws, args.sites, args.sites, data_root=data) as run:
+        rc = wait_with_progress(run, res, args.rounds, timeout=args.timeout, on_round=on_round)
+    if rc != 0 or not res.global_model.exists():
+        print(f"simulator failed (exit code {rc}); see {run.log_file} and {res.server_log}", file=sys.stderr)
+        return 1
+    t_fl = time.perf_counter() - t0
+    print(f"[3/4] held-out test set ({data / 'test'}): global model after {args.rounds} rounds")
+    result, _ = evaluate_model_file(res.global_model, data / "test")
+    summary = result.to_dict()
+    print_eval_table(summary)
+    cross = res.read_cross_site()
+    if cross:
+        print("[4/4] cross-site evaluation (val Dice; rows: evaluating site, columns: model):")
+        models = sorted({m for row in cross.values() for m in row})
+        print("  " + " " * 10 + "".join(f"{m:>24}" for m in models))
+        for site, row in sorted(cross.items()):
+            cells = "".join(f"{_fmt((row.get(m) or {}).get('val_dice')):>24}" for m in models)
+            print(f"  {site:<10}{cells}")
+    total = time.perf_counter() - t0
+    print()
+    print(f"held-out mean Dice {_fmt(summary['dice_mean'])}, mean HD95 {_fmt(summary['hd95_mean'], 2)} mm")
+    print(f"time: {total:.0f} s in all ({t_fl:.0f} s data + federated training)")
+    print(f"global model:  {res.global_model}")
+    print(f"best model:    {res.best_model} (selected on the sites' validation Dice)")
+    print(f"per-round log: {res.records}")
+    print(f"TensorBoard:   tensorboard --logdir {res.tb_dir}")
+    (work / "demo_result.json").write_text(
+        json.dumps({"seconds": total, "test": summary, "rounds": res.read_records()}, indent=2)
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedsegnet", description="Federated 3D segmentation on NVIDIA FLARE")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="write synthetic multi-site NIfTI data")
+    s.add_argument("--out", required=True)
+    s.add_argument("--sites", type=int, default=2)
+    s.add_argument("--cases", type=int, default=12, help="cases per site (training + validation)")
+    s.add_argument("--size", type=int, default=48, help="volume edge in voxels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--channels", type=int, default=1, help="image channels (e.g. 4 like BraTS)")
+    s.add_argument("--test-cases", type=int, default=8)
+    s.add_argument("--style", action="append", help="per-site knob SITE:KEY:VALUE, e.g. site-2:intensity_scale:1.3")
+    s.add_argument("--corrupt", action="append", help="label corruption SITE:KIND:AMOUNT, e.g. site-3:label_noise:0.5")
+    s.add_argument("--orientation", action="append", help="store a site in other axes, e.g. site-2:LPS")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=_cmd_data_synth)
+    b = data.add_parser("baseline", help="Dice of a per-class intensity-threshold baseline")
+    b.add_argument("--data", required=True, help="folder with site-*/ and test/")
+    b.set_defaults(func=_cmd_data_baseline)
+
+    e = sub.add_parser("eval", help="evaluate a saved global model on a dataset.json folder")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", choices=("test", "validation", "training"))
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="synthetic sites -> nvflare simulator -> held-out evaluation")
+    d.add_argument("--workdir", default="fedsegnet-demo")
+    d.add_argument("--sites", type=int, default=2)
+    d.add_argument("--cases", type=int, default=12)
+    d.add_argument("--test-cases", type=int, default=8)
+    d.add_argument("--size", type=int, default=48)
+    d.add_argument("--rounds", type=int, default=6)
+    d.add_argument("--local-steps", type=int, default=40)
+    d.add_argument("--preset", default="cpu")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--torch-threads", type=int, default=1, help="torch threads per site")
+    d.add_argument("--timeout", type=float, default=1800)
+    d.set_defaults(func=_cmd_demo)
+
+    j = sub.add_parser("job", help="job folders").add_subparsers(dest="job_command", required=True)
+    js = j.add_parser("set", help="copy a job folder and set job args KEY=VALUE")
+    js.add_argument("job")
+    js.add_argument("--out", required=True)
+    js.add_argument("values", nargs="*")
+    js.set_defaults(func=_cmd_job_set)
+    jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json")
+    jp.add_argument("local_dir")
+    jp.set_defaults(func=_cmd_job_policy)
+    jr = j.add_parser("simulate", help="run a job in nvflare simulator (writes the site policy first)")
+    jr.add_argument("job")
+    jr.add_argument("-w", "--workspace", required=True)
+    jr.add_argument("-n", "--n-clients", type=int, default=2)
+    jr.add_argument("-t", "--threads", type=int, default=None)
+    jr.add_argument("--data-root")
+    jr.add_argument("--timeout", type=float, default=0)
+    jr.set_defaults(func=_cmd_job_simulate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FedSegNetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Typed settings built from job args: defaults and validation in one place.
+
+A *preset* bundles what belongs together for one kind of run (network, patch size, spacing,
+intensity normalisation, batch, optimiser, AMP). Job args pick a preset by name and may override a
+few fields; :func:`build_train_config` validates the result and names the bad field on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from fedsegnet.errors import ConfigError
+
+INTENSITY_MODES = ("zscore", "zscore_nonzero", "minmax")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings that make one kind of run work.
+
+    Args:
+        name: preset name.
+        network: network registry name (see :mod:`fedsegnet.networks`).
+        network_kwargs: extra constructor arguments for the network.
+        patch_size: training crop and sliding-window ROI, voxels (x, y, z).
+        spacing: target voxel spacing in mm after resampling (x, y, z).
+        intensity: normalisation: ``zscore`` (whole volume), ``zscore_nonzero`` (MRI brain-style,
+            statistics over non-zero voxels, per channel) or ``minmax`` (to [0, 1]).
+        batch_size: training crops per step.
+        num_samples: crops drawn per loaded volume (MONAI ``RandCropByPosNegLabeld``).
+        pos_fraction: share of crops centred on foreground.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        amp: mixed precision when CUDA is present (ignored on CPU).
+        sw_batch_size: windows per forward pass in sliding-window inference.
+        sw_overlap: sliding-window overlap in [0, 1).
+        cache_rate: share of the training set cached after deterministic transforms.
+        num_workers: DataLoader workers (0 = load in the main process).
+    """
+
+    name: str
+    network: str
+    network_kwargs: dict = field(default_factory=dict)
+    patch_size: tuple[int, int, int] = (32, 32, 32)
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    intensity: str = "zscore"
+    batch_size: int = 2
+    num_samples: int = 2
+    pos_fraction: float = 0.67
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    amp: bool = True
+    sw_batch_size: int = 4
+    sw_overlap: float = 0.25
+    cache_rate: float = 1.0
+    num_workers: int = 0
+
+
+PRESETS: dict[str, Preset] = {
+    # Unit and integration tests: a few seconds per round on one CPU core.
+    "tiny": Preset(
+        name="tiny",
+        network="hybrid_unetr",
+        network_kwargs={"channels": (8, 16, 32), "num_heads": 2, "num_layers": 1},
+        patch_size=(32, 32, 32),
+        batch_size=2,
+        num_samples=2,
+    ),
+    # The demo and CPU experiments: compact hybrid Transformer U-Net at 32^3 crops.
+    "cpu": Preset(
+        name="cpu",
+        network="hybrid_unetr",
+        network_kwargs={"channels": (16, 32, 64), "num_heads": 4, "num_layers": 2},
+        patch_size=(32, 32, 32),
+        batch_size=4,
+        num_samples=4,
+    ),
+    # GPU runs: MONAI SwinUNETR (the paper's Transformer U-Net) at 96^3 with AMP.
+    # 96 is divisible by 32 (5 patch-merging stages) and large enough for instance norm.
+    "gpu": Preset(
+        name="gpu",
+        network="swin_unetr",
+        network_kwargs={"feature_size": 48},
+        patch_size=(96, 96, 96),
+        spacing=(1.0, 1.0, 1.0),
+        batch_size=2,
+        num_samples=2,
+        lr=1e-4,
+        sw_batch_size=4,
+        sw_overlap=0.5,
+        num_workers=4,
+    ),
+    "gpu_unetr": Preset(
+        name="gpu_unetr",
+        network="unetr",
+        network_kwargs={"feature_size": 16, "hidden_size": 768},
+        patch_size=(96, 96, 96),
+        spacing=(1.0, 1.0, 1.0),
+        batch_size=2,
+        num_samples=2,
+        lr=1e-4,
+        sw_overlap=0.5,
+        num_workers=4,
+    ),
+    # CNN baseline on CPU.
+    "cpu_segresnet": Preset(
+        name="cpu_segresnet",
+        network="segresnet",
+        network_kwargs={"init_filters": 8},
+        patch_size=(32, 32, 32),
+        batch_size=4,
+        num_samples=4,
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Return the preset called ``name``.
+
+    Raises:
+        ConfigError: when no such preset exists.
+    """
+    if name not in PRESETS:
+        raise ConfigError("preset", name, "unknown preset", options=sorted(PRESETS))
+    return PRESETS[name]
+
+
+def _as_triple(name: str, value, kind):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = (value, value, value)
+    try:
+        triple = tuple(kind(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, f"must be a number or 3 numbers") from None
+    if len(triple) != 3 or any(v <= 0 for v in triple):
+        raise ConfigError(name, value, "must be 3 positive numbers")
+    return triple
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a site needs to train and evaluate: a preset plus job-level choices.
+
+    Args:
+        preset: the resolved preset (after overrides).
+        local_steps: optimiser steps per round at the site.
+        seed: base seed; the site adds its own offset so sites draw different crops.
+        val_max_cases: validate on at most this many validation cases (0 = all).
+        torch_threads: ``torch.set_num_threads`` value at the site (0 = leave torch's default).
+    """
+
+    preset: Preset
+    local_steps: int = 50
+    seed: int = 0
+    val_max_cases: int = 0
+    torch_threads: int = 0
+
+
+def build_train_config(
+    preset: str = "cpu",
+    local_steps: int = 50,
+    seed: int = 0,
+    network: str | None = None,
+    patch_size=None,
+    spacing=None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    amp: bool | None = None,
+    num_workers: int | None = None,
+    cache_rate: float | None = None,
+    val_max_cases: int = 0,
+    torch_threads: int = 0,
+) -> TrainConfig:
+    """Resolve a preset plus job-arg overrides into a validated :class:`TrainConfig`.
+
+    Args:
+        preset: preset name (see :data:`PRESETS`). Defaults to ``"cpu"``.
+        local_steps: optimiser steps per round, > 0. Defaults to 50.
+        seed: base random seed. Defaults to 0.
+        network: override the preset's network registry name. Defaults to None (keep).
+        patch_size: override the crop size (int or 3 ints). Defaults to None (keep).
+        spacing: override the target spacing in mm (number or 3 numbers). Defaults to None (keep).
+        lr: override the learning rate, > 0. Defaults to None (keep).
+        batch_size: override the batch size, > 0. Defaults to None (keep).
+        amp: override mixed precision. Defaults to None (keep).
+        num_workers: override DataLoader workers, >= 0. Defaults to None (keep).
+        cache_rate: override the cache share in [0, 1]. Defaults to None (keep).
+        val_max_cases: validation cases per evaluation, >= 0 (0 = all). Defaults to 0.
+        torch_threads: torch CPU threads, >= 0 (0 = torch default). Defaults to 0.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: naming the field, the bad value and the valid options.
+    """
+    base = get_preset(preset)
+    changes = {}
+    if network is not None:
+        from fedsegnet.networks import NETWORKS  # local import: networks import torch/monai
+
+        if network not in NETWORKS:
+            raise ConfigError("network", network, "unknown network", options=sorted(NETWORKS))
+        changes["network"] = network
+        if network != base.network:
+            changes["network_kwargs"] = {}
+    if patch_size is not None:
+        changes["patch_size"] = _as_triple("patch_size", patch_size, int)
+    if spacing is not None:
+        changes["spacing"] = _as_triple("spacing", spacing, float)
+    if lr is not None:
+        if not lr > 0:
+            raise ConfigError("lr", lr, "must be > 0")
+        changes["lr"] = float(lr)
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ConfigError("batch_size", batch_size, "must be >= 1")
+        changes["batch_size"] = int(batch_size)
+    if amp is not None:
+        changes["amp"] = bool(amp)
+    if num_workers is not None:
+        if int(num_workers) < 0:
+            raise ConfigError("num_workers", num_workers, "must be >= 0")
+        changes["num_workers"] = int(num_workers)
+    if cache_rate is not None:
+        if not 0.0 <= float(cache_rate) <= 1.0:
+            raise ConfigError("cache_rate", cache_rate, "must be in [0, 1]")
+        changes["cache_rate"] = float(cache_rate)
+    resolved = dataclasses.replace(base, **changes) if changes else base
+    if resolved.intensity not in INTENSITY_MODES:
+        raise ConfigError("intensity", resolved.intensity, "unknown mode", options=INTENSITY_MODES)
+    if int(local_steps) < 1:
+        raise ConfigError("local_steps", local_steps, "must be >= 1")
+    if int(val_max_cases) < 0:
+        raise ConfigError("val_max_cases", val_max_cases, "must be >= 0")
+    if int(torch_threads) < 0:
+        raise ConfigError("torch_threads", torch_threads, "must be >= 0")
+    return TrainConfig(
+        preset=resolved,
+        local_steps=int(local_steps),
+        seed=int(seed),
+        val_max_cases=int(val_max_cases),
+        torch_threads=int(torch_threads),
+    )

@@ -1,0 +1,219 @@
+"""Job folders: locate them, set their job args, run them in FLARE's simulator, find what a run left.
+
+Job args are the top-level variables of ``app/config/config_fed_{server,client}.json`` (FLARE
+substitutes ``"{name}"`` references with them); :func:`configure_job` copies a job folder and sets
+them in every config that declares them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
+from fedsegnet.flare.policy import write_site_policy
+
+CONFIG_FILES = ("config_fed_server.json", "config_fed_client.json")
+_STRUCTURE_KEYS = {"format_version", "workflows", "components", "executors", "task_result_filters", "task_data_filters"}
+
+
+def repo_jobs_dir() -> Path | None:
+    """``jobs/`` of a source checkout (editable install), or None when fedsegnet runs from a wheel."""
+    candidate = Path(__file__).resolve().parents[3] / "jobs"
+    return candidate if candidate.is_dir() else None
+
+
+def _config_paths(job_dir: Path) -> list[Path]:
+    paths = sorted(job_dir.glob("*/config/config_fed_*.json"))
+    if not paths:
+        raise FedSegNetError(f"{job_dir}: not a FLARE job folder (no */config/config_fed_*.json)")
+    return paths
+
+
+def job_args(job_dir: str | Path) -> dict:
+    """The job args (top-level config variables) of a job folder, merged over its configs."""
+    args = {}
+    for path in _config_paths(Path(job_dir)):
+        config = json.loads(path.read_text())
+        args.update({k: v for k, v in config.items() if k not in _STRUCTURE_KEYS})
+    return args
+
+
+def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
+    """Copy the job folder ``src`` to ``dst`` and set job args in every config that declares them.
+
+    ``min_clients`` is also written to ``meta.json``.
+
+    Args:
+        src: job folder to copy.
+        dst: destination folder (replaced if it exists).
+        **values: job args to set, e.g. ``num_rounds=3, preset="tiny"``.
+
+    Returns:
+        ``dst`` as a Path.
+
+    Raises:
+        ConfigError: a value names no job arg of ``src`` (the message lists the valid ones).
+    """
+    src, dst = Path(src), Path(dst)
+    known = job_args(src)
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(key, value, f"not a job arg of {src}", options=sorted(known))
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    for path in _config_paths(dst):
+        config = json.loads(path.read_text())
+        for key, value in values.items():
+            if key in config:
+                config[key] = list(value) if isinstance(value, tuple) else value
+        path.write_text(json.dumps(config, indent=2) + "\n")
+    meta_path = dst / "meta.json"
+    if "min_clients" in values and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta["min_clients"] = values["min_clients"]
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    return dst
+
+
+class SimulatorRun:
+    """A ``nvflare simulator`` process started for one job; stopped by its pid (process group).
+
+    Args:
+        job_dir: the job folder.
+        workspace: simulator workspace (created; a FedSegNet site policy is written to its ``local/``).
+        n_clients: number of sites ``site-1..site-N``.
+        threads: sites run in parallel. Defaults to ``n_clients``.
+        data_root: exported as ``FEDSEGNET_DATA_ROOT`` to the sites. Defaults to None (inherit).
+        log_file: where the simulator's output goes. Defaults to ``<workspace>/simulator.log``.
+    """
+
+    def __init__(self, job_dir, workspace, n_clients: int, threads: int | None = None, data_root=None, log_file=None):
+        self.job_dir = Path(job_dir)
+        self.workspace = Path(workspace)
+        self.n_clients = int(n_clients)
+        self.threads = int(threads or n_clients)
+        self.data_root = data_root
+        self.log_file = Path(log_file) if log_file else self.workspace / "simulator.log"
+        self.proc = None
+        self._log = None
+
+    def start(self) -> "SimulatorRun":
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        write_site_policy(self.workspace / "local")
+        env = dict(os.environ)
+        if self.data_root is not None:
+            env[DATA_ROOT_ENV] = str(Path(self.data_root).resolve())
+        cmd = [
+            sys.executable, "-m", "nvflare.cli", "simulator", str(self.job_dir),
+            "-w", str(self.workspace), "-n", str(self.n_clients), "-t", str(self.threads),
+        ]  # fmt: skip
+        self._log = open(self.log_file, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        return self
+
+    def poll(self):
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the simulator to end; on timeout stop it and raise FedSegNetError."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise FedSegNetError(f"simulator did not finish within {timeout} s; log: {self.log_file}") from None
+        finally:
+            if self.proc.poll() is not None and self._log:
+                self._log.close()
+
+    def stop(self, grace: float = 10.0):
+        """Stop the simulator and everything it started (its own process group), by pid."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+        if self._log:
+            self._log.close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class SimResults:
+    """Where a simulator run left its results (server side)."""
+
+    def __init__(self, workspace: str | Path):
+        self.workspace = Path(workspace)
+        self.job_root = self.workspace / "server" / "simulate_job"
+        self.app = self.job_root / "app_server"
+
+    @property
+    def global_model(self) -> Path:
+        return self.app / "FL_global_model.pt"
+
+    @property
+    def best_model(self) -> Path:
+        return self.app / "best_FL_global_model.pt"
+
+    @property
+    def cross_site(self) -> Path:
+        return self.job_root / "cross_site_val" / "cross_val_results.json"
+
+    @property
+    def tb_dir(self) -> Path:
+        return self.job_root / "tb_events"
+
+    @property
+    def records(self) -> Path:
+        return self.job_root / ROUND_RECORDS_FILE
+
+    @property
+    def server_log(self) -> Path:
+        return self.workspace / "server" / "log.txt"
+
+    def read_records(self) -> list[dict]:
+        if not self.records.exists():
+            return []
+        return [json.loads(line) for line in self.records.read_text().splitlines() if line.strip()]
+
+    def read_cross_site(self) -> dict:
+        if not self.cross_site.exists():
+            return {}
+        return json.loads(self.cross_site.read_text())
+
+
+def wait_with_progress(run: SimulatorRun, results: SimResults, num_rounds: int, timeout: float, on_round=None) -> int:
+    """Wait for ``run``, calling ``on_round(record)`` for every new per-round record."""
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while run.poll() is None:
+        if time.monotonic() > deadline:
+            run.stop()
+            raise FedSegNetError(f"simulator did not finish within {timeout:.0f} s; log: {run.log_file}")
+        records = results.read_records() if results.records.exists() else []
+        for rec in records[seen:]:
+            if on_round:
+                on_round(rec)
+        seen = max(seen, len(records))
+        time.sleep(0.5)
+    for rec in results.read_records()[seen:]:
+        if on_round:
+            on_round(rec)
+    return run.wait()

@@ -1,0 +1,278 @@
+"""FLARE Learner: translates FLARE tasks to :class:`fedsegnet.training.site.SiteTrainer` calls.
+
+Run by FLARE's ``LearnerExecutor`` (tasks ``train``, ``validate``, ``submit_model``). The train task
+returns the site's update (local minus received global weights) as a ``WEIGHT_DIFF`` DXO whose meta
+carries the number of training cases (also as ``NUM_STEPS_CURRENT_ROUND``, the weight FLARE's
+weighted aggregator uses), local steps, label kind, mean training loss, and the validation Dice of the
+received global model and of the local model on the site's validation split.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import ReturnCode, Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.learner_spec import Learner
+from nvflare.app_common.app_constant import AppConstants, ValidateType
+
+from fedsegnet.config import build_train_config
+from fedsegnet.errors import FedSegNetError
+from fedsegnet.flare.constants import (
+    DATA_ROOT_ENV,
+    ERROR_HEADER,
+    SITE_ERROR_EVENT,
+    UpdateMeta,
+)
+
+LABEL_KINDS = ("voxel", "box", "tag", "partial")
+
+
+def _finite_or_none(x):
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class SegLearner(Learner):
+    """Segmentation Learner for one site.
+
+    Args:
+        data_root: folder holding one sub-folder per site (named as the FLARE site). Defaults to
+            None (read the ``FEDSEGNET_DATA_ROOT`` environment variable at the site).
+        num_classes: classes the model predicts, including background. Defaults to None (take it
+            from the site's ``dataset.json``; the server persistor must agree).
+        in_channels: image channels. Defaults to None (from ``dataset.json``).
+        preset: preset name (see ``fedsegnet.config.PRESETS``). Defaults to ``"cpu"``.
+        local_steps: optimiser steps per round. Defaults to 50.
+        seed: job seed; each site derives its own. Defaults to 0.
+        network: override the preset's network. Defaults to None.
+        patch_size: override the preset's crop size. Defaults to None.
+        lr: override the preset's learning rate. Defaults to None.
+        batch_size: override the preset's batch size. Defaults to None.
+        amp: override the preset's mixed precision (CUDA only). Defaults to None.
+        val_max_cases: validate on at most this many cases (0 = all). Defaults to 0.
+        torch_threads: ``torch.set_num_threads`` at the site (0 = torch default). Defaults to 0.
+        label_kind: the site's label kind reported to the server; ``dataset.json`` may override.
+            Defaults to ``"voxel"``.
+        analytic_sender_id: id of a FLARE ``TBWriter`` component streaming metrics to the server;
+            empty to disable. Defaults to ``"analytic_sender"``.
+        device: torch device. Defaults to None (CUDA when available, else CPU).
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        preset: str = "cpu",
+        local_steps: int = 50,
+        seed: int = 0,
+        network: str | None = None,
+        patch_size=None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        amp: bool | None = None,
+        val_max_cases: int = 0,
+        torch_threads: int = 0,
+        label_kind: str = "voxel",
+        analytic_sender_id: str = "analytic_sender",
+        device: str | None = None,
+    ):
+        super().__init__()
+        if label_kind not in LABEL_KINDS:
+            raise ValueError(f"label_kind={label_kind!r}: unknown label kind (valid: {', '.join(LABEL_KINDS)})")
+        self.data_root = data_root
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.preset = preset
+        self.local_steps = local_steps
+        self.seed = seed
+        self.network = network
+        self.patch_size = patch_size
+        self.lr = lr
+        self.batch_size = batch_size
+        self.amp = amp
+        self.val_max_cases = val_max_cases
+        self.torch_threads = torch_threads
+        self.label_kind = label_kind
+        self.analytic_sender_id = analytic_sender_id
+        self.device = device
+        self.trainer = None
+        self.site = None
+        self.init_error = None
+        self.writer = None
+        self._global_val = {}  # round -> val Dice of the received global model
+
+    # ------------------------------------------------------------------ setup
+    def initialize(self, parts: dict, fl_ctx: FLContext):
+        self.site = fl_ctx.get_identity_name()
+        if self.analytic_sender_id:
+            self.writer = parts.get(self.analytic_sender_id)
+            if self.writer is None:
+                self.log_warning(fl_ctx, f"no component {self.analytic_sender_id!r}: metrics are not streamed")
+        try:
+            from fedsegnet.training.site import SiteTrainer  # heavy imports (MONAI) only at the site
+
+            data_root = self.data_root or os.environ.get(DATA_ROOT_ENV)
+            if not data_root:
+                raise FedSegNetError(
+                    f"site {self.site!r}: no data root: set the learner arg 'data_root' in the job or the "
+                    f"environment variable {DATA_ROOT_ENV} at the site"
+                )
+            site_dir = Path(data_root) / self.site
+            if not site_dir.is_dir():
+                raise FedSegNetError(
+                    f"site {self.site!r}: data folder {site_dir} does not exist (data_root={data_root!r}, "
+                    f"site folder = site name)"
+                )
+            config = build_train_config(
+                preset=self.preset,
+                local_steps=self.local_steps,
+                seed=self.seed,
+                network=self.network,
+                patch_size=self.patch_size,
+                lr=self.lr,
+                batch_size=self.batch_size,
+                amp=self.amp,
+                val_max_cases=self.val_max_cases,
+                torch_threads=self.torch_threads,
+            )
+            t0 = time.perf_counter()
+            self.trainer = SiteTrainer(
+                site_dir,
+                config,
+                site=self.site,
+                num_classes=self.num_classes,
+                in_channels=self.in_channels,
+                device=self.device,
+            )
+            if self.trainer.datalist.label_kind != "voxel":
+                self.label_kind = self.trainer.datalist.label_kind
+            self.log_info(
+                fl_ctx,
+                f"site {self.site}: {self.trainer.n_train} training / {self.trainer.n_val} validation cases, "
+                f"preset {config.preset.name}, network {config.preset.network}, patch {config.preset.patch_size}, "
+                f"device {self.trainer.device}, preflight passed in {time.perf_counter() - t0:.1f} s",
+            )
+        except FedSegNetError as e:
+            # Keep the site alive and answer every task with the error, so the server hears it and
+            # decides (go on with the other sites, or end the job) instead of waiting for this one.
+            self.init_error = str(e)
+            self.log_error(fl_ctx, f"site {self.site} cannot train: {self.init_error}")
+            self._report_error(fl_ctx, self.init_error)
+
+    def _report_error(self, fl_ctx: FLContext, message: str):
+        event = Shareable()
+        event["site"] = self.site
+        event["message"] = message
+        try:
+            self.fire_fed_event(SITE_ERROR_EVENT, event, fl_ctx)
+        except Exception as e:  # the error reply to the task still carries the message
+            self.log_warning(fl_ctx, f"could not send the error event to the server: {e}")
+
+    def _error_reply(self) -> Shareable:
+        reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        reply.set_header(ERROR_HEADER, self.init_error)
+        return reply
+
+    def _stream(self, tag: str, value, step: int):
+        if self.writer is not None and value is not None and math.isfinite(value):
+            self.writer.add_scalar(tag, float(value), global_step=int(step))
+
+    def _weights_from(self, data: Shareable, fl_ctx: FLContext):
+        try:
+            dxo = from_shareable(data)
+        except ValueError as e:
+            self.log_error(fl_ctx, f"task data is not a DXO: {e}")
+            return None
+        if dxo.data_kind != DataKind.WEIGHTS or not dxo.data:
+            self.log_error(fl_ctx, f"expected a DXO of kind WEIGHTS with data, got {dxo.data_kind}")
+            return None
+        return dxo.data
+
+    # ------------------------------------------------------------------ tasks
+    def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if self.init_error:
+            return self._error_reply()
+        weights = self._weights_from(data, fl_ctx)
+        if weights is None:
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        current_round = int(data.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+        try:
+            update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered)
+        except FedSegNetError as e:
+            self.log_error(fl_ctx, f"site {self.site} round {current_round}: {e}")
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(ERROR_HEADER, str(e))
+            return reply
+        if stats.get("aborted") or abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        local = self.trainer.evaluate()
+        val_global = self._global_val.pop(current_round, None)
+        meta = {
+            MetaKey.NUM_STEPS_CURRENT_ROUND: self.trainer.n_train,
+            UpdateMeta.N_TRAIN: self.trainer.n_train,
+            UpdateMeta.LOCAL_STEPS: int(stats["steps"]),
+            UpdateMeta.LABEL_KIND: self.label_kind,
+            UpdateMeta.TRAIN_LOSS: _finite_or_none(stats["loss_mean"]),
+            UpdateMeta.VAL_DICE_GLOBAL: _finite_or_none(val_global),
+            UpdateMeta.VAL_DICE_LOCAL: _finite_or_none(local.dice_mean),
+            UpdateMeta.TRAIN_SECONDS: float(stats["seconds"]),
+        }
+        self._stream("train_loss", stats["loss_mean"], current_round)
+        self._stream("val_dice_local", local.dice_mean, current_round)
+        self.log_info(
+            fl_ctx,
+            f"site {self.site} round {current_round}: {stats['steps']} steps in {stats['seconds']:.1f} s, "
+            f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global "
+            f"{'n/a' if val_global is None else f'{val_global:.3f}'} -> local {local.dice_mean:.3f}",
+        )
+        return DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
+
+    def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if self.init_error:
+            return self._error_reply()
+        weights = self._weights_from(data, fl_ctx)
+        if weights is None:
+            return make_reply(ReturnCode.BAD_TASK_DATA)
+        validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
+        model_owner = data.get_header(AppConstants.MODEL_OWNER, "global model")
+        try:
+            result = self.trainer.evaluate(weights=weights)
+        except FedSegNetError as e:
+            self.log_error(fl_ctx, f"site {self.site}: validation of the model of {model_owner} failed: {e}")
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(ERROR_HEADER, str(e))
+            return reply
+        if abort_signal.triggered:
+            return make_reply(ReturnCode.TASK_ABORTED)
+        if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
+            current_round = int(data.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+            self._global_val[current_round] = result.dice_mean
+            self._stream("val_dice_global", result.dice_mean, current_round)
+            return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: result.dice_mean}).to_shareable()
+        self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {result.dice_mean:.3f}")
+        summary = result.to_dict()
+        metrics = {
+            "val_dice": _finite_or_none(summary["dice_mean"]),
+            "val_hd95": _finite_or_none(summary["hd95_mean"]),
+            "n_cases": summary["n_cases"],
+            "per_class": summary["per_class"],
+        }
+        return DXO(DataKind.METRICS, data=metrics).to_shareable()
+
+    def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
+        """The site's latest local model (after its last training round), for cross-site evaluation."""
+        if self.init_error:
+            return self._error_reply()
+        if self.trainer.rounds_done == 0:
+            self.log_warning(fl_ctx, f"site {self.site}: no local model trained yet; nothing to submit")
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        return DXO(DataKind.WEIGHTS, data=self.trainer.get_weights()).to_shareable()
+
+    def finalize(self, fl_ctx: FLContext):
+        self.trainer = None

@@ -1,0 +1,141 @@
+"""Server-side widget: one JSON record per round, one readable log line per site, site errors surfaced.
+
+:class:`RoundRecorder` listens to FLARE's aggregation events. For every accepted contribution it
+keeps the site's update meta (cases, steps, loss, validation Dice of the received global model and
+of its local model, label kind) and the size of the update; when the round is done it appends one
+JSON line to ``<server job workspace>/fedsegnet_rounds.jsonl``, writes round-level scalars to
+TensorBoard next to the per-site streams (``tb_events/server``), and logs a summary. A site that
+cannot train fires ``fedsegnet.site_error``; the recorder logs it as an error naming the site and
+keeps it in the record of the round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+from nvflare.apis.dxo import from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.widgets.widget import Widget
+
+from fedsegnet.flare.constants import ROUND_RECORDS_FILE, SITE_ERROR_EVENT, UpdateMeta
+
+
+def _weighted_mean(pairs):
+    pairs = [(v, w) for v, w in pairs if v is not None and math.isfinite(v) and w]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+class RoundRecorder(Widget):
+    """Record per-round, per-site facts on the server.
+
+    Args:
+        records_file: file name of the JSON-lines record in the job workspace. Defaults to
+            ``"fedsegnet_rounds.jsonl"``.
+        tb_folder: TensorBoard folder in the job workspace (FLARE's receiver writes site streams to
+            the same folder). Empty to disable. Defaults to ``"tb_events"``.
+    """
+
+    def __init__(self, records_file: str = ROUND_RECORDS_FILE, tb_folder: str = "tb_events"):
+        super().__init__()
+        self.records_file = records_file
+        self.tb_folder = tb_folder
+        self._run_dir = None
+        self._sites = {}
+        self._errors = []
+        self._round_start = None
+        self._tb = None
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.START_RUN:
+            engine = fl_ctx.get_engine()
+            self._run_dir = engine.get_workspace().get_run_dir(fl_ctx.get_job_id())
+        elif event_type == AppEventType.ROUND_STARTED:
+            self._sites = {}
+            self._round_start = time.time()
+        elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
+            self._collect(fl_ctx)
+        elif event_type == AppEventType.ROUND_DONE:
+            self._write(fl_ctx)
+        elif event_type == SITE_ERROR_EVENT:
+            data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
+            site = data.get("site", "?") if data is not None else "?"
+            message = data.get("message", "") if data is not None else ""
+            self._errors.append({"site": site, "message": message})
+            self.log_error(fl_ctx, f"site {site} reported an error and does not train: {message}", fire_event=False)
+        elif event_type == EventType.END_RUN and self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _collect(self, fl_ctx: FLContext):
+        peer_ctx = fl_ctx.get_peer_context()
+        if peer_ctx is None:
+            return
+        site = peer_ctx.get_identity_name(default="?")
+        shareable = peer_ctx.get_prop(FLContextKey.SHAREABLE)
+        try:
+            dxo = from_shareable(shareable)
+        except Exception:
+            return
+        entry = {k.split(".", 1)[1]: dxo.get_meta_prop(k) for k in UpdateMeta.ALL}
+        entry["n_tensors"] = len(dxo.data or {})
+        entry["n_values"] = int(sum(getattr(v, "size", 0) for v in (dxo.data or {}).values()))
+        self._sites[site] = entry
+
+    def _write(self, fl_ctx: FLContext):
+        if self._run_dir is None:
+            return
+        rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        sites = dict(sorted(self._sites.items()))
+        record = {
+            "round": rnd,
+            "time": time.time(),
+            "seconds": None if self._round_start is None else time.time() - self._round_start,
+            "sites": sites,
+            "val_dice_global": _weighted_mean(
+                (s.get("val_dice_global"), s.get("n_train")) for s in sites.values()
+            ),
+            "val_dice_local": _weighted_mean((s.get("val_dice_local"), s.get("n_train")) for s in sites.values()),
+            "errors": list(self._errors),
+        }
+        self._errors = []
+        with open(os.path.join(self._run_dir, self.records_file), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        self._write_tb(record)
+        for site, s in sites.items():
+            self.log_info(
+                fl_ctx,
+                f"round {rnd} {site}: n_train={s.get('n_train')} steps={s.get('local_steps')} "
+                f"loss={_fmt(s.get('train_loss'))} val Dice global={_fmt(s.get('val_dice_global'))} "
+                f"local={_fmt(s.get('val_dice_local'))} kind={s.get('label_kind')}",
+                fire_event=False,
+            )
+        self.log_info(
+            fl_ctx,
+            f"round {rnd} done: {len(sites)} site(s), val Dice of the received global model "
+            f"{_fmt(record['val_dice_global'])}, of the local models {_fmt(record['val_dice_local'])}",
+            fire_event=False,
+        )
+
+    def _write_tb(self, record: dict):
+        if not self.tb_folder:
+            return
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self._run_dir, self.tb_folder, "server"))
+        for key in ("val_dice_global", "val_dice_local"):
+            if record[key] is not None:
+                self._tb.add_scalar(f"round/{key}", record[key], global_step=record["round"])
+        self._tb.flush()
+
+
+def _fmt(x):
+    return "n/a" if x is None else f"{x:.3f}"

@@ -1,0 +1,303 @@
+"""One site's local work, without FLARE: data contract -> loaders -> model -> train rounds, evaluation.
+
+:class:`SiteTrainer` is what the FLARE Learner wraps (``fedsegnet.flare.learner``), what the
+benchmarks time, and what ``fedsegnet eval`` uses for a single model. It owns the site's model,
+optimiser and loaders; weights come in and go out as plain ``dict[str, numpy.ndarray]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsegnet.config import TrainConfig
+from fedsegnet.data.datalist import load_datalist
+from fedsegnet.data.preflight import preflight
+from fedsegnet.data.transforms import (
+    build_eval_dataset,
+    build_train_loader,
+    case_spacing,
+    infinite_batches,
+)
+from fedsegnet.errors import DataError
+from fedsegnet.networks import build_network
+from fedsegnet.training.evaluate import EvalResult, evaluate
+from fedsegnet.training.losses import build_loss
+from fedsegnet.training.loop import (
+    load_exchanged_weights,
+    make_optimizer,
+    state_dict_for_exchange,
+    train_steps,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def site_seed(seed: int, site: str) -> int:
+    """A per-site seed derived from the job seed and the site name (stable across processes)."""
+    return (int(seed) * 1_000_003 + zlib.crc32(site.encode("utf-8"))) % (2**31 - 1)
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model_for(config: TrainConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
+    """The network a :class:`TrainConfig` describes, for ``in_channels`` inputs and ``num_classes`` outputs."""
+    p = config.preset
+    return build_network(
+        p.network,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        patch_size=p.patch_size,
+        **dict(p.network_kwargs),
+    )
+
+
+def eval_cases(cases: list[dict], dataset):
+    """Yield evaluation items (image, label, spacing, name) from a dataset built by ``build_eval_dataset``."""
+    for i in range(len(dataset)):
+        item = dataset[i]
+        name = Path(cases[i]["label"]).name
+        yield {"image": item["image"], "label": item["label"], "spacing": case_spacing(item), "name": name}
+
+
+class SiteTrainer:
+    """Local training and evaluation of one site.
+
+    Args:
+        site_dir: folder holding the site's ``dataset.json``.
+        config: the resolved training configuration.
+        site: site name used in messages and for the per-site seed. Defaults to the folder name.
+        num_classes: classes the federation's model predicts (including background). Defaults to
+            None (take it from the site's ``dataset.json``); when given, the site's labels must match.
+        in_channels: image channels the model takes. Defaults to None (from ``dataset.json``).
+        device: torch device string. Defaults to None (CUDA when available, else CPU).
+        progress: show tqdm bars. Defaults to False.
+        run_preflight: check every file before training. Defaults to True.
+
+    Raises:
+        DataError: when the site's data contract or files fail the checks; lists every problem.
+    """
+
+    def __init__(
+        self,
+        site_dir: str | Path,
+        config: TrainConfig,
+        *,
+        site: str | None = None,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
+        device: str | None = None,
+        progress: bool = False,
+        run_preflight: bool = True,
+    ):
+        self.site_dir = Path(site_dir)
+        self.config = config
+        self.site = site or self.site_dir.name
+        self.progress = progress
+        self.datalist = load_datalist(self.site_dir, site=self.site)
+        problems = []
+        if num_classes is not None and self.datalist.num_classes != num_classes:
+            problems.append(
+                f"{self.site_dir / 'dataset.json'}: field 'labels' declares {self.datalist.num_classes} classes "
+                f"(with background) but the job's model predicts num_classes={num_classes}"
+            )
+        if in_channels is not None and self.datalist.in_channels != in_channels:
+            problems.append(
+                f"{self.site_dir / 'dataset.json'}: field 'modality' declares {self.datalist.in_channels} channel(s) "
+                f"but the job's model takes in_channels={in_channels}"
+            )
+        if problems:
+            raise DataError(self.site, problems)
+        self.summary = preflight(self.datalist) if run_preflight else {}
+        self.num_classes = self.datalist.num_classes
+        self.in_channels = self.datalist.in_channels
+        self.seed = site_seed(config.seed, self.site)
+        self.device = pick_device(device)
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        torch.manual_seed(self.seed)
+        self.model = build_model_for(config, self.in_channels, self.num_classes).to(self.device)
+        self.loss_fn = build_loss("dice_ce")
+        self.optimizer = make_optimizer(self.model, lr=config.preset.lr, weight_decay=config.preset.weight_decay)
+        self.scaler = (
+            torch.amp.GradScaler("cuda") if (config.preset.amp and self.device.type == "cuda") else None
+        )
+        self._batches = None
+        self._eval_sets = {}
+        self.rounds_done = 0
+
+    @property
+    def n_train(self) -> int:
+        """Number of training cases of the site."""
+        return len(self.datalist.training)
+
+    @property
+    def n_val(self) -> int:
+        """Number of validation cases of the site."""
+        return len(self.datalist.validation)
+
+    def _train_batches(self):
+        if self._batches is None:
+            loader = build_train_loader(
+                self.datalist.training, self.config.preset, self.num_classes, seed=self.seed
+            )
+            self._batches = infinite_batches(loader)
+        return self._batches
+
+    def get_weights(self) -> dict[str, np.ndarray]:
+        """The site model's weights as float32 numpy arrays, exchange keys (no wrapper prefixes)."""
+        return {k: v.numpy() for k, v in state_dict_for_exchange(self.model).items()}
+
+    def set_weights(self, weights: dict) -> None:
+        """Load exchanged weights (numpy arrays or tensors) into the site model; the dict is not changed."""
+        load_exchanged_weights(self.model, weights, strict=True)
+
+    def train_round(self, global_weights: dict, should_stop=None) -> tuple[dict[str, np.ndarray], dict]:
+        """Run one round of local training from ``global_weights``.
+
+        Args:
+            global_weights: the received global model, ``{name: array}``.
+            should_stop: callable returning True to abort between steps. Defaults to None.
+
+        Returns:
+            ``(update, stats)``: ``update[k] = local[k] - global[k]`` (float32 numpy, same shapes as
+            the global weights) and the loop statistics (steps, losses, seconds, voxels, aborted).
+        """
+        self.set_weights(global_weights)
+        stats = train_steps(
+            self.model,
+            self._train_batches(),
+            steps=self.config.local_steps,
+            optimizer=self.optimizer,
+            loss_fn=self.loss_fn,
+            device=self.device,
+            amp=self.config.preset.amp,
+            scaler=self.scaler,
+            should_stop=should_stop,
+            progress=self.progress,
+            desc=f"{self.site} round {self.rounds_done}",
+        )
+        local = self.get_weights()
+        update = {}
+        for k, v in local.items():
+            g = global_weights[k]
+            g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+            update[k] = (v - g.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+        self.rounds_done += 1
+        return update, stats
+
+    def evaluate(self, weights: dict | None = None, split: str = "validation", max_cases: int | None = None) -> EvalResult:
+        """Evaluate ``weights`` (or the current local model) on one split of the site.
+
+        The site's local model is left as it was: evaluating other weights restores it afterwards.
+
+        Args:
+            weights: weights to evaluate. Defaults to None (the site's current model).
+            split: ``"validation"``, ``"training"`` or ``"test"``. Defaults to ``"validation"``.
+            max_cases: evaluate at most this many cases (0 = all). Defaults to None (the config's
+                ``val_max_cases``).
+
+        Returns:
+            The :class:`EvalResult` with Dice and HD95 (mm) per class.
+        """
+        max_cases = self.config.val_max_cases if max_cases is None else max_cases
+        key = (split, max_cases)
+        if key not in self._eval_sets:
+            cases = list(getattr(self.datalist, split))[: max_cases or None]
+            self._eval_sets[key] = (cases, build_eval_dataset(cases, self.config.preset))
+        cases, dataset = self._eval_sets[key]
+        saved = None
+        if weights is not None:
+            saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.set_weights(weights)
+        try:
+            p = self.config.preset
+            return evaluate(
+                self.model,
+                eval_cases(cases, dataset),
+                num_classes=self.num_classes,
+                roi_size=p.patch_size,
+                sw_batch_size=p.sw_batch_size,
+                overlap=p.sw_overlap,
+                device=self.device,
+                amp=p.amp,
+                class_names=self.datalist.labels,
+                progress=self.progress,
+            )
+        finally:
+            if saved is not None:
+                self.model.load_state_dict(saved)
+
+
+def evaluate_model_file(
+    model_path: str | Path,
+    data_dir: str | Path,
+    *,
+    split: str | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[EvalResult, dict]:
+    """Evaluate a saved global model on a ``dataset.json`` folder.
+
+    Args:
+        model_path: FLARE's saved ``.pt`` (with the FedSegNet model spec).
+        data_dir: folder with ``dataset.json``.
+        split: which list to evaluate. Defaults to None: ``test`` if it has labelled cases, else
+            ``validation``, else ``training``.
+        device: torch device. Defaults to None (CUDA when available).
+        progress: tqdm bar. Defaults to False.
+
+    Returns:
+        ``(result, spec)``.
+
+    Raises:
+        FedSegNetError: unreadable model, data that fails preflight, or a model/data mismatch in
+            channels or classes (named).
+    """
+    from fedsegnet.networks.spec import load_model_file, preset_from_spec
+
+    model, spec = load_model_file(model_path)
+    datalist = load_datalist(data_dir)
+    if split is None:
+        split = next((s for s in ("test", "validation", "training") if getattr(datalist, s)), "test")
+    cases = list(getattr(datalist, split))
+    problems = []
+    if not cases:
+        problems.append(f"{Path(data_dir) / 'dataset.json'}: split {split!r} has no labelled cases")
+    if datalist.num_classes != spec["num_classes"]:
+        problems.append(
+            f"{Path(data_dir) / 'dataset.json'}: 'labels' declares {datalist.num_classes} classes but the model "
+            f"{model_path} predicts {spec['num_classes']}"
+        )
+    if datalist.in_channels != spec["in_channels"]:
+        problems.append(
+            f"{Path(data_dir) / 'dataset.json'}: 'modality' declares {datalist.in_channels} channel(s) but the "
+            f"model {model_path} takes {spec['in_channels']}"
+        )
+    if problems:
+        raise DataError(datalist.name or str(data_dir), problems)
+    preflight(datalist, check_splits=(split,))
+    preset = preset_from_spec(spec)
+    dev = pick_device(device)
+    result = evaluate(
+        model.to(dev),
+        eval_cases(cases, build_eval_dataset(cases, preset)),
+        num_classes=datalist.num_classes,
+        roi_size=preset.patch_size,
+        sw_batch_size=preset.sw_batch_size,
+        overlap=preset.sw_overlap,
+        device=dev,
+        amp=preset.amp,
+        class_names=datalist.labels,
+        progress=progress,
+    )
+    return result, spec

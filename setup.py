@@ -1,0 +1,30 @@
+"""FedSegNet: federated 3D medical image segmentation on NVIDIA FLARE."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fedsegnet",
+    version="0.1.0",
+    description="Federated 3D medical image segmentation (Transformer U-Net, AAM) as an NVIDIA FLARE app bundle",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    package_dir={"": "custom"},
+    packages=find_packages(where="custom"),
+    install_requires=[
+        # FLARE changes APIs between minor releases: stay on the 2.9 series.
+        "nvflare>=2.9.0,<2.10",
+        # Any torch >= 2.2 works; bring your own CUDA build. CI pins the CPU build.
+        "torch>=2.2",
+        "monai[einops]>=1.5,<1.7",
+        "numpy>=1.24",
+        "nibabel>=5.0",
+        "tensorboard>=2.14",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.2"],
+    },
+    entry_points={"console_scripts": ["fedsegnet=fedsegnet.cli:main"]},
+)
