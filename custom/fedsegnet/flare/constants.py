@@ -3,9 +3,6 @@
 DATA_ROOT_ENV = "FEDSEGNET_DATA_ROOT"
 """Environment variable a site sets to the folder holding its data (``<root>/<site name>/dataset.json``)."""
 
-SITE_ERROR_EVENT = "fedsegnet.site_error"
-"""Federated event a site fires when it cannot train (e.g. its data failed preflight)."""
-
 ERROR_HEADER = "fedsegnet.error"
 """Shareable header carrying a site's error message in an error reply."""
 

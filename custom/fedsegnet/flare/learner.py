@@ -26,7 +26,6 @@ from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
     ERROR_HEADER,
-    SITE_ERROR_EVENT,
     UpdateMeta,
 )
 
@@ -163,16 +162,6 @@ class SegLearner(Learner):
             # decides (go on with the other sites, or end the job) instead of waiting for this one.
             self.init_error = str(e)
             self.log_error(fl_ctx, f"site {self.site} cannot train: {self.init_error}")
-            self._report_error(fl_ctx, self.init_error)
-
-    def _report_error(self, fl_ctx: FLContext, message: str):
-        event = Shareable()
-        event["site"] = self.site
-        event["message"] = message
-        try:
-            self.fire_fed_event(SITE_ERROR_EVENT, event, fl_ctx)
-        except Exception as e:  # the error reply to the task still carries the message
-            self.log_warning(fl_ctx, f"could not send the error event to the server: {e}")
 
     def _error_reply(self) -> Shareable:
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)

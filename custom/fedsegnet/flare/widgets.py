@@ -5,8 +5,9 @@ keeps the site's update meta (cases, steps, loss, validation Dice of the receive
 of its local model, label kind) and the size of the update; when the round is done it appends one
 JSON line to ``<server job workspace>/fedsegnet_rounds.jsonl``, writes round-level scalars to
 TensorBoard next to the per-site streams (``tb_events/server``), and logs a summary. A site that
-cannot train fires ``fedsegnet.site_error``; the recorder logs it as an error naming the site and
-keeps it in the record of the round.
+cannot train answers its tasks with an error reply carrying the message (header
+``fedsegnet.error``); the recorder logs it once as an error naming the site and keeps it in the
+record of the round.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from fedsegnet.flare.constants import ROUND_RECORDS_FILE, SITE_ERROR_EVENT, UpdateMeta
+from fedsegnet.flare.constants import ERROR_HEADER, ROUND_RECORDS_FILE, UpdateMeta
 
 
 def _weighted_mean(pairs):
@@ -50,6 +51,7 @@ class RoundRecorder(Widget):
         self._run_dir = None
         self._sites = {}
         self._errors = []
+        self._reported = set()
         self._round_start = None
         self._tb = None
 
@@ -64,15 +66,24 @@ class RoundRecorder(Widget):
             self._collect(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
             self._write(fl_ctx)
-        elif event_type == SITE_ERROR_EVENT:
-            data = fl_ctx.get_prop(FLContextKey.EVENT_DATA)
-            site = data.get("site", "?") if data is not None else "?"
-            message = data.get("message", "") if data is not None else ""
-            self._errors.append({"site": site, "message": message})
-            self.log_error(fl_ctx, f"site {site} reported an error and does not train: {message}", fire_event=False)
+        elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            self._check_error_reply(fl_ctx)
         elif event_type == EventType.END_RUN and self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    def _check_error_reply(self, fl_ctx: FLContext):
+        result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+        message = result.get_header(ERROR_HEADER) if result is not None else None
+        if not message:
+            return
+        peer_ctx = fl_ctx.get_peer_context()
+        site = peer_ctx.get_identity_name(default="?") if peer_ctx else "?"
+        if (site, message) in self._reported:
+            return
+        self._reported.add((site, message))
+        self._errors.append({"site": site, "message": message})
+        self.log_error(fl_ctx, f"site {site} reported an error: {message}", fire_event=False)
 
     def _collect(self, fl_ctx: FLContext):
         peer_ctx = fl_ctx.get_peer_context()
