@@ -1,0 +1,386 @@
+"""The site data contract: an MSD-style ``dataset.json`` read through a typed wrapper.
+
+Each site keeps its cases in a folder with a ``dataset.json`` in the Medical Segmentation Decathlon
+(MSD) format (Simpson et al., "A large annotated medical image dataset for the development and
+evaluation of segmentation algorithms", 2019)::
+
+    {
+      "name": "...",
+      "labels": {"0": "background", "1": "organ", "2": "lesion"},
+      "modality": {"0": "MRI"},
+      "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
+      "validation": [...],                       # optional (FedSegNet extension), default []
+      "test":       ["imagesTs/c.nii.gz", ...],  # optional; MSD lists unlabelled images here
+      "label_kind": "voxel"                      # optional (FedSegNet extension)
+    }
+
+Paths are relative to the folder holding ``dataset.json`` (absolute paths are accepted). The
+``image`` of a case is one file (3D, or 4D with channels last as in MSD) or a list of files, one per
+channel. :func:`load_datalist` checks the structure of the file only and reports every problem in
+one :class:`~fedsegnet.errors.DataError` (the way nnU-Net checks dataset integrity); whether the
+files exist and agree with each other is checked by :func:`fedsegnet.data.preflight.preflight`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from fedsegnet.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+DATASET_JSON = "dataset.json"
+LABEL_KINDS = ("voxel", "box", "tag", "partial")
+SPLITS = ("training", "validation", "test")
+
+
+@dataclass(frozen=True)
+class SiteDatalist:
+    """A site's cases and label map, read from its ``dataset.json``.
+
+    Args:
+        root: folder holding ``dataset.json``.
+        name: the site name (used in every error message about this site's data).
+        labels: class id -> class name, contiguous from 0 (0 is background).
+        modality: channel index (as a string, MSD style) -> modality name, one per image channel.
+        training: training cases, each ``{"image": str | list[str], "label": str}`` with absolute
+            paths.
+        validation: validation cases, same form. Defaults to [].
+        test: labelled test cases, same form. Defaults to [].
+        label_kind: how the site is annotated: ``voxel``, ``box``, ``tag`` or ``partial``.
+            Defaults to ``"voxel"``.
+    """
+
+    root: Path
+    name: str
+    labels: dict[int, str]
+    modality: dict[str, str]
+    training: list[dict] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+    test: list[dict] = field(default_factory=list)
+    label_kind: str = "voxel"
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background (``len(labels)``)."""
+        return len(self.labels)
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels (``len(modality)``)."""
+        return len(self.modality)
+
+    @property
+    def json_path(self) -> Path:
+        """Path of the site's ``dataset.json``."""
+        return Path(self.root) / DATASET_JSON
+
+    def cases(self, split: str) -> list[dict]:
+        """Return a copy of the cases of one split.
+
+        Args:
+            split: ``training``, ``validation`` or ``test``.
+
+        Returns:
+            The cases as new dicts (safe to modify).
+
+        Raises:
+            ConfigError: for an unknown split name.
+        """
+        if split not in SPLITS:
+            raise ConfigError("split", split, "unknown split", options=SPLITS)
+        return [dict(c) for c in getattr(self, split)]
+
+
+def _resolve(root: Path, path: str) -> str:
+    return os.path.normpath(os.path.join(str(root), os.path.expanduser(path)))
+
+
+def _check_case(entry, where: str, problems: list[str], root: Path, need_label: bool = True):
+    """Validate one case entry; return the resolved case dict or None."""
+    if not isinstance(entry, dict):
+        problems.append(f"{where}: expected an object with 'image' and 'label', got {type(entry).__name__}")
+        return None
+    ok = True
+    image = entry.get("image")
+    if image is None:
+        problems.append(f"{where}: missing 'image'")
+        ok = False
+    elif isinstance(image, str):
+        if not image:
+            problems.append(f"{where}.image: empty path")
+            ok = False
+    elif isinstance(image, list):
+        if not image or not all(isinstance(p, str) and p for p in image):
+            problems.append(f"{where}.image: expected a path or a non-empty list of paths, got {image!r}")
+            ok = False
+    else:
+        problems.append(f"{where}.image: expected a path or a list of paths, got {type(image).__name__}")
+        ok = False
+    label = entry.get("label")
+    if label is None:
+        if need_label:
+            problems.append(f"{where}: missing 'label'")
+        ok = False
+    elif not isinstance(label, str) or not label:
+        problems.append(f"{where}.label: expected a path, got {label!r}")
+        ok = False
+    if not ok:
+        return None
+    case = dict(entry)
+    case["image"] = _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
+    case["label"] = _resolve(root, label)
+    return case
+
+
+def _check_index_map(value, key: str, where: str, problems: list[str]) -> dict[int, str] | None:
+    """Validate an MSD ``{"0": name, "1": name}`` map; keys must be contiguous ints from 0."""
+    if not isinstance(value, dict):
+        problems.append(f"{where}: '{key}' must be an object like {{\"0\": \"...\"}}, got {type(value).__name__}")
+        return None
+    out: dict[int, str] = {}
+    for k, v in value.items():
+        try:
+            idx = int(k)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: '{key}' key {k!r} is not an integer")
+            return None
+        if not isinstance(v, str):
+            problems.append(f"{where}: '{key}'[{k!r}] must be a name (string), got {v!r}")
+            return None
+        out[idx] = v
+    if not out:
+        problems.append(f"{where}: '{key}' is empty")
+        return None
+    if sorted(out) != list(range(len(out))):
+        problems.append(
+            f"{where}: '{key}' keys must be contiguous from 0, got {sorted(out)} (expected {list(range(len(out)))})"
+        )
+        return None
+    return dict(sorted(out.items()))
+
+
+def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
+    """Read and validate ``<site_dir>/dataset.json``.
+
+    Structure only: files are not opened (see :func:`fedsegnet.data.preflight.preflight`).
+    ``validation`` is optional (default ``[]``). ``test`` is optional; as in MSD it may list bare
+    image paths without labels: those (and dict entries without a ``label``) are skipped with an
+    INFO log, only labelled test cases are kept.
+
+    Args:
+        site_dir: folder holding ``dataset.json``.
+        site: site name used in error messages and as :attr:`SiteDatalist.name`. Defaults to None
+            (the folder name). The ``name`` key of the JSON is dataset metadata and not used here.
+
+    Returns:
+        The validated datalist with absolute paths.
+
+    Raises:
+        DataError: listing every problem found (missing file, invalid JSON, missing key, wrong
+            type, labels not contiguous from 0, a case without ``image``/``label``); each problem
+            names the ``dataset.json`` path and the field.
+    """
+    root = Path(site_dir).expanduser().absolute()
+    name = site if site else root.name
+    json_path = root / DATASET_JSON
+    if not json_path.is_file():
+        what = "folder not found" if not root.exists() else "file not found"
+        raise DataError(name, [f"{json_path}: {what}"])
+    try:
+        spec = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(name, [f"{json_path}: invalid JSON: {exc}"]) from None
+    except OSError as exc:
+        raise DataError(name, [f"{json_path}: cannot read: {exc}"]) from None
+    if not isinstance(spec, dict):
+        raise DataError(name, [f"{json_path}: top level must be an object, got {type(spec).__name__}"])
+
+    problems: list[str] = []
+    where = str(json_path)
+    labels = modality = None
+    for key in ("labels", "modality"):
+        if key not in spec:
+            problems.append(f"{where}: missing key '{key}'")
+    if "labels" in spec:
+        labels = _check_index_map(spec["labels"], "labels", where, problems)
+        if labels is not None and len(labels) < 2:
+            problems.append(f"{where}: 'labels' must declare background (0) and at least one class, got {labels}")
+    if "modality" in spec:
+        modality = _check_index_map(spec["modality"], "modality", where, problems)
+        if modality is not None:
+            modality = {str(k): v for k, v in modality.items()}
+
+    label_kind = spec.get("label_kind", "voxel")
+    if label_kind not in LABEL_KINDS:
+        problems.append(f"{where}: 'label_kind' is {label_kind!r}, valid: {', '.join(LABEL_KINDS)}")
+
+    splits: dict[str, list[dict]] = {}
+    for split in SPLITS:
+        if split not in spec:
+            if split == "training":
+                problems.append(f"{where}: missing key 'training'")
+            splits[split] = []
+            continue
+        entries = spec[split]
+        if not isinstance(entries, list):
+            problems.append(f"{where}: '{split}' must be a list of cases, got {type(entries).__name__}")
+            splits[split] = []
+            continue
+        cases = []
+        skipped = 0
+        for i, entry in enumerate(entries):
+            if split == "test" and (isinstance(entry, str) or (isinstance(entry, dict) and "label" not in entry)):
+                skipped += 1  # MSD test images come without labels: nothing to evaluate against
+                continue
+            case = _check_case(entry, f"{where}: {split}[{i}]", problems, root)
+            if case is not None:
+                cases.append(case)
+        if skipped:
+            logger.info("%s: skipped %d unlabelled test entr%s", where, skipped, "y" if skipped == 1 else "ies")
+        splits[split] = cases
+
+    train_labels = {c["label"] for c in splits["training"]}
+    leaked = sorted(c["label"] for c in splits["validation"] if c["label"] in train_labels)
+    for path in leaked:
+        problems.append(f"{where}: validation case {path} is also a training case")
+
+    if problems:
+        raise DataError(name, problems)
+    return SiteDatalist(
+        root=root,
+        name=name,
+        labels=labels,
+        modality=modality,
+        training=splits["training"],
+        validation=splits["validation"],
+        test=splits["test"],
+        label_kind=label_kind,
+    )
+
+
+def _relative(root: Path, path) -> str:
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.relative_to(root).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
+def _relative_case(root: Path, case: dict) -> dict:
+    out = dict(case)
+    image = case["image"]
+    out["image"] = _relative(root, image) if isinstance(image, (str, os.PathLike)) else [_relative(root, p) for p in image]
+    if "label" in case:
+        out["label"] = _relative(root, case["label"])
+    return out
+
+
+def write_datalist(
+    site_dir,
+    *,
+    labels: dict,
+    modality: dict,
+    training: Sequence[dict],
+    validation: Sequence[dict],
+    test: Sequence[dict] = (),
+    name: str = "",
+    label_kind: str = "voxel",
+) -> Path:
+    """Write ``<site_dir>/dataset.json`` (MSD format, paths relative to ``site_dir``).
+
+    Args:
+        site_dir: the site folder (created if missing).
+        labels: class id -> name, contiguous from 0 (int or str keys).
+        modality: channel index -> modality name (int or str keys).
+        training: training cases ``{"image": path | list[path], "label": path}``; absolute paths
+            under ``site_dir`` are written relative to it, relative paths are written as given.
+        validation: validation cases, same form.
+        test: labelled test cases, same form. Defaults to ().
+        name: dataset name stored as metadata. Defaults to "".
+        label_kind: ``voxel``, ``box``, ``tag`` or ``partial``. Defaults to ``"voxel"``.
+
+    Returns:
+        Path of the written ``dataset.json``.
+
+    Raises:
+        ConfigError: for an unknown ``label_kind`` or a case without ``image``/``label``.
+    """
+    if label_kind not in LABEL_KINDS:
+        raise ConfigError("label_kind", label_kind, "unknown label kind", options=LABEL_KINDS)
+    root = Path(site_dir).expanduser().absolute()
+    for split, cases in (("training", training), ("validation", validation), ("test", test)):
+        for i, case in enumerate(cases):
+            if not isinstance(case, dict) or "image" not in case or "label" not in case:
+                raise ConfigError(f"{split}[{i}]", case, "a case needs 'image' and 'label'")
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": name,
+        "description": "FedSegNet site datalist (MSD format)",
+        "tensorImageSize": "4D" if len(modality) > 1 else "3D",
+        "labels": {str(int(k)): str(v) for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))},
+        "modality": {str(int(k)): str(v) for k, v in sorted(modality.items(), key=lambda kv: int(kv[0]))},
+        "label_kind": label_kind,
+        "numTraining": len(training),
+        "numValidation": len(validation),
+        "numTest": len(test),
+        "training": [_relative_case(root, c) for c in training],
+        "validation": [_relative_case(root, c) for c in validation],
+        "test": [_relative_case(root, c) for c in test],
+    }
+    path = root / DATASET_JSON
+    path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    logger.debug("wrote %s (%d training, %d validation, %d test)", path, len(training), len(validation), len(test))
+    return path
+
+
+def split_training(datalist: SiteDatalist, val_fraction: float = 0.2, seed: int = 0) -> SiteDatalist:
+    """Return a copy whose validation split is drawn from the training cases (MSD sites have none).
+
+    Args:
+        datalist: the site datalist (not modified).
+        val_fraction: share of training cases moved to validation, in [0, 1). Defaults to 0.2.
+        seed: seed of the random case order. Defaults to 0.
+
+    Returns:
+        A new :class:`SiteDatalist`; at least one case stays in training.
+
+    Raises:
+        ConfigError: when ``val_fraction`` is outside [0, 1).
+    """
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
+    cases = datalist.cases("training")
+    n_val = min(int(round(len(cases) * val_fraction)), max(len(cases) - 1, 0))
+    order = np.random.default_rng(seed).permutation(len(cases))
+    val_idx = set(order[:n_val].tolist())
+    train = [c for i, c in enumerate(cases) if i not in val_idx]
+    val = datalist.cases("validation") + [c for i, c in enumerate(cases) if i in val_idx]
+    return replace(datalist, training=train, validation=val)
+
+
+def iter_cases(datalist: SiteDatalist, splits: Iterable[str] = ("training", "validation")):
+    """Yield ``(split, index, case)`` for the given splits.
+
+    Args:
+        datalist: the site datalist.
+        splits: split names to walk. Defaults to ("training", "validation").
+
+    Yields:
+        ``(split, index, case)`` with ``case`` a copy of the case dict.
+
+    Raises:
+        ConfigError: for an unknown split name.
+    """
+    for split in splits:
+        for i, case in enumerate(datalist.cases(split)):
+            yield split, i, case

@@ -1,0 +1,743 @@
+"""Synthetic multi-site 3D segmentation data: the project's embedded default dataset.
+
+Every command, test and demo of FedSegNet runs on data made here, so it is built to behave like a
+real abdominal MRI/CT segmentation task in the ways that matter for federated learning research:
+
+* **Anatomy.** A body (deformed ellipsoid, air outside) holds an *organ* (class 1: union of 2-3
+  randomly placed and rotated ellipsoids whose boundary is deformed by smooth noise) and 0-3
+  *lesions* (class 2: small deformed ellipsoids centred inside the organ, so they lie inside it or
+  touch its boundary).
+* **Confounders.** Distractors that no intensity threshold separates from the classes but shape and
+  context do: vessels (thin winding tubes as bright as lesions, running through body and organ),
+  nodules (lesion-like bright blobs away from the organ) and "bowel" blobs (mean intensity of the
+  organ but a coarse mottled texture).
+* **Acquisition.** Partial-volume blur, a smooth multiplicative bias field and Gaussian noise; the
+  lesion contrast against the organ is about two noise standard deviations.
+
+An intensity-interval baseline (:func:`fedsegnet.data.baseline.threshold_baseline`) reaches a mean
+foreground Dice well below 0.5 while a small 3D U-Net learns the task within a few hundred steps.
+
+Non-IID sites (FedMix, Wicaksana et al. 2022; FedOAP; the FL-for-segmentation review) come from
+per-site *styles* (scanner intensity scale/shift, noise, bias field, structure size, lesion load)
+and per-site *label corruption* (noisy, eroded/dilated, shifted annotations or a missing class).
+The test set always uses the neutral style and clean labels.
+
+Determinism: a case depends only on ``(seed, site index, case index)`` and the arguments, so the
+same call writes the same arrays and affines (the gzip streams are written with mtime 0, so the
+bytes match too).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+
+from fedsegnet.data.datalist import write_datalist
+from fedsegnet.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LABELS = {0: "background", 1: "organ", 2: "lesion"}
+"""Class id -> name of the synthetic data."""
+
+CORRUPTION_KINDS = ("label_noise", "erode", "dilate", "drop_class", "shift")
+"""Label corruptions accepted by :func:`synthesize` (``corrupt=``) and :func:`parse_corrupt`."""
+
+STYLE_DEFAULTS: dict[str, object] = {
+    "intensity_scale": 1.0,
+    "intensity_shift": 0.0,
+    "noise_sd": 0.2,
+    "bias_strength": 0.05,
+    "structure_scale": 1.0,
+    "lesion_count": (1, 2),
+    "lesion_prob": 0.9,
+    "lesion_contrast": 1.0,
+}
+"""Neutral site style (the test set's). Keys:
+
+* ``intensity_scale``: multiplies all intensities (scanner gain), > 0.
+* ``intensity_shift``: added to all intensities (scanner offset).
+* ``noise_sd``: Gaussian noise standard deviation (organ/background contrast is 0.25), >= 0.
+* ``bias_strength``: log-amplitude of the smooth multiplicative bias field (0.2 ~ +-20 %), >= 0.
+* ``structure_scale``: size factor of organ, lesions and blobs, > 0.
+* ``lesion_count``: lesions per case with lesions, an int or an inclusive ``(min, max)`` range.
+* ``lesion_prob``: probability that a case has lesions at all (class balance), in [0, 1].
+* ``lesion_contrast``: factor on the lesion/organ contrast (< 1 makes lesions subtler), >= 0.
+"""
+
+SITE_VARIATION = {
+    "intensity_scale": (0.85, 1.15),
+    "intensity_shift": (-0.1, 0.1),
+    "noise_sd": (0.18, 0.22),
+    "bias_strength": (0.03, 0.07),
+    "structure_scale": (0.9, 1.1),
+}
+"""Ranges of the mild default per-site variation (uniform, drawn from ``seed`` and the site index)."""
+
+# Tissue intensities per channel, before bias, noise and site scale/shift. Channel 0 is T1-like;
+# the others mimic further MRI sequences with different class contrasts (BraTS-style 4 channels).
+_CONTRASTS = (
+    {"air": 0.0, "body": 0.30, "organ": 0.60, "rim": 0.90, "core": 0.90, "vessel": 0.90, "nodule": 0.90, "blob": 0.47},
+    {"air": 0.0, "body": 0.38, "organ": 0.50, "rim": 0.32, "core": 0.70, "vessel": 0.15, "nodule": 0.62, "blob": 0.50},
+    {"air": 0.0, "body": 0.55, "organ": 0.40, "rim": 0.66, "core": 0.52, "vessel": 0.30, "nodule": 0.35, "blob": 0.42},
+    {"air": 0.0, "body": 0.30, "organ": 0.60, "rim": 0.90, "core": 0.62, "vessel": 0.90, "nodule": 0.80, "blob": 0.60},
+)
+_BLUR = 0.1  # partial-volume blur: weight of each neighbour along an axis
+_RIM = 0.4  # rim thickness as a share of the lesion radius
+_CHANNEL_NAMES = ("T1", "T2", "FLAIR", "T1c")
+_ORIGIN_OFFSET = np.array([12.5, -7.0, 31.0])
+_TEST_GROUP = 0  # rng group of the test set; sites are 1..N
+
+
+def _style_keys() -> tuple[str, ...]:
+    return tuple(STYLE_DEFAULTS)
+
+
+# --------------------------------------------------------------------------------------------------
+# spec parsing
+# --------------------------------------------------------------------------------------------------
+def _check_site_name(field: str, spec: str, site: str):
+    if not site:
+        raise ConfigError(field, spec, "site name is empty; expected SITE:KIND:AMOUNT, e.g. site-3:label_noise:0.5")
+
+
+def parse_corrupt(spec: str) -> tuple[str, str, float]:
+    """Parse a corruption spec ``"SITE:KIND:AMOUNT"``, e.g. ``"site-3:label_noise:0.5"``.
+
+    Args:
+        spec: the spec string. ``KIND`` is one of :data:`CORRUPTION_KINDS`.
+
+    Returns:
+        ``(site, kind, amount)``.
+
+    Raises:
+        ConfigError: (field ``corrupt``) for a malformed spec, an unknown kind or a bad amount.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 2:
+        raise ConfigError("corrupt", spec, "expected SITE:KIND:AMOUNT, e.g. site-3:label_noise:0.5", options=CORRUPTION_KINDS)
+    site, kind, amount = (s.strip() for s in spec.split(":"))
+    _check_site_name("corrupt", spec, site)
+    if kind not in CORRUPTION_KINDS:
+        raise ConfigError("corrupt", spec, f"unknown corruption kind {kind!r}", options=CORRUPTION_KINDS)
+    try:
+        value = float(amount)
+    except ValueError:
+        raise ConfigError("corrupt", spec, f"amount {amount!r} is not a number", options=CORRUPTION_KINDS) from None
+    _validate_corruption("corrupt", spec, kind, value)
+    return site, kind, value
+
+
+def _validate_corruption(field: str, spec, kind: str, amount: float):
+    if kind not in CORRUPTION_KINDS:
+        raise ConfigError(field, spec, f"unknown corruption kind {kind!r}", options=CORRUPTION_KINDS)
+    if not math.isfinite(amount):
+        raise ConfigError(field, spec, "amount must be finite")
+    if kind == "label_noise" and not 0.0 <= amount <= 1.0:
+        raise ConfigError(field, spec, "label_noise amount is a probability in [0, 1]")
+    if kind in ("erode", "dilate") and (amount < 0 or amount != int(amount)):
+        raise ConfigError(field, spec, f"{kind} amount is a whole number of voxels >= 0")
+    if kind == "drop_class" and (amount != int(amount) or int(amount) not in LABELS or int(amount) == 0):
+        raise ConfigError(field, spec, "drop_class amount is a foreground class id", options=[k for k in LABELS if k > 0])
+    if kind == "shift" and amount != int(amount):
+        raise ConfigError(field, spec, "shift amount is a whole number of voxels")
+
+
+def parse_site_style(spec: str) -> tuple[str, str, float]:
+    """Parse a site style spec ``"SITE:KEY:VALUE"``, e.g. ``"site-2:intensity_scale:1.3"``.
+
+    Args:
+        spec: the spec string. ``KEY`` is one of the keys of :data:`STYLE_DEFAULTS`
+            (``lesion_count`` takes a whole number here: a fixed count).
+
+    Returns:
+        ``(site, key, value)``.
+
+    Raises:
+        ConfigError: (field ``site_style``) for a malformed spec, an unknown key or a bad value.
+    """
+    if not isinstance(spec, str) or spec.count(":") != 2:
+        raise ConfigError("site_style", spec, "expected SITE:KEY:VALUE, e.g. site-2:intensity_scale:1.3", options=_style_keys())
+    site, key, value = (s.strip() for s in spec.split(":"))
+    _check_site_name("site_style", spec, site)
+    if key not in STYLE_DEFAULTS:
+        raise ConfigError("site_style", spec, f"unknown style key {key!r}", options=_style_keys())
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError("site_style", spec, f"value {value!r} is not a number") from None
+    _validate_style_value("site_style", spec, key, number)
+    return site, key, number
+
+
+def _validate_style_value(field: str, spec, key: str, value):
+    if key == "lesion_count":
+        lo, hi = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+        if any(float(v) != int(v) or v < 0 for v in (lo, hi)) or lo > hi:
+            raise ConfigError(field, spec, "lesion_count is a whole number >= 0 or a (min, max) range")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field, spec, f"{key} must be a finite number")
+    if key in ("intensity_scale", "structure_scale") and value <= 0:
+        raise ConfigError(field, spec, f"{key} must be > 0")
+    if key in ("noise_sd", "bias_strength", "lesion_contrast") and value < 0:
+        raise ConfigError(field, spec, f"{key} must be >= 0")
+    if key == "lesion_prob" and not 0.0 <= value <= 1.0:
+        raise ConfigError(field, spec, "lesion_prob must be in [0, 1]")
+
+
+def site_style(site_index: int, seed: int = 0, overrides: dict | None = None, vary: bool = True) -> dict:
+    """Return the style of one site: neutral defaults, mild variation, then overrides.
+
+    Args:
+        site_index: 1-based site index (site-1 is 1).
+        seed: base seed of the variation. Defaults to 0.
+        overrides: style keys to set (see :data:`STYLE_DEFAULTS`). Defaults to None.
+        vary: apply the mild default variation of :data:`SITE_VARIATION`. Defaults to True.
+
+    Returns:
+        A new dict with every key of :data:`STYLE_DEFAULTS` (``lesion_count`` as ``(min, max)``).
+
+    Raises:
+        ConfigError: (field ``site_styles``) for an unknown key or a bad value.
+    """
+    style = dict(STYLE_DEFAULTS)
+    if vary:
+        rng = np.random.default_rng([int(seed), 7919, int(site_index)])
+        for key, (lo, hi) in SITE_VARIATION.items():
+            style[key] = round(float(rng.uniform(lo, hi)), 4)
+    for key, value in (overrides or {}).items():
+        if key not in STYLE_DEFAULTS:
+            raise ConfigError("site_styles", key, "unknown style key", options=_style_keys())
+        _validate_style_value("site_styles", {key: value}, key, value)
+        style[key] = value
+    count = style["lesion_count"]
+    lo, hi = (count, count) if not isinstance(count, (tuple, list)) else count
+    style["lesion_count"] = (int(lo), int(hi))
+    return style
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry helpers (u: normalised voxel coordinates in [-1, 1], shape (3, X, Y, Z))
+# --------------------------------------------------------------------------------------------------
+def _coords(n: int) -> np.ndarray:
+    ax = ((np.arange(n, dtype=np.float32) - (n - 1) / 2.0) / (n / 2.0)).astype(np.float32)
+    return np.stack(np.meshgrid(ax, ax, ax, indexing="ij"))
+
+
+def _smooth_field(rng: np.random.Generator, u: np.ndarray, wavelength: float, n_modes: int = 12) -> np.ndarray:
+    """Zero-mean, unit-variance smooth random field (random Fourier features, Gaussian spectrum)."""
+    freqs = (rng.normal(size=(n_modes, 3)) * (2.0 * np.pi / wavelength)).astype(np.float32)
+    phases = rng.uniform(0.0, 2.0 * np.pi, n_modes).astype(np.float32)
+    out = np.zeros(u.shape[1:], dtype=np.float32)
+    for f, p in zip(freqs, phases):
+        out += np.cos(f[0] * u[0] + f[1] * u[1] + f[2] * u[2] + p)
+    out *= np.float32(math.sqrt(2.0 / n_modes))
+    return out
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q.astype(np.float32)
+
+
+def _ellipsoid_level(u: np.ndarray, centre, axes, rot: np.ndarray) -> np.ndarray:
+    """Normalised radius minus one: < 0 inside the ellipsoid."""
+    d = u - np.asarray(centre, dtype=np.float32)[:, None, None, None]
+    d = np.einsum("ji,j...->i...", rot, d)
+    a = np.asarray(axes, dtype=np.float32)[:, None, None, None]
+    return np.sqrt(((d / a) ** 2).sum(0)) - 1.0
+
+
+def _polyline_distance(u: np.ndarray, points: np.ndarray) -> np.ndarray:
+    out = np.full(u.shape[1:], np.inf, dtype=np.float32)
+    for p0, p1 in zip(points[:-1], points[1:]):
+        v = (p1 - p0).astype(np.float32)
+        d = u - p0.astype(np.float32)[:, None, None, None]
+        t = np.clip(np.einsum("i,i...->...", v, d) / float(v @ v), 0.0, 1.0)
+        np.minimum(out, np.sqrt(((d - v[:, None, None, None] * t) ** 2).sum(0)), out=out)
+    return out
+
+
+def _sample_point(rng: np.random.Generator, u: np.ndarray, mask: np.ndarray, fallback) -> np.ndarray:
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return np.asarray(fallback, dtype=np.float32)
+    k = idx[rng.integers(idx.size)]
+    return u.reshape(3, -1)[:, k].copy()
+
+
+def _blur(x: np.ndarray) -> np.ndarray:
+    """Partial-volume blur: separable [1/4, 1/2, 1/4] kernel on the last three axes."""
+    for axis in (-3, -2, -1):
+        x = (1 - 2 * _BLUR) * x + _BLUR * (np.roll(x, 1, axis) + np.roll(x, -1, axis))
+    return x
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary dilation with the 6-neighbourhood (a voxel per iteration)."""
+    out = mask.copy()
+    for _ in range(int(iterations)):
+        grown = out.copy()
+        grown[1:] |= out[:-1]
+        grown[:-1] |= out[1:]
+        grown[:, 1:] |= out[:, :-1]
+        grown[:, :-1] |= out[:, 1:]
+        grown[:, :, 1:] |= out[:, :, :-1]
+        grown[:, :, :-1] |= out[:, :, 1:]
+        out = grown
+    return out
+
+
+def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
+    return ~_dilate(~mask, iterations)
+
+
+# --------------------------------------------------------------------------------------------------
+# one case
+# --------------------------------------------------------------------------------------------------
+def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> dict:
+    """Generate one case in RAS voxel order.
+
+    Returns:
+        dict with ``image`` (C, n, n, n) float32, ``label`` (n, n, n) uint8 and ``structures``
+        (boolean masks: ``organ``, lists ``lesions``, ``nodules``, ``blobs``).
+    """
+    u = _coords(n)
+    ss = float(style["structure_scale"])
+    origin = np.zeros(3, dtype=np.float32)
+
+    body_axes = np.array([0.88, 0.76, 0.92]) * rng.uniform(0.95, 1.05, 3)
+    body_f = _ellipsoid_level(u, origin, body_axes, np.eye(3, dtype=np.float32))
+    body_f += 0.05 * _smooth_field(rng, u, 0.5)
+    body = body_f < 0
+
+    # organ: union of 2-3 rotated ellipsoids, boundary deformed by smooth noise
+    centre = rng.uniform(-0.15, 0.15, 3)
+    organ_f = np.full(u.shape[1:], np.inf, dtype=np.float32)
+    for _ in range(int(rng.integers(2, 4))):
+        c = centre + rng.normal(0.0, 0.12, 3) * ss
+        np.minimum(organ_f, _ellipsoid_level(u, c, rng.uniform(0.38, 0.55, 3) * ss, _rotation(rng)), out=organ_f)
+    organ_f += 0.12 * _smooth_field(rng, u, 0.45)
+    organ = (organ_f < 0) & body
+
+    # lesions: centred on organ voxels, so inside or touching the organ
+    lo, hi = style["lesion_count"]
+    n_lesions = int(rng.integers(lo, hi + 1)) if rng.random() < float(style["lesion_prob"]) else 0
+    lesions, rims, lesion_gain = [], [], []
+    for _ in range(n_lesions):
+        c = _sample_point(rng, u, organ, centre)
+        radius = rng.uniform(0.2, 0.28) * ss
+        f = _ellipsoid_level(u, c, radius * rng.uniform(0.75, 1.3, 3), _rotation(rng))
+        f += 0.12 * _smooth_field(rng, u, 0.25)
+        lesions.append((f < 0) & body)
+        rims.append(lesions[-1] & (f > -_RIM))  # ring enhancement: bright rim, near-organ core
+        lesion_gain.append(rng.uniform(0.8, 1.2) * float(style["lesion_contrast"]))
+
+    # vessels: thin winding tubes through body and organ
+    vessels = np.zeros(u.shape[1:], dtype=bool)
+    for _ in range(int(rng.integers(4, 9))):
+        p = _sample_point(rng, u, body, origin)
+        d = rng.normal(size=3)
+        pts = [p]
+        for _ in range(6):
+            d = d / np.linalg.norm(d) + rng.normal(0.0, 0.45, 3)
+            d = d / np.linalg.norm(d)
+            pts.append(pts[-1] + 0.22 * d)
+        vessels |= _polyline_distance(u, np.array(pts)) < rng.uniform(0.045, 0.07)
+    vessels &= body
+
+    away = body & (organ_f > 0.7) & (body_f < -0.15)
+    # nodules: small bright spots (lesion intensity) anywhere in the body, organ included
+    nodules = []
+    for _ in range(int(rng.integers(4, 9))):
+        c = _sample_point(rng, u, body, origin)
+        f = _ellipsoid_level(u, c, rng.uniform(0.05, 0.08) * rng.uniform(0.8, 1.2, 3), _rotation(rng))
+        nodules.append((f < 0) & body)
+    # blobs: organ-like mean intensity, coarse mottled texture
+    blobs = []
+    for _ in range(int(rng.integers(2, 4))):
+        c = _sample_point(rng, u, away, origin)
+        f = _ellipsoid_level(u, c, rng.uniform(0.15, 0.24, 3) * ss, _rotation(rng))
+        f += 0.2 * _smooth_field(rng, u, 0.25)
+        blobs.append((f < 0) & body & (organ_f > 0.3))
+
+    body_tex = _smooth_field(rng, u, 0.2)
+    blob_tex = _smooth_field(rng, u, 0.15, n_modes=24)
+    organ_tex = _smooth_field(rng, u, 0.12)
+    organ_shift = rng.normal(0.0, 0.02)
+    bias = np.exp(float(style["bias_strength"]) * _smooth_field(rng, u, 0.9, n_modes=6)).astype(np.float32)
+
+    lesion_any = np.zeros(u.shape[1:], dtype=bool)
+    for m in lesions:
+        lesion_any |= m
+    blob_any = np.zeros_like(lesion_any)
+    for m in blobs:
+        blob_any |= m
+    nodule_any = np.zeros_like(lesion_any)
+    for m in nodules:
+        nodule_any |= m
+
+    image = np.empty((channels,) + u.shape[1:], dtype=np.float32)
+    for ch in range(channels):
+        t = _CONTRASTS[ch % len(_CONTRASTS)]
+        if ch >= len(_CONTRASTS):  # further channels: jittered copies of the 4 base contrasts
+            jitter = np.random.default_rng([ch, 17]).uniform(-0.05, 0.05, len(t))
+            t = {k: v + j for (k, v), j in zip(t.items(), jitter)}
+        img = np.full(u.shape[1:], t["air"], dtype=np.float32)
+        img[body] = (t["body"] + 0.04 * body_tex)[body]
+        img[blob_any] = (t["blob"] + 0.2 * blob_tex)[blob_any]
+        organ_level = t["organ"] + organ_shift
+        img[organ] = (organ_level + 0.02 * organ_tex)[organ]
+        img[vessels] = t["vessel"]
+        img[nodule_any] = t["nodule"]
+        for m, r, g in zip(lesions, rims, lesion_gain):
+            img[m] = organ_level + (t["core"] - t["organ"]) * g
+            img[r] = organ_level + (t["rim"] - t["organ"]) * g
+        img = _blur(img) * bias
+        img += float(style["noise_sd"]) * rng.standard_normal(img.shape, dtype=np.float32)
+        image[ch] = img * float(style["intensity_scale"]) + float(style["intensity_shift"])
+
+    label = np.zeros(u.shape[1:], dtype=np.uint8)
+    label[organ] = 1
+    label[lesion_any] = 2
+    return {
+        "image": image,
+        "label": label,
+        "structures": {"organ": organ, "lesions": lesions, "nodules": nodules, "blobs": blobs},
+    }
+
+
+def corrupt_label(label: np.ndarray, kind: str, amount: float, *, structures: dict | None = None, seed: int = 0) -> np.ndarray:
+    """Return a corrupted copy of a label map (the input is not modified).
+
+    Kinds (see :data:`CORRUPTION_KINDS`):
+
+    * ``label_noise`` (amount = probability p): structure-level annotation errors. Each lesion is
+      missed with probability p (relabelled as the organ where it lies in the organ, else
+      background); each nodule is annotated as a lesion and each bowel blob as organ with
+      probability p (false-positive annotations). This needs ``structures`` (the generator's
+      masks); without them, each lesion voxel is relabelled organ with probability p.
+    * ``erode`` / ``dilate`` (amount = voxels): systematic boundary error; the foreground and the
+      lesion masks are eroded/dilated by that many 6-neighbourhood steps (an eroded lesion rim
+      becomes organ; a dilated lesion grows over organ and background).
+    * ``drop_class`` (amount = class id): that class is labelled background.
+    * ``shift`` (amount = voxels, may be negative): the labels move by that many voxels along the
+      first axis (x), zero-filled (a registration error).
+
+    Args:
+        label: (X, Y, Z) integer label map.
+        kind: corruption kind.
+        amount: kind-specific amount (see above).
+        structures: generator masks ``organ``, ``lesions``, ``nodules``, ``blobs``. Defaults to None.
+        seed: seed of the random choices of ``label_noise``. Defaults to 0.
+
+    Returns:
+        The corrupted label map, same shape and dtype.
+
+    Raises:
+        ConfigError: (field ``corrupt``) for an unknown kind or a bad amount.
+    """
+    _validate_corruption("corrupt", f"{kind}:{amount}", kind, float(amount))
+    rng = np.random.default_rng(seed)
+    out = label.copy()
+    if kind == "label_noise":
+        if structures is None:
+            flip = (out == 2) & (rng.random(out.shape) < amount)
+            out[flip] = 1
+            return out
+        organ = structures["organ"]
+        for m in structures["lesions"]:
+            if rng.random() < amount:
+                out[m] = 0
+                out[m & organ] = 1
+        for m in structures["nodules"]:
+            if rng.random() < amount:
+                out[m] = 2
+        for m in structures["blobs"]:
+            if rng.random() < amount:
+                out[m & (out == 0)] = 1
+        return out
+    if kind in ("erode", "dilate"):
+        steps = int(amount)
+        op = _erode if kind == "erode" else _dilate
+        fg = op(label > 0, steps)
+        les = op(label == 2, steps)
+        out[:] = 0
+        out[fg] = 1
+        out[les] = 2
+        return out
+    if kind == "drop_class":
+        out[out == int(amount)] = 0
+        return out
+    # shift
+    k = int(amount)
+    if k == 0:
+        return out
+    out[:] = 0
+    if k > 0:
+        out[k:] = label[:-k]
+    else:
+        out[:k] = label[-k:]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# orientation and writing
+# --------------------------------------------------------------------------------------------------
+def _check_axcodes(axcodes, field: str = "axcodes") -> tuple[str, str, str]:
+    pairs = ("LR", "PA", "IS")
+    codes = tuple(str(axcodes).upper()) if isinstance(axcodes, str) else tuple(axcodes or ())
+    valid = len(codes) == 3 and sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in codes) == [0, 1, 2]
+    if not valid:
+        raise ConfigError(field, axcodes, "expected 3 axis codes, one of each pair L/R, P/A, I/S (e.g. RAS, LPS)")
+    return codes
+
+
+def _reorient(data: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
+    """Re-express ``data`` (spatial axes first) in ``axcodes`` orientation, same world coordinates."""
+    start = nio.io_orientation(affine)
+    end = nio.axcodes2ornt(_check_axcodes(axcodes))
+    transform = nio.ornt_transform(start, end)
+    out = np.ascontiguousarray(nio.apply_orientation(data, transform))
+    new_affine = affine @ nio.inv_ornt_aff(transform, data.shape[:3])
+    return out, new_affine
+
+
+def reorient_nifti(src, dst, axcodes) -> Path:
+    """Rewrite one NIfTI file in another voxel orientation, preserving world coordinates.
+
+    Voxel axes are flipped/permuted and the affine updated accordingly, so MONAI's
+    ``Orientationd(axcodes="RAS")`` (or nibabel's ``as_closest_canonical``) gives back the same
+    array as for the source.
+
+    Args:
+        src: source NIfTI path.
+        dst: destination path (may equal ``src``); parent folders are created.
+        axcodes: target orientation, e.g. ``"LPS"`` or ``("L", "P", "S")``.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ConfigError: (field ``axcodes``) for invalid axis codes.
+    """
+    codes = _check_axcodes(axcodes)
+    img = nib.load(str(src))
+    dtype = img.get_data_dtype()
+    data = np.asanyarray(img.dataobj)
+    if np.issubdtype(dtype, np.integer):
+        data = np.rint(data).astype(dtype)
+    out, affine = _reorient(data, img.affine, codes)
+    new = nib.Nifti1Image(out, affine, header=img.header.copy())
+    new.set_data_dtype(dtype)
+    new.set_qform(affine, code=1)
+    new.set_sform(affine, code=1)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    nib.save(new, str(dst))
+    return Path(dst)
+
+
+def _save(data: np.ndarray, affine: np.ndarray, path: Path, dtype):
+    img = nib.Nifti1Image(data.astype(dtype, copy=False), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(path))
+
+
+def _ras_affine(n: int, spacing: tuple[float, float, float]) -> np.ndarray:
+    sp = np.asarray(spacing, dtype=np.float64)
+    affine = np.diag(np.append(sp, 1.0))
+    affine[:3, 3] = -(n - 1) / 2.0 * sp + _ORIGIN_OFFSET
+    return affine
+
+
+def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: np.ndarray, axcodes) -> dict:
+    image = case["image"]
+    data = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # MSD: channels last
+    lab = label
+    if tuple(axcodes) != ("R", "A", "S"):
+        data, img_affine = _reorient(data, affine, axcodes)
+        lab, _ = _reorient(label, affine, axcodes)
+    else:
+        img_affine = affine
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    img_path = folder / "imagesTr" / f"{stem}.nii.gz"
+    lab_path = folder / "labelsTr" / f"{stem}.nii.gz"
+    _save(data, img_affine, img_path, np.float32)
+    _save(lab, img_affine, lab_path, np.uint8)
+    return {"image": str(img_path), "label": str(lab_path)}
+
+
+def _modality(channels: int) -> dict[str, str]:
+    if channels == 1:
+        return {"0": "MRI"}
+    return {str(c): (_CHANNEL_NAMES[c] if c < len(_CHANNEL_NAMES) else f"MR{c}") for c in range(channels)}
+
+
+def synthesize(
+    out_dir,
+    *,
+    sites: int = 2,
+    cases: int = 12,
+    size: int = 48,
+    seed: int = 0,
+    channels: int = 1,
+    test_cases: int = 8,
+    val_fraction: float = 0.25,
+    site_styles: dict[str, dict] | None = None,
+    corrupt: list[tuple[str, str, float]] | None = None,
+    orientation: dict[str, str] | None = None,
+    progress: bool = False,
+    spacing: float = 1.5,
+    vary_sites: bool = True,
+) -> dict:
+    """Write synthetic sites ``out_dir/site-1 .. site-N`` and a clean test set ``out_dir/test``.
+
+    Each folder holds ``imagesTr/`` and ``labelsTr/`` NIfTI files (float32 images, uint8 labels
+    {0: background, 1: organ, 2: lesion}; affine with ``spacing`` mm voxels and a non-zero origin;
+    multi-channel images as one 4D file, channels last, as in MSD) and an MSD ``dataset.json``.
+    A site's cases are split into ``training`` and ``validation`` (``round(cases * val_fraction)``
+    validation cases, at least one training case). The test folder's ``dataset.json`` has an empty
+    ``training`` list and lists its cases under both ``validation`` and ``test``, so that "evaluate
+    the cases of a folder" and MSD-style test readers both find them.
+
+    Site styles: every site starts from :data:`STYLE_DEFAULTS`; with ``vary_sites`` it gets a mild
+    deterministic variation (ranges in :data:`SITE_VARIATION`, drawn from ``seed`` and the site
+    index); keys in ``site_styles[site]`` override both. The test set uses the neutral defaults.
+    Corruptions apply to all of a site's labels (training and validation: the site's annotators made
+    them); images and the test set are never affected.
+
+    Args:
+        out_dir: output folder (created).
+        sites: number of sites, >= 1. Defaults to 2.
+        cases: cases per site, >= 2 when ``val_fraction`` > 0. Defaults to 12.
+        size: cube edge in voxels, >= 16. Defaults to 48.
+        seed: base seed. Defaults to 0.
+        channels: image channels, >= 1. Defaults to 1.
+        test_cases: cases in the test set, >= 0 (0: no test folder). Defaults to 8.
+        val_fraction: share of a site's cases used for validation, in [0, 1). Defaults to 0.25.
+        site_styles: site name -> style overrides (keys of :data:`STYLE_DEFAULTS`). Defaults to None.
+        corrupt: ``(site, kind, amount)`` label corruptions (see :func:`corrupt_label`), applied in
+            order. Defaults to None.
+        orientation: site name -> axis codes of the stored volumes (e.g. ``{"site-2": "LPS"}``;
+            default RAS). Data and affine are both changed, so reorienting to RAS gives the same
+            arrays. Defaults to None.
+        progress: show a tqdm progress bar. Defaults to False.
+        spacing: voxel size in mm (isotropic). Defaults to 1.5.
+        vary_sites: apply the mild default per-site variation. Defaults to True.
+
+    Returns:
+        Summary: ``{"root", "labels", "channels", "size", "spacing", "seed", "sites": {site: {"dir",
+        "n_training", "n_validation", "style", "corruptions", "orientation"}}, "test": {"dir",
+        "n_cases"} or None}``.
+
+    Raises:
+        ConfigError: naming the bad argument (unknown site in ``site_styles``/``corrupt``/
+            ``orientation``, bad style key or value, bad corruption, bad axis codes, bad sizes).
+    """
+    if int(sites) < 1:
+        raise ConfigError("sites", sites, "must be >= 1")
+    if int(size) < 16:
+        raise ConfigError("size", size, "must be >= 16")
+    if int(channels) < 1:
+        raise ConfigError("channels", channels, "must be >= 1")
+    if int(test_cases) < 0:
+        raise ConfigError("test_cases", test_cases, "must be >= 0")
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
+    n_val = int(round(int(cases) * float(val_fraction)))
+    if int(cases) - n_val < 1:
+        raise ConfigError("cases", cases, f"too few cases: need at least one training case after {n_val} validation case(s)")
+    if not float(spacing) > 0:
+        raise ConfigError("spacing", spacing, "must be > 0")
+    site_names = [f"site-{i}" for i in range(1, int(sites) + 1)]
+    for arg_name, mapping in (("site_styles", site_styles), ("orientation", orientation)):
+        for key in mapping or {}:
+            if key not in site_names:
+                raise ConfigError(arg_name, key, "unknown site", options=site_names)
+    corruptions: dict[str, list[tuple[str, float]]] = {s: [] for s in site_names}
+    for item in corrupt or []:
+        if isinstance(item, str):
+            item = parse_corrupt(item)
+        try:
+            site, kind, amount = item
+            amount = float(amount)
+        except (TypeError, ValueError):
+            raise ConfigError("corrupt", item, "expected (site, kind, amount)", options=CORRUPTION_KINDS) from None
+        if site not in site_names:
+            raise ConfigError("corrupt", item, f"unknown site {site!r}", options=site_names)
+        _validate_corruption("corrupt", item, kind, amount)
+        corruptions[site].append((kind, amount))
+    axcodes = {s: _check_axcodes((orientation or {}).get(s, "RAS"), "orientation") for s in site_names}
+    styles = {
+        s: site_style(i, seed, (site_styles or {}).get(s), vary=vary_sites) for i, s in enumerate(site_names, start=1)
+    }
+
+    root = Path(out_dir).expanduser().absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    n = int(size)
+    affine = _ras_affine(n, (float(spacing),) * 3)
+    modality = _modality(int(channels))
+    total = int(sites) * int(cases) + int(test_cases)
+
+    from tqdm.auto import tqdm  # local import: only needed here
+
+    summary = {
+        "root": str(root),
+        "labels": dict(LABELS),
+        "channels": int(channels),
+        "size": n,
+        "spacing": float(spacing),
+        "seed": int(seed),
+        "sites": {},
+        "test": None,
+    }
+    with tqdm(total=total, desc="synthesize", unit="case", disable=not progress) as bar:
+        for group, site in enumerate(site_names, start=1):
+            folder = root / site
+            written = []
+            for i in range(int(cases)):
+                case = _make_case(np.random.default_rng([int(seed), group, i]), n, styles[site], int(channels))
+                label = case["label"]
+                for j, (kind, amount) in enumerate(corruptions[site]):
+                    label = corrupt_label(
+                        label, kind, amount, structures=case["structures"], seed=int(np.random.SeedSequence([int(seed), group, i, 1000 + j]).generate_state(1)[0])
+                    )
+                written.append(_write_case(folder, f"{site}_{i:03d}", case, label, affine, axcodes[site]))
+                bar.update(1)
+            train, val = written[: len(written) - n_val], written[len(written) - n_val :]
+            write_datalist(
+                folder, labels=LABELS, modality=modality, training=train, validation=val, name=f"FedSegNet synthetic {site}"
+            )
+            summary["sites"][site] = {
+                "dir": str(folder),
+                "n_training": len(train),
+                "n_validation": len(val),
+                "style": styles[site],
+                "corruptions": [list(c) for c in corruptions[site]],
+                "orientation": "".join(axcodes[site]),
+            }
+            logger.info("synthesized %s: %d training + %d validation cases, style %s", site, len(train), len(val), styles[site])
+        if int(test_cases) > 0:
+            folder = root / "test"
+            neutral = site_style(_TEST_GROUP, seed, vary=False)
+            written = []
+            for i in range(int(test_cases)):
+                case = _make_case(np.random.default_rng([int(seed), _TEST_GROUP, i]), n, neutral, int(channels))
+                written.append(_write_case(folder, f"test_{i:03d}", case, case["label"], affine, ("R", "A", "S")))
+                bar.update(1)
+            write_datalist(
+                folder, labels=LABELS, modality=modality, training=[], validation=written, test=written, name="FedSegNet synthetic test set"
+            )
+            summary["test"] = {"dir": str(folder), "n_cases": len(written)}
+    return summary
