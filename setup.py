@@ -18,6 +18,8 @@ setup(
         "torch>=2.2",
         "monai[einops]>=1.5,<1.7",
         "numpy>=1.24",
+        # MONAI's Hausdorff distance (HD95) and surface metrics run on scipy.ndimage.
+        "scipy>=1.10",
         "nibabel>=5.0",
         "tensorboard>=2.14",
         "tqdm>=4.60",

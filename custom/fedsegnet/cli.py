@@ -172,7 +172,7 @@ def _cmd_demo(args) -> int:
 
         shutil.rmtree(ws)
     print(f"[2/4] nvflare simulator: {args.rounds} rounds x {args.local_steps} local steps, preset {args.preset}")
-    print(f"      (FLARE log: {ws / 'simulator.log'})")
+    print(f"      (FLARE log: {ws.with_name(ws.name + '.simulator.log')})")
     res = SimResults(ws)
 
     def on_round(rec):

@@ -1,136 +1,203 @@
-"""Preflight: check every file of a site before training; collect all problems into one error.
+"""Preflight: check a site's files before training, report every problem at once.
 
-Like nnU-Net's dataset integrity check: each case's image and label must exist and load, agree in
-spatial shape and affine, the label must hold integers within the declared classes, the image must
-be finite and have the declared number of channels, and the training list must not be empty. All
-problems of a site come back in one :class:`~fedsegnet.errors.DataError`, each naming its file.
+Following nnU-Net's dataset integrity check, every case of the requested splits is opened and
+checked; all failures of the site are collected into ONE :class:`~fedsegnet.errors.DataError`
+whose lines each name the file (relative to the site folder) and what is wrong, e.g.
+``labelsTr/case_003.nii.gz (training[3] label): label values {7} not in declared classes [0, 1, 2]``.
+
+Checks per case: every file exists and reads as NIfTI; image and label spatial shapes agree; their
+affines agree (within ``affine_tol`` mm); the image has ``len(modality)`` channels and no NaN/Inf;
+label values are whole numbers within the declared classes. Shapes and affines come from the
+headers (nibabel proxies) before any voxel data is read. The split ``training`` must not be empty
+when it is checked.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import os
+from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
 
-from fedsegnet.data.datalist import SiteDatalist
-from fedsegnet.errors import DataError
+from fedsegnet.data.datalist import SPLITS, SiteDatalist
+from fedsegnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-AFFINE_TOL_MM = 1e-3
 
-
-def _rel(datalist: SiteDatalist, path: str) -> str:
+def _rel(root, path: str) -> str:
     try:
-        return str(Path(path).resolve().relative_to(datalist.root.resolve()))
-    except ValueError:
+        rel = os.path.relpath(path, str(root))
+    except ValueError:  # different drive (Windows)
         return str(path)
+    return str(path) if rel.startswith("..") else rel
 
 
-def _load(path: str, what: str, rel: str, problems: list[str]):
-    if not Path(path).is_file():
-        problems.append(f"{rel}: {what} file does not exist")
+def _open(path: str, what: str, problems: list[str]):
+    """Open a NIfTI header; append a problem and return None on failure."""
+    if not os.path.isfile(path):
+        problems.append(f"{what}: file not found")
         return None
     try:
         return nib.load(path)
-    except Exception as e:  # nibabel raises several kinds for unreadable files
-        problems.append(f"{rel}: {what} cannot be read as NIfTI ({type(e).__name__}: {e})")
+    except Exception as exc:  # nibabel raises several types for unreadable files
+        problems.append(f"{what}: cannot read as NIfTI ({type(exc).__name__}: {exc})")
         return None
 
 
-def _check_case(datalist: SiteDatalist, case: dict, problems: list[str], summary: dict):
-    images = case["image"] if isinstance(case["image"], (list, tuple)) else [case["image"]]
-    label_rel = _rel(datalist, case["label"])
-    label = _load(case["label"], "label", label_rel, problems)
-    imgs = [(p, _rel(datalist, p), _load(p, "image", _rel(datalist, p), problems)) for p in images]
-    if label is None or any(i is None for _, _, i in imgs):
-        return
-    n_channels = 0
-    for _, rel, img in imgs:
-        shape = img.shape
-        n_channels += shape[3] if len(shape) == 4 else 1
-        if len(shape) not in (3, 4):
-            problems.append(f"{rel}: image has {len(shape)} dimensions, expected 3 (or 4 with channels last)")
-            continue
-        if tuple(shape[:3]) != tuple(label.shape[:3]):
-            problems.append(f"{rel}: image shape {tuple(shape[:3])} differs from label {label_rel} shape {tuple(label.shape[:3])}")
-        if not np.allclose(img.affine, label.affine, atol=AFFINE_TOL_MM):
-            problems.append(
-                f"{rel}: image affine differs from label {label_rel} affine (max difference "
-                f"{np.abs(img.affine - label.affine).max():.4g} mm)"
-            )
-        try:
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except Exception as e:
-            problems.append(f"{rel}: image voxels cannot be read ({type(e).__name__}: {e})")
-            continue
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            problems.append(f"{rel}: image has {bad} NaN/Inf voxel(s)")
-        summary["spacings"].add(tuple(round(float(z), 4) for z in img.header.get_zooms()[:3]))
-    if n_channels != datalist.in_channels:
-        problems.append(
-            f"{imgs[0][1]}: image has {n_channels} channel(s) but dataset.json 'modality' declares {datalist.in_channels}"
-        )
-    if len(label.shape) != 3 and not (len(label.shape) == 4 and label.shape[3] == 1):
-        problems.append(f"{label_rel}: label must be a 3D volume, got shape {tuple(label.shape)}")
-        return
+def _read(img, what: str, problems: list[str]):
     try:
-        lab = np.asarray(label.dataobj)
-    except Exception as e:
-        problems.append(f"{label_rel}: label voxels cannot be read ({type(e).__name__}: {e})")
-        return
-    if not np.all(np.isfinite(lab)):
-        problems.append(f"{label_rel}: label has NaN/Inf voxel(s)")
-        return
-    if np.issubdtype(lab.dtype, np.floating) and not np.all(lab == np.round(lab)):
-        problems.append(f"{label_rel}: label has non-integer values (e.g. {lab[lab != np.round(lab)].flat[0]:.3g})")
-        return
-    values = set(np.unique(lab).astype(np.int64).tolist())
-    declared = sorted(datalist.labels)
-    extra = values - set(declared)
-    if extra:
-        problems.append(f"{label_rel}: label values {sorted(extra)} not in declared classes {declared}")
-    summary["label_values"] |= values
-    summary["shapes"].add(tuple(int(s) for s in label.shape[:3]))
+        return np.asanyarray(img.dataobj)
+    except Exception as exc:  # truncated/corrupt gzip streams fail only here
+        problems.append(f"{what}: cannot read voxel data ({type(exc).__name__}: {exc})")
+        return None
 
 
-def preflight(datalist: SiteDatalist, *, check_splits=("training", "validation")) -> dict:
-    """Check every case of the given splits of a site.
+def _channels(shape: tuple) -> int:
+    return int(np.prod(shape[3:])) if len(shape) > 3 else 1
+
+
+def _check_case(datalist: SiteDatalist, split: str, index: int, case: dict, affine_tol: float, stats: dict) -> list[str]:
+    problems: list[str] = []
+    root = datalist.root
+    images = case["image"] if isinstance(case["image"], list) else [case["image"]]
+    label_path = case["label"]
+    label_what = f"{_rel(root, label_path)} ({split}[{index}] label)"
+
+    headers = []
+    for k, path in enumerate(images):
+        what = f"{_rel(root, path)} ({split}[{index}] image{'' if len(images) == 1 else f'[{k}]'})"
+        img = _open(path, what, problems)
+        if img is not None:
+            if len(img.shape) < 3:
+                problems.append(f"{what}: expected a 3D or 4D image, got shape {tuple(img.shape)}")
+            else:
+                headers.append((what, img))
+    lbl = _open(label_path, label_what, problems)
+    if lbl is not None:
+        shape = tuple(lbl.shape)
+        if len(shape) < 3 or (len(shape) > 3 and int(np.prod(shape[3:])) != 1):
+            problems.append(f"{label_what}: expected a 3D label map, got shape {shape}")
+            lbl = None
+
+    channels = 0
+    for what, img in headers:
+        shape = tuple(img.shape)
+        channels += _channels(shape)
+        if lbl is not None:
+            if shape[:3] != tuple(lbl.shape[:3]):
+                problems.append(f"{label_what}: spatial shape {tuple(lbl.shape[:3])} differs from image {shape[:3]}")
+            else:
+                diff = float(np.max(np.abs(np.asarray(img.affine) - np.asarray(lbl.affine))))
+                if not np.isfinite(diff) or diff > affine_tol:
+                    problems.append(f"{label_what}: affine differs from the image's (max difference {diff:.4g} mm)")
+        stats["shapes"].add(shape[:3])
+        stats["spacings"].add(tuple(round(float(z), 3) for z in img.header.get_zooms()[:3]))
+    if len(headers) == len(images) and channels != datalist.in_channels:
+        names = _rel(root, images[0]) if len(images) == 1 else f"{len(images)} image files"
+        problems.append(
+            f"{names} ({split}[{index}] image): has {channels} channel(s), modality declares "
+            f"{datalist.in_channels} ({', '.join(datalist.modality.values())})"
+        )
+
+    for what, img in headers:
+        data = _read(img, what, problems)
+        if data is not None and np.issubdtype(data.dtype, np.floating):
+            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            if bad:
+                problems.append(f"{what}: {bad} NaN/Inf voxel(s)")
+
+    if lbl is not None:
+        data = _read(lbl, label_what, problems)
+        if data is not None:
+            if np.issubdtype(data.dtype, np.floating):
+                finite = np.isfinite(data)
+                if not finite.all():
+                    problems.append(f"{label_what}: {int(data.size - finite.sum())} NaN/Inf voxel(s)")
+                    data = np.where(finite, data, 0)
+                frac = data != np.round(data)
+                if frac.any():
+                    examples = sorted({float(v) for v in np.unique(data[frac])[:3]})
+                    problems.append(f"{label_what}: non-integer label values (e.g. {examples}); labels must be class ids")
+                data = np.round(data)
+            values, counts = np.unique(data.astype(np.int64, copy=False), return_counts=True)
+            declared = sorted(datalist.labels)
+            unknown = sorted(int(v) for v in values if int(v) not in datalist.labels)
+            if unknown:
+                problems.append(f"{label_what}: label values {set(unknown)} not in declared classes {declared}")
+            for v, c in zip(values.tolist(), counts.tolist()):
+                stats["class_voxels"][int(v)] = stats["class_voxels"].get(int(v), 0) + int(c)
+            if not np.any(values > 0):
+                stats["empty_cases"] += 1
+    return problems
+
+
+def preflight(
+    datalist: SiteDatalist,
+    *,
+    check_splits: Sequence[str] = ("training", "validation"),
+    affine_tol: float = 1e-3,
+) -> dict:
+    """Check every case of the given splits; raise one error listing all problems.
 
     Args:
-        datalist: the site's data contract (from :func:`~fedsegnet.data.datalist.load_datalist`).
-        check_splits: which lists to check. Defaults to ``("training", "validation")``.
+        datalist: the site's datalist (see :func:`fedsegnet.data.datalist.load_datalist`).
+        check_splits: splits to check, from ``training``, ``validation``, ``test``. An empty
+            ``training`` list is a problem when ``training`` is checked.
+            Defaults to ("training", "validation").
+        affine_tol: largest allowed difference between image and label affine entries, in mm.
+            Defaults to 1e-3.
 
     Returns:
-        A summary: ``{"site", "n_cases": {split: n}, "shapes", "spacings", "label_values"}``.
+        Summary: ``{"site", "n_cases": {split: int}, "n_total", "channels", "num_classes",
+        "shapes": sorted list of spatial shapes, "spacings": sorted list of voxel sizes (mm),
+        "label_values": sorted class ids seen, "class_voxels": {class id: voxel count},
+        "cases_without_foreground": int}``.
 
     Raises:
-        DataError: listing every problem found, each naming its file (relative to the site folder).
+        ConfigError: for an unknown split name or a negative ``affine_tol``.
+        DataError: listing every problem of the site, each naming its file.
     """
+    splits = tuple(check_splits)
+    for split in splits:
+        if split not in SPLITS:
+            raise ConfigError("check_splits", split, "unknown split", options=SPLITS)
+    if not affine_tol >= 0:
+        raise ConfigError("affine_tol", affine_tol, "must be >= 0")
     problems: list[str] = []
-    summary = {"shapes": set(), "spacings": set(), "label_values": set()}
+    if "training" in splits and not datalist.training:
+        problems.append(f"{datalist.json_path}: 'training' is empty; a site needs at least one training case")
+    stats = {"shapes": set(), "spacings": set(), "class_voxels": {}, "empty_cases": 0}
     n_cases = {}
-    if "training" in check_splits and not datalist.training:
-        problems.append(f"{datalist.root / 'dataset.json'}: 'training' lists no cases")
-    for split in check_splits:
-        cases = list(getattr(datalist, split))
+    for split in splits:
+        cases = getattr(datalist, split)
         n_cases[split] = len(cases)
-        for case in cases:
-            _check_case(datalist, case, problems, summary)
+        for i, case in enumerate(cases):
+            problems.extend(_check_case(datalist, split, i, case, float(affine_tol), stats))
     if problems:
+        logger.warning("preflight %s: %d problem(s)", datalist.name, len(problems))
         raise DataError(datalist.name, problems)
-    out = {
+    summary = {
         "site": datalist.name,
         "n_cases": n_cases,
-        "shapes": sorted(summary["shapes"]),
-        "spacings": sorted(summary["spacings"]),
-        "label_values": sorted(summary["label_values"]),
+        "n_total": int(sum(n_cases.values())),
+        "channels": datalist.in_channels,
+        "num_classes": datalist.num_classes,
+        "shapes": sorted(list(s) for s in stats["shapes"]),
+        "spacings": sorted(list(s) for s in stats["spacings"]),
+        "label_values": sorted(stats["class_voxels"]),
+        "class_voxels": dict(sorted(stats["class_voxels"].items())),
+        "cases_without_foreground": stats["empty_cases"],
     }
     logger.info(
-        "preflight %s: %s cases OK, shapes %s, spacings %s, label values %s",
-        datalist.name, n_cases, out["shapes"], out["spacings"], out["label_values"],
-    )  # fmt: skip
-    return out
+        "preflight %s: %d case(s) OK (%s), shapes %s, spacings %s, label values %s",
+        datalist.name,
+        summary["n_total"],
+        ", ".join(f"{k} {v}" for k, v in n_cases.items()),
+        summary["shapes"],
+        summary["spacings"],
+        summary["label_values"],
+    )
+    return summary

@@ -37,10 +37,25 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from fedsegnet.data.baseline import threshold_baseline  # re-exported: the data's difficulty check
 from fedsegnet.data.datalist import write_datalist
 from fedsegnet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CORRUPTION_KINDS",
+    "LABELS",
+    "SITE_VARIATION",
+    "STYLE_DEFAULTS",
+    "corrupt_label",
+    "parse_corrupt",
+    "parse_site_style",
+    "reorient_nifti",
+    "site_style",
+    "synthesize",
+    "threshold_baseline",
+]
 
 LABELS = {0: "background", 1: "organ", 2: "lesion"}
 """Class id -> name of the synthetic data."""
@@ -51,7 +66,7 @@ CORRUPTION_KINDS = ("label_noise", "erode", "dilate", "drop_class", "shift")
 STYLE_DEFAULTS: dict[str, object] = {
     "intensity_scale": 1.0,
     "intensity_shift": 0.0,
-    "noise_sd": 0.2,
+    "noise_sd": 0.24,
     "bias_strength": 0.05,
     "structure_scale": 1.0,
     "lesion_count": (1, 2),
@@ -73,7 +88,7 @@ STYLE_DEFAULTS: dict[str, object] = {
 SITE_VARIATION = {
     "intensity_scale": (0.85, 1.15),
     "intensity_shift": (-0.1, 0.1),
-    "noise_sd": (0.18, 0.22),
+    "noise_sd": (0.22, 0.26),
     "bias_strength": (0.03, 0.07),
     "structure_scale": (0.9, 1.1),
 }
@@ -266,6 +281,21 @@ def _polyline_distance(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     return out
 
 
+def _tube_mask(u: np.ndarray, points: np.ndarray, radius: float) -> np.ndarray:
+    """Voxels within ``radius`` of a polyline, computed inside the polyline's bounding box only."""
+    n = u.shape[1]
+    half = n / 2.0
+    lo = np.floor((points.min(0) - radius) * half + (n - 1) / 2.0).astype(int)
+    hi = np.ceil((points.max(0) + radius) * half + (n - 1) / 2.0).astype(int) + 1
+    lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
+    mask = np.zeros(u.shape[1:], dtype=bool)
+    if np.any(hi <= lo):
+        return mask
+    box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    mask[box] = _polyline_distance(u[(slice(None),) + box], points) < radius
+    return mask
+
+
 def _sample_point(rng: np.random.Generator, u: np.ndarray, mask: np.ndarray, fallback) -> np.ndarray:
     idx = np.flatnonzero(mask)
     if idx.size == 0:
@@ -351,7 +381,7 @@ def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> 
             d = d / np.linalg.norm(d) + rng.normal(0.0, 0.45, 3)
             d = d / np.linalg.norm(d)
             pts.append(pts[-1] + 0.22 * d)
-        vessels |= _polyline_distance(u, np.array(pts)) < rng.uniform(0.045, 0.07)
+        vessels |= _tube_mask(u, np.array(pts), rng.uniform(0.045, 0.07))
     vessels &= body
 
     away = body & (organ_f > 0.7) & (body_f < -0.15)

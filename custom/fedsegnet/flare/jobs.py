@@ -93,7 +93,8 @@ class SimulatorRun:
         n_clients: number of sites ``site-1..site-N``.
         threads: sites run in parallel. Defaults to ``n_clients``.
         data_root: exported as ``FEDSEGNET_DATA_ROOT`` to the sites. Defaults to None (inherit).
-        log_file: where the simulator's output goes. Defaults to ``<workspace>/simulator.log``.
+        log_file: where the simulator's output goes. Defaults to ``<workspace>.simulator.log`` beside
+            the workspace (the simulator empties its workspace when it starts).
     """
 
     def __init__(self, job_dir, workspace, n_clients: int, threads: int | None = None, data_root=None, log_file=None):
@@ -102,7 +103,7 @@ class SimulatorRun:
         self.n_clients = int(n_clients)
         self.threads = int(threads or n_clients)
         self.data_root = data_root
-        self.log_file = Path(log_file) if log_file else self.workspace / "simulator.log"
+        self.log_file = Path(log_file) if log_file else self.workspace.with_name(self.workspace.name + ".simulator.log")
         self.proc = None
         self._log = None
 
