@@ -279,7 +279,10 @@ def _relative(root: Path, path) -> str:
 def _relative_case(root: Path, case: dict) -> dict:
     out = dict(case)
     image = case["image"]
-    out["image"] = _relative(root, image) if isinstance(image, (str, os.PathLike)) else [_relative(root, p) for p in image]
+    if isinstance(image, (str, os.PathLike)):
+        out["image"] = _relative(root, image)
+    else:
+        out["image"] = [_relative(root, p) for p in image]
     if "label" in case:
         out["label"] = _relative(root, case["label"])
     return out

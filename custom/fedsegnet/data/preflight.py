@@ -59,7 +59,9 @@ def _channels(shape: tuple) -> int:
     return int(np.prod(shape[3:])) if len(shape) > 3 else 1
 
 
-def _check_case(datalist: SiteDatalist, split: str, index: int, case: dict, affine_tol: float, stats: dict) -> list[str]:
+def _check_case(
+    datalist: SiteDatalist, split: str, index: int, case: dict, affine_tol: float, stats: dict
+) -> list[str]:
     problems: list[str] = []
     root = datalist.root
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]
@@ -120,7 +122,9 @@ def _check_case(datalist: SiteDatalist, split: str, index: int, case: dict, affi
                 frac = data != np.round(data)
                 if frac.any():
                     examples = sorted({float(v) for v in np.unique(data[frac])[:3]})
-                    problems.append(f"{label_what}: non-integer label values (e.g. {examples}); labels must be class ids")
+                    problems.append(
+                        f"{label_what}: non-integer label values (e.g. {examples}); labels must be class ids"
+                    )
                 data = np.round(data)
             values, counts = np.unique(data.astype(np.int64, copy=False), return_counts=True)
             declared = sorted(datalist.labels)

@@ -46,6 +46,7 @@ from fedsegnet.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 KEYS = ("image", "label")
+_AXIS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's RAS+ world convention
 MAX_CACHE_WORKERS = 2
 """Threads used to fill a cache (the reference CPU machine has 2 cores)."""
 
@@ -65,7 +66,7 @@ def _deterministic(preset: Preset) -> list:
     return [
         LoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(KEYS), allow_missing_keys=True),
-        Orientationd(keys=list(KEYS), axcodes="RAS", allow_missing_keys=True),
+        Orientationd(keys=list(KEYS), axcodes="RAS", labels=_AXIS_LABELS, allow_missing_keys=True),
         Spacingd(keys=list(KEYS), pixdim=tuple(preset.spacing), mode=("bilinear", "nearest"), allow_missing_keys=True),
         _intensity(preset),
     ]
@@ -170,7 +171,8 @@ def eval_transforms(preset: Preset) -> Compose:
         ConfigError: naming the bad preset field.
     """
     _check_preset(preset)
-    return Compose(_deterministic(preset) + [EnsureTyped(keys=list(KEYS), dtype=torch.float32, allow_missing_keys=True)])
+    final = EnsureTyped(keys=list(KEYS), dtype=torch.float32, allow_missing_keys=True)
+    return Compose(_deterministic(preset) + [final])
 
 
 def estimate_case_bytes(case: dict, preset: Preset) -> int:
@@ -190,9 +192,10 @@ def estimate_case_bytes(case: dict, preset: Preset) -> int:
         for p in paths:
             hdr = nib.load(str(p)).header
             shape = hdr.get_data_shape()
-            zooms = hdr.get_zooms()[:3]
             channels += int(np.prod(shape[3:])) if len(shape) > 3 else 1
-            voxels = float(np.prod([s * z / t for s, z, t in zip(shape[:3], zooms, preset.spacing)]))
+            if not voxels:  # all channel files share the grid (preflight checks it)
+                zooms = hdr.get_zooms()[:3]
+                voxels = float(np.prod([s * z / t for s, z, t in zip(shape[:3], zooms, preset.spacing)]))
     except Exception:  # unreadable files are preflight's business
         return 0
     return int(voxels * (channels + 1) * 4)
@@ -337,7 +340,9 @@ def case_spacing(item: dict) -> tuple[float, float, float]:
     if affine is None and isinstance(item, dict):
         affine = (item.get("image_meta_dict") or {}).get("affine")
     if affine is None:
-        raise ConfigError("item", type(image).__name__, "no affine: expected a MetaTensor image from build_eval_dataset")
+        raise ConfigError(
+            "item", type(image).__name__, "no affine: expected a MetaTensor image from build_eval_dataset"
+        )
     a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
     if a.ndim == 3:  # batched affine (B, 4, 4): take the first
         a = a[0]
