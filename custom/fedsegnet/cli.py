@@ -186,7 +186,7 @@ def _cmd_demo(args) -> int:
             print(f"      ERROR from {err['site']}: {err['message']}")
 
     with SimulatorRun(job, ws, args.sites, args.sites, data_root=data) as run:
-        rc = wait_with_progress(run, res, args.rounds, timeout=args.timeout, on_round=on_round)
+        rc = wait_with_progress(run, res, timeout=args.timeout, on_round=on_round)
     if rc != 0 or not res.global_model.exists():
         print(f"simulator failed (exit code {rc}); see {run.log_file} and {res.server_log}", file=sys.stderr)
         return 1

@@ -7,21 +7,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 
 from fedsegnet.data.datalist import write_datalist
 from fedsegnet.data.synth import synthesize
 
 # One small configuration shared by the synth and transform tests (fast: 24^3, a few cases).
 SMALL = dict(sites=2, cases=3, size=24, seed=0, test_cases=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

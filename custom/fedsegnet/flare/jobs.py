@@ -200,7 +200,7 @@ class SimResults:
         return json.loads(self.cross_site.read_text())
 
 
-def wait_with_progress(run: SimulatorRun, results: SimResults, num_rounds: int, timeout: float, on_round=None) -> int:
+def wait_with_progress(run: SimulatorRun, results: SimResults, timeout: float, on_round=None) -> int:
     """Wait for ``run``, calling ``on_round(record)`` for every new per-round record."""
     seen = 0
     deadline = time.monotonic() + timeout

@@ -100,11 +100,12 @@ def load_model_file(path: str | Path, spec: dict | None = None) -> tuple[torch.n
             f"model file {path}: carries no FedSegNet model spec (train_conf['fedsegnet']); "
             f"pass the preset/classes it was trained with"
         )
+    from fedsegnet.training.loop import load_exchanged_weights
+
     model = build_from_spec(spec)
-    state = {k: torch.as_tensor(v) for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
+        load_exchanged_weights(model, state, strict=True)
+    except FedSegNetError as e:
         raise FedSegNetError(f"model file {path}: weights do not fit network {spec['network']!r}: {e}") from None
     model.eval()
     return model, spec

@@ -61,6 +61,22 @@ def build_model_for(config: TrainConfig, in_channels: int, num_classes: int) -> 
     )
 
 
+def model_fit_problems(datalist, num_classes: int | None, in_channels: int | None, model: str) -> list[str]:
+    """Problems (one line each, naming dataset.json and the field) where a site's data does not fit a model."""
+    problems = []
+    if num_classes is not None and datalist.num_classes != num_classes:
+        problems.append(
+            f"{datalist.root / 'dataset.json'}: field 'labels' declares {datalist.num_classes} classes "
+            f"(with background) but {model} predicts num_classes={num_classes}"
+        )
+    if in_channels is not None and datalist.in_channels != in_channels:
+        problems.append(
+            f"{datalist.root / 'dataset.json'}: field 'modality' declares {datalist.in_channels} channel(s) "
+            f"but {model} takes in_channels={in_channels}"
+        )
+    return problems
+
+
 def eval_cases(cases: list[dict], dataset):
     """Yield evaluation items (image, label, spacing, name) from a dataset built by ``build_eval_dataset``."""
     for i in range(len(dataset)):
@@ -104,17 +120,7 @@ class SiteTrainer:
         self.site = site or self.site_dir.name
         self.progress = progress
         self.datalist = load_datalist(self.site_dir, site=self.site)
-        problems = []
-        if num_classes is not None and self.datalist.num_classes != num_classes:
-            problems.append(
-                f"{self.site_dir / 'dataset.json'}: field 'labels' declares {self.datalist.num_classes} classes "
-                f"(with background) but the job's model predicts num_classes={num_classes}"
-            )
-        if in_channels is not None and self.datalist.in_channels != in_channels:
-            problems.append(
-                f"{self.site_dir / 'dataset.json'}: field 'modality' declares {self.datalist.in_channels} channel(s) "
-                f"but the job's model takes in_channels={in_channels}"
-            )
+        problems = model_fit_problems(self.datalist, num_classes, in_channels, "the job's model")
         if problems:
             raise DataError(self.site, problems)
         self.summary = preflight(self.datalist) if run_preflight else {}
@@ -273,16 +279,7 @@ def evaluate_model_file(
     problems = []
     if not cases:
         problems.append(f"{Path(data_dir) / 'dataset.json'}: split {split!r} has no labelled cases")
-    if datalist.num_classes != spec["num_classes"]:
-        problems.append(
-            f"{Path(data_dir) / 'dataset.json'}: 'labels' declares {datalist.num_classes} classes but the model "
-            f"{model_path} predicts {spec['num_classes']}"
-        )
-    if datalist.in_channels != spec["in_channels"]:
-        problems.append(
-            f"{Path(data_dir) / 'dataset.json'}: 'modality' declares {datalist.in_channels} channel(s) but the "
-            f"model {model_path} takes {spec['in_channels']}"
-        )
+    problems += model_fit_problems(datalist, spec["num_classes"], spec["in_channels"], f"the model {model_path}")
     if problems:
         raise DataError(datalist.name or str(data_dir), problems)
     preflight(datalist, check_splits=(split,))
