@@ -1,0 +1,29 @@
+"""Communication compression of model updates (no FLARE imports).
+
+- :mod:`.sparsify`: top-k selection (sampled threshold or exact ``torch.topk``; per tensor or global).
+- :mod:`.quantize`: 8/4-bit per-block quantization (optional stochastic rounding), or float16/32.
+- :mod:`.index_coding`: lossless position encodings (varint gaps, bitmap, raw), smallest per tensor.
+- :mod:`.codec`: :class:`SparseQuantCodec` and the versioned payload format; :func:`decode_payload`.
+- :mod:`.error_feedback`: :class:`ErrorFeedback`, the persisted residual of one sender.
+"""
+
+from fedsegnet.compression.codec import (
+    CODECS,
+    PAYLOAD_FORMAT,
+    PAYLOAD_VERSION,
+    SparseQuantCodec,
+    build_codec,
+    decode_payload,
+    is_payload,
+    payload_nbytes,
+)
+from fedsegnet.compression.error_feedback import ErrorFeedback
+from fedsegnet.compression.index_coding import PayloadError, decode_indices, encode_indices
+from fedsegnet.compression.quantize import dequantize, quantize
+from fedsegnet.compression.sparsify import sampled_threshold, select_topk
+
+__all__ = [
+    "CODECS", "PAYLOAD_FORMAT", "PAYLOAD_VERSION", "SparseQuantCodec", "build_codec", "decode_payload",
+    "is_payload", "payload_nbytes", "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices",
+    "dequantize", "quantize", "sampled_threshold", "select_topk",
+]  # fmt: skip

@@ -1,0 +1,277 @@
+import copy
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedsegnet.compression import (
+    ErrorFeedback,
+    PayloadError,
+    SparseQuantCodec,
+    build_codec,
+    decode_payload,
+    payload_nbytes,
+    select_topk,
+)
+
+
+def _update(seed=0, scale=0.01):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "enc.conv.weight": torch.randn(32, 16, 3, 3, 3, generator=g) * scale,
+        "enc.norm.weight": torch.randn(32, generator=g) * scale,
+        "head.weight": (torch.randn(3, 32, 1, 1, 1, generator=g) * scale).numpy(),
+        "attn.qkv.weight": torch.randn(96, 32, generator=g) * scale,
+    }
+
+
+def _t(x):
+    return torch.as_tensor(np.asarray(x)) if not isinstance(x, torch.Tensor) else x
+
+
+SETTINGS = [
+    dict(ratio=0.01),
+    dict(ratio=0.05, bits=4, block=64, stochastic=True),
+    dict(ratio=0.2, scope="global", selection="exact", dense_bits=8),
+    dict(ratio=1.0, bits=32),
+    dict(ratio=0.1, index_coding="bitmap", block=0),
+]
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sent_plus_residual_equals_update_plus_old_residual(kwargs, seed):
+    codec = SparseQuantCodec(**kwargs)
+    update = _update(seed)
+    old = {k: torch.randn(v.shape) * 1e-3 for k, v in update.items()}
+    payload, residual = codec.encode(update, old, generator=torch.Generator().manual_seed(seed))
+    sent = decode_payload(payload, reference=update)
+    for k, u in update.items():
+        assert sent[k].shape == tuple(u.shape) and sent[k].dtype == np.float32
+        assert residual[k].shape == tuple(u.shape) and residual[k].dtype == torch.float32
+        torch.testing.assert_close(torch.from_numpy(sent[k]) + residual[k], _t(u) + old[k], rtol=0, atol=1e-6)
+
+
+def test_encode_does_not_modify_inputs():
+    update, residual = _update(), {k: torch.ones(v.shape) * 1e-3 for k, v in _update().items()}
+    u0, r0 = copy.deepcopy(update), copy.deepcopy(residual)
+    SparseQuantCodec(ratio=0.05, stochastic=True).encode(update, residual)
+    for k in update:
+        assert np.array_equal(np.asarray(update[k]), np.asarray(u0[k])) and torch.equal(residual[k], r0[k])
+
+
+def test_sparse_tensors_send_about_ratio_and_small_ones_go_dense():
+    update = _update()
+    payload, _ = SparseQuantCodec(ratio=0.05, dense_below=2048).encode(update)
+    recs = payload["tensors"]
+    assert recs["enc.norm.weight"]["mode"] == "dense" and recs["head.weight"]["mode"] == "dense"
+    assert recs["enc.conv.weight"]["mode"] == "sparse" and recs["attn.qkv.weight"]["mode"] == "sparse"
+    n = update["enc.conv.weight"].numel()
+    assert abs(recs["enc.conv.weight"]["count"] - 0.05 * n) <= 0.15 * 0.05 * n
+
+
+def test_compression_is_large_at_one_percent():
+    update = {"w": torch.randn(1_000_000) * 0.01}
+    payload, _ = SparseQuantCodec(ratio=0.01, bits=8).encode(update)
+    ratio = 4_000_000 / payload_nbytes(payload)
+    assert 150 < ratio < 220, ratio  # ~1 byte of position + 1 byte of value per kept value
+
+
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_sampled_selection_finds_the_largest_values(scope):
+    g = torch.Generator().manual_seed(0)
+    flats = {"a": torch.randn(200_000, generator=g), "b": torch.randn(50_000, generator=g) * 3}
+    exact = select_topk(flats, 0.01, scope, "exact")
+    sampled = select_topk(flats, 0.01, scope, "sampled", generator=torch.Generator().manual_seed(1))
+    for k in flats:
+        assert torch.all(sampled[k][1:] > sampled[k][:-1])
+        overlap = np.intersect1d(exact[k].numpy(), sampled[k].numpy()).size
+        assert overlap >= 0.85 * min(exact[k].numel(), sampled[k].numel())
+        assert abs(sampled[k].numel() - exact[k].numel()) <= 0.15 * exact[k].numel() + 1
+    if scope == "global":  # one threshold: the tensor with larger values sends a larger share
+        assert exact["b"].numel() / 50_000 > exact["a"].numel() / 200_000
+
+
+def test_exact_selection_is_exact():
+    flat = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    idx = select_topk({"w": flat}, 0.01, "tensor", "exact")["w"]
+    top = torch.topk(flat.abs(), 100).indices.sort().values
+    assert torch.equal(idx, top)
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        (dict(ratio=0), "ratio"),
+        (dict(ratio=1.5), "ratio"),
+        (dict(bits=5), "bits"),
+        (dict(dense_bits=2), "bits"),
+        (dict(block=-1), "block"),
+        (dict(scope="layer"), "scope"),
+        (dict(selection="fast"), "selection"),
+        (dict(index_coding="zip"), "index_coding"),
+        (dict(dense_below=-3), "dense_below"),
+        (dict(sample_size=0), "sample_size"),
+    ],
+)
+def test_bad_arguments_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SparseQuantCodec(**kwargs)
+
+
+def test_registry():
+    assert isinstance(build_codec("sparse_quant", ratio=0.1), SparseQuantCodec)
+    with pytest.raises(ValueError, match="codec='gzip'"):
+        build_codec("gzip")
+
+
+def test_residual_that_does_not_match_is_an_error():
+    update = _update()
+    with pytest.raises(ValueError, match="residual"):
+        SparseQuantCodec().encode(update, {"other": torch.zeros(3)})
+
+
+def test_integer_update_is_an_error():
+    with pytest.raises(ValueError, match="update\\['n'\\]: dtype int64"):
+        SparseQuantCodec().encode({"n": torch.zeros(3, dtype=torch.int64)})
+
+
+# --------------------------------------------------------------------------- malformed payloads
+def _payload():
+    update = _update()
+    payload, _ = SparseQuantCodec(ratio=0.05).encode(update)
+    return update, payload
+
+
+def _break(payload, case):
+    p = copy.deepcopy(payload)
+    rec = p["tensors"]["enc.conv.weight"]
+    if case == "version":
+        p["version"] = 99
+    elif case == "format":
+        p["format"] = "other"
+    elif case == "truncated_values":
+        rec["values"] = rec["values"][:-5]
+    elif case == "truncated_index":
+        rec["index"] = rec["index"][:-3]
+    elif case == "shape":
+        rec["shape"] = [16, 32, 3, 3, 3][::-1]
+    elif case == "index_range":
+        rec["shape"] = [32, 16, 3, 3, 1]  # fewer values than the positions reach
+    elif case == "nan":
+        dense = p["tensors"]["enc.norm.weight"]
+        dense["values"] = dense["values"].copy()
+        dense["values"][0] = np.nan
+    elif case == "nan_scale":
+        rec["scales"] = rec["scales"].copy()
+        rec["scales"][0] = np.inf
+    elif case == "missing":
+        del p["tensors"]["head.weight"]
+    elif case == "extra":
+        p["tensors"]["evil"] = copy.deepcopy(p["tensors"]["head.weight"])
+    elif case == "mode":
+        rec["mode"] = "delta"
+    elif case == "tensors":
+        p["tensors"] = [1, 2]
+    return p
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("version", "unknown version 99"),
+        ("format", "field 'format'"),
+        ("truncated_values", "enc.conv.weight: expected \\d+ uint8 bytes"),
+        ("truncated_index", "enc.conv.weight: index stream"),
+        ("shape", "enc.conv.weight: shape \\[3, 3, 3, 32, 16\\] differs from the model's"),
+        ("index_range", "enc.conv.weight: .*out of range"),
+        ("nan", "enc.norm.weight: values contain NaN"),
+        ("nan_scale", "enc.conv.weight: scales contain NaN"),
+        ("missing", "1 missing \\['head.weight'\\]"),
+        ("extra", "1 unexpected \\['evil'\\]"),
+        ("mode", "field 'mode'"),
+        ("tensors", "field 'tensors'"),
+    ],
+)
+def test_malformed_payload_is_rejected_with_the_reason(case, match):
+    update, payload = _payload()
+    reference = update if case != "index_range" else None
+    with pytest.raises(PayloadError, match=match):
+        decode_payload(_break(payload, case), reference=reference)
+
+
+def test_payload_not_a_dict():
+    with pytest.raises(PayloadError, match="payload must be a dict"):
+        decode_payload([1, 2, 3])
+
+
+# --------------------------------------------------------------------------- error feedback
+def _flat(d):
+    return torch.cat([_t(v).reshape(-1) for v in d.values()])
+
+
+@pytest.mark.parametrize("ratio,bits", [(0.01, 8), (0.05, 4)])
+def test_error_feedback_conserves_the_sum_of_updates(ratio, bits):
+    ef = ErrorFeedback(SparseQuantCodec(ratio=ratio, bits=bits, stochastic=True), name="site-1")
+    total_update, total_sent = 0, 0
+    for rnd in range(8):
+        update = _update(seed=rnd)
+        payload = ef.compress(update, generator=torch.Generator().manual_seed(rnd))
+        total_update = total_update + _flat(update).double()
+        total_sent = total_sent + _flat(decode_payload(payload)).double()
+    torch.testing.assert_close(total_sent + _flat(ef.residual).double(), total_update, rtol=0, atol=1e-5)
+
+
+def test_residual_stays_bounded():
+    ef = ErrorFeedback(SparseQuantCodec(ratio=0.05, bits=8, dense_below=0))
+    norms = []
+    for rnd in range(120):
+        ef.compress({"w": torch.randn(20_000, generator=torch.Generator().manual_seed(rnd)) * 0.01})
+        norms.append(ef.last_residual_norm / ef.last_update_norm)
+    # grows while values below the threshold accumulate, then levels off: the last 40 rounds are
+    # no larger than the 40 before, and far below the sqrt(rounds) of an unsent random walk
+    assert max(norms[80:]) < 1.1 * max(norms[40:80])
+    assert max(norms) < 0.5 * math.sqrt(120)
+
+
+def test_error_feedback_state_round_trip(tmp_path):
+    ef = ErrorFeedback(SparseQuantCodec(ratio=0.05), name="site-1")
+    ef.compress(_update(0))
+    ef.save(tmp_path / "ef.pt")
+    other = ErrorFeedback(SparseQuantCodec(ratio=0.05), name="site-1")
+    assert other.load(tmp_path / "ef.pt")
+    assert other.rounds == 1 and set(other.residual) == set(ef.residual)
+    for k in ef.residual:
+        assert torch.equal(other.residual[k], ef.residual[k])
+    # restored: the next payload equals the one the first instance makes
+    a, b = ef.compress(_update(1)), other.compress(_update(1))
+    for k in a["tensors"]:
+        np.testing.assert_array_equal(a["tensors"][k]["values"], b["tensors"][k]["values"])
+
+
+def test_unreadable_state_is_reset_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "ef.pt"
+    path.write_bytes(b"not a torch file")
+    ef = ErrorFeedback(SparseQuantCodec(), name="site-7")
+    with caplog.at_level(logging.WARNING):
+        assert not ef.load(path)
+    assert "site-7" in caplog.text and str(path) in caplog.text and ef.residual == {}
+    with pytest.raises(ValueError, match="version"):
+        ef.load_state_dict({"version": 42})
+
+
+@pytest.mark.parametrize("bad", ["shape", "nan"])
+def test_mismatched_or_nonfinite_residual_is_dropped_with_a_warning(bad, caplog):
+    ef = ErrorFeedback(SparseQuantCodec(ratio=0.05), name="site-3")
+    ef.compress(_update(0))
+    if bad == "shape":
+        ef.residual["enc.conv.weight"] = torch.zeros(5)
+    else:
+        ef.residual["enc.conv.weight"][0] = float("nan")
+    with caplog.at_level(logging.WARNING):
+        payload = ef.compress(_update(1))
+    assert "site-3" in caplog.text and "zero residual" in caplog.text
+    assert all(torch.isfinite(r).all() for r in ef.residual.values())
+    assert set(decode_payload(payload)) == set(_update())
