@@ -15,6 +15,7 @@ from fedsegnet.compression import (
     payload_nbytes,
     select_topk,
 )
+from fedsegnet.compression.codec import unpack_payload
 
 
 def _update(seed=0, scale=0.01):
@@ -65,7 +66,7 @@ def test_encode_does_not_modify_inputs():
 def test_sparse_tensors_send_about_ratio_and_small_ones_go_dense():
     update = _update()
     payload, _ = SparseQuantCodec(ratio=0.05, dense_below=2048).encode(update)
-    recs = payload["tensors"]
+    recs = unpack_payload(payload)
     assert recs["enc.norm.weight"]["mode"] == "dense" and recs["head.weight"]["mode"] == "dense"
     assert recs["enc.conv.weight"]["mode"] == "sparse" and recs["attn.qkv.weight"]["mode"] == "sparse"
     n = update["enc.conv.weight"].numel()
@@ -145,36 +146,52 @@ def _payload():
     return update, payload
 
 
+def _row(p, name):
+    return p["names"].index(name)
+
+
 def _break(payload, case):
     p = copy.deepcopy(payload)
-    rec = p["tensors"]["enc.conv.weight"]
+    conv, norm = _row(p, "enc.conv.weight"), _row(p, "enc.norm.weight")
     if case == "version":
         p["version"] = 99
     elif case == "format":
         p["format"] = "other"
     elif case == "truncated_values":
-        rec["values"] = rec["values"][:-5]
+        p["values"] = p["values"][:-5]
     elif case == "truncated_index":
-        rec["index"] = rec["index"][:-3]
-    elif case == "shape":
-        rec["shape"] = [16, 32, 3, 3, 3][::-1]
-    elif case == "index_range":
-        rec["shape"] = [32, 16, 3, 3, 1]  # fewer values than the positions reach
-    elif case == "nan":
-        dense = p["tensors"]["enc.norm.weight"]
-        dense["values"] = dense["values"].copy()
-        dense["values"][0] = np.nan
+        p["index"] = p["index"][:-3]
+    elif case == "truncated_scales":
+        p["scales"] = p["scales"][:-1]
+    elif case == "shape":  # the conv weight's dims reversed
+        start = int(p["table"][:conv, 7].sum())
+        p["shapes"][start : start + 5] = p["shapes"][start : start + 5][::-1].copy()
+    elif case == "index_range":  # the conv weight declared with fewer values than its positions reach
+        start = int(p["table"][:conv, 7].sum())
+        p["shapes"][start + 4] = 1
+    elif case == "nan":  # a float16 NaN in the dense norm weight
+        start = int(p["table"][:norm, 6].sum())
+        p["values"][start : start + 2] = np.array([np.nan], np.float16).view(np.uint8)
     elif case == "nan_scale":
-        rec["scales"] = rec["scales"].copy()
-        rec["scales"][0] = np.inf
+        p["scales"][0] = np.inf
     elif case == "missing":
-        del p["tensors"]["head.weight"]
+        row = _row(p, "head.weight")
+        start, nd = int(p["table"][:row, 7].sum()), int(p["table"][row, 7])
+        before = (p["table"][:row, 5].sum(), p["table"][:row, 6].sum())
+        n_idx, n_val = int(p["table"][row, 5]), int(p["table"][row, 6])
+        assert n_idx == 0 and p["table"][row, 0] == 1  # dense, 16 bits: no scales to remove
+        p["values"] = np.delete(p["values"], np.arange(before[1], before[1] + n_val))
+        p["shapes"] = np.delete(p["shapes"], np.arange(start, start + nd))
+        p["table"] = np.delete(p["table"], row, axis=0)
+        del p["names"][row]
     elif case == "extra":
-        p["tensors"]["evil"] = copy.deepcopy(p["tensors"]["head.weight"])
+        p["names"][_row(p, "head.weight")] = "evil"
     elif case == "mode":
-        rec["mode"] = "delta"
-    elif case == "tensors":
-        p["tensors"] = [1, 2]
+        p["table"][conv, 0] = 7
+    elif case == "table":
+        p["table"] = p["table"][:, :5]
+    elif case == "names":
+        p["names"] = "enc.conv.weight"
     return p
 
 
@@ -183,16 +200,18 @@ def _break(payload, case):
     [
         ("version", "unknown version 99"),
         ("format", "field 'format'"),
-        ("truncated_values", "enc.conv.weight: expected \\d+ uint8 bytes"),
-        ("truncated_index", "enc.conv.weight: index stream"),
-        ("shape", "enc.conv.weight: shape \\[3, 3, 3, 32, 16\\] differs from the model's"),
+        ("truncated_values", "field 'values' has \\d+ entries, the table declares"),
+        ("truncated_index", "field 'index' has \\d+ entries"),
+        ("truncated_scales", "field 'scales' has \\d+ entries"),
+        ("shape", "enc.conv.weight: shape \\[3, 3, 3, 16, 32\\] differs from the model's"),
         ("index_range", "enc.conv.weight: .*out of range"),
         ("nan", "enc.norm.weight: values contain NaN"),
-        ("nan_scale", "enc.conv.weight: scales contain NaN"),
+        ("nan_scale", "scales contain NaN"),
         ("missing", "1 missing \\['head.weight'\\]"),
         ("extra", "1 unexpected \\['evil'\\]"),
-        ("mode", "field 'mode'"),
-        ("tensors", "field 'tensors'"),
+        ("mode", "enc.conv.weight: mode code 7"),
+        ("table", "field 'table' has shape"),
+        ("names", "field 'names'"),
     ],
 )
 def test_malformed_payload_is_rejected_with_the_reason(case, match):
@@ -247,8 +266,8 @@ def test_error_feedback_state_round_trip(tmp_path):
         assert torch.equal(other.residual[k], ef.residual[k])
     # restored: the next payload equals the one the first instance makes
     a, b = ef.compress(_update(1)), other.compress(_update(1))
-    for k in a["tensors"]:
-        np.testing.assert_array_equal(a["tensors"][k]["values"], b["tensors"][k]["values"])
+    np.testing.assert_array_equal(a["values"], b["values"])
+    np.testing.assert_array_equal(a["index"], b["index"])
 
 
 def test_unreadable_state_is_reset_with_a_warning(tmp_path, caplog):
