@@ -20,5 +20,35 @@ class UpdateMeta:
     VAL_DICE_GLOBAL = "fedsegnet.val_dice_global"
     VAL_DICE_LOCAL = "fedsegnet.val_dice_local"
     TRAIN_SECONDS = "fedsegnet.train_seconds"
+    UPDATE_NORM = "fedsegnet.update_norm"
+    RESIDUAL_NORM = "fedsegnet.residual_norm"
+    SENT_VALUES = "fedsegnet.sent_values"
 
-    ALL = (N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, TRAIN_SECONDS)
+    ALL = (
+        N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, TRAIN_SECONDS,
+        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES,
+    )  # fmt: skip
+
+
+class CodecMeta:
+    """DXO meta keys and headers of the compression filters (``fedsegnet.flare.compression``)."""
+
+    ENCODED = "fedsegnet.encoded"
+    """Update meta: the DXO data is a FedSegNet payload (set by the site's encoder)."""
+    DOWNLINK = "fedsegnet.downlink"
+    """Task meta: ``{"mode": "full" | "diff", "base": version or None, "version": version}``."""
+    GLOBAL_VERSION_HEADER = "fedsegnet.global_version"
+    """Result header: the version of the global model the site holds after decoding this task's data."""
+    GLOBAL_VERSION_PROP = "fedsegnet.global_version"
+    """Client FLContext prop (private, not sticky): set by the downlink decoder, read by the encoder."""
+
+
+MESSAGE_BYTES_EVENT = "fedsegnet.message_bytes"
+"""Server event fired by ``MessageBytes`` per measured message; props in :class:`BytesProp`."""
+
+
+class BytesProp:
+    SITE = "fedsegnet.bytes.site"
+    DIRECTION = "fedsegnet.bytes.direction"
+    ROUND = "fedsegnet.bytes.round"
+    NBYTES = "fedsegnet.bytes.nbytes"

@@ -8,6 +8,11 @@ TensorBoard next to the per-site streams (``tb_events/server``), and logs a summ
 cannot train answers its tasks with an error reply carrying the message (header
 ``fedsegnet.error``); the recorder logs it once as an error naming the site and keeps it in the
 record of the round.
+
+With the compression filters on (``fedsegnet.flare.compression``), ``MessageBytes`` reports the
+serialised size of every message; the record then holds ``bytes_up``/``bytes_down`` per site and in
+total, the site's update and error-feedback residual norms and values sent, and TensorBoard gets
+``round/bytes_up``, ``round/bytes_down`` and ``bytes_up/<site>``, ``bytes_down/<site>``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 
 from nvflare.apis.dxo import from_shareable
@@ -25,7 +31,7 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from fedsegnet.flare.constants import ERROR_HEADER, ROUND_RECORDS_FILE, UpdateMeta
+from fedsegnet.flare.constants import ERROR_HEADER, MESSAGE_BYTES_EVENT, ROUND_RECORDS_FILE, BytesProp, UpdateMeta
 
 
 def _weighted_mean(pairs):
@@ -54,6 +60,8 @@ class RoundRecorder(Widget):
         self._reported = set()
         self._round_start = None
         self._tb = None
+        self._bytes = {}  # round -> site -> {"bytes_up": n, "bytes_down": n}
+        self._bytes_lock = threading.Lock()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -66,11 +74,20 @@ class RoundRecorder(Widget):
             self._collect(fl_ctx)
         elif event_type == AppEventType.ROUND_DONE:
             self._write(fl_ctx)
+        elif event_type == MESSAGE_BYTES_EVENT:
+            self._count_bytes(fl_ctx)
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._check_error_reply(fl_ctx)
         elif event_type == EventType.END_RUN and self._tb is not None:
             self._tb.close()
             self._tb = None
+
+    def _count_bytes(self, fl_ctx: FLContext):
+        site, rnd = fl_ctx.get_prop(BytesProp.SITE), fl_ctx.get_prop(BytesProp.ROUND)
+        key = f"bytes_{fl_ctx.get_prop(BytesProp.DIRECTION)}"
+        with self._bytes_lock:  # task-data filters of different sites run concurrently
+            per_site = self._bytes.setdefault(rnd, {}).setdefault(site, {"bytes_up": 0, "bytes_down": 0})
+            per_site[key] += int(fl_ctx.get_prop(BytesProp.NBYTES) or 0)
 
     def _check_error_reply(self, fl_ctx: FLContext):
         result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
@@ -104,6 +121,10 @@ class RoundRecorder(Widget):
         if self._run_dir is None:
             return
         rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        with self._bytes_lock:
+            counted = self._bytes.pop(rnd, {})
+        for site, nbytes in counted.items():
+            self._sites.setdefault(site, {}).update(nbytes)
         sites = dict(sorted(self._sites.items()))
         record = {
             "round": rnd,
@@ -116,6 +137,9 @@ class RoundRecorder(Widget):
             "val_dice_local": _weighted_mean((s.get("val_dice_local"), s.get("n_train")) for s in sites.values()),
             "errors": list(self._errors),
         }
+        if counted:
+            record["bytes_up"] = sum(s.get("bytes_up", 0) for s in sites.values())
+            record["bytes_down"] = sum(s.get("bytes_down", 0) for s in sites.values())
         self._errors = []
         with open(os.path.join(self._run_dir, self.records_file), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -125,7 +149,8 @@ class RoundRecorder(Widget):
                 fl_ctx,
                 f"round {rnd} {site}: n_train={s.get('n_train')} steps={s.get('local_steps')} "
                 f"loss={_fmt(s.get('train_loss'))} val Dice global={_fmt(s.get('val_dice_global'))} "
-                f"local={_fmt(s.get('val_dice_local'))} kind={s.get('label_kind')}",
+                f"local={_fmt(s.get('val_dice_local'))} kind={s.get('label_kind')}"
+                + (f" bytes up={s['bytes_up']:,} down={s['bytes_down']:,}" if "bytes_up" in s else ""),
                 fire_event=False,
             )
         self.log_info(
@@ -145,6 +170,12 @@ class RoundRecorder(Widget):
         for key in ("val_dice_global", "val_dice_local"):
             if record[key] is not None:
                 self._tb.add_scalar(f"round/{key}", record[key], global_step=record["round"])
+        for key in ("bytes_up", "bytes_down"):
+            if key in record:
+                self._tb.add_scalar(f"round/{key}", record[key], global_step=record["round"])
+            for site, s in record["sites"].items():
+                if key in s:
+                    self._tb.add_scalar(f"{key}/{site}", s[key], global_step=record["round"])
         self._tb.flush()
 
 

@@ -1,0 +1,441 @@
+"""FLARE filters for compressed updates in both directions, and real byte accounting.
+
+Uplink (site -> server), on the ``train`` task:
+
+- :class:`UpdateEncoder` (site task-result filter): encodes the site's ``WEIGHT_DIFF`` with
+  :class:`~fedsegnet.compression.SparseQuantCodec` plus error feedback. The residual is saved in the
+  site's job folder after every round, so a restarted site process goes on with it.
+- :class:`UpdateDecoder` (server task-result filter): decodes before the aggregator sees the update,
+  checking it against the global model's names and shapes. A malformed payload is rejected: one
+  error line names the site and the reason, the site's result becomes an error reply (the
+  workflow skips it; ``ignore_result_error`` in the job) and the global model is untouched.
+
+Downlink (server -> site), on the ``train`` task:
+
+- :class:`GlobalModelSync` (server component) keeps the model the in-sync sites hold (the
+  *reference* ``R``) and which version each site holds. Per round it encodes ``G - R`` once,
+  moves ``R`` by what it sent (so what it did not send is sent later: server-side error feedback)
+  and serves each site either that difference (site holds the previous version) or the full
+  reference (a new or restarted site, or one whose last round failed).
+- :class:`GlobalModelEncoder` (server task-data filter) asks the sync for the site's message; it
+  runs once per site on task data FLARE shares between sites, so it never modifies that data: it
+  builds a new DXO and sets it on the site's own copy of the Shareable.
+- :class:`GlobalModelDecoder` (site task-data filter) rebuilds full weights from its held copy
+  (saved in the site's job folder) plus the difference, and tells the server its version in the
+  next result header. A site that does not hold the base version fails that task with a message
+  saying so; the server then sends it full weights.
+
+Bytes: :class:`MessageBytes` (server filter, last on task data, first on results) measures each
+message as FLARE serialises it (``fobs.dumps``) and fires :data:`MESSAGE_BYTES_EVENT`; the
+``RoundRecorder`` logs bytes up/down per site and round to TensorBoard and the round record.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.event_type import EventType
+from nvflare.apis.filter import Filter
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.fl_component import FLComponent
+from nvflare.apis.shareable import Shareable, make_reply
+from nvflare.app_common.abstract.model import ModelLearnableKey
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.fuel.utils import fobs
+
+from fedsegnet.compression import ErrorFeedback, PayloadError, SparseQuantCodec, decode_payload, is_payload
+from fedsegnet.errors import FedSegNetError
+from fedsegnet.flare.constants import (
+    ERROR_HEADER,
+    MESSAGE_BYTES_EVENT,
+    BytesProp,
+    CodecMeta,
+    UpdateMeta,
+)
+
+CODEC_ARGS = (
+    "ratio", "bits", "block", "scope", "selection", "dense_below", "dense_bits", "stochastic", "index_coding",
+    "sample_size",
+)  # fmt: skip
+
+
+def _site_of_peer(fl_ctx: FLContext) -> str:
+    peer = fl_ctx.get_peer_context()
+    return peer.get_identity_name(default="?") if peer else "?"
+
+
+def _run_dir(fl_ctx: FLContext) -> Path:
+    return Path(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()))
+
+
+def _round_of(shareable: Shareable, fl_ctx: FLContext):
+    rnd = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND) if shareable is not None else None
+    if rnd is None and shareable is not None:
+        rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
+    if rnd is None:
+        rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+    return None if rnd is None else int(rnd)
+
+
+def _generator(seed: int, *parts) -> torch.Generator:
+    key = ":".join(str(p) for p in (seed, *parts))
+    return torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
+
+
+class _CodecArgs:
+    """Codec constructor arguments kept as attributes of the same name (FLARE component style)."""
+
+    def _set_codec_args(self, **kwargs):
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+        self.codec = SparseQuantCodec(**kwargs)  # validates every argument now, at job start
+
+
+# ---------------------------------------------------------------------------------------- uplink
+class UpdateEncoder(Filter, _CodecArgs):
+    """Site task-result filter: encode the site's update (``WEIGHT_DIFF``) with error feedback.
+
+    Args:
+        ratio: share of each tensor's values sent. Defaults to 0.01.
+        bits: bits per sent value (4, 8, 16, 32). Defaults to 8.
+        block: values per quantization scale (0 = per tensor). Defaults to 256.
+        scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
+        selection: ``"sampled"`` or ``"exact"``. Defaults to ``"sampled"``.
+        dense_below: tensors with fewer values go dense. Defaults to 2048.
+        dense_bits: bits of dense tensors. Defaults to 16.
+        stochastic: stochastic rounding. Defaults to False.
+        index_coding: ``"auto"``, ``"varint"``, ``"bitmap"`` or ``"raw"``. Defaults to ``"auto"``.
+        sample_size: sample of the sampled threshold. Defaults to 100_000.
+        seed: seed of sampling and stochastic rounding (per site and round). Defaults to 0.
+        residual_file: file in the site's job folder holding the residual. Defaults to
+            ``"fedsegnet_uplink_residual.pt"``.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.01,
+        bits: int = 8,
+        block: int = 256,
+        scope: str = "tensor",
+        selection: str = "sampled",
+        dense_below: int = 2048,
+        dense_bits: int = 16,
+        stochastic: bool = False,
+        index_coding: str = "auto",
+        sample_size: int = 100_000,
+        seed: int = 0,
+        residual_file: str = "fedsegnet_uplink_residual.pt",
+    ):
+        Filter.__init__(self)
+        self._set_codec_args(
+            ratio=ratio, bits=bits, block=block, scope=scope, selection=selection, dense_below=dense_below,
+            dense_bits=dense_bits, stochastic=stochastic, index_coding=index_coding, sample_size=sample_size,
+        )  # fmt: skip
+        self.seed = seed
+        self.residual_file = residual_file
+        self._ef = None
+        self._path = None
+
+    def _feedback(self, fl_ctx: FLContext) -> ErrorFeedback:
+        if self._ef is None:
+            site = fl_ctx.get_identity_name()
+            self._ef = ErrorFeedback(self.codec, name=f"site {site}")
+            self._path = _run_dir(fl_ctx) / self.residual_file
+            if self._ef.load(self._path):
+                self.log_info(fl_ctx, f"site {site}: restored the uplink residual from {self._path} (after a restart)")
+        return self._ef
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        version = fl_ctx.get_prop(CodecMeta.GLOBAL_VERSION_PROP)
+        if version:
+            shareable.set_header(CodecMeta.GLOBAL_VERSION_HEADER, version)
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError:
+            return shareable
+        if dxo.data_kind != DataKind.WEIGHT_DIFF or is_payload(dxo.data):
+            return shareable
+        site = fl_ctx.get_identity_name()
+        rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
+        try:
+            ef = self._feedback(fl_ctx)
+            payload = ef.compress(dxo.data, generator=_generator(self.seed, site, rnd, "up"))
+            ef.save(self._path)
+        except (ValueError, OSError) as e:
+            message = f"site {site}: cannot encode the update: {e}"
+            self.log_error(fl_ctx, message)
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(ERROR_HEADER, message)
+            return reply
+        meta = dict(dxo.meta)
+        meta.update({
+            CodecMeta.ENCODED: True,
+            UpdateMeta.UPDATE_NORM: ef.last_update_norm,
+            UpdateMeta.RESIDUAL_NORM: ef.last_residual_norm,
+            UpdateMeta.SENT_VALUES: int(payload["table"][:, 2].sum()),
+        })  # fmt: skip
+        self.log_debug(fl_ctx, f"site {site}: update encoded, residual norm {ef.last_residual_norm:.4g}")
+        return DXO(dxo.data_kind, data=payload, meta=meta).update_shareable(shareable)
+
+
+def _global_weights(fl_ctx: FLContext):
+    model = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL)
+    try:
+        return model[ModelLearnableKey.WEIGHTS] if model is not None else None
+    except (KeyError, TypeError):
+        return None
+
+
+class UpdateDecoder(Filter):
+    """Server task-result filter: decode a site's payload before the aggregator; reject a bad one.
+
+    Args:
+        require_encoded: reject plain (unencoded) updates too. Defaults to False (they pass as they are).
+    """
+
+    def __init__(self, require_encoded: bool = False):
+        super().__init__()
+        self.require_encoded = require_encoded
+
+    def _reject(self, fl_ctx: FLContext, site: str, rnd, reason: str) -> Shareable:
+        message = f"update of site {site} (round {rnd}) rejected: {reason}"
+        self.log_error(fl_ctx, f"{message}; the round goes on without it, the global model is untouched")
+        reply = make_reply(ReturnCode.BAD_TASK_DATA)
+        reply.set_header(ERROR_HEADER, message)
+        return reply
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            return shareable
+        site, rnd = _site_of_peer(fl_ctx), _round_of(shareable, fl_ctx)
+        try:
+            dxo = from_shareable(shareable)
+        except Exception as e:  # anything a site sends must not reach the aggregator unchecked
+            return self._reject(fl_ctx, site, rnd, f"not a DXO ({e})")
+        encoded = bool(dxo.get_meta_prop(CodecMeta.ENCODED)) or is_payload(dxo.data)
+        if not encoded:
+            if self.require_encoded:
+                return self._reject(fl_ctx, site, rnd, "the update is not encoded (the job requires encoded updates)")
+            return shareable
+        try:
+            update = decode_payload(dxo.data, reference=_global_weights(fl_ctx))
+        except PayloadError as e:
+            return self._reject(fl_ctx, site, rnd, str(e))
+        except Exception as e:  # a payload crafted to crash the decoder is a bad payload too
+            return self._reject(fl_ctx, site, rnd, f"undecodable payload ({type(e).__name__}: {e})")
+        meta = {k: v for k, v in dxo.meta.items() if k != CodecMeta.ENCODED}
+        return DXO(dxo.data_kind, data=update, meta=meta).update_shareable(shareable)
+
+
+# -------------------------------------------------------------------------------------- downlink
+class GlobalModelSync(FLComponent, _CodecArgs):
+    """Server component: what each site holds of the global model, and the downlink messages.
+
+    Args: the codec arguments of :class:`UpdateEncoder` (defaults alike), plus
+        seed: seed of sampling and stochastic rounding. Defaults to 0.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.01,
+        bits: int = 8,
+        block: int = 256,
+        scope: str = "tensor",
+        selection: str = "sampled",
+        dense_below: int = 2048,
+        dense_bits: int = 16,
+        stochastic: bool = False,
+        index_coding: str = "auto",
+        sample_size: int = 100_000,
+        seed: int = 0,
+    ):
+        FLComponent.__init__(self)
+        self._set_codec_args(
+            ratio=ratio, bits=bits, block=block, scope=scope, selection=selection, dense_below=dense_below,
+            dense_bits=dense_bits, stochastic=stochastic, index_coding=index_coding, sample_size=sample_size,
+        )  # fmt: skip
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._round = None
+        self._reference = None  # {name: float32 tensor}: what in-sync sites hold
+        self._full = None  # the reference as numpy arrays, shared by every full message of the round
+        self._diff = None  # this round's payload (base -> version)
+        self._base = None
+        self._version = None
+        self._holds: dict[str, str] = {}
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext):
+        if event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
+            site = _site_of_peer(fl_ctx)
+            version = result.get_header(CodecMeta.GLOBAL_VERSION_HEADER) if result is not None else None
+            with self._lock:
+                if version:
+                    self._holds[site] = version
+                else:
+                    self._holds.pop(site, None)
+
+    def _new_round(self, weights: dict, rnd, fl_ctx: FLContext):
+        target = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
+        same = self._reference is not None and set(target) == set(self._reference) and all(
+            target[k].shape == self._reference[k].shape for k in target
+        )
+        if same:
+            diff = {k: target[k] - self._reference[k] for k in target}
+            payload, _ = self.codec.encode(diff, generator=_generator(self.seed, "server", rnd, "down"))
+            sent = decode_payload(payload, as_numpy=False)
+            self._reference = {k: self._reference[k] + sent[k] for k in target}
+            self._diff, self._base = payload, self._version
+            gap = float(torch.sqrt(sum(((target[k] - self._reference[k]) ** 2).sum() for k in target)))
+            self.log_info(fl_ctx, f"round {rnd}: global model difference encoded; unsent remainder norm {gap:.4g}")
+        else:
+            self._reference = {k: v.clone() for k, v in target.items()}
+            self._diff, self._base = None, None
+        self._full = {k: v.numpy() for k, v in self._reference.items()}
+        self._version = f"{rnd}-{uuid.uuid4().hex[:12]}"
+        self._round = rnd
+
+    def message_for(self, site: str, weights: dict, rnd, fl_ctx: FLContext) -> tuple[dict, dict]:
+        """``(data, downlink_info)`` for ``site`` in round ``rnd``; ``weights`` is the global model (read only)."""
+        with self._lock:
+            if rnd != self._round or self._full is None:
+                self._new_round(weights, rnd, fl_ctx)
+            if self._diff is not None and self._holds.get(site) == self._base:
+                return self._diff, {"mode": "diff", "base": self._base, "version": self._version}
+            return self._full, {"mode": "full", "base": None, "version": self._version}
+
+
+class GlobalModelEncoder(Filter):
+    """Server task-data filter: send each site the global model as a difference or in full.
+
+    Args:
+        sync_id: id of the :class:`GlobalModelSync` component. Defaults to ``"global_model_sync"``.
+    """
+
+    def __init__(self, sync_id: str = "global_model_sync"):
+        super().__init__()
+        self.sync_id = sync_id
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        site = _site_of_peer(fl_ctx)
+        try:
+            dxo = from_shareable(shareable)
+            if dxo.data_kind != DataKind.WEIGHTS:
+                return shareable
+            sync = fl_ctx.get_engine().get_component(self.sync_id)
+            if not isinstance(sync, GlobalModelSync):
+                self.log_error(fl_ctx, f"no GlobalModelSync component with id {self.sync_id!r}: sending full weights")
+                return shareable
+            data, info = sync.message_for(site, dxo.data, _round_of(shareable, fl_ctx), fl_ctx)
+        except Exception as e:  # a raising data filter would cancel the task for every site
+            self.log_exception(fl_ctx, f"downlink encoding for site {site} failed ({e}); sending full weights")
+            return shareable
+        meta = dict(dxo.meta)  # new dicts: the DXO in `shareable` is shared with the other sites
+        meta[CodecMeta.DOWNLINK] = info
+        self.log_debug(fl_ctx, f"site {site}: global model sent as {info['mode']} (version {info['version']})")
+        return DXO(DataKind.WEIGHTS, data=data, meta=meta).update_shareable(shareable)
+
+
+class GlobalModelDecoder(Filter):
+    """Site task-data filter: rebuild the global model from a difference and the held copy.
+
+    Args:
+        base_file: file in the site's job folder holding the last global model received. Defaults
+            to ``"fedsegnet_downlink_base.pt"``.
+    """
+
+    def __init__(self, base_file: str = "fedsegnet_downlink_base.pt"):
+        super().__init__()
+        self.base_file = base_file
+        self._base = None
+        self._version = None
+
+    def _save(self, path: Path):
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"version": self._version, "weights": {k: torch.from_numpy(v) for k, v in self._base.items()}}, tmp)
+        os.replace(tmp, path)
+
+    def _load(self, path: Path, fl_ctx: FLContext):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self._base = {k: v.numpy() for k, v in state["weights"].items()}
+            self._version = state["version"]
+            self.log_info(fl_ctx, f"restored the global model version {self._version} from {path}")
+        except Exception as e:
+            self.log_warning(fl_ctx, f"cannot read the held global model {path} ({e}); the server will send full weights")
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        try:
+            dxo = from_shareable(shareable)
+        except ValueError:
+            return shareable
+        info = dxo.get_meta_prop(CodecMeta.DOWNLINK)
+        if not info or dxo.data_kind != DataKind.WEIGHTS:
+            return shareable
+        site = fl_ctx.get_identity_name()
+        path = _run_dir(fl_ctx) / self.base_file
+        if info.get("mode") == "diff":
+            if self._version != info.get("base") and path.exists():
+                self._load(path, fl_ctx)
+            if self._version != info.get("base"):
+                raise FedSegNetError(
+                    f"site {site}: the server sent the global model as a difference from version "
+                    f"{info.get('base')!r}, but this site holds {self._version!r}; it reports holding none, "
+                    f"so the server sends full weights next round"
+                )
+            try:
+                diff = decode_payload(dxo.data, reference=self._base)
+            except PayloadError as e:
+                self._version = None
+                raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
+            self._base = {k: self._base[k] + diff[k] for k in self._base}
+        else:
+            self._base = {k: np.array(v, dtype=np.float32, copy=True) for k, v in dxo.data.items()}
+        self._version = info.get("version")
+        self._save(path)
+        fl_ctx.set_prop(CodecMeta.GLOBAL_VERSION_PROP, self._version, private=True, sticky=False)
+        meta = {k: v for k, v in dxo.meta.items() if k != CodecMeta.DOWNLINK}
+        return DXO(DataKind.WEIGHTS, data=dict(self._base), meta=meta).update_shareable(shareable)
+
+
+# ---------------------------------------------------------------------------------------- bytes
+class MessageBytes(Filter):
+    """Server filter that measures a message as FLARE serialises it and reports it (never changes it).
+
+    Put it last in the server's task-data filters (``direction="down"``) and first in its
+    task-result filters (``direction="up"``), so it sees exactly what travels.
+
+    Args:
+        direction: ``"down"`` (task data to a site) or ``"up"`` (a site's result).
+    """
+
+    DIRECTIONS = ("up", "down")
+
+    def __init__(self, direction: str):
+        super().__init__()
+        if direction not in self.DIRECTIONS:
+            raise ValueError(f"direction={direction!r}: unknown (valid: {', '.join(self.DIRECTIONS)})")
+        self.direction = direction
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        try:
+            nbytes = len(fobs.dumps(shareable))
+        except Exception as e:
+            self.log_warning(fl_ctx, f"cannot measure the {self.direction}link message: {e}")
+            return shareable
+        fl_ctx.set_prop(BytesProp.SITE, _site_of_peer(fl_ctx), private=True, sticky=False)
+        fl_ctx.set_prop(BytesProp.DIRECTION, self.direction, private=True, sticky=False)
+        fl_ctx.set_prop(BytesProp.ROUND, _round_of(shareable, fl_ctx), private=True, sticky=False)
+        fl_ctx.set_prop(BytesProp.NBYTES, nbytes, private=True, sticky=False)
+        self.fire_event(MESSAGE_BYTES_EVENT, fl_ctx)
+        return shareable
