@@ -88,7 +88,7 @@ def _update(seed=1):
 
 
 def _result(update, rnd=3):
-    s = DXO(DataKind.WEIGHT_DIFF, data=update, meta={"fedsegnet.n_train": 5}).to_shareable()
+    s = DXO(DataKind.WEIGHT_DIFF, data=update, meta={"fedsegnet.n_train": 5, "fedsegnet.round": rnd}).to_shareable()
     s.set_header(AppConstants.CURRENT_ROUND, rnd)
     return s
 

@@ -166,9 +166,9 @@ class UpdateEncoder(Filter, _CodecArgs):
         if dxo.data_kind != DataKind.WEIGHT_DIFF or is_payload(dxo.data):
             return shareable
         site = fl_ctx.get_identity_name()
-        rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
         try:
             ef = self._feedback(fl_ctx)
+            rnd = dxo.get_meta_prop(UpdateMeta.ROUND, f"call-{ef.rounds}")
             payload = ef.compress(dxo.data, generator=_generator(self.seed, site, rnd, "up"))
             ef.save(self._path)
         except (ValueError, OSError) as e:

@@ -20,6 +20,7 @@ class UpdateMeta:
     VAL_DICE_GLOBAL = "fedsegnet.val_dice_global"
     VAL_DICE_LOCAL = "fedsegnet.val_dice_local"
     TRAIN_SECONDS = "fedsegnet.train_seconds"
+    ROUND = "fedsegnet.round"
     UPDATE_NORM = "fedsegnet.update_norm"
     RESIDUAL_NORM = "fedsegnet.residual_norm"
     SENT_VALUES = "fedsegnet.sent_values"

@@ -211,6 +211,8 @@ class SegLearner(Learner):
             UpdateMeta.VAL_DICE_GLOBAL: _finite_or_none(val_global),
             UpdateMeta.VAL_DICE_LOCAL: _finite_or_none(local.dice_mean),
             UpdateMeta.TRAIN_SECONDS: float(stats["seconds"]),
+            # FLARE gives a site's result filters no round (LearnerExecutor drops the headers)
+            UpdateMeta.ROUND: current_round,
         }
         self._stream("train_loss", stats["loss_mean"], current_round)
         self._stream("val_dice_local", local.dice_mean, current_round)
