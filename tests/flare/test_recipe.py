@@ -1,4 +1,4 @@
-"""The Recipe builds the same job as jobs/fedavg: same components, classes and arguments."""
+"""The Recipes build the same jobs as jobs/fedavg and jobs/fedsegnet: same components, filters, classes and arguments."""
 
 import importlib
 import inspect
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from fedsegnet.flare.recipe import FedSegNetFedAvgRecipe
+from fedsegnet.flare.recipe import FedSegNetFedAvgRecipe, FedSegNetRecipe
 
 from ..integration.conftest import JOBS
 
@@ -47,19 +47,26 @@ def _components(config: dict) -> dict:
         ex = e["executor"]
         key = "executor for " + ",".join(sorted(e["tasks"]))
         out[key] = (ex["path"], _with_defaults(ex["path"], _resolve(ex.get("args", {}), variables)))
+    for section in ("task_data_filters", "task_result_filters"):
+        for chain in config.get(section, []):
+            key = f"{section} for " + ",".join(sorted(chain["tasks"]))
+            out[key] = [(f["path"], _with_defaults(f["path"], _resolve(f.get("args", {}), variables))) for f in chain["filters"]]
     return out
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+RECIPES = {"fedavg": FedSegNetFedAvgRecipe, "fedsegnet": FedSegNetRecipe}
+
+
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def exported(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("recipe")
-    FedSegNetFedAvgRecipe(name="fedavg").export(str(out))
-    return out / "fedavg"
+    RECIPES[request.param]().export(str(out))
+    return out / request.param
 
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_recipe_matches_job_folder(exported, side):
-    ours = json.loads((JOBS / "fedavg" / "app" / "config" / f"config_fed_{side}.json").read_text())
+    ours = json.loads((JOBS / exported.name / "app" / "config" / f"config_fed_{side}.json").read_text())
     found = list(exported.rglob(f"config_fed_{side}.json"))
     assert len(found) == 1, f"expected one exported {side} config, found {found}"
     theirs = json.loads(found[0].read_text())

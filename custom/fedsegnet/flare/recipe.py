@@ -1,10 +1,13 @@
-"""The FedAvg job as a FLARE Recipe (``SimEnv``, ``PocEnv``, ``ProdEnv``), built from the same components
-as ``jobs/fedavg``.
+"""The jobs as FLARE Recipes (``SimEnv``, ``PocEnv``, ``ProdEnv``), built from the same components as
+``jobs/fedavg`` and ``jobs/fedsegnet``.
 
-``FedSegNetFedAvgRecipe(...).export(DIR)`` writes the same job folder as ``jobs/fedavg`` (a test checks
-that every component, path and argument agrees), and ``execute(env)`` runs it. From a shell::
+``FedSegNetFedAvgRecipe(...).export(DIR)`` writes the same job folder as ``jobs/fedavg`` and
+``FedSegNetRecipe(...).export(DIR)`` the same as ``jobs/fedsegnet`` (FedAvg plus the compression
+filters in both directions; tests check that every component, filter, path and argument agrees);
+``execute(env)`` runs them. From a shell::
 
     python -m fedsegnet.flare.recipe --env sim --data-root DATA --workspace WS --rounds 3 --preset tiny
+    python -m fedsegnet.flare.recipe --job fedsegnet --up-ratio 0.01 --up-bits 8 ...
 """
 
 from __future__ import annotations
@@ -25,8 +28,17 @@ from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
 from nvflare.job_config.api import FedJob
+from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import Recipe
 
+from fedsegnet.flare.compression import (
+    GlobalModelDecoder,
+    GlobalModelEncoder,
+    GlobalModelSync,
+    MessageBytes,
+    UpdateDecoder,
+    UpdateEncoder,
+)
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
@@ -53,6 +65,18 @@ class FedSegNetFedAvgRecipe(Recipe):
         val_max_cases: validation cases per evaluation (0 = all). Defaults to 0.
         torch_threads: torch CPU threads per site (0 = default). Defaults to 0.
         train_timeout: seconds the server waits for a site's update (0 = no limit). Defaults to 0.
+        compression: add the compression filters of ``jobs/fedsegnet`` (both directions) and byte
+            accounting. Defaults to False.
+        up_ratio: share of each tensor a site sends (compression only). Defaults to 0.01.
+        up_bits: bits per value a site sends. Defaults to 8.
+        down_ratio: share of each tensor of the global model difference the server sends. Defaults to 0.01.
+        down_bits: bits per value the server sends. Defaults to 8.
+        compression_block: values per quantization scale. Defaults to 256.
+        compression_scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
+        dense_bits: bits of small tensors sent dense. Defaults to 16.
+        ignore_result_error: skip a site whose result is an error (a rejected update) instead of
+            ending the job; None = FLARE's rule (end it when fewer than ``min_clients`` remain).
+            Defaults to None.
     """
 
     def __init__(
@@ -71,6 +95,15 @@ class FedSegNetFedAvgRecipe(Recipe):
         val_max_cases: int = 0,
         torch_threads: int = 0,
         train_timeout: int = 0,
+        compression: bool = False,
+        up_ratio: float = 0.01,
+        up_bits: int = 8,
+        down_ratio: float = 0.01,
+        down_bits: int = 8,
+        compression_block: int = 256,
+        compression_scope: str = "tensor",
+        dense_bits: int = 16,
+        ignore_result_error: bool | None = None,
     ):
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
@@ -85,6 +118,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 shareable_generator_id="shareable_generator",
                 train_task_name="train",
                 train_timeout=train_timeout,
+                ignore_result_error=ignore_result_error,
             ),
             id="scatter_and_gather",
         )
@@ -137,7 +171,28 @@ class FedSegNetFedAvgRecipe(Recipe):
         job.to_clients(
             ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."), id="event_to_fed"
         )
+        if compression:
+            codec = dict(block=compression_block, scope=compression_scope, dense_bits=dense_bits, seed=seed)
+            job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, **codec), id="global_model_sync")
+            for f in (GlobalModelEncoder(sync_id="global_model_sync"), MessageBytes(direction="down")):
+                job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_DATA)
+            for f in (MessageBytes(direction="up"), UpdateDecoder()):
+                job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_RESULT)
+            job.to_clients(GlobalModelDecoder(), tasks=["train"], filter_type=FilterType.TASK_DATA)
+            job.to_clients(
+                UpdateEncoder(ratio=up_ratio, bits=up_bits, **codec), tasks=["train"], filter_type=FilterType.TASK_RESULT
+            )
         super().__init__(job)
+
+
+class FedSegNetRecipe(FedSegNetFedAvgRecipe):
+    """FedSegNet's job (``jobs/fedsegnet``): FedAvg with compressed updates both ways, a rejected
+    update skipped rather than ending the job. Takes the arguments of :class:`FedSegNetFedAvgRecipe`;
+    defaults differ in ``name="fedsegnet"``, ``compression=True``, ``ignore_result_error=True``.
+    """
+
+    def __init__(self, name: str = "fedsegnet", compression: bool = True, ignore_result_error: bool | None = True, **kwargs):
+        super().__init__(name=name, compression=compression, ignore_result_error=ignore_result_error, **kwargs)
 
 
 def _parse(argv):
@@ -155,14 +210,25 @@ def _parse(argv):
     p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=0)
-    p.add_argument("--name", default="fedavg")
-    p.add_argument("--export", dest="export_to", help="write the job folder here instead of running it")
+    p.add_argument("--job", choices=("fedavg", "fedsegnet"), default="fedavg", help="which job")
+    p.add_argument("--up-ratio", type=float, default=0.01, help="fedsegnet: share of values a site sends")
+    p.add_argument("--up-bits", type=int, default=8, help="fedsegnet: bits per value a site sends")
+    p.add_argument("--down-ratio", type=float, default=0.01, help="fedsegnet: share the server sends")
+    p.add_argument("--down-bits", type=int, default=8, help="fedsegnet: bits per value the server sends")
+    p.add_argument("--name", default=None, help="job name (default: the job's)")
+    # FLARE 2.9 reserves --export/--export-dir for its own recipe export (stripped from sys.argv at import)
+    p.add_argument("--write-job", dest="export_to", metavar="DIR", help="write the job folder here instead of running it")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = _parse(argv if argv is not None else sys.argv[1:])
-    recipe = FedSegNetFedAvgRecipe(
+    extra = {}
+    if args.job == "fedsegnet":
+        extra = dict(up_ratio=args.up_ratio, up_bits=args.up_bits, down_ratio=args.down_ratio, down_bits=args.down_bits)
+    args.name = args.name or args.job
+    recipe = (FedSegNetRecipe if args.job == "fedsegnet" else FedSegNetFedAvgRecipe)(
+        **extra,
         name=args.name,
         num_rounds=args.rounds,
         min_clients=args.clients,
