@@ -100,3 +100,15 @@ def test_sites_kept_their_residual_and_global_model_copy(compressed_run):
         state = torch.load(job_dir / "fedsegnet_downlink_base.pt", weights_only=True)
         assert state["version"].startswith("2-")
         assert all(np.isfinite(v.numpy()).all() for v in state["weights"].values())
+
+
+def test_bytes_reach_tensorboard(compressed_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, res, _ = compressed_run
+    acc = EventAccumulator(str(res.tb_dir / "server"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"round/bytes_up", "round/bytes_down", "bytes_up/site-1", "bytes_down/site-2"} <= tags
+    records = res.read_records()
+    assert [e.value for e in acc.Scalars("round/bytes_up")] == [r["bytes_up"] for r in records]
