@@ -142,7 +142,7 @@ def test_integer_update_is_an_error():
 # --------------------------------------------------------------------------- malformed payloads
 def _payload():
     update = _update()
-    payload, _ = SparseQuantCodec(ratio=0.05).encode(update)
+    payload, _ = SparseQuantCodec(ratio=0.05, dense_bits=16).encode(update)
     return update, payload
 
 

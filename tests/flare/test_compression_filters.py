@@ -244,7 +244,7 @@ def test_downlink_sends_differences_to_synced_sites_and_full_weights_otherwise(t
         # both sites hold the same reconstruction; it tracks the true global model
         for k in model:
             np.testing.assert_allclose(held["site-1"][k], held["site-2"][k], atol=1e-6)
-            np.testing.assert_allclose(held["site-1"][k], sync._full[k], atol=1e-6)
+            np.testing.assert_allclose(held["site-1"][k], sync._reference[k].numpy(), atol=1e-6)
         model = {k: v + _update(rnd + 11)[k] for k, v in model.items()}
 
     # server-side error feedback: once the global model stops changing, what was not sent yet
@@ -267,6 +267,23 @@ def test_downlink_sends_differences_to_synced_sites_and_full_weights_otherwise(t
     for site, expect in (("site-1", "diff"), ("site-2", "full"), ("site-3", "full")):
         msg = _send(encoder, engine, site, task)
         assert from_shareable(msg).get_meta_prop(CodecMeta.DOWNLINK)["mode"] == expect
+
+
+@pytest.mark.parametrize("first_bits", [8, 32])
+def test_first_model_is_sent_quantized_or_exact(first_bits, tmp_path):
+    sync = GlobalModelSync(first_bits=first_bits)
+    engine = _Engine(tmp_path / "server", {"global_model_sync": sync})
+    model = _model(0)
+    msg = _send(GlobalModelEncoder(), engine, "site-1", _task(model, 0))
+    held, _ = _receive(GlobalModelDecoder(), _Engine(tmp_path / "site-1"), "site-1", msg)
+    raw = sum(v.nbytes for v in model.values())
+    size = len(fobs.dumps(msg))
+    for k, v in model.items():
+        if first_bits == 32:
+            np.testing.assert_array_equal(held[k], v)
+        else:  # 8 bits, per-block absmax scales: at most half a step off
+            assert np.abs(held[k] - v).max() <= np.abs(v).max() / 127 / 2 + 1e-7
+    assert (size < 0.4 * raw) if first_bits == 8 else (size > raw), (size, raw)
 
 
 def test_site_without_the_base_version_fails_the_task_with_a_clear_error(tmp_path):

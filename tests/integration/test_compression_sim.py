@@ -9,6 +9,7 @@ from nvflare.apis.dxo import DXO, DataKind
 from nvflare.fuel.utils import fobs
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
 
+from fedsegnet.compression import SparseQuantCodec
 from fedsegnet.flare.constants import CodecMeta
 from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
 from fedsegnet.networks.spec import build_from_spec, load_model_file
@@ -61,11 +62,11 @@ def test_global_model_is_intact(compressed_run):
     assert sum(not torch.equal(trained[k].float(), initial[k].float()) for k in trained) > len(trained) // 2
 
 
-def _full_message_bytes(weights) -> int:
-    """What a round-0 downlink message (full weights) serialises to, built here independently."""
+def _full_message_bytes(data) -> int:
+    """What a full downlink message carrying ``data`` serialises to, built here independently."""
     nvflare_fobs_initialize()
     info = {"mode": "full", "base": None, "version": "0-" + "0" * 12}
-    msg = DXO(DataKind.WEIGHTS, data=weights, meta={CodecMeta.DOWNLINK: info}).to_shareable()
+    msg = DXO(DataKind.WEIGHTS, data=data, meta={CodecMeta.DOWNLINK: info}).to_shareable()
     return len(fobs.dumps(msg))
 
 
@@ -76,11 +77,15 @@ def test_recorded_bytes_are_serialized_message_sizes(compressed_run):
     torch.manual_seed(TINY_JOB_ARGS["seed"])
     weights = {k: v.float().numpy() for k, v in build_from_spec(spec).state_dict().items()}
     raw = sum(v.nbytes for v in weights.values())
-    expected = _full_message_bytes(weights)
+    # round 0: the initial model, 8-bit dense (down_first_bits), encoded the same way here
+    first, _ = SparseQuantCodec(ratio=1.0, dense_bits=8, block=256).encode(weights)
+    expected_first = _full_message_bytes(first)
+    assert expected_first < raw / 3
     for site in ("site-1", "site-2"):
         down0 = records[0]["sites"][site]["bytes_down"]
         # the same content plus FLARE's task headers (task id, cookies): within 1%
-        assert abs(down0 - expected) < 0.01 * expected, (site, down0, expected)
+        assert abs(down0 - expected_first) < 0.01 * expected_first, (site, down0, expected_first)
+    expected = _full_message_bytes(weights)  # a full float32 copy of the model
     for r in records:
         for site, s in r["sites"].items():
             assert 0 < s["bytes_up"] < raw / 5, (r["round"], site, s["bytes_up"], raw)

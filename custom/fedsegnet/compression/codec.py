@@ -15,9 +15,9 @@ tensor field would cost ~700 bytes per tensor in FLARE's serializer, more than t
 
     {"format": "fedsegnet.payload", "version": 1, "codec": {...settings...}, "block": int,
      "names":  [name, ...],                       # T tensors
-     "table":  int64[T, 8]: mode (0 sparse, 1 dense), dtype code, count (values sent),
+     "table":  int32[T, 8]: mode (0 sparse, 1 dense), dtype code, count (values sent),
                index coding (0 varint, 1 bitmap, 2 raw, -1 none), bits, index bytes, value bytes, ndim,
-     "shapes": int64[sum of ndims],
+     "shapes": int32[sum of ndims],
      "index":  uint8[...],   # every tensor's encoded positions, concatenated
      "values": uint8[...],   # every tensor's codes (4/8 bits) or float16/float32 bytes, concatenated
      "scales": float32[...]} # every tensor's block scales, concatenated
@@ -65,7 +65,7 @@ class SparseQuantCodec:
             ``"tensor"``.
         selection: ``"sampled"`` threshold or ``"exact"`` ``torch.topk``. Defaults to ``"sampled"``.
         dense_below: tensors with fewer values go dense. Defaults to 2048.
-        dense_bits: bits of dense tensors: 4, 8, 16 or 32. Defaults to 16.
+        dense_bits: bits of dense tensors: 4, 8, 16 or 32. Defaults to 8.
         stochastic: stochastic rounding (unbiased). Defaults to False.
         index_coding: ``"auto"`` (smallest per tensor) or one of ``varint``, ``bitmap``, ``raw``.
             Defaults to ``"auto"``.
@@ -83,7 +83,7 @@ class SparseQuantCodec:
         scope: str = "tensor",
         selection: str = "sampled",
         dense_below: int = 2048,
-        dense_bits: int = 16,
+        dense_bits: int = 8,
         stochastic: bool = False,
         index_coding: str = "auto",
         sample_size: int = 100_000,
@@ -207,6 +207,7 @@ def is_payload(data) -> bool:
 
 
 _MODES = ("sparse", "dense")
+_INT32_MAX = 2**31 - 1
 _TABLE_COLUMNS = ("mode", "dtype", "count", "index_coding", "bits", "index_bytes", "value_bytes", "ndim")
 
 
@@ -230,10 +231,12 @@ def pack_payload(tensors: Mapping[str, Mapping], block: int, codec: Mapping | No
         index.append(idx)
         values.append(vals)
         scales.append(rec["scales"])
+    if table.size and (table.max() > _INT32_MAX or max(shapes, default=0) > _INT32_MAX):
+        raise ValueError(f"a tensor is too large for payload version {PAYLOAD_VERSION} (sizes must fit in int32)")
     cat = lambda parts, dtype: np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)  # noqa: E731
     return {
         "format": PAYLOAD_FORMAT, "version": PAYLOAD_VERSION, "codec": dict(codec or {}), "block": int(block),
-        "names": names, "table": table, "shapes": np.asarray(shapes, dtype=np.int64),
+        "names": names, "table": table.astype(np.int32), "shapes": np.asarray(shapes, dtype=np.int32),
         "index": cat(index, np.uint8), "values": cat(values, np.uint8), "scales": cat(scales, np.float32),
     }  # fmt: skip
 
@@ -268,10 +271,10 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     block = payload.get("block")
     if not isinstance(block, (int, np.integer)) or isinstance(block, bool) or block < 0:
         raise PayloadError(f"payload: field 'block' must be an int >= 0, got {block!r}")
-    table = _array(payload, "table", np.int64, 2)
+    table = _array(payload, "table", np.int32, 2).astype(np.int64)
     if table.shape != (len(names), len(_TABLE_COLUMNS)):
         raise PayloadError(f"payload: field 'table' has shape {table.shape}, expected ({len(names)}, {len(_TABLE_COLUMNS)})")
-    shapes, index = _array(payload, "shapes", np.int64), _array(payload, "index", np.uint8)
+    shapes, index = _array(payload, "shapes", np.int32).astype(np.int64), _array(payload, "index", np.uint8)
     values, scales = _array(payload, "values", np.uint8), _array(payload, "scales", np.float32)
     if (table[:, 5:] < 0).any() or (shapes < 0).any():
         raise PayloadError("payload: negative sizes in fields 'table' or 'shapes'")

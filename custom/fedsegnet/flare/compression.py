@@ -110,7 +110,7 @@ class UpdateEncoder(Filter, _CodecArgs):
         scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
         selection: ``"sampled"`` or ``"exact"``. Defaults to ``"sampled"``.
         dense_below: tensors with fewer values go dense. Defaults to 2048.
-        dense_bits: bits of dense tensors. Defaults to 16.
+        dense_bits: bits of dense tensors. Defaults to 8.
         stochastic: stochastic rounding. Defaults to False.
         index_coding: ``"auto"``, ``"varint"``, ``"bitmap"`` or ``"raw"``. Defaults to ``"auto"``.
         sample_size: sample of the sampled threshold. Defaults to 100_000.
@@ -127,7 +127,7 @@ class UpdateEncoder(Filter, _CodecArgs):
         scope: str = "tensor",
         selection: str = "sampled",
         dense_below: int = 2048,
-        dense_bits: int = 16,
+        dense_bits: int = 8,
         stochastic: bool = False,
         index_coding: str = "auto",
         sample_size: int = 100_000,
@@ -182,7 +182,7 @@ class UpdateEncoder(Filter, _CodecArgs):
             CodecMeta.ENCODED: True,
             UpdateMeta.UPDATE_NORM: ef.last_update_norm,
             UpdateMeta.RESIDUAL_NORM: ef.last_residual_norm,
-            UpdateMeta.SENT_VALUES: int(payload["table"][:, 2].sum()),
+            UpdateMeta.SENT_VALUES: int(payload["table"][:, 2].sum(dtype=np.int64)),
         })  # fmt: skip
         self.log_debug(fl_ctx, f"site {site}: update encoded, residual norm {ef.last_residual_norm:.4g}")
         return DXO(dxo.data_kind, data=payload, meta=meta).update_shareable(shareable)
@@ -243,6 +243,11 @@ class GlobalModelSync(FLComponent, _CodecArgs):
 
     Args: the codec arguments of :class:`UpdateEncoder` (defaults alike), plus
         seed: seed of sampling and stochastic rounding. Defaults to 0.
+        first_bits: bits per value of the very first full model (the start of the run, or after a
+            server restart), sent dense with per-block scales; every site starts from that same
+            quantized model, and the difference to the true global model is sent in later rounds
+            (error feedback). 32 sends it exactly. Later full messages (a new or restarted site)
+            are always exact float32 copies of what the in-sync sites hold. Defaults to 8.
     """
 
     def __init__(
@@ -253,11 +258,12 @@ class GlobalModelSync(FLComponent, _CodecArgs):
         scope: str = "tensor",
         selection: str = "sampled",
         dense_below: int = 2048,
-        dense_bits: int = 16,
+        dense_bits: int = 8,
         stochastic: bool = False,
         index_coding: str = "auto",
         sample_size: int = 100_000,
         seed: int = 0,
+        first_bits: int = 8,
     ):
         FLComponent.__init__(self)
         self._set_codec_args(
@@ -265,10 +271,12 @@ class GlobalModelSync(FLComponent, _CodecArgs):
             dense_bits=dense_bits, stochastic=stochastic, index_coding=index_coding, sample_size=sample_size,
         )  # fmt: skip
         self.seed = seed
+        self.first_bits = first_bits
+        self._first_codec = SparseQuantCodec(ratio=1.0, dense_bits=first_bits, block=block)
         self._lock = threading.Lock()
         self._round = None
         self._reference = None  # {name: float32 tensor}: what in-sync sites hold
-        self._full = None  # the reference as numpy arrays, shared by every full message of the round
+        self._full = None  # what full messages of this round carry: the reference (numpy) or its payload
         self._diff = None  # this round's payload (base -> version)
         self._base = None
         self._version = None
@@ -298,10 +306,15 @@ class GlobalModelSync(FLComponent, _CodecArgs):
             self._diff, self._base = payload, self._version
             gap = float(torch.sqrt(sum(((target[k] - self._reference[k]) ** 2).sum() for k in target)))
             self.log_info(fl_ctx, f"round {rnd}: global model difference encoded; unsent remainder norm {gap:.4g}")
-        else:
-            self._reference = {k: v.clone() for k, v in target.items()}
+            self._full = {k: v.numpy() for k, v in self._reference.items()}
+        else:  # the first model of the run: everyone starts from its (quantized) encoding
             self._diff, self._base = None, None
-        self._full = {k: v.numpy() for k, v in self._reference.items()}
+            if self.first_bits < 32:
+                self._full, _ = self._first_codec.encode(target)
+                self._reference = decode_payload(self._full, as_numpy=False)
+            else:
+                self._reference = {k: v.clone() for k, v in target.items()}
+                self._full = {k: v.numpy() for k, v in self._reference.items()}
         self._version = f"{rnd}-{uuid.uuid4().hex[:12]}"
         self._round = rnd
 
@@ -399,6 +412,12 @@ class GlobalModelDecoder(Filter):
                 self._version = None
                 raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
             self._base = {k: self._base[k] + diff[k] for k in self._base}
+        elif is_payload(dxo.data):  # the first model of the run, quantized
+            try:
+                self._base = decode_payload(dxo.data)
+            except PayloadError as e:
+                self._version = None
+                raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
         else:
             self._base = {k: np.array(v, dtype=np.float32, copy=True) for k, v in dxo.data.items()}
         self._version = info.get("version")

@@ -73,7 +73,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         down_bits: bits per value the server sends. Defaults to 8.
         compression_block: values per quantization scale. Defaults to 256.
         compression_scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
-        dense_bits: bits of small tensors sent dense. Defaults to 16.
+        dense_bits: bits of small tensors sent dense. Defaults to 8.
+        down_first_bits: bits of the first global model the sites receive (32 = exact). Defaults to 8.
         ignore_result_error: skip a site whose result is an error (a rejected update) instead of
             ending the job; None = FLARE's rule (end it when fewer than ``min_clients`` remain).
             Defaults to None.
@@ -102,7 +103,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         down_bits: int = 8,
         compression_block: int = 256,
         compression_scope: str = "tensor",
-        dense_bits: int = 16,
+        dense_bits: int = 8,
+        down_first_bits: int = 8,
         ignore_result_error: bool | None = None,
     ):
         job = FedJob(name=name, min_clients=min_clients)
@@ -173,7 +175,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         )
         if compression:
             codec = dict(block=compression_block, scope=compression_scope, dense_bits=dense_bits, seed=seed)
-            job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, **codec), id="global_model_sync")
+            job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, first_bits=down_first_bits, **codec), id="global_model_sync")
             for f in (GlobalModelEncoder(sync_id="global_model_sync"), MessageBytes(direction="down")):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_DATA)
             for f in (MessageBytes(direction="up"), UpdateDecoder()):
