@@ -74,6 +74,10 @@ METHODS: dict[str, dict] = {
     "ours_r0.01_b8": {"kind": "ours", "args": {"up_ratio": 0.01, "up_bits": 8, "down_ratio": 0.01, "down_bits": 8}},
     "ours_r0.05_b8": {"kind": "ours", "args": {"up_ratio": 0.05, "up_bits": 8, "down_ratio": 0.05, "down_bits": 8}},
     "ours_r0.01_b4": {"kind": "ours", "args": {"up_ratio": 0.01, "up_bits": 4, "down_ratio": 0.01, "down_bits": 4}},
+    "ours_r0.05_b4": {"kind": "ours", "args": {"up_ratio": 0.05, "up_bits": 4, "down_ratio": 0.05, "down_bits": 4}},
+    "ours_r0.1_b4": {"kind": "ours", "args": {"up_ratio": 0.1, "up_bits": 4, "down_ratio": 0.1, "down_bits": 4}},
+    "ours_r0.1_b8": {"kind": "ours", "args": {"up_ratio": 0.1, "up_bits": 8, "down_ratio": 0.1, "down_bits": 8}},
+    "ours_r0.2_b4": {"kind": "ours", "args": {"up_ratio": 0.2, "up_bits": 4, "down_ratio": 0.2, "down_bits": 4}},
     "ours_r0.002_b4": {"kind": "ours", "args": {"up_ratio": 0.002, "up_bits": 4, "down_ratio": 0.002, "down_bits": 4}},
     "ours_up_only_r0.01_b8": {"kind": "ours_up_only", "args": {"up_ratio": 0.01, "up_bits": 8}},
 }

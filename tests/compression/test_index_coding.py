@@ -32,11 +32,31 @@ def test_round_trip_is_lossless(coding, numel, share, seed):
 
 def test_auto_picks_the_smallest():
     numel = 100_000
-    for share, expect in [(0.005, "varint"), (0.6, "bitmap")]:
+    for share, expect in [(0.1, "deflate"), (0.6, "bitmap")]:
         idx = _positions(numel, share, 0)
         coding, data = encode_indices(idx, numel, "auto")
         sizes = index_nbytes(idx, numel)
-        assert coding == expect and data.size == min(sizes.values()) == sizes[expect]
+        assert coding == expect and data.size <= min(sizes.values())
+        if expect == "deflate":  # near the entropy of 10% kept positions (~0.47 bits per value)
+            assert data.size < 0.7 * sizes["varint"]
+    few = np.array([5, 900])  # 2 bytes of varints: zlib's header would cost more
+    assert encode_indices(few, 1000, "auto")[0] == "varint"
+
+
+@pytest.mark.parametrize("case", ["truncated", "corrupt", "too_long"])
+def test_malformed_deflate_is_rejected(case):
+    idx = _positions(100_000, 0.1, 1)
+    _, data = encode_indices(idx, 100_000, "deflate")
+    count = idx.size
+    if case == "truncated":
+        data = data[: data.size // 2]
+    elif case == "corrupt":
+        data = data.copy()
+        data[:2] = 0xFF
+    else:
+        count = idx.size // 20  # the stream inflates to more than count positions can take
+    with pytest.raises(PayloadError, match="deflate index stream"):
+        decode_indices("deflate", data, count, 100_000, name="w")
 
 
 def test_raw_wins_for_few_far_apart_positions():

@@ -159,7 +159,7 @@ def _bad_payload(case, tmp_path):
         ("shape", "differs from the model's"),
         ("version", "unknown version 2"),
         ("nan", "NaN or Inf"),
-        ("index", "out of range|holds"),
+        ("index", "out of range|holds|corrupt"),
         ("not_payload", "field 'names'"),
     ],
 )

@@ -58,8 +58,8 @@ class SparseQuantCodec:
     """Top-k sparsification + per-block quantization with error feedback.
 
     Args:
-        ratio: share of each tensor's values sent (1.0 = dense). Defaults to 0.01.
-        bits: bits per sent value: 4, 8, 16 or 32. Defaults to 8.
+        ratio: share of each tensor's values sent (1.0 = dense). Defaults to 0.1.
+        bits: bits per sent value: 4, 8, 16 or 32. Defaults to 4.
         block: values per quantization scale (0 = one scale per tensor). Defaults to 256.
         scope: top-k ``"tensor"`` (within each tensor) or ``"global"`` (one threshold). Defaults to
             ``"tensor"``.
@@ -77,8 +77,8 @@ class SparseQuantCodec:
 
     def __init__(
         self,
-        ratio: float = 0.01,
-        bits: int = 8,
+        ratio: float = 0.1,
+        bits: int = 4,
         block: int = 256,
         scope: str = "tensor",
         selection: str = "sampled",

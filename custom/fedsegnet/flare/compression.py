@@ -104,8 +104,8 @@ class UpdateEncoder(Filter, _CodecArgs):
     """Site task-result filter: encode the site's update (``WEIGHT_DIFF``) with error feedback.
 
     Args:
-        ratio: share of each tensor's values sent. Defaults to 0.01.
-        bits: bits per sent value (4, 8, 16, 32). Defaults to 8.
+        ratio: share of each tensor's values sent. Defaults to 0.1.
+        bits: bits per sent value (4, 8, 16, 32). Defaults to 4.
         block: values per quantization scale (0 = per tensor). Defaults to 256.
         scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
         selection: ``"sampled"`` or ``"exact"``. Defaults to ``"sampled"``.
@@ -121,8 +121,8 @@ class UpdateEncoder(Filter, _CodecArgs):
 
     def __init__(
         self,
-        ratio: float = 0.01,
-        bits: int = 8,
+        ratio: float = 0.1,
+        bits: int = 4,
         block: int = 256,
         scope: str = "tensor",
         selection: str = "sampled",
@@ -252,8 +252,8 @@ class GlobalModelSync(FLComponent, _CodecArgs):
 
     def __init__(
         self,
-        ratio: float = 0.01,
-        bits: int = 8,
+        ratio: float = 0.1,
+        bits: int = 4,
         block: int = 256,
         scope: str = "tensor",
         selection: str = "sampled",

@@ -67,10 +67,10 @@ class FedSegNetFedAvgRecipe(Recipe):
         train_timeout: seconds the server waits for a site's update (0 = no limit). Defaults to 0.
         compression: add the compression filters of ``jobs/fedsegnet`` (both directions) and byte
             accounting. Defaults to False.
-        up_ratio: share of each tensor a site sends (compression only). Defaults to 0.01.
-        up_bits: bits per value a site sends. Defaults to 8.
-        down_ratio: share of each tensor of the global model difference the server sends. Defaults to 0.01.
-        down_bits: bits per value the server sends. Defaults to 8.
+        up_ratio: share of each tensor a site sends (compression only). Defaults to 0.1.
+        up_bits: bits per value a site sends. Defaults to 4.
+        down_ratio: share of each tensor of the global model difference the server sends. Defaults to 0.1.
+        down_bits: bits per value the server sends. Defaults to 4.
         compression_block: values per quantization scale. Defaults to 256.
         compression_scope: top-k ``"tensor"`` or ``"global"``. Defaults to ``"tensor"``.
         dense_bits: bits of small tensors sent dense. Defaults to 8.
@@ -97,10 +97,10 @@ class FedSegNetFedAvgRecipe(Recipe):
         torch_threads: int = 0,
         train_timeout: int = 0,
         compression: bool = False,
-        up_ratio: float = 0.01,
-        up_bits: int = 8,
-        down_ratio: float = 0.01,
-        down_bits: int = 8,
+        up_ratio: float = 0.1,
+        up_bits: int = 4,
+        down_ratio: float = 0.1,
+        down_bits: int = 4,
         compression_block: int = 256,
         compression_scope: str = "tensor",
         dense_bits: int = 8,
@@ -213,10 +213,10 @@ def _parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=0)
     p.add_argument("--job", choices=("fedavg", "fedsegnet"), default="fedavg", help="which job")
-    p.add_argument("--up-ratio", type=float, default=0.01, help="fedsegnet: share of values a site sends")
-    p.add_argument("--up-bits", type=int, default=8, help="fedsegnet: bits per value a site sends")
-    p.add_argument("--down-ratio", type=float, default=0.01, help="fedsegnet: share the server sends")
-    p.add_argument("--down-bits", type=int, default=8, help="fedsegnet: bits per value the server sends")
+    p.add_argument("--up-ratio", type=float, default=0.1, help="fedsegnet: share of values a site sends")
+    p.add_argument("--up-bits", type=int, default=4, help="fedsegnet: bits per value a site sends")
+    p.add_argument("--down-ratio", type=float, default=0.1, help="fedsegnet: share the server sends")
+    p.add_argument("--down-bits", type=int, default=4, help="fedsegnet: bits per value the server sends")
     p.add_argument("--name", default=None, help="job name (default: the job's)")
     # FLARE 2.9 reserves --export/--export-dir for its own recipe export (stripped from sys.argv at import)
     p.add_argument("--write-job", dest="export_to", metavar="DIR", help="write the job folder here instead of running it")
