@@ -185,7 +185,7 @@ def _cmd_demo(args) -> int:
             f"{_fmt(rec.get('val_dice_global'))}, of the local models {_fmt(rec.get('val_dice_local'))} "
             f"({_fmt(rec.get('seconds'), 1)} s)"
             + (
-                f", sent {rec['bytes_up'] / 1e3:,.0f} kB up, {rec['bytes_down'] / 1e3:,.0f} kB down"
+                f", {rec['bytes_up'] / 1e3:,.0f} kB up and {rec['bytes_down'] / 1e3:,.0f} kB down (all sites)"
                 if "bytes_up" in rec
                 else ""
             ),
