@@ -82,6 +82,10 @@ METHODS: dict[str, dict] = {
     "ours_up_only_r0.01_b8": {"kind": "ours_up_only", "args": {"up_ratio": 0.01, "up_bits": 8}},
 }
 REFERENCE = "none"
+# what runs without --methods (the table in docs/compression.md); --methods all runs every entry
+DEFAULT_METHODS = (
+    "none", "flare_fp16", "flare_adaquant", "ours_r0.01_b8", "ours_r0.05_b4", "ours_r0.1_b4", "ours_r0.2_b4",
+)  # fmt: skip
 
 # run sizes: (full, quick)
 PROFILES = {
@@ -387,7 +391,7 @@ def select_methods(requested: list[str] | None) -> tuple[list[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: all that can run)")
+    p.add_argument("--methods", help=f"comma-separated subset of: {', '.join(METHODS)} (default: {', '.join(DEFAULT_METHODS)}; 'all': every one that can run)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; quick: 0)")
     p.add_argument("--quick", action="store_true", help="1 seed, 4 rounds, 20 local steps, smaller data")
     p.add_argument("--sites", type=int, default=2)
@@ -418,8 +422,10 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
     except ValueError:
         p.error(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
-    requested = None
-    if args.methods:
+    requested = list(DEFAULT_METHODS)
+    if args.methods == "all":
+        requested = None
+    elif args.methods:
         requested = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in requested if m not in METHODS]
         if unknown:
