@@ -1,0 +1,84 @@
+"""The hard gate: which site updates may enter aggregation at all.
+
+An update is dropped, with the reason, when it does not have exactly the global model's tensor
+names, when a tensor's shape differs, when it holds NaN or Inf, or when its norm exceeds
+``max_norm_ratio`` times the median norm of the round's updates (a scaled or random update). With
+fewer than 3 updates the norm rule cannot tell which one is out of line and is not applied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsegnet.aggregation.robust import update_norm
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's verdict on one site's update.
+
+    Args:
+        site: the site name.
+        accepted: whether the update may be aggregated.
+        reason: why it was dropped (empty when accepted).
+        norm: the update's L2 norm (NaN when it could not be computed).
+    """
+
+    site: str
+    accepted: bool
+    reason: str
+    norm: float
+
+
+def gate_updates(
+    updates: Mapping[str, Mapping], reference: Mapping, max_norm_ratio: float = 10.0
+) -> dict[str, GateDecision]:
+    """Check every site's update against the global model and against the others.
+
+    Args:
+        updates: ``{site: {name: array or tensor}}``; not modified.
+        reference: ``{name: array or shape}``: the global model's names and shapes.
+        max_norm_ratio: drop updates whose norm exceeds this many times the median norm of the
+            updates that passed the other checks (applied with 3 or more of them). Defaults to 10.0.
+
+    Returns:
+        ``{site: GateDecision}``, one per site of ``updates``.
+
+    Raises:
+        ValueError: ``max_norm_ratio`` is not a number > 1.
+    """
+    if isinstance(max_norm_ratio, bool) or not isinstance(max_norm_ratio, (int, float)) or not max_norm_ratio > 1:
+        raise ValueError(f"max_norm_ratio={max_norm_ratio!r}: must be a number > 1")
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in reference.items()}
+    decisions, norms = {}, {}
+    for site, update in updates.items():
+        missing, extra = sorted(set(shapes) - set(update)), sorted(set(update) - set(shapes))
+        reason = ""
+        if missing or extra:
+            reason = f"tensor names differ from the global model's: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
+        else:
+            for name, value in update.items():
+                arr = np.asarray(value)
+                if tuple(arr.shape) != shapes[name]:
+                    reason = f"{name}: shape {list(arr.shape)} differs from the global model's {list(shapes[name])}"
+                    break
+                if not np.isfinite(arr).all():
+                    reason = f"{name}: holds NaN or Inf"
+                    break
+        if reason:
+            decisions[site] = GateDecision(site, False, reason, math.nan)
+        else:
+            norms[site] = update_norm(update)
+    median = float(np.median(list(norms.values()))) if norms else math.nan
+    for site, norm in norms.items():
+        if len(norms) >= 3 and median > 0 and norm > max_norm_ratio * median:
+            decisions[site] = GateDecision(
+                site, False, f"norm {norm:.4g} is {norm / median:.1f}x the median norm {median:.4g} (limit {max_norm_ratio}x)", norm
+            )
+        else:
+            decisions[site] = GateDecision(site, True, "", norm)
+    return {site: decisions[site] for site in updates}
