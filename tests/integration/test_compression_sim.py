@@ -11,10 +11,10 @@ from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
 
 from fedsegnet.compression import SparseQuantCodec
 from fedsegnet.flare.constants import CodecMeta
-from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
+from fedsegnet.flare.jobs import configure_job
 from fedsegnet.networks.spec import build_from_spec, load_model_file
 
-from .conftest import JOBS, TINY_JOB_ARGS
+from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,7 @@ def compressed_run(tiny_sites, tmp_path_factory):
         {"path": "fedsegnet.flare.faults.CorruptPayload", "args": {"sites": ["site-2"], "rounds": [1], "mode": "truncate"}}
     )
     client_cfg.write_text(json.dumps(cfg, indent=2))
-    ws = work / "ws"
-    with SimulatorRun(job, ws, n_clients=2, threads=2, data_root=tiny_sites) as run:
-        rc = run.wait(timeout=600)
-    return rc, SimResults(ws), run
+    return run_two_sites(job, work / "ws", tiny_sites)
 
 
 def test_job_finishes_despite_the_corrupted_update(compressed_run):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
+from fedsegnet.flare.jobs import configure_job
 from fedsegnet.networks.spec import build_from_spec, load_model_file
 
-from .conftest import JOBS, TINY_JOB_ARGS
+from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites
 
 pytestmark = pytest.mark.slow
 
@@ -21,10 +21,7 @@ pytestmark = pytest.mark.slow
 def fedavg_run(tiny_sites, tmp_path_factory):
     work = tmp_path_factory.mktemp("fedavg")
     job = configure_job(JOBS / "fedavg", work / "fedavg", **TINY_JOB_ARGS)
-    ws = work / "ws"
-    with SimulatorRun(job, ws, n_clients=2, threads=2, data_root=tiny_sites) as run:
-        rc = run.wait(timeout=600)
-    return rc, SimResults(ws), run
+    return run_two_sites(job, work / "ws", tiny_sites)
 
 
 def test_simulator_exits_cleanly(fedavg_run):

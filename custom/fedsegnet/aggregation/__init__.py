@@ -9,8 +9,8 @@ from fedsegnet.aggregation.robust import (
     aggregate_mean,
     aggregate_median,
     aggregate_trimmed_mean,
-    update_norm,
 )
+from fedsegnet.compression import update_norm  # the norm the gate uses, here for callers of this package
 
 __all__ = [
     "GateDecision", "gate_updates", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "update_norm",

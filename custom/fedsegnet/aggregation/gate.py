@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsegnet.aggregation.robust import update_norm
+from fedsegnet.compression import update_norm
 
 
 @dataclass(frozen=True)

@@ -31,11 +31,6 @@ def _check(updates: Sequence[Mapping]):
             raise ValueError(f"updates[{i}]: tensor names differ from updates[0]'s")
 
 
-def update_norm(update: Mapping) -> float:
-    """L2 norm of an update over all its tensors (float64 accumulation)."""
-    return math.sqrt(sum(float(np.square(np.asarray(v, dtype=np.float64)).sum()) for v in update.values()))
-
-
 def aggregate_mean(updates: Sequence[Mapping], weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
     """Weighted mean of updates.
 

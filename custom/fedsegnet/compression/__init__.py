@@ -16,14 +16,15 @@ from fedsegnet.compression.codec import (
     decode_payload,
     is_payload,
     payload_nbytes,
+    update_norm,
 )
-from fedsegnet.compression.error_feedback import ErrorFeedback
+from fedsegnet.compression.error_feedback import ErrorFeedback, atomic_torch_save
 from fedsegnet.compression.index_coding import PayloadError, decode_indices, encode_indices
 from fedsegnet.compression.quantize import dequantize, quantize
 from fedsegnet.compression.sparsify import sampled_threshold, select_topk
 
 __all__ = [
     "CODECS", "PAYLOAD_FORMAT", "PAYLOAD_VERSION", "SparseQuantCodec", "build_codec", "decode_payload",
-    "is_payload", "payload_nbytes", "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices",
-    "dequantize", "quantize", "sampled_threshold", "select_topk",
+    "is_payload", "payload_nbytes", "update_norm", "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices",
+    "dequantize", "quantize", "sampled_threshold", "select_topk", "atomic_torch_save",
 ]  # fmt: skip

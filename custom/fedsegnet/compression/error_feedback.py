@@ -21,15 +21,20 @@ from pathlib import Path
 
 import torch
 
-from fedsegnet.compression.codec import SparseQuantCodec, as_flat_tensor
+from fedsegnet.compression.codec import SparseQuantCodec, update_norm
 
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 
 
-def _norm(tensors: Mapping) -> float:
-    return math.sqrt(sum(float(as_flat_tensor(t).double().pow(2).sum()) for t in tensors.values()))
+def atomic_torch_save(obj, path: str | os.PathLike):
+    """``torch.save(obj)`` to ``path`` through a temporary file and a rename: a crash leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 class ErrorFeedback:
@@ -79,8 +84,8 @@ class ErrorFeedback:
         """
         payload, self.residual = self.codec.encode(update, self._matching_residual(update), generator=generator)
         self.rounds += 1
-        self.last_update_norm = _norm(update)
-        self.last_residual_norm = _norm(self.residual)
+        self.last_update_norm = update_norm(update)
+        self.last_residual_norm = update_norm(self.residual)
         logger.debug(
             "%s: round %d residual norm %.4g (update norm %.4g)",
             self.name, self.rounds, self.last_residual_norm, self.last_update_norm,
@@ -119,11 +124,7 @@ class ErrorFeedback:
 
     def save(self, path: str | os.PathLike):
         """Write the state to ``path`` atomically (a temporary file, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> bool:
         """Read the state saved at ``path``.

@@ -32,7 +32,6 @@ message as FLARE serialises it (``fobs.dumps``) and fires :data:`MESSAGE_BYTES_E
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 import zlib
@@ -51,7 +50,15 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
 
-from fedsegnet.compression import ErrorFeedback, PayloadError, SparseQuantCodec, decode_payload, is_payload
+from fedsegnet.compression import (
+    ErrorFeedback,
+    PayloadError,
+    SparseQuantCodec,
+    atomic_torch_save,
+    decode_payload,
+    is_payload,
+    update_norm,
+)
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.constants import (
     ERROR_HEADER,
@@ -60,12 +67,6 @@ from fedsegnet.flare.constants import (
     CodecMeta,
     UpdateMeta,
 )
-
-CODEC_ARGS = (
-    "ratio", "bits", "block", "scope", "selection", "dense_below", "dense_bits", "stochastic", "index_coding",
-    "sample_size",
-)  # fmt: skip
-
 
 def _site_of_peer(fl_ctx: FLContext) -> str:
     peer = fl_ctx.get_peer_context()
@@ -77,8 +78,8 @@ def _run_dir(fl_ctx: FLContext) -> Path:
 
 
 def _round_of(shareable: Shareable, fl_ctx: FLContext):
-    rnd = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND) if shareable is not None else None
-    if rnd is None and shareable is not None:
+    rnd = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND)
+    if rnd is None:
         rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
     if rnd is None:
         rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -300,12 +301,14 @@ class GlobalModelSync(FLComponent, _CodecArgs):
         )
         if same:
             diff = {k: target[k] - self._reference[k] for k in target}
-            payload, _ = self.codec.encode(diff, generator=_generator(self.seed, "server", rnd, "down"))
+            payload, unsent = self.codec.encode(diff, generator=_generator(self.seed, "server", rnd, "down"))
+            # move R by exactly what the sites add (they decode the same payload), not by diff - unsent
             sent = decode_payload(payload, as_numpy=False)
             self._reference = {k: self._reference[k] + sent[k] for k in target}
             self._diff, self._base = payload, self._version
-            gap = float(torch.sqrt(sum(((target[k] - self._reference[k]) ** 2).sum() for k in target)))
-            self.log_info(fl_ctx, f"round {rnd}: global model difference encoded; unsent remainder norm {gap:.4g}")
+            self.log_info(
+                fl_ctx, f"round {rnd}: global model difference encoded; unsent remainder norm {update_norm(unsent):.4g}"
+            )
             self._full = {k: v.numpy() for k, v in self._reference.items()}
         else:  # the first model of the run: everyone starts from its (quantized) encoding
             self._diff, self._base = None, None
@@ -374,9 +377,7 @@ class GlobalModelDecoder(Filter):
         self._version = None
 
     def _save(self, path: Path):
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"version": self._version, "weights": {k: torch.from_numpy(v) for k, v in self._base.items()}}, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save({"version": self._version, "weights": {k: torch.from_numpy(v) for k, v in self._base.items()}}, path)
 
     def _load(self, path: Path, fl_ctx: FLContext):
         try:
@@ -386,6 +387,13 @@ class GlobalModelDecoder(Filter):
             self.log_info(fl_ctx, f"restored the global model version {self._version} from {path}")
         except Exception as e:
             self.log_warning(fl_ctx, f"cannot read the held global model {path} ({e}); the server will send full weights")
+
+    def _decode(self, payload, site: str, reference=None) -> dict:
+        try:
+            return decode_payload(payload, reference=reference)
+        except PayloadError as e:
+            self._version = None
+            raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         try:
@@ -406,18 +414,10 @@ class GlobalModelDecoder(Filter):
                     f"{info.get('base')!r}, but this site holds {self._version!r}; it reports holding none, "
                     f"so the server sends full weights next round"
                 )
-            try:
-                diff = decode_payload(dxo.data, reference=self._base)
-            except PayloadError as e:
-                self._version = None
-                raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
+            diff = self._decode(dxo.data, site, reference=self._base)
             self._base = {k: self._base[k] + diff[k] for k in self._base}
         elif is_payload(dxo.data):  # the first model of the run, quantized
-            try:
-                self._base = decode_payload(dxo.data)
-            except PayloadError as e:
-                self._version = None
-                raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
+            self._base = self._decode(dxo.data, site)
         else:
             self._base = {k: np.array(v, dtype=np.float32, copy=True) for k, v in dxo.data.items()}
         self._version = info.get("version")
