@@ -1,9 +1,22 @@
-"""Aggregation of site updates (no FLARE imports): robust centres and the contribution gate.
+"""Aggregation of site updates (no FLARE imports): AAM weights, robust centres and the contribution gate.
 
+- :mod:`.aam`: the Adaptive Aggregation Mechanism (signals, weights with floor/cap/temperature,
+  weighted combination, state that survives restarts).
 - :mod:`.robust`: coordinate-wise median and trimmed mean (Yin et al., ICML 2018), weighted mean.
 - :mod:`.gate`: the hard gate every update passes before aggregation (names, shapes, NaN/Inf, norm).
+- :mod:`.compact`: updates kept sparse as they arrived, densified one tensor at a time.
 """
 
+from fedsegnet.aggregation.aam import (
+    LABEL_KIND_TRUST,
+    AdaptiveAggregation,
+    AggregationResult,
+    SiteReport,
+    bounded_weights,
+    divergence_signals,
+    weighted_sum,
+)
+from fedsegnet.aggregation.compact import CompactUpdate
 from fedsegnet.aggregation.gate import GateDecision, gate_updates
 from fedsegnet.aggregation.robust import (
     aggregate_mean,
@@ -12,6 +25,11 @@ from fedsegnet.aggregation.robust import (
 )
 from fedsegnet.compression import update_norm  # the norm the gate uses, here for callers of this package
 
+METHODS = ("aam", "mean", "median", "trimmed_mean")
+"""Aggregation methods the FLARE aggregator and the benchmarks accept (``mean`` = FedAvg weights)."""
+
 __all__ = [
-    "GateDecision", "gate_updates", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "update_norm",
+    "LABEL_KIND_TRUST", "METHODS", "AdaptiveAggregation", "AggregationResult", "CompactUpdate", "GateDecision",
+    "SiteReport", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
+    "divergence_signals", "gate_updates", "update_norm", "weighted_sum",
 ]  # fmt: skip

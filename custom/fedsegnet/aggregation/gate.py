@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsegnet.aggregation.compact import CompactUpdate
 from fedsegnet.compression import update_norm
 
 
@@ -60,6 +61,13 @@ def gate_updates(
         reason = ""
         if missing or extra:
             reason = f"tensor names differ from the global model's: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
+        elif isinstance(update, CompactUpdate):  # checks on the stored values, nothing densified
+            wrong = next((n for n in update if update.shape(n) != shapes[n]), None)
+            if wrong is not None:
+                reason = f"{wrong}: shape {list(update.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
+            elif not update.is_finite():
+                bad = next(n for n in update if not np.isfinite(update[n]).all())
+                reason = f"{bad}: holds NaN or Inf"
         else:
             for name, value in update.items():
                 arr = np.asarray(value)
@@ -72,7 +80,7 @@ def gate_updates(
         if reason:
             decisions[site] = GateDecision(site, False, reason, math.nan)
         else:
-            norms[site] = update_norm(update)
+            norms[site] = update.norm() if isinstance(update, CompactUpdate) else update_norm(update)
     median = float(np.median(list(norms.values()))) if norms else math.nan
     for site, norm in norms.items():
         if len(norms) >= 3 and median > 0 and norm > max_norm_ratio * median:

@@ -19,6 +19,7 @@ class UpdateMeta:
     TRAIN_LOSS = "fedsegnet.train_loss"
     VAL_DICE_GLOBAL = "fedsegnet.val_dice_global"
     VAL_DICE_LOCAL = "fedsegnet.val_dice_local"
+    LABEL_AGREEMENT = "fedsegnet.label_agreement"
     TRAIN_SECONDS = "fedsegnet.train_seconds"
     ROUND = "fedsegnet.round"
     UPDATE_NORM = "fedsegnet.update_norm"
@@ -26,7 +27,7 @@ class UpdateMeta:
     SENT_VALUES = "fedsegnet.sent_values"
 
     ALL = (
-        N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, TRAIN_SECONDS,
+        N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, LABEL_AGREEMENT, TRAIN_SECONDS,
         UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES,
     )  # fmt: skip
 
@@ -53,3 +54,11 @@ class BytesProp:
     DIRECTION = "fedsegnet.bytes.direction"
     ROUND = "fedsegnet.bytes.round"
     NBYTES = "fedsegnet.bytes.nbytes"
+
+
+AAM_RECORD_EVENT = "fedsegnet.aam_record"
+"""Server event fired by ``AAMAggregator`` after each aggregation; the record is in :data:`AAM_RECORD_PROP`."""
+AAM_RECORD_PROP = "fedsegnet.aam_record"
+"""FLContext prop: ``{"round", "method", "sites": {site: {gate, signals, weight, ...}}}``."""
+AAM_STATE_KEY = "fedsegnet_aam"
+"""Key of the AAM state in the ``train_conf`` of the saved global model."""

@@ -20,6 +20,7 @@ from nvflare.apis.shareable import ReturnCode, Shareable, make_reply
 from nvflare.apis.signal import Signal
 from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
+from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
 from fedsegnet.config import build_train_config
 from fedsegnet.errors import FedSegNetError
@@ -60,6 +61,11 @@ class SegLearner(Learner):
         analytic_sender_id: id of a FLARE ``TBWriter`` component streaming metrics to the server;
             empty to disable. Defaults to ``"analytic_sender"``.
         device: torch device. Defaults to None (CUDA when available, else CPU).
+        fedprox_mu: FedProx proximal weight (FLARE's ``PTFedProxLoss``: ``mu / 2 * ||w - w_global||^2``
+            added to every step's loss; 0 = off). Defaults to 0.0.
+        agreement_batches: training batches on which the received global model's predictions are
+            compared with the site's labels each round (AAM's data-quality signal, sent as
+            ``fedsegnet.label_agreement``; 0 = off). Defaults to 2.
     """
 
     def __init__(
@@ -80,8 +86,12 @@ class SegLearner(Learner):
         label_kind: str = "voxel",
         analytic_sender_id: str = "analytic_sender",
         device: str | None = None,
+        fedprox_mu: float = 0.0,
+        agreement_batches: int = 2,
     ):
         super().__init__()
+        if not float(fedprox_mu) >= 0:
+            raise ValueError(f"fedprox_mu={fedprox_mu!r}: must be >= 0")
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind={label_kind!r}: unknown label kind (valid: {', '.join(LABEL_KINDS)})")
         self.data_root = data_root
@@ -100,6 +110,8 @@ class SegLearner(Learner):
         self.label_kind = label_kind
         self.analytic_sender_id = analytic_sender_id
         self.device = device
+        self.fedprox_mu = float(fedprox_mu)
+        self.agreement_batches = int(agreement_batches)
         self.trainer = None
         self.site = None
         self.init_error = None
@@ -148,6 +160,8 @@ class SegLearner(Learner):
                 num_classes=self.num_classes,
                 in_channels=self.in_channels,
                 device=self.device,
+                agreement_batches=self.agreement_batches,
+                proximal_loss=PTFedProxLoss(mu=self.fedprox_mu) if self.fedprox_mu > 0 else None,
             )
             if self.trainer.datalist.label_kind != "voxel":
                 self.label_kind = self.trainer.datalist.label_kind
@@ -202,6 +216,7 @@ class SegLearner(Learner):
             return make_reply(ReturnCode.TASK_ABORTED)
         local = self.trainer.evaluate()
         val_global = self._global_val.pop(current_round, None)
+        agreement = _finite_or_none(stats.get("agreement"))
         meta = {
             MetaKey.NUM_STEPS_CURRENT_ROUND: self.trainer.n_train,
             UpdateMeta.N_TRAIN: self.trainer.n_train,
@@ -210,6 +225,7 @@ class SegLearner(Learner):
             UpdateMeta.TRAIN_LOSS: _finite_or_none(stats["loss_mean"]),
             UpdateMeta.VAL_DICE_GLOBAL: _finite_or_none(val_global),
             UpdateMeta.VAL_DICE_LOCAL: _finite_or_none(local.dice_mean),
+            UpdateMeta.LABEL_AGREEMENT: agreement,
             UpdateMeta.TRAIN_SECONDS: float(stats["seconds"]),
             # FLARE gives a site's result filters no round (LearnerExecutor drops the headers)
             UpdateMeta.ROUND: current_round,
@@ -220,7 +236,8 @@ class SegLearner(Learner):
             fl_ctx,
             f"site {self.site} round {current_round}: {stats['steps']} steps in {stats['seconds']:.1f} s, "
             f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global "
-            f"{'n/a' if val_global is None else f'{val_global:.3f}'} -> local {local.dice_mean:.3f}",
+            f"{'n/a' if val_global is None else f'{val_global:.3f}'} -> local {local.dice_mean:.3f}, label "
+            f"agreement {'n/a' if agreement is None else f'{agreement:.3f}'}",
         )
         return DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
 

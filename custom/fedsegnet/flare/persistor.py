@@ -13,6 +13,8 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from fedsegnet.config import build_train_config
+from fedsegnet.flare.aggregator import aggregation_for
+from fedsegnet.flare.constants import AAM_STATE_KEY
 from fedsegnet.networks.spec import model_spec
 
 
@@ -29,6 +31,9 @@ class SegModelPersistor(PTFileModelPersistor):
         source_ckpt_file_full_name: start from this checkpoint instead. Defaults to None.
         global_model_file_name: file name of the last global model. Defaults to FLARE's.
         best_global_model_file_name: file name of the best global model. Defaults to FLARE's.
+        aggregator_id: component whose ``state_dict()`` (the AAM signal history) is saved with the
+            global model (``train_conf["fedsegnet_aam"]``) and restored from a checkpoint that has
+            it; ignored when that component keeps no state. Defaults to ``"aggregator"``.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class SegModelPersistor(PTFileModelPersistor):
         source_ckpt_file_full_name: str | None = None,
         global_model_file_name: str = "FL_global_model.pt",
         best_global_model_file_name: str = "best_FL_global_model.pt",
+        aggregator_id: str = "aggregator",
     ):
         from fedsegnet.training.site import build_model_for
 
@@ -51,6 +57,7 @@ class SegModelPersistor(PTFileModelPersistor):
         self.network = network
         self.patch_size = patch_size
         self.seed = seed
+        self.aggregator_id = aggregator_id
         config = build_train_config(preset=preset, network=network, patch_size=patch_size, seed=seed)
         torch.manual_seed(int(seed))
         net = build_model_for(config, in_channels=int(in_channels), num_classes=int(num_classes))
@@ -65,5 +72,23 @@ class SegModelPersistor(PTFileModelPersistor):
     def load_model(self, fl_ctx: FLContext):
         learnable = super().load_model(fl_ctx)
         if self.persistence_manager is not None:
+            loaded = self.persistence_manager.train_conf or {}
+            state = loaded.get(AAM_STATE_KEY) if isinstance(loaded, dict) else None
+            aggregator = aggregation_for(fl_ctx, self.aggregator_id)
+            if state is not None and aggregator is not None:
+                try:
+                    aggregator.load_state_dict(state)
+                    self.log_info(fl_ctx, f"AAM state restored from the checkpoint ({state.get('rounds')} rounds of signals)")
+                except ValueError as e:
+                    self.log_warning(fl_ctx, f"AAM state in the checkpoint not used: {e}; starting afresh")
             self.persistence_manager.train_conf = {"fedsegnet": self.spec}
         return learnable
+
+    def save_model(self, ml, fl_ctx: FLContext):
+        aggregator = aggregation_for(fl_ctx, self.aggregator_id)
+        manager = self._get_persistence_manager(fl_ctx)
+        conf = {"fedsegnet": self.spec}
+        if aggregator is not None:
+            conf[AAM_STATE_KEY] = aggregator.state_dict()
+        manager.train_conf = conf
+        super().save_model(ml, fl_ctx)

@@ -39,6 +39,7 @@ from fedsegnet.flare.compression import (
     UpdateDecoder,
     UpdateEncoder,
 )
+from fedsegnet.flare.aggregator import AAMAggregator
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
@@ -78,6 +79,13 @@ class FedSegNetFedAvgRecipe(Recipe):
         ignore_result_error: skip a site whose result is an error (a rejected update) instead of
             ending the job; None = FLARE's rule (end it when fewer than ``min_clients`` remain).
             Defaults to None.
+        fedprox_mu: FedProx proximal weight at the sites (0 = off). Defaults to 0.0.
+        aggregation: None for FLARE's ``InTimeAccumulateWeightedAggregator`` (FedAvg), or an
+            :class:`~fedsegnet.flare.aggregator.AAMAggregator` method: ``"aam"``, ``"mean"``,
+            ``"median"``, ``"trimmed_mean"``. Defaults to None.
+        aam_temperature: AAM softmax temperature. Defaults to 0.1.
+        aam_floor: lowest AAM weight of an accepted site. Defaults to 0.02.
+        aam_cap: highest AAM weight. Defaults to 0.6.
     """
 
     def __init__(
@@ -106,6 +114,11 @@ class FedSegNetFedAvgRecipe(Recipe):
         dense_bits: int = 8,
         down_first_bits: int = 8,
         ignore_result_error: bool | None = None,
+        fedprox_mu: float = 0.0,
+        aggregation: str | None = None,
+        aam_temperature: float = 0.1,
+        aam_floor: float = 0.02,
+        aam_cap: float = 0.6,
     ):
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
@@ -145,7 +158,12 @@ class FedSegNetFedAvgRecipe(Recipe):
             id="persistor",
         )
         job.to_server(FullModelShareableGenerator(), id="shareable_generator")
-        job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF"), id="aggregator")
+        if aggregation is None:
+            job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF"), id="aggregator")
+        else:
+            job.to_server(
+                AAMAggregator(method=aggregation, temperature=aam_temperature, floor=aam_floor, cap=aam_cap), id="aggregator"
+            )
         job.to_server(IntimeModelSelector(key_metric="val_dice"), id="model_selector")
         job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
         job.to_server(ValidationJsonGenerator(), id="json_generator")
@@ -166,6 +184,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 val_max_cases=val_max_cases,
                 torch_threads=torch_threads,
                 analytic_sender_id="analytic_sender",
+                fedprox_mu=fedprox_mu,
             ),
             id="learner",
         )
@@ -188,13 +207,23 @@ class FedSegNetFedAvgRecipe(Recipe):
 
 
 class FedSegNetRecipe(FedSegNetFedAvgRecipe):
-    """FedSegNet's job (``jobs/fedsegnet``): FedAvg with compressed updates both ways, a rejected
-    update skipped rather than ending the job. Takes the arguments of :class:`FedSegNetFedAvgRecipe`;
-    defaults differ in ``name="fedsegnet"``, ``compression=True``, ``ignore_result_error=True``.
+    """FedSegNet's job (``jobs/fedsegnet``): AAM aggregation of compressed updates (both ways), a
+    rejected update skipped rather than ending the job. Takes the arguments of
+    :class:`FedSegNetFedAvgRecipe`; defaults differ in ``name="fedsegnet"``, ``compression=True``,
+    ``ignore_result_error=True``, ``aggregation="aam"``.
     """
 
-    def __init__(self, name: str = "fedsegnet", compression: bool = True, ignore_result_error: bool | None = True, **kwargs):
-        super().__init__(name=name, compression=compression, ignore_result_error=ignore_result_error, **kwargs)
+    def __init__(
+        self,
+        name: str = "fedsegnet",
+        compression: bool = True,
+        ignore_result_error: bool | None = True,
+        aggregation: str | None = "aam",
+        **kwargs,
+    ):
+        super().__init__(
+            name=name, compression=compression, ignore_result_error=ignore_result_error, aggregation=aggregation, **kwargs
+        )
 
 
 def _parse(argv):
@@ -217,6 +246,11 @@ def _parse(argv):
     p.add_argument("--up-bits", type=int, default=4, help="fedsegnet: bits per value a site sends")
     p.add_argument("--down-ratio", type=float, default=0.1, help="fedsegnet: share the server sends")
     p.add_argument("--down-bits", type=int, default=4, help="fedsegnet: bits per value the server sends")
+    p.add_argument(
+        "--aggregation", choices=("aam", "mean", "median", "trimmed_mean"), default=None,
+        help="fedsegnet: aggregation rule (default aam)",
+    )  # fmt: skip
+    p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight at the sites (0 = off)")
     p.add_argument("--name", default=None, help="job name (default: the job's)")
     # FLARE 2.9 reserves --export/--export-dir for its own recipe export (stripped from sys.argv at import)
     p.add_argument("--write-job", dest="export_to", metavar="DIR", help="write the job folder here instead of running it")
@@ -228,6 +262,8 @@ def main(argv=None) -> int:
     extra = {}
     if args.job == "fedsegnet":
         extra = dict(up_ratio=args.up_ratio, up_bits=args.up_bits, down_ratio=args.down_ratio, down_bits=args.down_bits)
+        if args.aggregation:
+            extra["aggregation"] = args.aggregation
     args.name = args.name or args.job
     recipe = (FedSegNetRecipe if args.job == "fedsegnet" else FedSegNetFedAvgRecipe)(
         **extra,
@@ -241,6 +277,7 @@ def main(argv=None) -> int:
         seed=args.seed,
         data_root=os.path.abspath(args.data_root) if args.data_root else None,
         torch_threads=args.torch_threads,
+        fedprox_mu=args.fedprox_mu,
     )
     if args.export_to:
         recipe.export(args.export_to)

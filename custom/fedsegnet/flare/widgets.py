@@ -13,6 +13,10 @@ With the compression filters on (``fedsegnet.flare.compression``), ``MessageByte
 serialised size of every message; the record then holds ``bytes_up``/``bytes_down`` per site and in
 total, the site's update and error-feedback residual norms and values sent, and TensorBoard gets
 ``round/bytes_up``, ``round/bytes_down`` and ``bytes_up/<site>``, ``bytes_down/<site>``.
+
+With ``AAMAggregator``, each site's entry gets ``aggregation``: the gate decision, the AAM signals
+(quality, performance, cos_dist, norm_ratio, score, prior), the weight and the clip factor, and
+TensorBoard gets ``aam_weight/<site>``, ``aam_quality/<site>``, ``aam_cos_dist/<site>`` and so on.
 """
 
 from __future__ import annotations
@@ -31,7 +35,15 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
-from fedsegnet.flare.constants import ERROR_HEADER, MESSAGE_BYTES_EVENT, ROUND_RECORDS_FILE, BytesProp, UpdateMeta
+from fedsegnet.flare.constants import (
+    AAM_RECORD_EVENT,
+    AAM_RECORD_PROP,
+    ERROR_HEADER,
+    MESSAGE_BYTES_EVENT,
+    ROUND_RECORDS_FILE,
+    BytesProp,
+    UpdateMeta,
+)
 
 
 def _weighted_mean(pairs):
@@ -62,6 +74,7 @@ class RoundRecorder(Widget):
         self._tb = None
         self._bytes = {}  # round -> site -> {"bytes_up": n, "bytes_down": n}
         self._bytes_lock = threading.Lock()
+        self._aggregation = None  # the aggregator's record of the current round
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -76,6 +89,8 @@ class RoundRecorder(Widget):
             self._write(fl_ctx)
         elif event_type == MESSAGE_BYTES_EVENT:
             self._count_bytes(fl_ctx)
+        elif event_type == AAM_RECORD_EVENT:
+            self._aggregation = fl_ctx.get_prop(AAM_RECORD_PROP)
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._check_error_reply(fl_ctx)
         elif event_type == EventType.END_RUN and self._tb is not None:
@@ -125,6 +140,10 @@ class RoundRecorder(Widget):
             counted = self._bytes.pop(rnd, {})
         for site, nbytes in counted.items():
             self._sites.setdefault(site, {}).update(nbytes)
+        aggregation, self._aggregation = self._aggregation, None
+        if aggregation:
+            for site, entry in aggregation.get("sites", {}).items():
+                self._sites.setdefault(site, {})["aggregation"] = _jsonable(entry)
         sites = dict(sorted(self._sites.items()))
         record = {
             "round": rnd,
@@ -137,6 +156,8 @@ class RoundRecorder(Widget):
             "val_dice_local": _weighted_mean((s.get("val_dice_local"), s.get("n_train")) for s in sites.values()),
             "errors": list(self._errors),
         }
+        if aggregation:
+            record["aggregation_method"] = aggregation.get("method")
         if counted:
             record["bytes_up"] = sum(s.get("bytes_up", 0) for s in sites.values())
             record["bytes_down"] = sum(s.get("bytes_down", 0) for s in sites.values())
@@ -176,7 +197,25 @@ class RoundRecorder(Widget):
             for site, s in record["sites"].items():
                 if key in s:
                     self._tb.add_scalar(f"{key}/{site}", s[key], global_step=record["round"])
+        for site, s in record["sites"].items():
+            for key in ("weight", "quality", "performance", "cos_dist", "norm_ratio", "agreement"):
+                value = (s.get("aggregation") or {}).get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(f"aam_{key}/{site}", value, global_step=record["round"])
         self._tb.flush()
+
+
+def _jsonable(entry: dict) -> dict:
+    out = {}
+    for k, v in entry.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            v = None
+        elif isinstance(v, (list, tuple)):
+            v = [str(x) for x in v]
+        elif not isinstance(v, (str, int, float, bool, type(None))):
+            v = str(v)
+        out[k] = v
+    return out
 
 
 def _fmt(x):

@@ -8,7 +8,7 @@
 """
 
 from fedsegnet.training.errors import TrainingError, WeightsError
-from fedsegnet.training.evaluate import EvalResult, evaluate
+from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement
 from fedsegnet.training.losses import LOSSES, build_loss
 from fedsegnet.training.loop import (
     WRAPPER_PREFIXES,
@@ -27,6 +27,7 @@ __all__ = [
     "WeightsError",
     "build_loss",
     "evaluate",
+    "label_agreement",
     "load_exchanged_weights",
     "make_optimizer",
     "state_dict_for_exchange",

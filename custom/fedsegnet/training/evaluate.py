@@ -345,3 +345,57 @@ def _evaluate_case(
         "spacing": list(spacing),
         "shape": [int(s) for s in image.shape[1:]],
     }
+
+
+@torch.no_grad()
+def label_agreement(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    num_classes: int,
+    device: str | torch.device,
+    n_batches: int = 2,
+) -> float | None:
+    """Agreement of a model's predictions with the labels of a few training batches.
+
+    The mean over foreground classes of the Dice between ``argmax(model(image))`` and ``label``,
+    pooled over the batches (a class absent from both predictions and labels is skipped). Run with
+    the received global model on a site's own training crops, it estimates how well the site's
+    annotations agree with what the federation has learned (AAM's data-quality signal). The
+    model is put in eval mode and left there.
+
+    Args:
+        model: the network, on ``device``.
+        batches: an iterator (or iterable) of ``{"image": (B, C, X, Y, Z), "label": (B, 1, X, Y, Z)}``;
+            ``n_batches`` are drawn from it.
+        num_classes: classes including background.
+        device: where the batches are moved.
+        n_batches: batches to use, >= 1. Defaults to 2.
+
+    Returns:
+        The agreement in [0, 1], or None when no foreground class occurs in predictions or labels.
+    """
+    if int(n_batches) < 1:
+        raise ConfigError("n_batches", n_batches, "must be >= 1")
+    it = iter(batches)
+    model.eval()
+    inter = torch.zeros(num_classes, dtype=torch.float64)
+    denom = torch.zeros(num_classes, dtype=torch.float64)
+    for _ in range(int(n_batches)):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        image, label = batch["image"], batch["label"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        label = label.as_tensor() if hasattr(label, "as_tensor") else label
+        pred = model(image.to(device, dtype=torch.float32)).argmax(dim=1).cpu()
+        label = label[:, 0].long().cpu()
+        for c in range(1, num_classes):
+            p, t = pred == c, label == c
+            inter[c] += float((p & t).sum())
+            denom[c] += float(p.sum() + t.sum())
+    present = denom[1:] > 0
+    if not present.any():
+        return None
+    return float((2 * inter[1:][present] / denom[1:][present]).mean())

@@ -138,6 +138,7 @@ def train_steps(
     should_stop: Callable[[], bool] | None = None,
     progress: bool | str = False,
     desc: str = "train",
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> dict:
     """Run exactly ``steps`` optimiser steps (unless stopped) and report what happened.
 
@@ -162,6 +163,8 @@ def train_steps(
         progress: ``True`` shows a tqdm bar only when stderr is a terminal, ``"force"`` always,
             ``False`` never. Defaults to False.
         desc: label of the progress bar and of the log line. Defaults to ``"train"``.
+        regularizer: ``regularizer(model) -> scalar`` added to every step's loss (for instance
+            FedProx's proximal term to the received global model). Defaults to None.
 
     Returns:
         ``{"steps": int (steps done), "loss_first": float | None, "loss_last": float | None,
@@ -217,6 +220,8 @@ def train_steps(
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(image)
                 loss = loss_fn(logits, label)
+                if regularizer is not None:
+                    loss = loss + regularizer(model)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingError(f"step {step}/{steps}: loss is {value} (non-finite); stopping", step)

@@ -7,6 +7,7 @@ optimiser and loaders; weights come in and go out as plain ``dict[str, numpy.nda
 
 from __future__ import annotations
 
+import copy
 import logging
 import zlib
 from pathlib import Path
@@ -25,7 +26,7 @@ from fedsegnet.data.transforms import (
 )
 from fedsegnet.errors import DataError
 from fedsegnet.networks import build_network
-from fedsegnet.training.evaluate import EvalResult, evaluate
+from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement
 from fedsegnet.training.losses import build_loss
 from fedsegnet.training.loop import (
     load_exchanged_weights,
@@ -98,6 +99,11 @@ class SiteTrainer:
         device: torch device string. Defaults to None (CUDA when available, else CPU).
         progress: show tqdm bars. Defaults to False.
         run_preflight: check every file before training. Defaults to True.
+        agreement_batches: training batches on which the received global model's predictions are
+            compared with the site's labels each round (AAM's data-quality signal; 0 = off).
+            Defaults to 2.
+        proximal_loss: ``proximal_loss(local_model, global_model) -> scalar`` added to every
+            training step, e.g. FedProx's ``PTFedProxLoss(mu)`` from FLARE. Defaults to None.
 
     Raises:
         DataError: when the site's data contract or files fail the checks; lists every problem.
@@ -114,11 +120,16 @@ class SiteTrainer:
         device: str | None = None,
         progress: bool = False,
         run_preflight: bool = True,
+        agreement_batches: int = 2,
+        proximal_loss=None,
     ):
         self.site_dir = Path(site_dir)
         self.config = config
         self.site = site or self.site_dir.name
         self.progress = progress
+        self.agreement_batches = int(agreement_batches)
+        self.proximal_loss = proximal_loss
+        self._global_model = None  # frozen copy of the received global model (proximal term only)
         self.datalist = load_datalist(self.site_dir, site=self.site)
         problems = model_fit_problems(self.datalist, num_classes, in_channels, "the job's model")
         if problems:
@@ -176,9 +187,24 @@ class SiteTrainer:
 
         Returns:
             ``(update, stats)``: ``update[k] = local[k] - global[k]`` (float32 numpy, same shapes as
-            the global weights) and the loop statistics (steps, losses, seconds, voxels, aborted).
+            the global weights) and the loop statistics (steps, losses, seconds, voxels, aborted),
+            plus ``agreement``: the received global model's label agreement on this site's
+            training crops (None when off or when no foreground was seen).
         """
         self.set_weights(global_weights)
+        agreement = None
+        if self.agreement_batches:
+            agreement = label_agreement(
+                self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
+                n_batches=self.agreement_batches,
+            )  # fmt: skip
+        regularizer = None
+        if self.proximal_loss is not None:
+            if self._global_model is None:
+                self._global_model = copy.deepcopy(self.model).requires_grad_(False)
+            load_exchanged_weights(self._global_model, global_weights, strict=True)
+            reference = self._global_model
+            regularizer = lambda model: self.proximal_loss(model, reference)  # noqa: E731
         stats = train_steps(
             self.model,
             self._train_batches(),
@@ -191,7 +217,9 @@ class SiteTrainer:
             should_stop=should_stop,
             progress=self.progress,
             desc=f"{self.site} round {self.rounds_done}",
+            regularizer=regularizer,
         )
+        stats["agreement"] = agreement
         local = self.get_weights()
         update = {}
         for k, v in local.items():

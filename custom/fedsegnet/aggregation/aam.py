@@ -1,0 +1,530 @@
+"""The Adaptive Aggregation Mechanism (AAM): per-site weights from data quality, performance and divergence.
+
+Each round, for the sites whose updates pass the hard gate (:mod:`.gate`):
+
+Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
+
+* **data quality** ``q_i``: the agreement of the site's own training labels with the received global
+  model's predictions (foreground Dice on a few training crops, reported by the site), smoothed
+  over rounds (exponential moving average, ``smoothing`` = weight of the newest value). Sites whose
+  labels disagree with what the federation learned elsewhere (noisy, shifted or missing
+  annotations) score low. The label kind sets a prior trust ``kappa_i`` (voxel 1, partial 0.7,
+  box 0.5, tag 0.3).
+* **performance** ``p_i``: Dice of the site's local model (after its training) on its own
+  validation split; its gain over the received global model ``p_i - g_i`` is recorded. A site
+  whose own model cannot fit its own validation labels holds labels that contradict each other.
+* **divergence**, computed here from the updates themselves: cosine distance ``c_i`` of the
+  update to a robust centre (coordinate-wise trimmed mean or median of the round's updates) and
+  the norm ratio ``r_i = ||u_i|| / median_j ||u_j||``.
+
+Score and weight::
+
+    s_i = a * (q_i - q_med) + b * (p_i - p_med) - d * (c_i - c_med) - e * |log r_i|
+    w_i ∝ kappa_i * n_i * exp((s_i - max_j s_j) / T)
+
+with ``n_i`` the site's (clamped) training-case count, ``T`` the temperature, then bounded to
+``[floor, cap]`` and normalised (mass above the cap and below the floor is moved between the other
+sites in proportion to their weights). With ``a = b = d = e = 0`` the weights are FedAvg's
+(sample counts). A missing signal counts as the median (neutral). Before the weighted mean, each
+update is scaled down to at most ``clip_norm`` times the median norm, so a scaled (x10) update
+that slips under the gate adds no more than an ordinary one.
+
+What a dishonest site can fake, and what limits it: ``n_i``, the label kind, ``q_i`` and ``p_i``
+are self-reported. They are clamped (counts to ``[1, max_cases]``, Dice to ``[0, 1]``, unknown
+kinds to the lowest trust), enter only through ``exp(score / T)`` relative to the other sites, and
+every weight is capped at ``cap``: overclaiming buys at most the cap. The divergence terms are
+measured by the server on the update itself and cannot be faked; an update that is far from the
+others in direction or size is down-weighted, clipped to ``clip_norm`` x the median norm, or
+dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
+centre can only move the model a little per round, which is the limit any robust rule has.
+
+All functions are deterministic (no randomness), take plain mappings, and never modify their
+inputs. :class:`AdaptiveAggregation` keeps the signal history and exposes
+``state_dict()/load_state_dict()`` so that it survives a server restart with the global model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from fedsegnet.aggregation.gate import gate_updates
+from fedsegnet.compression import update_norm
+
+logger = logging.getLogger(__name__)
+
+LABEL_KIND_TRUST = {"voxel": 1.0, "partial": 0.7, "box": 0.5, "tag": 0.3}
+"""Prior trust per label kind; an unknown kind gets the lowest of these."""
+
+CENTRES = ("trimmed_mean", "median")
+STATE_VERSION = 1
+
+
+@dataclass
+class SiteReport:
+    """What a site reports with its update (self-reported: clamp with :meth:`clamped`).
+
+    Args:
+        n_train: training cases. Defaults to 1.
+        label_kind: ``voxel``, ``box``, ``tag`` or ``partial``. Defaults to ``"voxel"``.
+        agreement: Dice of the received global model's predictions with the site's training
+            labels, in [0, 1]. Defaults to None (not reported).
+        val_dice_global: Dice of the received global model on the site's validation split.
+            Defaults to None.
+        val_dice_local: Dice of the site's local model after training on the same split.
+            Defaults to None.
+    """
+
+    n_train: float = 1.0
+    label_kind: str = "voxel"
+    agreement: float | None = None
+    val_dice_global: float | None = None
+    val_dice_local: float | None = None
+
+    @classmethod
+    def clamped(cls, max_cases: float = 100_000, **values) -> tuple[SiteReport, list[str]]:
+        """Build a report from raw (untrusted) values, clamped to sane ranges.
+
+        Args:
+            max_cases: upper bound of ``n_train``. Defaults to 100_000.
+            **values: the fields of :class:`SiteReport`; unknown keys are ignored.
+
+        Returns:
+            ``(report, notes)``: the clamped report and one note per value that was changed.
+        """
+        notes = []
+        n = _number(values.get("n_train"))
+        if n is None or n < 1:
+            notes.append(f"n_train={values.get('n_train')!r} -> 1")
+            n = 1.0
+        elif n > max_cases:
+            notes.append(f"n_train={n:g} -> {max_cases:g} (max_cases)")
+            n = float(max_cases)
+        kind = values.get("label_kind") or "voxel"
+        if kind not in LABEL_KIND_TRUST:
+            notes.append(f"label_kind={kind!r} unknown -> lowest trust")
+        dice = {}
+        for key in ("agreement", "val_dice_global", "val_dice_local"):
+            raw = values.get(key)
+            x = _number(raw)
+            if raw is not None and x is None:
+                notes.append(f"{key}={raw!r} not a finite number -> not used")
+            if x is not None and not 0.0 <= x <= 1.0:
+                notes.append(f"{key}={x:g} -> clamped to [0, 1]")
+                x = min(1.0, max(0.0, x))
+            dice[key] = x
+        return cls(n_train=float(n), label_kind=str(kind), **dice), notes
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------ signals
+def divergence_signals(
+    updates: Mapping[str, Mapping], centre: str = "trimmed_mean", beta: float = 0.25
+) -> dict[str, dict[str, float]]:
+    """Cosine distance of each update to a robust centre, and its norm ratio to the median norm.
+
+    Reads one tensor of every update at a time (K copies of one tensor in memory, never K models).
+
+    Args:
+        updates: ``{site: {name: array}}`` with the same names and shapes; not modified.
+        centre: ``"trimmed_mean"`` (drop ``floor(beta * K)`` values at each end per coordinate)
+            or ``"median"``. Defaults to ``"trimmed_mean"``.
+        beta: trimmed share per end for ``"trimmed_mean"``, in [0, 0.5). Defaults to 0.25.
+
+    Returns:
+        ``{site: {"cos_dist": in [0, 2], "norm": float, "norm_ratio": float}}``. With one update,
+        or when the centre is zero, the cosine distance is 0.
+
+    Raises:
+        ValueError: no updates, an unknown centre or a bad ``beta``.
+    """
+    if centre not in CENTRES:
+        raise ValueError(f"centre={centre!r}: unknown (valid: {', '.join(CENTRES)})")
+    if not 0 <= beta < 0.5:
+        raise ValueError(f"beta={beta!r}: must be in [0, 0.5)")
+    sites = list(updates)
+    if not sites:
+        raise ValueError("updates: need at least one update")
+    k = len(sites)
+    dots = np.zeros(k)
+    sq = np.zeros(k)
+    centre_sq = 0.0
+    cut = int(math.floor(beta * k)) if centre == "trimmed_mean" else 0
+    for name in updates[sites[0]]:
+        stacked = torch.stack([torch.as_tensor(np.asarray(updates[s][name]), dtype=torch.float32).reshape(-1) for s in sites])
+        if k > 1:
+            ordered = torch.sort(stacked, dim=0).values
+            if centre == "median":
+                c = (ordered[(k - 1) // 2] + ordered[k // 2]) * 0.5
+            else:
+                c = ordered[cut : k - cut].mean(dim=0)
+        else:
+            c = stacked[0]
+        c64 = c.double()
+        dots += (stacked.double() @ c64).numpy()
+        sq += (stacked.double() ** 2).sum(dim=1).numpy()
+        centre_sq += float(c64 @ c64)
+    norms = np.sqrt(sq)
+    median_norm = float(np.median(norms))
+    out = {}
+    for i, s in enumerate(sites):
+        denom = norms[i] * math.sqrt(centre_sq)
+        cos = float(dots[i] / denom) if denom > 0 and k > 1 else 1.0
+        out[s] = {
+            "cos_dist": float(min(2.0, max(0.0, 1.0 - cos))),
+            "norm": float(norms[i]),
+            "norm_ratio": float(norms[i] / median_norm) if median_norm > 0 else 1.0,
+        }
+    return out
+
+
+def bounded_weights(raw: Sequence[float], floor: float = 0.0, cap: float = 1.0) -> np.ndarray:
+    """Normalise non-negative weights to sum 1 with every weight in ``[floor, cap]``.
+
+    Weights pinned at a bound stay there; the rest of the mass is shared among the others in
+    proportion to their raw weights (repeated until no bound is crossed). Bounds that cannot hold
+    for K weights are relaxed to ``floor <= 1/K <= cap``.
+
+    Args:
+        raw: K finite weights >= 0 (all zero means equal).
+        floor: lowest weight. Defaults to 0.0.
+        cap: highest weight. Defaults to 1.0.
+
+    Returns:
+        float64 array of K weights summing to 1.
+
+    Raises:
+        ValueError: empty, negative or non-finite weights, or ``floor > cap``.
+    """
+    w = np.asarray(raw, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"raw={list(np.atleast_1d(w))!r}: need one or more finite weights >= 0")
+    if floor > cap:
+        raise ValueError(f"floor={floor!r} > cap={cap!r}")
+    k = w.size
+    floor, cap = min(floor, 1.0 / k), max(cap, 1.0 / k)
+    w = np.ones(k) if w.sum() <= 0 else w
+    out = np.zeros(k)
+    free = np.ones(k, dtype=bool)
+    for _ in range(2 * k + 1):  # each pass pins at least one more weight, or ends
+        mass = 1.0 - out[~free].sum()
+        total = w[free].sum()
+        out[free] = w[free] / total * mass if total > 0 else mass / free.sum()
+        high = free & (out > cap + 1e-12)
+        low = free & (out < floor - 1e-12)
+        if high.any():  # pin the largest first: the mass they give back may lift others over the floor
+            out[high] = cap
+            free &= ~high
+        elif low.any():
+            out[low] = floor
+            free &= ~low
+        else:
+            break
+        if not free.any():
+            break
+    return out / out.sum()
+
+
+# ----------------------------------------------------------------------------------- the mechanism
+@dataclass
+class _SiteState:
+    quality: float | None = None  # smoothed agreement
+    rounds: int = 0  # rounds with an accepted update
+    last_weight: float | None = None
+
+
+@dataclass
+class AggregationResult:
+    """One round of aggregation.
+
+    Attributes:
+        update: the combined update ``{name: float32 array}``, or None when no update was accepted.
+        sites: per site: gate decision, signals, score, prior, weight, clip factor, notes.
+        round: the round number given to :meth:`AdaptiveAggregation.aggregate`.
+    """
+
+    update: dict[str, np.ndarray] | None
+    sites: dict[str, dict]
+    round: int | None = None
+    summary: dict = field(default_factory=dict)
+
+
+class AdaptiveAggregation:
+    """AAM weights and the weighted combination of one round's updates (see the module docstring).
+
+    Args:
+        temperature: softmax temperature ``T`` of the combined score (smaller: sharper). Defaults to 0.1.
+        quality_coef: ``a``, weight of the smoothed label agreement. Defaults to 1.0.
+        performance_coef: ``b``, weight of the local model's validation Dice. Defaults to 1.0.
+        divergence_coef: ``d``, weight of the cosine distance to the robust centre. Defaults to 0.5.
+        norm_coef: ``e``, weight of ``|log(norm ratio)|``. Defaults to 0.5.
+        floor: lowest weight of an accepted site. Defaults to 0.02.
+        cap: highest weight of any site. Defaults to 0.6.
+        smoothing: weight of the newest agreement in the moving average, in (0, 1]. Defaults to 0.5.
+        clip_norm: scale updates down to at most this many times the median norm (0 = off).
+            Defaults to 2.0.
+        centre: robust centre of the divergence signal, ``"trimmed_mean"`` or ``"median"``.
+            Defaults to ``"trimmed_mean"``.
+        max_norm_ratio: the gate drops updates above this many times the median norm. Defaults to 10.0.
+        max_cases: clamp of the self-reported case count. Defaults to 100_000.
+        kind_trust: label kind -> prior trust. Defaults to None (:data:`LABEL_KIND_TRUST`).
+        history: rounds of per-site weights kept in the state. Defaults to 100.
+
+    Raises:
+        ValueError: an argument out of range (the message names it).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        quality_coef: float = 1.0,
+        performance_coef: float = 1.0,
+        divergence_coef: float = 0.5,
+        norm_coef: float = 0.5,
+        floor: float = 0.02,
+        cap: float = 0.6,
+        smoothing: float = 0.5,
+        clip_norm: float = 2.0,
+        centre: str = "trimmed_mean",
+        max_norm_ratio: float = 10.0,
+        max_cases: float = 100_000,
+        kind_trust: Mapping[str, float] | None = None,
+        history: int = 100,
+    ):
+        checks = {
+            "temperature": temperature > 0,
+            "quality_coef": quality_coef >= 0,
+            "performance_coef": performance_coef >= 0,
+            "divergence_coef": divergence_coef >= 0,
+            "norm_coef": norm_coef >= 0,
+            "floor": 0 <= floor < 1,
+            "cap": 0 < cap <= 1 and cap >= floor,
+            "smoothing": 0 < smoothing <= 1,
+            "clip_norm": clip_norm == 0 or clip_norm >= 1,
+            "max_norm_ratio": max_norm_ratio > 1,
+            "max_cases": max_cases >= 1,
+            "history": history >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name}={locals()[name]!r}: out of range")
+        if centre not in CENTRES:
+            raise ValueError(f"centre={centre!r}: unknown (valid: {', '.join(CENTRES)})")
+        self.temperature = float(temperature)
+        self.quality_coef = float(quality_coef)
+        self.performance_coef = float(performance_coef)
+        self.divergence_coef = float(divergence_coef)
+        self.norm_coef = float(norm_coef)
+        self.floor = float(floor)
+        self.cap = float(cap)
+        self.smoothing = float(smoothing)
+        self.clip_norm = float(clip_norm)
+        self.centre = centre
+        self.max_norm_ratio = float(max_norm_ratio)
+        self.max_cases = float(max_cases)
+        self.kind_trust = dict(LABEL_KIND_TRUST if kind_trust is None else kind_trust)
+        self.history = int(history)
+        self._sites: dict[str, _SiteState] = {}
+        self._history: list[dict] = []
+        self.rounds = 0
+
+    # ------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The signal history: plain Python values (JSON- and ``torch.save``-safe)."""
+        return {
+            "version": STATE_VERSION,
+            "rounds": self.rounds,
+            "sites": {s: asdict(v) for s, v in sorted(self._sites.items())},
+            "history": [dict(h) for h in self._history],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: the state is not a FedSegNet AAM state of a known version (field named).
+        """
+        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"AAM state: field 'version' is {got!r}, expected {STATE_VERSION}")
+        try:
+            sites = {str(s): _SiteState(**v) for s, v in dict(state["sites"]).items()}
+            history = [dict(h) for h in state.get("history", [])]
+            rounds = int(state["rounds"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"AAM state: malformed ({type(e).__name__}: {e})") from None
+        self._sites, self._history, self.rounds = sites, history, rounds
+
+    @property
+    def site_quality(self) -> dict[str, float | None]:
+        """Smoothed label agreement per site seen so far."""
+        return {s: v.quality for s, v in self._sites.items()}
+
+    # ------------------------------------------------------------------------------ weights
+    def _prior(self, report: SiteReport) -> float:
+        trust = self.kind_trust.get(report.label_kind, min(self.kind_trust.values()) if self.kind_trust else 1.0)
+        return trust * report.n_train
+
+    def weights(
+        self, reports: Mapping[str, SiteReport], divergence: Mapping[str, Mapping[str, float]], update_state: bool = True
+    ) -> dict[str, dict]:
+        """Per-site score and weight of the accepted sites.
+
+        Args:
+            reports: ``{site: SiteReport}`` (already clamped).
+            divergence: ``{site: {"cos_dist", "norm_ratio", ...}}`` from :func:`divergence_signals`.
+            update_state: fold this round's agreement into the moving average. Defaults to True.
+
+        Returns:
+            ``{site: {"quality", "performance", "gain", "cos_dist", "norm_ratio", "score", "prior",
+            "weight"}}`` (weights sum to 1).
+        """
+        sites = list(reports)
+        if not sites:
+            return {}
+        quality = {}
+        for s in sites:
+            state = self._sites.get(s, _SiteState())
+            a = reports[s].agreement
+            q = state.quality
+            if a is not None:
+                q = a if q is None else (1 - self.smoothing) * q + self.smoothing * a
+            quality[s] = q
+            if update_state:
+                self._sites[s] = _SiteState(quality=q, rounds=state.rounds + 1, last_weight=state.last_weight)
+        perf = {s: reports[s].val_dice_local for s in sites}
+        cos = {s: divergence.get(s, {}).get("cos_dist") for s in sites}
+
+        def centred(values):
+            known = [v for v in values.values() if v is not None]
+            med = float(np.median(known)) if known else 0.0
+            return {s: 0.0 if v is None else v - med for s, v in values.items()}
+
+        dq, dp, dc = centred(quality), centred(perf), centred(cos)
+        scores = {}
+        for s in sites:
+            ratio = divergence.get(s, {}).get("norm_ratio") or 1.0
+            scores[s] = (
+                self.quality_coef * dq[s]
+                + self.performance_coef * dp[s]
+                - self.divergence_coef * dc[s]
+                - self.norm_coef * abs(math.log(max(ratio, 1e-12)))
+            )
+        top = max(scores.values())
+        priors = {s: self._prior(reports[s]) for s in sites}
+        prior_total = sum(priors.values())
+        raw = [priors[s] * math.exp((scores[s] - top) / self.temperature) for s in sites]
+        w = bounded_weights(raw, self.floor, self.cap)
+        out = {}
+        for i, s in enumerate(sites):
+            g, p = reports[s].val_dice_global, reports[s].val_dice_local
+            out[s] = {
+                "quality": quality[s],
+                "performance": p,
+                "gain": None if g is None or p is None else p - g,
+                "cos_dist": cos[s],
+                "norm_ratio": divergence.get(s, {}).get("norm_ratio"),
+                "score": scores[s],
+                "prior": priors[s] / prior_total if prior_total > 0 else 1.0 / len(sites),
+                "weight": float(w[i]),
+            }
+            if update_state:
+                self._sites[s].last_weight = float(w[i])
+        return out
+
+    # ------------------------------------------------------------------------------ aggregate
+    def aggregate(
+        self,
+        updates: Mapping[str, Mapping],
+        reports: Mapping[str, Mapping | SiteReport],
+        reference: Mapping,
+        round: int | None = None,
+    ) -> AggregationResult:
+        """Gate, weigh and combine one round's updates.
+
+        Args:
+            updates: ``{site: {name: array}}`` (plain dicts or :class:`CompactUpdate`); not modified.
+            reports: ``{site: SiteReport or dict of its fields}``, raw values are clamped here.
+            reference: ``{name: array or shape}`` of the global model (names and shapes to expect).
+            round: round number for the record. Defaults to None.
+
+        Returns:
+            :class:`AggregationResult`; ``update`` is None when the gate accepted no update.
+        """
+        decisions = gate_updates(updates, reference, max_norm_ratio=self.max_norm_ratio)
+        records: dict[str, dict] = {}
+        clamped: dict[str, SiteReport] = {}
+        for site in updates:
+            raw = reports.get(site, {})
+            raw = asdict(raw) if isinstance(raw, SiteReport) else dict(raw)
+            clamped[site], notes = SiteReport.clamped(self.max_cases, **raw)
+            d = decisions[site]
+            records[site] = {
+                "accepted": d.accepted,
+                "gate": d.reason or "accepted",
+                "n_train": clamped[site].n_train,
+                "label_kind": clamped[site].label_kind,
+                "agreement": clamped[site].agreement,
+                "val_dice_global": clamped[site].val_dice_global,
+                "val_dice_local": clamped[site].val_dice_local,
+                "notes": notes,
+                "weight": 0.0,
+            }
+        accepted = [s for s in updates if decisions[s].accepted]
+        if not accepted:
+            self.rounds += 1
+            return AggregationResult(None, records, round)
+        div = divergence_signals({s: updates[s] for s in accepted}, centre=self.centre)
+        weights = self.weights({s: clamped[s] for s in accepted}, div)
+        median_norm = float(np.median([div[s]["norm"] for s in accepted]))
+        factors = []
+        for s in accepted:
+            norm = div[s]["norm"]
+            clip = 1.0
+            if self.clip_norm and norm > self.clip_norm * median_norm > 0:
+                clip = self.clip_norm * median_norm / norm
+            records[s].update(weights[s], norm=norm, clip=clip)
+            factors.append(weights[s]["weight"] * clip)
+        combined = weighted_sum([updates[s] for s in accepted], factors)
+        self.rounds += 1
+        if self.history:
+            self._history.append({"round": round, "weights": {s: records[s]["weight"] for s in records}})
+            self._history = self._history[-self.history :]
+        summary = {"accepted": len(accepted), "rejected": len(updates) - len(accepted), "combined_norm": update_norm(combined)}
+        return AggregationResult(combined, records, round, summary)
+
+
+def weighted_sum(updates: Sequence[Mapping], factors: Sequence[float]) -> dict[str, np.ndarray]:
+    """``sum_i factors[i] * updates[i]`` per tensor (float32 result, one tensor of every update at a time).
+
+    Args:
+        updates: K updates with the same names and shapes; not modified.
+        factors: K multipliers (not normalised here).
+
+    Returns:
+        ``{name: float32 array}``.
+    """
+    if len(updates) != len(factors) or not updates:
+        raise ValueError(f"need as many factors as updates (>0), got {len(factors)} for {len(updates)}")
+    out = {}
+    for name in updates[0]:
+        acc = None
+        for u, f in zip(updates, factors):
+            x = torch.as_tensor(np.asarray(u[name]), dtype=torch.float32)
+            acc = x * float(f) if acc is None else acc.add_(x, alpha=float(f))
+        out[name] = acc.numpy()
+    return out

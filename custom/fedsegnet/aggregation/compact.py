@@ -1,0 +1,96 @@
+"""Keep site updates as they arrived: sparse where they were sparse, one dense tensor at a time on demand.
+
+A top-k update decoded by the server is mostly zeros (90% at the default ratio 0.1). Keeping K such
+updates dense until the round ends costs K full models; :class:`CompactUpdate` keeps each mostly-zero
+tensor as (flat positions, values), 8 bytes per sent value, and gives a dense ``float32`` copy of one
+tensor when it is read. The robust centres and the weighted combination read one tensor of every
+update at a time, so the peak is K copies of the largest tensor, not K models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+class CompactUpdate(Mapping):
+    """A read-only ``{name: float32 array}`` mapping that stores mostly-zero tensors sparsely.
+
+    Args:
+        update: ``{name: array or tensor}``; not modified. Dense tensors are kept by reference when
+            they are already ``float32`` numpy arrays (no copy), else converted once.
+        max_density: tensors with at most this share of non-zeros are stored as positions and
+            values. Defaults to 0.5 (where a sparse copy is smaller than a dense one).
+
+    Raises:
+        ValueError: ``max_density`` outside [0, 1].
+    """
+
+    def __init__(self, update: Mapping, max_density: float = 0.5):
+        if not 0.0 <= max_density <= 1.0:
+            raise ValueError(f"max_density={max_density!r}: must be in [0, 1]")
+        self.max_density = max_density
+        self._dense: dict[str, np.ndarray] = {}
+        self._sparse: dict[str, tuple[tuple[int, ...], np.ndarray, np.ndarray]] = {}
+        self._order: list[str] = []
+        for name, value in update.items():
+            arr = _as_numpy(value)
+            self._order.append(name)
+            flat = arr.reshape(-1)
+            nz = np.flatnonzero(flat) if arr.size else np.empty(0, dtype=np.int64)
+            if arr.size and nz.size <= max_density * arr.size and np.issubdtype(arr.dtype, np.floating):
+                index_dtype = np.int32 if arr.size < 2**31 else np.int64
+                self._sparse[name] = (tuple(arr.shape), nz.astype(index_dtype), flat[nz].astype(np.float32))
+            else:
+                self._dense[name] = arr if arr.dtype == np.float32 else arr.astype(np.float32)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._dense:
+            return self._dense[name]
+        shape, index, values = self._sparse[name]
+        out = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.float32)
+        out[index] = values
+        return out.reshape(shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __contains__(self, name) -> bool:
+        return name in self._dense or name in self._sparse
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one tensor without materialising it."""
+        return tuple(self._dense[name].shape) if name in self._dense else self._sparse[name][0]
+
+    def is_finite(self) -> bool:
+        """Whether every stored value is finite (reads the stored values only)."""
+        return all(np.isfinite(a).all() for a in self._dense.values()) and all(
+            np.isfinite(v).all() for _, _, v in self._sparse.values()
+        )
+
+    def norm(self) -> float:
+        """L2 norm over all tensors (from the stored values; float64 accumulation)."""
+        total = sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in self._dense.values())
+        total += sum(float(np.dot(v, v)) for _, _, v in self._sparse.values())
+        return float(np.sqrt(total))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: dense arrays plus positions and values of the sparse ones."""
+        return sum(a.nbytes for a in self._dense.values()) + sum(i.nbytes + v.nbytes for _, i, v in self._sparse.values())
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes the same update takes as dense float32 tensors."""
+        return 4 * sum(int(np.prod(self.shape(n), dtype=np.int64)) for n in self._order)

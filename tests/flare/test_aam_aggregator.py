@@ -1,0 +1,184 @@
+"""AAMAggregator on real FLARE objects: accept/refuse, aggregate, the round record, state saved with the model."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_constant import FLContextKey
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.model import make_model_learnable
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+from nvflare.apis.event_type import EventType
+
+from fedsegnet.aggregation import aggregate_mean, aggregate_median
+from fedsegnet.flare.aggregator import AAMAggregator
+from fedsegnet.flare.constants import AAM_RECORD_EVENT, ROUND_RECORDS_FILE, UpdateMeta
+from fedsegnet.flare.persistor import SegModelPersistor
+from fedsegnet.flare.widgets import RoundRecorder
+
+from .test_compression_filters import _ctx, _Engine
+
+SHAPES = {"w": (32, 16), "b": (16,)}
+
+
+def _global():
+    return {k: np.zeros(s, np.float32) for k, s in SHAPES.items()}
+
+
+def _update(seed, scale=1.0, density=1.0):
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(0)
+    out = {}
+    for k, s in SHAPES.items():
+        v = (base.normal(size=s) + 0.3 * rng.normal(size=s)).astype(np.float32) * scale
+        if density < 1:
+            v[rng.random(s) > density] = 0
+        out[k] = v
+    return out
+
+
+def _result(update, n_train=10, agreement=0.8, local=0.8, rnd=2):
+    meta = {UpdateMeta.N_TRAIN: n_train, UpdateMeta.LABEL_AGREEMENT: agreement, UpdateMeta.VAL_DICE_LOCAL: local,
+            UpdateMeta.LABEL_KIND: "voxel", MetaKey.INITIAL_METRICS: 0.5}  # as LearnerExecutor sends it  # fmt: skip
+    s = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
+    s.set_header(AppConstants.CURRENT_ROUND, rnd)
+    return s
+
+
+def _server(tmp_path, agg, site, extra=None):
+    engine = _Engine(tmp_path, {"aggregator": agg, **(extra or {})})
+    return _ctx(engine, "server", peer=site, **{AppConstants.GLOBAL_MODEL: make_model_learnable(_global(), {}),
+                                               AppConstants.CURRENT_ROUND: 2})  # fmt: skip
+
+
+def _feed(tmp_path, agg, results):
+    return {site: agg.accept(r, _server(tmp_path, agg, site)) for site, r in results.items()}
+
+
+def test_aam_round_downweights_the_disagreeing_site_and_publishes_the_record(tmp_path, caplog):
+    agg = AAMAggregator()
+    results = {f"site-{i}": _result(_update(i), agreement=0.5 if i == 4 else 0.85) for i in range(1, 5)}
+    assert all(_feed(tmp_path, agg, results).values())
+    ctx = _server(tmp_path, agg, "site-1")
+    with caplog.at_level(logging.INFO):
+        out = agg.aggregate(ctx)
+    dxo = from_shareable(out)
+    assert dxo.data_kind == DataKind.WEIGHT_DIFF and set(dxo.data) == set(SHAPES)
+    events = [e for e, _ in ctx.get_engine().events]
+    assert AAM_RECORD_EVENT in events
+    record = ctx.get_prop("fedsegnet.aam_record")
+    w = {s: r["weight"] for s, r in record["sites"].items()}
+    assert w["site-4"] < 0.1 and sum(w.values()) == pytest.approx(1.0)
+    lines = [r.getMessage() for r in caplog.records if "round 2 site-" in r.getMessage()]
+    assert len(lines) == 4 and any("site-4: weight 0.0" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "bad,reason",
+    [({"w": np.full(SHAPES["w"], np.inf, np.float32), "b": np.zeros(16, np.float32)}, "NaN or Inf"),
+     ({"w": np.zeros((16, 32), np.float32), "b": np.zeros(16, np.float32)}, "shape"),
+     ({"w": np.zeros(SHAPES["w"], np.float32)}, "names")],
+)  # fmt: skip
+def test_bad_update_is_refused_naming_the_site_and_the_round_goes_on(tmp_path, caplog, bad, reason):
+    agg = AAMAggregator()
+    with caplog.at_level(logging.ERROR):
+        accepted = _feed(tmp_path, agg, {"site-1": _result(_update(1)), "site-2": _result(bad), "site-3": _result(_update(3))})
+    assert accepted == {"site-1": True, "site-2": False, "site-3": True}
+    assert any("site site-2 refused" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    ctx = _server(tmp_path, agg, "site-1")
+    out = from_shareable(agg.aggregate(ctx)).data
+    assert all(np.isfinite(v).all() for v in out.values())
+    record = ctx.get_prop("fedsegnet.aam_record")
+    assert record["sites"]["site-2"]["accepted"] is False and reason in record["sites"]["site-2"]["gate"]
+
+
+def test_metrics_kind_is_refused(tmp_path):
+    agg = AAMAggregator()
+    assert not agg.accept(DXO(DataKind.METRICS, data={"val_dice": 0.5}).to_shareable(), _server(tmp_path, agg, "site-1"))
+
+
+def test_second_update_of_a_site_in_a_round_is_refused(tmp_path):
+    agg = AAMAggregator()
+    assert agg.accept(_result(_update(1)), _server(tmp_path, agg, "site-1"))
+    assert not agg.accept(_result(_update(2)), _server(tmp_path, agg, "site-1"))
+
+
+def test_sparse_updates_are_kept_sparse(tmp_path):
+    agg = AAMAggregator()
+    _feed(tmp_path, agg, {f"site-{i}": _result(_update(i, density=0.1)) for i in range(1, 4)})
+    held = sum(u.nbytes for u in agg._updates.values())
+    dense = sum(u.dense_nbytes for u in agg._updates.values())
+    assert held < 0.3 * dense
+
+
+@pytest.mark.parametrize("method", ["mean", "median"])
+def test_baseline_methods(tmp_path, method):
+    agg = AAMAggregator(method=method)
+    ups = {f"site-{i}": _update(i) for i in range(1, 4)}
+    n = {"site-1": 5, "site-2": 10, "site-3": 20}
+    _feed(tmp_path, agg, {s: _result(u, n_train=n[s]) for s, u in ups.items()})
+    out = from_shareable(agg.aggregate(_server(tmp_path, agg, "site-1"))).data
+    expected = aggregate_mean(list(ups.values()), list(n.values())) if method == "mean" else aggregate_median(list(ups.values()))
+    for k in SHAPES:
+        np.testing.assert_allclose(out[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_fedavg_controller_interface_full_weights_and_no_update(tmp_path):
+    """accept_model/aggregate_model as FLARE's FedAvg controller calls them; FULL weights become a difference."""
+    agg = AAMAggregator(method="mean")
+    agg.fl_ctx = _server(tmp_path, agg, "site-1")
+    full = {k: v + 1.0 for k, v in _update(1).items()}
+    assert agg.accept_model(FLModel(params_type=ParamsType.FULL, params=full, meta={"client_name": "site-1", UpdateMeta.N_TRAIN: 3}))
+    model = agg.aggregate_model()
+    assert model.params_type == ParamsType.DIFF
+    np.testing.assert_allclose(model.params["w"], full["w"])  # global is zero
+    assert agg.aggregate_model().params == {}  # nothing accepted: no change
+    with pytest.raises(ValueError, match="method"):
+        AAMAggregator(method="krum")
+
+
+def test_round_recorder_writes_the_aggregation_record(tmp_path):
+    agg = AAMAggregator()
+    recorder = RoundRecorder(tb_folder="")
+    ctx = _server(tmp_path, agg, "site-1", extra={"round_recorder": recorder})
+    ctx.get_engine().components["round_recorder"] = recorder
+    recorder.handle_event(EventType.START_RUN, ctx)
+    recorder.handle_event(AppEventType.ROUND_STARTED, ctx)
+    _feed(tmp_path, agg, {f"site-{i}": _result(_update(i)) for i in range(1, 4)})
+    agg.aggregate(ctx)
+    recorder.handle_event(AppEventType.ROUND_DONE, ctx)
+    record = json.loads((tmp_path / "job-1" / ROUND_RECORDS_FILE).read_text().splitlines()[-1])
+    assert record["aggregation_method"] == "aam"
+    weights = [record["sites"][s]["aggregation"]["weight"] for s in ("site-1", "site-2", "site-3")]
+    assert sum(weights) == pytest.approx(1.0)
+    assert record["sites"]["site-1"]["aggregation"]["gate"] == "accepted"
+
+
+def test_aam_state_is_saved_with_the_global_model_and_restored(tmp_path):
+    agg = AAMAggregator()
+    for rnd in range(2):
+        _feed(tmp_path, agg, {f"site-{i}": _result(_update(i + rnd), agreement=0.3 if i == 2 else 0.9) for i in range(1, 4)})
+        agg.aggregate(_server(tmp_path, agg, "site-1"))
+    persistor = SegModelPersistor(num_classes=2, preset="tiny")
+    ctx = _server(tmp_path, agg, "site-1", extra={"persistor": persistor})
+    ctx.set_prop(FLContextKey.APP_ROOT, str(tmp_path / "app"), private=True, sticky=False)
+    (tmp_path / "app").mkdir()
+    persistor.handle_event(EventType.START_RUN, ctx)
+    learnable = persistor.load_model(ctx)
+    persistor.save_model(learnable, ctx)
+    saved = torch.load(tmp_path / "app" / "FL_global_model.pt", weights_only=True)
+    assert saved["train_conf"]["fedsegnet_aam"] == agg.state_dict()
+    assert "fedsegnet" in saved["train_conf"]  # the model spec stays
+
+    fresh = AAMAggregator()
+    restored = SegModelPersistor(num_classes=2, preset="tiny", source_ckpt_file_full_name=str(tmp_path / "app" / "FL_global_model.pt"))
+    ctx2 = _server(tmp_path, fresh, "site-1", extra={"persistor": restored})
+    ctx2.set_prop(FLContextKey.APP_ROOT, str(tmp_path / "app2"), private=True, sticky=False)
+    (tmp_path / "app2").mkdir()
+    restored.handle_event(EventType.START_RUN, ctx2)
+    restored.load_model(ctx2)
+    assert fresh.state_dict() == agg.state_dict() and fresh.aam.rounds == 2
