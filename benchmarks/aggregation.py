@@ -191,7 +191,11 @@ def main(argv=None) -> int:
     p.add_argument("--fedprox-mu", type=float, default=0.01)
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
-    p.add_argument("--json", help="write rows and the summary here")
+    p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
+    p.add_argument(
+        "--resume", help="a previous --json of this benchmark: its rows are kept and those runs skipped "
+        "(only valid when the code of those methods has not changed since)",
+    )  # fmt: skip
     p.add_argument("--markdown", help="write the table here")
     args = p.parse_args(argv)
     size = SIZES["quick" if args.quick else "full"]
@@ -229,6 +233,12 @@ def main(argv=None) -> int:
         flush=True,
     )
     rows = []
+    if args.resume:
+        kept = json.loads(Path(args.resume).read_text())["rows"]
+        rows = [r for r in kept if (r["seed"], r["scenario"], r["method"]) in set(cells)]
+        done = {(r["seed"], r["scenario"], r["method"]) for r in rows}
+        cells = [c for c in cells if c not in done]
+        print(f"resumed {len(rows)} run(s) from {args.resume}; {len(cells)} to go", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(cells, desc="runs", file=sys.stdout, dynamic_ncols=True, disable=None)  # a bar on a terminal only
     for seed, sc, mt in bar:

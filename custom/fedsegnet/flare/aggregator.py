@@ -7,7 +7,7 @@ Recipe API take as ``aggregator=``. One class serves both workflows; the math li
 :mod:`fedsegnet.aggregation`.
 
 Each accepted update is kept as it arrived (:class:`~fedsegnet.aggregation.CompactUpdate`: the
-decoded top-k update stays sparse, about 20% of a dense copy at ratio 0.1); aggregation reads one
+decoded top-k update stays sparse, about 30% of a dense copy at ratio 0.1); aggregation reads one
 tensor of every site at a time. Dense (uncompressed) updates must be kept whole until the round
 ends: the robust centre and the divergence signals need all of them, which an in-time running sum
 cannot give. Updates with the wrong names or shapes or with NaN/Inf are refused at ``accept``
@@ -64,8 +64,8 @@ class AAMAggregator(ModelAggregator):
         method: ``"aam"``, ``"mean"`` (sample-count weights, FedAvg), ``"median"`` or
             ``"trimmed_mean"`` (coordinate-wise). Every method passes the hard gate first.
             Defaults to ``"aam"``.
-        temperature, quality_coef, performance_coef, divergence_coef, norm_coef, floor, cap,
-            smoothing, clip_norm, centre, max_norm_ratio, max_cases: see
+        temperature, quality_coef, performance_coef, divergence_coef, norm_coef, margin, cos_margin,
+            min_signal, norm_margin, floor, cap, smoothing, clip_norm, centre, max_norm_ratio, max_cases: see
             :class:`fedsegnet.aggregation.AdaptiveAggregation` (same defaults).
         trimmed_beta: share trimmed at each end for ``"trimmed_mean"``. Defaults to 0.25.
     """
@@ -73,11 +73,15 @@ class AAMAggregator(ModelAggregator):
     def __init__(
         self,
         method: str = "aam",
-        temperature: float = 0.1,
+        temperature: float = 0.05,
         quality_coef: float = 1.0,
         performance_coef: float = 1.0,
-        divergence_coef: float = 0.5,
-        norm_coef: float = 0.5,
+        divergence_coef: float = 1.0,
+        norm_coef: float = 1.0,
+        margin: float = 0.3,
+        cos_margin: float = 0.25,
+        min_signal: float = 0.1,
+        norm_margin: float = 1.5,
         floor: float = 0.02,
         cap: float = 0.6,
         smoothing: float = 0.5,
@@ -96,6 +100,10 @@ class AAMAggregator(ModelAggregator):
         self.performance_coef = performance_coef
         self.divergence_coef = divergence_coef
         self.norm_coef = norm_coef
+        self.margin = margin
+        self.cos_margin = cos_margin
+        self.min_signal = min_signal
+        self.norm_margin = norm_margin
         self.floor = floor
         self.cap = cap
         self.smoothing = smoothing
@@ -106,7 +114,8 @@ class AAMAggregator(ModelAggregator):
         self.trimmed_beta = trimmed_beta
         self.aam = AdaptiveAggregation(
             temperature=temperature, quality_coef=quality_coef, performance_coef=performance_coef,
-            divergence_coef=divergence_coef, norm_coef=norm_coef, floor=floor, cap=cap, smoothing=smoothing,
+            divergence_coef=divergence_coef, norm_coef=norm_coef, margin=margin, cos_margin=cos_margin,
+            min_signal=min_signal, norm_margin=norm_margin, floor=floor, cap=cap, smoothing=smoothing,
             clip_norm=clip_norm, centre=centre, max_norm_ratio=max_norm_ratio, max_cases=max_cases,
         )  # fmt: skip
         self._lock = threading.Lock()

@@ -1,0 +1,187 @@
+"""Cost of aggregation on the server: AAMAggregator against FLARE's InTimeAccumulateWeightedAggregator.
+
+One round with K sites of a large model (default: the ``gpu`` preset's SwinUNETR, feature size 48,
+about 62M parameters). Each site's update arrives as the server's decoder hands it over: a dense
+float32 update in which only the top-k share of values is non-zero (``--density``, 0.1 = the
+``jobs/fedsegnet`` default; 1.0 = uncompressed). Updates are made one at a time just before
+``accept`` and dropped afterwards, as ScatterAndGather drops a result once the aggregator has it, so
+the memory measured is what each aggregator keeps plus what it needs to aggregate.
+
+Each (method, K) runs in a fresh process: time of all ``accept`` calls plus ``aggregate`` (making the
+updates is not timed), and the peak resident memory above the process's baseline once the model
+shapes are known (sampled every 2 ms from /proc; it includes the one update in flight, which is the
+same for every method). The ratio to FLARE's aggregator is printed side by side for each K.
+
+Re-run:
+    python benchmarks/aggregation_cost.py --sites 2,8,32 --json docs/results/aggregation_cost.json
+    python benchmarks/aggregation_cost.py --sites 8 --density 1.0     # uncompressed updates
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+METHODS = ("flare_intime", "aam", "median")
+
+
+def _rss_mb() -> float:
+    """Current resident memory of this process (Linux /proc), MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+class _PeakRSS:
+    """Sample the resident memory every few milliseconds in a thread; keep the peak."""
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        self.interval, self.peak, self._stop = interval, _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def _shapes(preset: str) -> dict:
+    import torch
+
+    from fedsegnet.config import build_train_config
+    from fedsegnet.training.site import build_model_for
+
+    torch.manual_seed(0)
+    model = build_model_for(build_train_config(preset=preset), in_channels=1, num_classes=3)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+
+def worker(method: str, sites: int, density: float, preset: str, seed: int) -> dict:
+    import gc
+
+    import numpy as np
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+    from nvflare.app_common.abstract.model import make_model_learnable
+    from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
+    from nvflare.app_common.app_constant import AppConstants
+
+    from fedsegnet.flare.aggregator import AAMAggregator
+    from fedsegnet.flare.constants import UpdateMeta
+
+    shapes = _shapes(preset)  # the model is built and dropped here
+    n_params = sum(int(np.prod(s)) for s in shapes.values())
+    global_model = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    agg = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF") if method == "flare_intime" else (
+        AAMAggregator(method=method))  # fmt: skip
+    from nvflare.apis.event_type import EventType
+
+    agg.handle_event(EventType.START_RUN, FLContext())  # FLARE's aggregator sets itself up at START_RUN
+
+    def ctx(site):
+        c = FLContext()
+        c.set_prop(AppConstants.CURRENT_ROUND, 1, private=True, sticky=False)
+        c.set_prop(AppConstants.GLOBAL_MODEL, make_model_learnable(global_model, {}), private=True, sticky=False)
+        peer = FLContext()
+        peer.put(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
+        c.set_peer_context(peer)
+        return c
+
+    rng = np.random.default_rng(seed)
+    base = {k: rng.standard_normal(s).astype(np.float32) * 1e-3 for k, s in shapes.items()}
+    gc.collect()
+    baseline = _rss_mb()
+    seconds = 0.0
+    sampler = _PeakRSS().__enter__()
+    for i in range(sites):
+        update = {}
+        for k, b in base.items():
+            v = b + rng.standard_normal(b.shape).astype(np.float32) * 5e-4
+            if density < 1:
+                v[rng.random(b.shape) >= density] = 0.0
+            update[k] = v
+        meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 10, UpdateMeta.N_TRAIN: 10, UpdateMeta.LABEL_AGREEMENT: 0.8}
+        shareable = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
+        shareable.set_header(AppConstants.CURRENT_ROUND, 1)
+        shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)
+        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: f"site-{i + 1}"})
+        c = ctx(f"site-{i + 1}")
+        t0 = time.perf_counter()
+        ok = agg.accept(shareable, c)
+        seconds += time.perf_counter() - t0
+        if not ok:
+            raise RuntimeError(f"{method}: update of site-{i + 1} was not accepted")
+        del update, shareable
+    gc.collect()
+    t0 = time.perf_counter()
+    out = agg.aggregate(ctx("server"))
+    seconds += time.perf_counter() - t0
+    sampler.__exit__(None, None, None)
+    assert out is not None
+    return {
+        "method": method, "sites": sites, "density": density, "n_params": n_params, "seconds": seconds,
+        "update_mb": 4 * n_params / 2**20, "peak_mb_above_baseline": sampler.peak - baseline,
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sites", default="2,8,32", help="comma list of site counts")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--density", type=float, default=0.1, help="share of non-zero values per update (1.0 = dense)")
+    p.add_argument("--preset", default="gpu", help="model preset (gpu: SwinUNETR fs48, ~62M parameters)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--worker", nargs=2, metavar=("METHOD", "SITES"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        row = worker(args.worker[0], int(args.worker[1]), args.density, args.preset, args.seed)
+        print("ROW " + json.dumps(row))
+        return 0
+    rows = []
+    sites = [int(s) for s in args.sites.split(",")]
+    methods = args.methods.split(",")
+    print(f"preset {args.preset}, density {args.density}; methods {methods}; sites {sites}", flush=True)
+    for k in sites:
+        for m in methods:
+            cmd = [sys.executable, __file__, "--worker", m, str(k), "--density", str(args.density), "--preset", args.preset,
+                   "--seed", str(args.seed)]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("ROW ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"{m} x {k}: failed (rc {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            row = json.loads(line[4:])
+            rows.append(row)
+            print(f"{m:>13} x {k:>2} sites: {row['seconds']:7.2f} s, peak +{row['peak_mb_above_baseline']:8.0f} MB "
+                  f"({row['n_params'] / 1e6:.1f}M parameters)", flush=True)  # fmt: skip
+    print("\n| sites | method | seconds | x FLARE | peak MB above baseline | x FLARE |\n|---:|---|---:|---:|---:|---:|")
+    for k in sites:
+        ref = next((r for r in rows if r["sites"] == k and r["method"] == "flare_intime"), None)
+        for r in (r for r in rows if r["sites"] == k):
+            ts = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
+            ms = f"{r['peak_mb_above_baseline'] / max(ref['peak_mb_above_baseline'], 1):.2f}" if ref else ""
+            print(f"| {k} | {r['method']} | {r['seconds']:.2f} | {ts} | {r['peak_mb_above_baseline']:.0f} | {ms} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "density": args.density, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
