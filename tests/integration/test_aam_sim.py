@@ -9,16 +9,16 @@ from .conftest import JOBS, TINY_JOB_ARGS
 
 pytestmark = pytest.mark.slow
 
-ROUNDS = 4
+ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
 def aam_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("aam_sites")
-    # site-3's annotations are misregistered by 6 voxels (a systematic label error)
-    synthesize(data, sites=3, cases=6, size=32, seed=5, test_cases=2, corrupt=[("site-3", "shift", 6)])
+    # site-3's annotations are misregistered by 8 voxels (a systematic label error)
+    synthesize(data, sites=3, cases=6, size=32, seed=5, test_cases=2, corrupt=[("site-3", "shift", 8)])
     work = tmp_path_factory.mktemp("aam")
-    args = {**TINY_JOB_ARGS, "num_rounds": ROUNDS, "min_clients": 3, "local_steps": 12}
+    args = {**TINY_JOB_ARGS, "num_rounds": ROUNDS, "min_clients": 3, "local_steps": 25}
     job = configure_job(JOBS / "fedsegnet", work / "fedsegnet", **args)
     with SimulatorRun(job, work / "ws", n_clients=3, threads=3, data_root=data) as run:
         rc = run.wait(timeout=900)
@@ -41,7 +41,7 @@ def test_job_completes_with_aam_records(aam_run):
 
 def test_corrupted_site_is_down_weighted(aam_run):
     _, res, _ = aam_run
-    later = res.read_records()[2:]  # early rounds: the global model is near random, agreement says little
+    later = res.read_records()[-2:]  # early rounds: the global model is near random, agreement says little
     w = {s: sum(r["sites"][s]["aggregation"]["weight"] for r in later) / len(later) for s in ("site-1", "site-2", "site-3")}
     assert w["site-3"] < 0.5 * min(w["site-1"], w["site-2"]), w
     last = later[-1]["sites"]
