@@ -140,6 +140,28 @@ def _cmd_job_simulate(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- demo
+def round_lines(rec: dict, rounds: int) -> list[str]:
+    """What the demo prints for one round record: Dice, bytes, AAM weights (or drops), site errors."""
+    lines = [
+        f"      round {rec['round'] + 1}/{rounds}: val Dice of the received global model "
+        f"{_fmt(rec.get('val_dice_global'))}, of the local models {_fmt(rec.get('val_dice_local'))} "
+        f"({_fmt(rec.get('seconds'), 1)} s)"
+        + (
+            f", {rec['bytes_up'] / 1e3:,.0f} kB up and {rec['bytes_down'] / 1e3:,.0f} kB down (all sites)"
+            if "bytes_up" in rec
+            else ""
+        )
+    ]
+    aggregation = {s: v["aggregation"] for s, v in rec.get("sites", {}).items() if v.get("aggregation")}
+    if aggregation:
+        lines.append("        AAM weights: " + ", ".join(
+            f"{s} {a['weight']:.2f}" if a.get("accepted") else f"{s} dropped ({a.get('gate')})"
+            for s, a in aggregation.items()
+        ))  # fmt: skip
+    lines += [f"      ERROR from {err['site']}: {err['message']}" for err in rec.get("errors", [])]
+    return lines
+
+
 def _cmd_demo(args) -> int:
     from fedsegnet.data.synth import synthesize
     from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, repo_jobs_dir, wait_with_progress
@@ -180,19 +202,8 @@ def _cmd_demo(args) -> int:
     res = SimResults(ws)
 
     def on_round(rec):
-        print(
-            f"      round {rec['round'] + 1}/{args.rounds}: val Dice of the received global model "
-            f"{_fmt(rec.get('val_dice_global'))}, of the local models {_fmt(rec.get('val_dice_local'))} "
-            f"({_fmt(rec.get('seconds'), 1)} s)"
-            + (
-                f", {rec['bytes_up'] / 1e3:,.0f} kB up and {rec['bytes_down'] / 1e3:,.0f} kB down (all sites)"
-                if "bytes_up" in rec
-                else ""
-            ),
-            flush=True,
-        )
-        for err in rec.get("errors", []):
-            print(f"      ERROR from {err['site']}: {err['message']}")
+        for line in round_lines(rec, args.rounds):
+            print(line, flush=True)
 
     with SimulatorRun(job, ws, args.sites, args.sites, data_root=data) as run:
         rc = wait_with_progress(run, res, timeout=args.timeout, on_round=on_round)
