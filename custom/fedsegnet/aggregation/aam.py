@@ -37,8 +37,10 @@ median norm, so a scaled (x10) update that slips under the gate adds no more tha
 
 What a dishonest site can fake, and what limits it: ``n_i``, the label kind, ``q_i`` and ``p_i``
 are self-reported. They are clamped (counts to ``[1, max_cases]``, Dice to ``[0, 1]``, unknown
-kinds to the lowest trust), enter only through ``exp(score / T)`` relative to the other sites, and
-every weight is capped at ``cap``: overclaiming buys at most the cap. The divergence terms are
+kinds to the lowest trust); quality and performance can only lower a weight (claiming more than
+the others gains nothing), and every weight is capped at ``cap``: overclaiming cases buys at most
+the cap. Quality and performance are ignored while their median is below ``min_signal`` (an
+untrained global model makes them noise). The divergence terms are
 measured by the server on the update itself and cannot be faked; an update that is far from the
 others in direction or size is down-weighted, clipped to ``clip_norm`` x the median norm, or
 dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
