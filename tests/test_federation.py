@@ -23,6 +23,7 @@ def _run(sites, **kw):
     return run_federation(dirs, config, rounds=2, test_dir=sites / "test", device="cpu", **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregation", ["aam", "mean", "median", "trimmed_mean"])
 def test_each_aggregation_trains_and_evaluates_on_the_test_set(sites, aggregation):
     out = _run(sites, aggregation=aggregation, codec=SparseQuantCodec())
@@ -34,6 +35,7 @@ def test_each_aggregation_trains_and_evaluates_on_the_test_set(sites, aggregatio
         assert sum(w) == pytest.approx(2.0) and all(r["sites"]["site-1"]["quality"] is not None for r in out["rounds"][1:])
 
 
+@pytest.mark.slow
 def test_byzantine_scaled_update_is_contained_by_aam(sites):
     out = _run(sites, aggregation="aam", faults={"site-3": "scale"})
     for r in out["rounds"]:
@@ -41,6 +43,7 @@ def test_byzantine_scaled_update_is_contained_by_aam(sites):
         assert s3["gate"] != "accepted" or s3["weight"] <= 0.05 or s3["clip"] < 0.5
 
 
+@pytest.mark.slow
 def test_fedprox_runs(sites):
     out = _run(sites, aggregation="mean", proximal_loss=PTFedProxLoss(mu=0.01))
     assert out["test"] is not None
