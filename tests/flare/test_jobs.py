@@ -17,9 +17,10 @@ def test_job_args_of_fedavg():
         assert key in args
 
 
-def test_every_job_arg_is_referenced(tmp_path):
+@pytest.mark.parametrize("job", ["fedavg", "fedsegnet"])
+def test_every_job_arg_is_referenced(tmp_path, job):
     """A job arg that no component references would be a setting that silently does nothing."""
-    for path in (JOBS / "fedavg" / "app" / "config").glob("*.json"):
+    for path in (JOBS / job / "app" / "config").glob("*.json"):
         text = path.read_text()
         config = json.loads(text)
         for key in config:
@@ -72,3 +73,17 @@ def test_site_policy_bad_file_named(tmp_path):
     with pytest.raises(ValueError, match="resources.json: not valid JSON"):
         write_site_policy(local)
     assert (local / "resources.json").read_text() == "{not json"
+
+
+@pytest.mark.parametrize("key,value", [("aggregation", "krum"), ("preset", "huge"), ("compression_scope", "layer")])
+def test_configure_job_rejects_unknown_choice(tmp_path, key, value):
+    with pytest.raises(ConfigError, match=f"{key}.*unknown value"):
+        configure_job(JOBS / "fedsegnet", tmp_path / "job", **{key: value})
+    assert not (tmp_path / "job").exists()
+
+
+def test_configure_job_sets_aggregation_and_fedprox(tmp_path):
+    dst = configure_job(JOBS / "fedsegnet", tmp_path / "job", aggregation="median", fedprox_mu=0.01)
+    server = json.loads((dst / "app/config/config_fed_server.json").read_text())
+    client = json.loads((dst / "app/config/config_fed_client.json").read_text())
+    assert server["aggregation"] == "median" and client["fedprox_mu"] == 0.01

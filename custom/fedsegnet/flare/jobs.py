@@ -46,6 +46,14 @@ def job_args(job_dir: str | Path) -> dict:
     return args
 
 
+def _job_arg_choices() -> dict:
+    """Job args with a fixed set of values, checked before a job is written (not when FLARE starts it)."""
+    from fedsegnet.aggregation import METHODS
+    from fedsegnet.config import PRESETS
+
+    return {"aggregation": METHODS, "preset": tuple(sorted(PRESETS)), "compression_scope": ("tensor", "global")}
+
+
 def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
     """Copy the job folder ``src`` to ``dst`` and set job args in every config that declares them.
 
@@ -60,13 +68,18 @@ def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
         ``dst`` as a Path.
 
     Raises:
-        ConfigError: a value names no job arg of ``src`` (the message lists the valid ones).
+        ConfigError: a value names no job arg of ``src``, or a job arg with fixed choices
+            (``aggregation``, ``preset``, ``compression_scope``) gets another value (the message
+            lists the valid ones).
     """
     src, dst = Path(src), Path(dst)
     known = job_args(src)
+    choices = _job_arg_choices()
     for key, value in values.items():
         if key not in known:
             raise ConfigError(key, value, f"not a job arg of {src}", options=sorted(known))
+        if key in choices and value not in choices[key]:
+            raise ConfigError(key, value, "unknown value", options=list(choices[key]))
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
