@@ -120,6 +120,14 @@ def _cmd_job_set(args) -> int:
     return 0
 
 
+def _cmd_job_pack(args) -> int:
+    from fedsegnet.flare.jobs import pack_job
+
+    dst = pack_job(args.job, args.out, **_parse_values(args.values))
+    print(f"job with the fedsegnet code in app/custom written to {dst}")
+    return 0
+
+
 def _cmd_job_policy(args) -> int:
     from fedsegnet.flare.policy import write_site_policy
 
@@ -292,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("--out", required=True)
     js.add_argument("values", nargs="*")
     js.set_defaults(func=_cmd_job_set)
+    jk = j.add_parser("pack", help="like `set`, and carry the fedsegnet code in the job (app/custom)")
+    jk.add_argument("job")
+    jk.add_argument("--out", required=True)
+    jk.add_argument("values", nargs="*")
+    jk.set_defaults(func=_cmd_job_pack)
     jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json")
     jp.add_argument("local_dir")
     jp.set_defaults(func=_cmd_job_policy)
@@ -307,7 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `job set/pack JOB --out DIR KEY=VALUE ...`: argparse stops filling `values` at --out; take the rest
+    if extra and isinstance(getattr(args, "values", None), list) and all("=" in x and not x.startswith("-") for x in extra):
+        args.values += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)

@@ -1,6 +1,7 @@
 """Job folders and site policy: job args, configure_job, write_site_policy."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,26 @@ def test_configure_job_sets_aggregation_and_fedprox(tmp_path):
     server = json.loads((dst / "app/config/config_fed_server.json").read_text())
     client = json.loads((dst / "app/config/config_fed_client.json").read_text())
     assert server["aggregation"] == "median" and client["fedprox_mu"] == 0.01
+
+
+def test_pack_job_carries_the_package(tmp_path):
+    import fedsegnet
+    from fedsegnet.cli import main
+
+    assert main(["job", "pack", str(JOBS / "fedsegnet"), "--out", str(tmp_path / "packed"), "num_rounds=3"]) == 0
+    custom = tmp_path / "packed" / "app" / "custom" / "fedsegnet"
+    package = Path(fedsegnet.__file__).resolve().parent
+    assert (custom / "aggregation" / "aam.py").read_bytes() == (package / "aggregation" / "aam.py").read_bytes()
+    assert not list(custom.rglob("__pycache__"))
+    server = json.loads((tmp_path / "packed" / "app" / "config" / "config_fed_server.json").read_text())
+    assert server["num_rounds"] == 3
+
+
+def test_job_set_takes_values_after_out_as_the_readme_shows(tmp_path):
+    from fedsegnet.cli import main
+
+    assert main(["job", "set", str(JOBS / "fedavg"), "--out", str(tmp_path / "j"), "num_rounds=20", "preset=gpu"]) == 0
+    server = json.loads((tmp_path / "j" / "app" / "config" / "config_fed_server.json").read_text())
+    assert server["num_rounds"] == 20 and server["preset"] == "gpu"
+    with pytest.raises(SystemExit):
+        main(["job", "set", str(JOBS / "fedavg"), "--out", str(tmp_path / "k"), "--bogus"])

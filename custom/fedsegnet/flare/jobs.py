@@ -97,6 +97,33 @@ def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
     return dst
 
 
+def pack_job(src: str | Path, dst: str | Path, **values) -> Path:
+    """Like :func:`configure_job`, and put the ``fedsegnet`` package into every app's ``custom/`` folder.
+
+    For deployments that allow custom code in jobs (sites need not install the wheel): FLARE adds
+    ``<app>/custom`` to the job's import path, so the components load from the code the job carries.
+    Compiled caches (``__pycache__``) are left out.
+
+    Args:
+        src: job folder.
+        dst: destination folder (replaced if it exists).
+        **values: job args to set (see :func:`configure_job`).
+
+    Returns:
+        ``dst`` as a Path.
+    """
+    import fedsegnet
+
+    dst = configure_job(src, dst, **values)
+    package = Path(fedsegnet.__file__).resolve().parent
+    for app in sorted({p.parent.parent for p in _config_paths(dst)}):
+        target = app / "custom" / "fedsegnet"
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dst
+
+
 class SimulatorRun:
     """A ``nvflare simulator`` process started for one job; stopped by its pid (process group).
 
