@@ -14,20 +14,21 @@ Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
   validation split, smoothed like ``q_i``; its gain over the received global model is recorded. A site
   whose own model cannot fit its own validation labels holds labels that contradict each other.
 * **divergence**, computed here from the updates themselves: cosine distance ``c_i`` of the
-  update to a robust centre (coordinate-wise trimmed mean or median of the round's updates) and
-  the norm ratio ``r_i = ||u_i|| / median_j ||u_j||``.
+  update to a robust centre (coordinate-wise trimmed mean or median of the round's updates; its
+  similarity ``g_i = 1 - c_i`` enters the score) and the norm ratio ``r_i = ||u_i|| / median_j ||u_j||``.
 
 Score and weight (``relu(x) = max(x, 0)``; only a site that falls clearly behind the others loses weight)::
 
     s_i = -[ a * relu(1 - q_i / q_med - m) + b * relu(1 - p_i / p_med - m)
-             + d * relu(c_i - c_med - m_c) + e * relu(|log r_i| - log m_r) ]
+             + d * relu(1 - g_i / g_med - m_c) + e * relu(|log r_i| - log m_r) ]
     w_i ∝ kappa_i * n_i * exp(s_i / T)
 
 with ``n_i`` the site's (clamped) training-case count, ``T`` the temperature, then bounded to
 ``[floor, cap]`` and normalised (mass above the cap and below the floor is moved between the other
 sites in proportion to their weights). The penalties are one-sided and start beyond a tolerance
-(``m`` as a share of the median, so that intrinsically harder data, where every Dice is lower,
-is judged on the same scale; ``m_c`` in cosine distance; ``m_r`` as a norm ratio): sites within the ordinary
+(``m`` and ``m_c`` as shares of the median, so that intrinsically harder data, where every Dice is
+lower, and sparse updates, whose similarities are all low, are judged on their own scale; ``m_r``
+as a norm ratio): sites within the ordinary
 spread keep their FedAvg weights, so round-to-round noise in the signals does not concentrate the
 weight on a lucky site, and sites that are merely *different* (another scanner, smaller
 structures: the ``noniid`` case) are not treated as bad unless they fall far behind. With all
@@ -310,7 +311,10 @@ class AdaptiveAggregation:
         norm_coef: ``e``, weight of the norm ratio's excess (in log). Defaults to 1.0.
         margin: ``m``, relative shortfall of quality or performance below the median that is
             tolerated (0.3: 30% below the median). Defaults to 0.3.
-        cos_margin: ``m_c``, excess cosine distance above the median that is tolerated. Defaults to 0.25.
+        cos_margin: ``m_c``, relative shortfall of the cosine similarity to the centre below the
+            median similarity that is tolerated (0.7: a site may point 70% less along the common
+            direction than the median site; sparse updates of different sites overlap little, so
+            honest similarities vary a lot). Defaults to 0.7.
         min_signal: quality and performance count only once their median reaches this Dice (before,
             the global model predicts too little for them to mean anything). Defaults to 0.1.
         norm_margin: ``m_r``, norm ratio (either way) that is tolerated. Defaults to 1.5.
@@ -340,7 +344,7 @@ class AdaptiveAggregation:
         divergence_coef: float = 1.0,
         norm_coef: float = 1.0,
         margin: float = 0.3,
-        cos_margin: float = 0.25,
+        cos_margin: float = 0.7,
         min_signal: float = 0.1,
         norm_margin: float = 1.5,
         floor: float = 0.02,
@@ -477,9 +481,13 @@ class AdaptiveAggregation:
             return {s: 0.0 if v is None else max(0.0, 1.0 - v / med - margin) for s, v in values.items()}
 
         pq, pp = shortfall(quality, self.margin), shortfall(perf, self.margin)
-        known_cos = [v for v in cos.values() if v is not None]
-        med_cos = float(np.median(known_cos)) if known_cos else 0.0
-        pc = {s: 0.0 if v is None else max(0.0, v - med_cos - self.cos_margin) for s, v in cos.items()}
+        # direction: the update's cosine similarity to the centre, relative to the round's median similarity
+        sim = {s: None if v is None else 1.0 - v for s, v in cos.items()}
+        known_sim = [v for v in sim.values() if v is not None]
+        med_sim = float(np.median(known_sim)) if known_sim else 0.0
+        pc = {
+            s: 0.0 if v is None or med_sim <= 0 else max(0.0, 1.0 - v / med_sim - self.cos_margin) for s, v in sim.items()
+        }
         scores = {}
         for s in sites:
             ratio = divergence.get(s, {}).get("norm_ratio") or 1.0

@@ -79,7 +79,7 @@ class AAMAggregator(ModelAggregator):
         divergence_coef: float = 1.0,
         norm_coef: float = 1.0,
         margin: float = 0.3,
-        cos_margin: float = 0.25,
+        cos_margin: float = 0.7,
         min_signal: float = 0.1,
         norm_margin: float = 1.5,
         floor: float = 0.02,
