@@ -113,6 +113,10 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
         row["site4_weight_mean"] = statistics.fmean(w for w in weights if w is not None) if any(w is not None for w in weights) else None
         row["weights_last_round"] = {s: r.get("weight") for s, r in result["rounds"][-1]["sites"].items()}
         row["gate_last_round"] = {s: r.get("gate") for s, r in result["rounds"][-1]["sites"].items()}
+        row["signals_by_round"] = [
+            {s: {k: r.get(k) for k in ("weight", "cos_dist", "norm_ratio", "quality", "val_dice_local")} for s, r in rec["sites"].items()}
+            for rec in result["rounds"]
+        ]
     return row
 
 

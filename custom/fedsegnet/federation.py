@@ -138,10 +138,10 @@ def run_federation(
     mechanism = aam if aam is not None else AdaptiveAggregation()
     feedback = {site: ErrorFeedback(codec, name=site) for site in trainers} if codec is not None else {}
     records = []
+    want_signals = aggregation == "aam"  # the sites' validation Dice feed only AAM
     for rnd in range(int(rounds)):
         received, reports, sites_rec = {}, {}, {}
         for site, trainer in trainers.items():
-            want_signals = aggregation == "aam"
             val_global = trainer.evaluate(weights=global_weights).dice_mean if want_signals else None
             update, stats = trainer.train_round(global_weights)
             val_local = trainer.evaluate().dice_mean if want_signals else None

@@ -59,7 +59,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -297,7 +297,6 @@ class AggregationResult:
     update: dict[str, np.ndarray] | None
     sites: dict[str, dict]
     round: int | None = None
-    summary: dict = field(default_factory=dict)
 
 
 class AdaptiveAggregation:
@@ -575,8 +574,7 @@ class AdaptiveAggregation:
         if self.history:
             self._history.append({"round": round, "weights": {s: records[s]["weight"] for s in records}})
             self._history = self._history[-self.history :]
-        summary = {"accepted": len(accepted), "rejected": len(updates) - len(accepted), "combined_norm": update_norm(combined)}
-        return AggregationResult(combined, records, round, summary)
+        return AggregationResult(combined, records, round)
 
 
 def weighted_sum(updates: Sequence[Mapping], factors: Sequence[float]) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ update at a time, so the peak is K copies of the largest tensor, not K models.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -97,17 +98,26 @@ class CompactUpdate(Mapping):
         """Shape of one tensor without materialising it."""
         return tuple(self._dense[name].shape) if name in self._dense else self._sparse[name][0]
 
-    def is_finite(self) -> bool:
-        """Whether every stored value is finite (reads the stored values only)."""
+    @functools.cached_property
+    def _finite(self) -> bool:
         return all(np.isfinite(a).all() for a in self._dense.values()) and all(
             np.isfinite(v).all() for _, _, v in self._sparse.values()
         )
 
-    def norm(self) -> float:
-        """L2 norm over all tensors (from the stored values; float64 accumulation)."""
+    @functools.cached_property
+    def _norm(self) -> float:
         total = sum(float(np.dot(a.reshape(-1), a.reshape(-1))) for a in self._dense.values())
         total += sum(float(np.dot(v, v)) for _, _, v in self._sparse.values())
         return float(np.sqrt(total))
+
+    def is_finite(self) -> bool:
+        """Whether every stored value is finite (read once; the update is read-only)."""
+        return self._finite
+
+    def norm(self) -> float:
+        """L2 norm over all tensors (float64 accumulation; computed once: the gate at accept, the gate
+        of the round and the divergence signal all ask)."""
+        return self._norm
 
     @property
     def nbytes(self) -> int:

@@ -51,6 +51,13 @@ _REPORT_KEYS = {
 }
 
 
+# the constructor arguments passed on unchanged to AdaptiveAggregation
+_AAM_ARGS = (
+    "temperature", "quality_coef", "performance_coef", "divergence_coef", "norm_coef", "margin", "cos_margin",
+    "min_signal", "norm_margin", "floor", "cap", "smoothing", "clip_norm", "centre", "max_norm_ratio", "max_cases",
+)  # fmt: skip
+
+
 def _global_weights(fl_ctx: FLContext | None) -> dict | None:
     learnable = fl_ctx.get_prop(AppConstants.GLOBAL_MODEL) if fl_ctx is not None else None
     weights = learnable.get("weights") if learnable is not None else None
@@ -94,30 +101,10 @@ class AAMAggregator(ModelAggregator):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method={method!r}: unknown (valid: {', '.join(METHODS)})")
-        self.method = method
-        self.temperature = temperature
-        self.quality_coef = quality_coef
-        self.performance_coef = performance_coef
-        self.divergence_coef = divergence_coef
-        self.norm_coef = norm_coef
-        self.margin = margin
-        self.cos_margin = cos_margin
-        self.min_signal = min_signal
-        self.norm_margin = norm_margin
-        self.floor = floor
-        self.cap = cap
-        self.smoothing = smoothing
-        self.clip_norm = clip_norm
-        self.centre = centre
-        self.max_norm_ratio = max_norm_ratio
-        self.max_cases = max_cases
-        self.trimmed_beta = trimmed_beta
-        self.aam = AdaptiveAggregation(
-            temperature=temperature, quality_coef=quality_coef, performance_coef=performance_coef,
-            divergence_coef=divergence_coef, norm_coef=norm_coef, margin=margin, cos_margin=cos_margin,
-            min_signal=min_signal, norm_margin=norm_margin, floor=floor, cap=cap, smoothing=smoothing,
-            clip_norm=clip_norm, centre=centre, max_norm_ratio=max_norm_ratio, max_cases=max_cases,
-        )  # fmt: skip
+        aam_args = {k: v for k, v in locals().items() if k in _AAM_ARGS}
+        for name, value in {"method": method, "trimmed_beta": trimmed_beta, **aam_args}.items():
+            setattr(self, name, value)  # each constructor argument kept under its own name (FLARE's job export reads them)
+        self.aam = AdaptiveAggregation(**aam_args)
         self._lock = threading.Lock()
         self._updates: dict[str, CompactUpdate] = {}
         self._reports: dict[str, dict] = {}
