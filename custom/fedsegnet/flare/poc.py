@@ -1,0 +1,456 @@
+"""FLARE POC mode on one machine: prepare startup kits, start server and sites, drive jobs through the admin API.
+
+:class:`PocSystem` is what ``fedsegnet poc ...`` and the POC tests use. It
+
+- writes a provisioning project (server, N sites, one project admin) and runs ``nvflare poc prepare``
+  on it, so every participant gets a real startup kit with certificates (mutual TLS on loopback);
+- admits FedSegNet's components in each participant's ``local/resources.json`` and, when asked,
+  places a site privacy policy (``local/privacy.json``) *after* preparation: ``nvflare poc prepare``
+  deletes and recreates the whole workspace, so a policy placed before it is lost;
+- starts each participant with its own kit's ``startup/sub_start.sh --once`` in a new process group,
+  with ``FEDSEGNET_DATA_ROOT`` pointing at that site's data, and records the pids in
+  ``<workspace>/fedsegnet_poc.json``;
+- submits, waits for and downloads jobs with FLARE's admin API (``new_secure_session``), as the
+  project admin;
+- stops only what it started: each participant's process group, by the recorded pid, after checking
+  that the pid still runs that participant's kit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
+from fedsegnet.flare.policy import write_site_policy
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "fedsegnet_poc.json"
+PROJECT_NAME = "fedsegnet"
+ADMIN = "admin@consortium.org"
+TERMINAL_STATES = ("FINISHED:COMPLETED", "FINISHED:ABORTED", "FINISHED:EXECUTION_EXCEPTION", "FINISHED:ABNORMAL")
+
+_BUILDERS = [
+    {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder", "args": {"template_file": ["master_template.yml"]}},
+    {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
+    {"path": "nvflare.lighter.impl.cert.CertBuilder"},
+    {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
+]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def poc_project(sites, fed_learn_port: int = 8002, admin_port: int = 8003, admin: str = ADMIN) -> dict:
+    """A provisioning project (FLARE api_version 3) for a server ``localhost``, the given sites and one
+    project admin; the same builders as ``poc/project.yml``.
+
+    Args:
+        sites: site names (letters, digits, ``-``, ``_``).
+        fed_learn_port: the server's port for sites. Defaults to 8002.
+        admin_port: the server's port for admin consoles. Defaults to 8003.
+        admin: the project admin's user name (an email). Defaults to ``"admin@consortium.org"``.
+
+    Raises:
+        ConfigError: no site, a repeated site name, or equal ports.
+    """
+    sites = list(sites)
+    if not sites:
+        raise ConfigError("sites", sites, "at least one site is needed")
+    if len(set(sites)) != len(sites):
+        raise ConfigError("sites", sites, "site names repeat")
+    if int(fed_learn_port) == int(admin_port):
+        raise ConfigError("admin_port", admin_port, "must differ from fed_learn_port")
+    participants = [
+        {"name": "localhost", "type": "server", "org": "consortium",
+         "fed_learn_port": int(fed_learn_port), "admin_port": int(admin_port)},
+    ]  # fmt: skip
+    participants += [{"name": s, "type": "client", "org": f"org_{i + 1}"} for i, s in enumerate(sites)]
+    participants.append({"name": admin, "type": "admin", "org": "consortium", "role": "project_admin"})
+    return {
+        "api_version": 3,
+        "name": PROJECT_NAME,
+        "description": "FedSegNet POC",
+        "participants": participants,
+        "builders": _BUILDERS,
+    }
+
+
+def _pid_runs(pid: int, marker: str) -> bool:
+    """True when ``pid`` is alive and its command line mentions ``marker`` (so a recycled pid is never hit)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True  # no /proc (macOS): trust the recorded pid
+    return marker in cmdline
+
+
+class PocSystem:
+    """A FLARE POC deployment on this machine: one server, N sites, one project admin.
+
+    Args:
+        workspace: POC workspace folder (``nvflare poc prepare`` replaces it).
+        sites: site names. Defaults to ``("site-1", "site-2")``.
+        data_root: folder with one data folder per site (``<data_root>/<site>/dataset.json``), given to
+            each site as ``FEDSEGNET_DATA_ROOT``. A dict ``{site: folder}`` gives each site its own root.
+            Defaults to None (the sites inherit the caller's environment).
+        fed_learn_port: the server's port for sites. Defaults to 8002.
+        admin_port: the server's port for admin consoles. Defaults to 8003.
+        site_env: extra environment variables per site, ``{site: {name: value}}``. Defaults to None.
+    """
+
+    def __init__(
+        self,
+        workspace: str | Path,
+        sites=("site-1", "site-2"),
+        data_root=None,
+        fed_learn_port: int = 8002,
+        admin_port: int = 8003,
+        site_env: dict | None = None,
+    ):
+        self.workspace = Path(workspace).resolve()
+        self.sites = list(sites)
+        self.data_root = data_root
+        self.fed_learn_port = int(fed_learn_port)
+        self.admin_port = int(admin_port)
+        self.site_env = dict(site_env or {})
+        self.admin = ADMIN
+        self.pids: dict[str, int] = {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        poc_project(self.sites, self.fed_learn_port, self.admin_port)  # validates
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def prod_dir(self) -> Path:
+        return self.workspace / PROJECT_NAME / "prod_00"
+
+    def kit(self, name: str) -> Path:
+        """The startup kit (participant folder) of ``name``: ``"server"``, a site or the admin."""
+        return self.prod_dir / ("localhost" if name == "server" else name)
+
+    def server_run_dir(self, job_id: str) -> Path:
+        """The server's folder of a job while it runs (and after a crash)."""
+        return self.kit("server") / job_id
+
+    def site_run_dir(self, site: str, job_id: str) -> Path:
+        return self.kit(site) / job_id
+
+    def log(self, name: str) -> Path:
+        """FLARE's log of a participant's parent process."""
+        return self.kit(name) / "log.txt"
+
+    def _state(self) -> dict:
+        root = self.data_root
+        if isinstance(root, dict):
+            root = {k: str(Path(v).resolve()) for k, v in root.items()}
+        elif root is not None:
+            root = str(Path(root).resolve())
+        return {
+            "sites": self.sites, "data_root": root, "fed_learn_port": self.fed_learn_port,
+            "admin_port": self.admin_port, "site_env": self.site_env, "pids": self.pids,
+        }  # fmt: skip
+
+    def _save_state(self):
+        path = self.workspace / STATE_FILE
+        path.write_text(json.dumps(self._state(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, workspace: str | Path) -> "PocSystem":
+        """The POC system prepared in ``workspace`` (by this class or ``fedsegnet poc prepare``).
+
+        Raises:
+            FedSegNetError: the workspace was not prepared by FedSegNet; names the missing file.
+        """
+        path = Path(workspace).resolve() / STATE_FILE
+        if not path.exists():
+            raise FedSegNetError(f"{path} not found: prepare the workspace first (`fedsegnet poc prepare`)")
+        state = json.loads(path.read_text())
+        system = cls(
+            workspace, state["sites"], state.get("data_root"), state["fed_learn_port"], state["admin_port"],
+            state.get("site_env"),
+        )  # fmt: skip
+        system.pids = {k: int(v) for k, v in state.get("pids", {}).items()}
+        return system
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, privacy_policy: str | Path | dict | None = None) -> "PocSystem":
+        """Provision the POC workspace (replacing it) and write the site policies.
+
+        Args:
+            privacy_policy: a site privacy policy (``privacy.json`` path or its content) copied into
+                every site's ``local/`` after preparation. Defaults to None.
+
+        Raises:
+            FedSegNetError: ``nvflare poc prepare`` failed (its output is in the message) or processes
+                of this workspace are still running.
+        """
+        if any(self.running().values()):
+            raise FedSegNetError(f"{self.workspace}: POC processes still running; stop them first (`fedsegnet poc stop`)")
+        import yaml
+
+        self.workspace.parent.mkdir(parents=True, exist_ok=True)
+        project_file = self.workspace.parent / f"{self.workspace.name}.project.yml"
+        project_file.write_text(yaml.safe_dump(poc_project(self.sites, self.fed_learn_port, self.admin_port), sort_keys=False))
+        env = dict(os.environ, NVFLARE_POC_WORKSPACE=str(self.workspace))
+        cmd = [sys.executable, "-m", "nvflare.cli", "poc", "prepare", "-i", str(project_file), "--force"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if done.returncode != 0 or not self.kit("server").is_dir():
+            raise FedSegNetError(
+                f"`nvflare poc prepare` failed (exit {done.returncode}) for {self.workspace}:\n{done.stdout}\n{done.stderr}"
+            )
+        for name in ["server", *self.sites]:
+            write_site_policy(self.kit(name) / "local")
+        if privacy_policy is not None:
+            self.set_privacy_policy(privacy_policy)
+        self.pids = {}
+        self._save_state()
+        return self
+
+    def set_privacy_policy(self, policy: str | Path | dict, sites=None) -> list[Path]:
+        """Write a privacy policy into ``<site kit>/local/privacy.json`` (read by the site when it starts).
+
+        Args:
+            policy: a ``privacy.json`` path or its parsed content.
+            sites: the sites that get it. Defaults to None (every site).
+
+        Returns:
+            The written files.
+
+        Raises:
+            FedSegNetError: the policy file is missing or not JSON; names it.
+        """
+        if not isinstance(policy, dict):
+            path = Path(policy)
+            try:
+                policy = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise FedSegNetError(f"privacy policy {path}: cannot read it as JSON: {e}") from None
+        written = []
+        for site in sites or self.sites:
+            target = self.kit(site) / "local" / "privacy.json"
+            target.write_text(json.dumps(policy, indent=2) + "\n")
+            written.append(target)
+        return written
+
+    # ------------------------------------------------------------------ processes
+    def _env(self, name: str) -> dict:
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if name != "server":
+            root = self.data_root.get(name) if isinstance(self.data_root, dict) else self.data_root
+            if root is not None:
+                env[DATA_ROOT_ENV] = str(Path(root).resolve())
+            env.update({k: str(v) for k, v in self.site_env.get(name, {}).items()})
+        return env
+
+    def start_participant(self, name: str) -> int:
+        """Start the server (``"server"``) or a site from its startup kit; returns its pid.
+
+        Raises:
+            FedSegNetError: the kit is missing, or this participant already runs.
+        """
+        if name in self.running() and self.running()[name]:
+            raise FedSegNetError(f"{name} already runs (pid {self.pids[name]})")
+        script = self.kit(name) / "startup" / "sub_start.sh"
+        if not script.exists():
+            raise FedSegNetError(f"{script} not found: prepare the POC workspace first")
+        console = open(self.kit(name) / "console.log", "a")
+        proc = subprocess.Popen(
+            ["bash", str(script), "--once"], cwd=self.kit(name), env=self._env(name), stdout=console,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        console.close()
+        self._procs[name] = proc
+        self.pids[name] = proc.pid
+        self._save_state()
+        logger.info("started %s (pid %d)", name, proc.pid)
+        return proc.pid
+
+    def running(self) -> dict[str, bool]:
+        """``{participant: alive}`` for every participant this system started."""
+        out = {}
+        for name, pid in self.pids.items():
+            proc = self._procs.get(name)
+            if proc is not None:
+                out[name] = proc.poll() is None
+            else:
+                out[name] = _pid_runs(pid, str(self.kit(name)))
+        return out
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30.0):
+        """Send ``sig`` to the process group of participant ``name`` (started by this system) and wait
+        until its first process ended. SIGKILL simulates a crash or a power cut."""
+        pid = self.pids.get(name)
+        if pid is None or not self.running().get(name):
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        proc = self._procs.get(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (proc.poll() is not None) if proc is not None else not _pid_runs(pid, str(self.kit(name))):
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        if proc is not None:
+            proc.wait(timeout=10)
+        self._kill_group_leftovers(pid)
+
+    @staticmethod
+    def _kill_group_leftovers(pgid: int):
+        """The job processes a participant forked live in its process group; end them too."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, grace: float = 15.0):
+        """Stop every participant this system started: SIGTERM to its process group, SIGKILL after ``grace``."""
+        for name in sorted(self.pids, key=lambda n: n == "server"):  # sites first, then the server
+            self.kill(name, signal.SIGTERM, timeout=grace)
+        self.pids = {}
+        self._procs = {}
+        if (self.workspace / STATE_FILE).exists():
+            self._save_state()
+
+    def start(self, timeout: float = 180.0) -> "PocSystem":
+        """Start the server, then every site, and wait until all sites are connected.
+
+        Raises:
+            FedSegNetError: not ready within ``timeout``; the message ends with the last lines of the
+                logs of the participants that are not up.
+        """
+        self.start_participant("server")
+        for site in self.sites:
+            self.start_participant(site)
+        self.wait_ready(self.sites, timeout=timeout)
+        return self
+
+    def connected_sites(self, session=None) -> list[str]:
+        if session is None:
+            with self.session() as s:
+                return self.connected_sites(s)
+        return sorted(c.name for c in session.get_connected_client_list())
+
+    def wait_ready(self, sites, timeout: float = 180.0):
+        """Wait until the admin API answers and every site in ``sites`` is connected."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            for name, alive in self.running().items():
+                if not alive:
+                    raise FedSegNetError(f"{name} exited while starting; see {self.kit(name) / 'console.log'}:\n{self._tail(name)}")
+            try:
+                with self.session(timeout=10) as s:
+                    connected = self.connected_sites(s)
+                if set(sites) <= set(connected):
+                    return
+                last = f"connected sites: {connected}"
+            except Exception as e:  # the server is still starting
+                last = f"admin API: {e}"
+            time.sleep(2)
+        raise FedSegNetError(f"POC system not ready within {timeout:.0f} s ({last}); server log:\n{self._tail('server')}")
+
+    def _tail(self, name: str, lines: int = 20) -> str:
+        for path in (self.log(name), self.kit(name) / "console.log"):
+            if path.exists():
+                return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    # ------------------------------------------------------------------ admin API
+    @contextmanager
+    def session(self, timeout: float = 30.0):
+        """A secure admin API session as the project admin (FLARE's ``new_secure_session``)."""
+        from nvflare.fuel.flare_api.flare_api import new_secure_session
+
+        s = new_secure_session(self.admin, str(self.kit(self.admin)), timeout=timeout)
+        try:
+            yield s
+        finally:
+            s.close()
+
+    def submit(self, job_dir: str | Path) -> str:
+        """Submit a job folder; returns the job id."""
+        with self.session() as s:
+            job_id = s.submit_job(str(Path(job_dir).resolve()))
+        logger.info("submitted %s as job %s", job_dir, job_id)
+        return job_id
+
+    def status(self, job_id: str) -> str | None:
+        with self.session() as s:
+            return s.get_job_status(job_id)
+
+    def wait(self, job_id: str, timeout: float = 1800.0, on_round=None, poll: float = 2.0) -> str:
+        """Wait until job ``job_id`` ends; returns its final status (e.g. ``"FINISHED:COMPLETED"``).
+
+        Args:
+            job_id: the job.
+            timeout: seconds. Defaults to 1800.
+            on_round: called with every new per-round record the server writes. Defaults to None.
+            poll: seconds between status polls. Defaults to 2.
+
+        Raises:
+            FedSegNetError: the job did not end within ``timeout`` (it is left running; the caller decides).
+        """
+        deadline = time.monotonic() + timeout
+        seen = 0
+        records = self.server_run_dir(job_id) / ROUND_RECORDS_FILE
+        with self.session() as s:
+            while True:
+                status = s.get_job_status(job_id)
+                if on_round is not None and records.exists():
+                    lines = [x for x in records.read_text().splitlines() if x.strip()]
+                    for line in lines[seen:]:
+                        on_round(json.loads(line))
+                    seen = max(seen, len(lines))
+                if status and status.startswith("FINISHED"):
+                    return status
+                if time.monotonic() > deadline:
+                    raise FedSegNetError(f"job {job_id} not finished within {timeout:.0f} s (status {status})")
+                time.sleep(poll)
+
+    def download(self, job_id: str, destination: str | Path) -> Path:
+        """Download a finished job's result (server workspace) through the admin API; returns its folder."""
+        with self.session() as s:
+            location = s.download_job_result(job_id, str(Path(destination).resolve()))
+        if not location or not Path(location).exists():
+            raise FedSegNetError(f"job {job_id}: download returned no result folder ({location!r})")
+        return Path(location)
+
+    def abort(self, job_id: str):
+        with self.session() as s:
+            s.abort_job(job_id)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def find_in_result(result_dir: str | Path, name: str) -> Path | None:
+    """The first file called ``name`` under a downloaded job result (its layout varies by FLARE version)."""
+    hits = sorted(Path(result_dir).rglob(name))
+    return hits[0] if hits else None
