@@ -24,6 +24,8 @@ setup(
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        # Process memory (RSS) of server and site processes in the per-round records; cross-platform.
+        "psutil>=5.9",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2"],

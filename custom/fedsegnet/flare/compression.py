@@ -32,6 +32,7 @@ message as FLARE serialises it (``fobs.dumps``) and fires :data:`MESSAGE_BYTES_E
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 import zlib
@@ -67,6 +68,10 @@ from fedsegnet.flare.constants import (
     CodecMeta,
     UpdateMeta,
 )
+from fedsegnet.flare.resume import check_job_id, pick_residual
+
+RESIDUAL_ROUND_KEY = "fl_round"
+"""Key of the round (after which the residual was saved) in a site's saved residual."""
 
 def _site_of_peer(fl_ctx: FLContext) -> str:
     peer = fl_ctx.get_peer_context()
@@ -116,8 +121,12 @@ class UpdateEncoder(Filter, _CodecArgs):
         index_coding: ``"auto"``, ``"varint"``, ``"bitmap"`` or ``"raw"``. Defaults to ``"auto"``.
         sample_size: sample of the sampled threshold. Defaults to 100_000.
         seed: seed of sampling and stochastic rounding (per site and round). Defaults to 0.
-        residual_file: file in the site's job folder holding the residual. Defaults to
+        residual_file: file in the site's job folder holding the residual (the previous round's is
+            kept beside it as ``<stem>.prev.pt``; both carry their round). Defaults to
             ``"fedsegnet_uplink_residual.pt"``.
+        resume_from: id of an interrupted job this one continues: the site starts from the residual
+            that job saved after the last round the server completed (see
+            :mod:`fedsegnet.flare.resume`). Empty for a fresh start. Defaults to ``""``.
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class UpdateEncoder(Filter, _CodecArgs):
         sample_size: int = 100_000,
         seed: int = 0,
         residual_file: str = "fedsegnet_uplink_residual.pt",
+        resume_from: str = "",
     ):
         Filter.__init__(self)
         self._set_codec_args(
@@ -142,17 +152,51 @@ class UpdateEncoder(Filter, _CodecArgs):
         )  # fmt: skip
         self.seed = seed
         self.residual_file = residual_file
+        self.resume_from = resume_from or ""
+        if self.resume_from:
+            check_job_id(self.resume_from)
         self._ef = None
         self._path = None
 
-    def _feedback(self, fl_ctx: FLContext) -> ErrorFeedback:
+    def _feedback(self, fl_ctx: FLContext, rnd) -> ErrorFeedback:
         if self._ef is None:
             site = fl_ctx.get_identity_name()
             self._ef = ErrorFeedback(self.codec, name=f"site {site}")
             self._path = _run_dir(fl_ctx) / self.residual_file
             if self._ef.load(self._path):
                 self.log_info(fl_ctx, f"site {site}: restored the uplink residual from {self._path} (after a restart)")
+            elif self.resume_from and isinstance(rnd, int):
+                self._resume(fl_ctx, site, rnd)
         return self._ef
+
+    def _prev_path(self, path: Path) -> Path:
+        return path.with_name(path.stem + ".prev" + path.suffix)
+
+    def _resume(self, fl_ctx: FLContext, site: str, rnd: int):
+        """Take the residual of round ``rnd - 1`` from the interrupted job ``resume_from``."""
+        workspace = fl_ctx.get_engine().get_workspace()
+        old = Path(workspace.get_run_dir(self.resume_from)) / self.residual_file
+        candidates = []
+        for path in (old, self._prev_path(old)):
+            if path.exists():
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True)
+                    candidates.append((path, state.get(RESIDUAL_ROUND_KEY)))
+                except Exception as e:  # a torn file: skip it, say so
+                    self.log_warning(fl_ctx, f"site {site}: cannot read {path} ({e}); not used")
+        chosen, why = pick_residual(candidates, rnd)
+        if chosen is not None and self._ef.load(chosen):
+            self.log_info(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
+        else:
+            self.log_warning(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
+
+    def _save(self, rnd):
+        """Keep this round's residual and the previous round's (a resumed job may need either)."""
+        if self._path.exists():
+            os.replace(self._path, self._prev_path(self._path))
+        state = self._ef.state_dict()
+        state[RESIDUAL_ROUND_KEY] = rnd if isinstance(rnd, int) else None
+        atomic_torch_save(state, self._path)
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         version = fl_ctx.get_prop(CodecMeta.GLOBAL_VERSION_PROP)
@@ -168,10 +212,12 @@ class UpdateEncoder(Filter, _CodecArgs):
             return shareable
         site = fl_ctx.get_identity_name()
         try:
-            ef = self._feedback(fl_ctx)
-            rnd = dxo.get_meta_prop(UpdateMeta.ROUND, f"call-{ef.rounds}")
+            rnd = dxo.get_meta_prop(UpdateMeta.ROUND)
+            ef = self._feedback(fl_ctx, rnd)
+            if rnd is None:
+                rnd = f"call-{ef.rounds}"
             payload = ef.compress(dxo.data, generator=_generator(self.seed, site, rnd, "up"))
-            ef.save(self._path)
+            self._save(rnd)
         except (ValueError, OSError) as e:
             message = f"site {site}: cannot encode the update: {e}"
             self.log_error(fl_ctx, message)

@@ -25,10 +25,14 @@ class UpdateMeta:
     UPDATE_NORM = "fedsegnet.update_norm"
     RESIDUAL_NORM = "fedsegnet.residual_norm"
     SENT_VALUES = "fedsegnet.sent_values"
+    RSS_MB = "fedsegnet.rss_mb"
+    """Resident memory (MiB) of the site's job process when the update was made."""
+    PARENT_RSS_MB = "fedsegnet.parent_rss_mb"
+    """Resident memory (MiB) of the site's parent process (the FLARE client that started the job)."""
 
     ALL = (
         N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, LABEL_AGREEMENT, TRAIN_SECONDS,
-        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES,
+        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES, RSS_MB, PARENT_RSS_MB,
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from fedsegnet.flare.constants import (
     ERROR_HEADER,
     UpdateMeta,
 )
+from fedsegnet.memory import job_and_parent_rss_mb
 
 LABEL_KINDS = ("voxel", "box", "tag", "partial")
 
@@ -230,6 +231,9 @@ class SegLearner(Learner):
             # FLARE gives a site's result filters no round (LearnerExecutor drops the headers)
             UpdateMeta.ROUND: current_round,
         }
+        memory = job_and_parent_rss_mb()
+        meta[UpdateMeta.RSS_MB] = memory["rss_mb"]
+        meta[UpdateMeta.PARENT_RSS_MB] = memory["parent_rss_mb"]
         self._stream("train_loss", stats["loss_mean"], current_round)
         self._stream("val_dice_local", local.dice_mean, current_round)
         self.log_info(

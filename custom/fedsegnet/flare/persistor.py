@@ -3,19 +3,32 @@
 The saved ``FL_global_model.pt`` / ``best_FL_global_model.pt`` carry, next to FLARE's ``model``
 state dict, a ``train_conf`` entry ``{"fedsegnet": MODEL_SPEC}`` that names the network, its
 arguments, channels, classes, patch size, spacing and intensity mode, so ``fedsegnet eval`` and
-``fedsegnet infer`` rebuild the model from the file alone.
+``fedsegnet infer`` rebuild the model from the file alone. It also records the number of completed
+rounds (``fedsegnet_round``) and the AAM state, so a new job can continue an interrupted one
+(``resume_from``, see :mod:`fedsegnet.flare.resume`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from nvflare.apis.fl_context import FLContext
+from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
 from fedsegnet.config import build_train_config
+from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.aggregator import aggregation_for
-from fedsegnet.flare.constants import AAM_STATE_KEY
+from fedsegnet.flare.constants import AAM_STATE_KEY, ROUND_RECORDS_FILE
+from fedsegnet.flare.resume import ROUND_KEY, check_job_id, copy_records, find_resume_point
 from fedsegnet.networks.spec import model_spec
+
+
+def _same(value) -> str:
+    """A comparable form of a model-spec value (tuples and lists alike)."""
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 class SegModelPersistor(PTFileModelPersistor):
@@ -34,6 +47,13 @@ class SegModelPersistor(PTFileModelPersistor):
         aggregator_id: component whose ``state_dict()`` (the AAM signal history) is saved with the
             global model (``train_conf["fedsegnet_aam"]``) and restored from a checkpoint that has
             it; ignored when that component keeps no state. Defaults to ``"aggregator"``.
+        resume_from: id of an interrupted job of this server to continue: its last global model, AAM
+            state, completed rounds and records are taken over (the workflow then runs the remaining
+            rounds). Empty for a fresh start. Defaults to ``""``.
+
+    Attributes:
+        rounds_completed: rounds already done when this job started (0, or those of ``resume_from``);
+            read by :class:`~fedsegnet.flare.workflow.ResumableScatterAndGather`.
     """
 
     def __init__(
@@ -48,6 +68,7 @@ class SegModelPersistor(PTFileModelPersistor):
         global_model_file_name: str = "FL_global_model.pt",
         best_global_model_file_name: str = "best_FL_global_model.pt",
         aggregator_id: str = "aggregator",
+        resume_from: str = "",
     ):
         from fedsegnet.training.site import build_model_for
 
@@ -58,6 +79,10 @@ class SegModelPersistor(PTFileModelPersistor):
         self.patch_size = patch_size
         self.seed = seed
         self.aggregator_id = aggregator_id
+        self.resume_from = resume_from or ""
+        if self.resume_from:
+            check_job_id(self.resume_from)
+        self.rounds_completed = 0
         config = build_train_config(preset=preset, network=network, patch_size=patch_size, seed=seed)
         torch.manual_seed(int(seed))
         net = build_model_for(config, in_channels=int(in_channels), num_classes=int(num_classes))
@@ -70,7 +95,19 @@ class SegModelPersistor(PTFileModelPersistor):
         )
 
     def load_model(self, fl_ctx: FLContext):
+        point = None
+        if self.resume_from:
+            try:
+                point = find_resume_point(fl_ctx.get_engine().get_workspace().get_root_dir(), self.resume_from)
+            except FedSegNetError as e:
+                self.system_panic(str(e), fl_ctx)
+                return None
+            self.source_ckpt_file_full_name = str(point.model)
         learnable = super().load_model(fl_ctx)
+        if learnable is None:
+            return None
+        if point is not None and not self._take_over(point, fl_ctx):
+            return None
         if self.persistence_manager is not None:
             loaded = self.persistence_manager.train_conf or {}
             state = loaded.get(AAM_STATE_KEY) if isinstance(loaded, dict) else None
@@ -84,10 +121,38 @@ class SegModelPersistor(PTFileModelPersistor):
             self.persistence_manager.train_conf = {"fedsegnet": self.spec}
         return learnable
 
+    def _take_over(self, point, fl_ctx: FLContext) -> bool:
+        """Check the resumed checkpoint fits this job, then take over its round count and records."""
+        loaded = self.persistence_manager.train_conf if self.persistence_manager is not None else None
+        loaded = loaded if isinstance(loaded, dict) else {}
+        spec = loaded.get("fedsegnet")
+        if isinstance(spec, dict):
+            differ = sorted(k for k in set(spec) | set(self.spec) if _same(spec.get(k)) != _same(self.spec.get(k)))
+            if differ:
+                self.system_panic(
+                    f"resume_from={self.resume_from!r}: the model in {point.model} does not fit this job: "
+                    + "; ".join(f"{k}: checkpoint {spec.get(k)!r}, job {self.spec.get(k)!r}" for k in differ),
+                    fl_ctx,
+                )
+                return False
+        done = loaded.get(ROUND_KEY) or {}
+        self.rounds_completed = int(done.get("completed", 0)) if isinstance(done, dict) else 0
+        run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
+        copied = copy_records(point.records, Path(run_dir) / ROUND_RECORDS_FILE, self.rounds_completed)
+        self.log_info(
+            fl_ctx,
+            f"resuming job {self.resume_from}: global model after {self.rounds_completed} completed round(s) from "
+            f"{point.model}; {copied} per-round record(s) carried over",
+        )
+        return True
+
     def save_model(self, ml, fl_ctx: FLContext):
         aggregator = aggregation_for(fl_ctx, self.aggregator_id)
         manager = self._get_persistence_manager(fl_ctx)
         conf = {"fedsegnet": self.spec}
+        current = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if current is not None:
+            conf[ROUND_KEY] = {"completed": int(current) + 1, "job_id": fl_ctx.get_job_id()}
         if aggregator is not None:
             conf[AAM_STATE_KEY] = aggregator.state_dict()
         manager.train_conf = conf

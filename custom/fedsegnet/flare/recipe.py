@@ -23,7 +23,6 @@ from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
 from nvflare.app_common.widgets.intime_model_selector import IntimeModelSelector
 from nvflare.app_common.widgets.validation_json_generator import ValidationJsonGenerator
 from nvflare.app_common.workflows.cross_site_model_eval import CrossSiteModelEval
-from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 from nvflare.app_opt.pt.file_model_locator import PTFileModelLocator
 from nvflare.app_opt.tracking.tb.tb_receiver import TBAnalyticsReceiver
 from nvflare.app_opt.tracking.tb.tb_writer import TBWriter
@@ -43,6 +42,7 @@ from fedsegnet.flare.aggregator import AAMAggregator
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
+from fedsegnet.flare.workflow import ResumableScatterAndGather
 
 ANALYTICS_EVENT = "analytix_log_stats"
 
@@ -86,6 +86,12 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_temperature: AAM softmax temperature. Defaults to 0.05.
         aam_floor: lowest AAM weight of an accepted site. Defaults to 0.02.
         aam_cap: highest AAM weight. Defaults to 0.6.
+        wait_after_min_clients: seconds a round waits for the other sites once ``min_clients``
+            updates are in. Defaults to 10.
+        cse_submit_timeout: seconds cross-site evaluation waits for a site's local model. Defaults to 600.
+        cse_validation_timeout: seconds cross-site evaluation waits for a site's results. Defaults to 6000.
+        resume_from: id of an interrupted job to continue (see :mod:`fedsegnet.flare.resume`); empty
+            for a fresh start. Defaults to ``""``.
     """
 
     def __init__(
@@ -119,15 +125,19 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_temperature: float = 0.05,
         aam_floor: float = 0.02,
         aam_cap: float = 0.6,
+        wait_after_min_clients: int = 10,
+        cse_submit_timeout: int = 600,
+        cse_validation_timeout: int = 6000,
+        resume_from: str = "",
     ):
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
         job.to_server(
-            ScatterAndGather(
+            ResumableScatterAndGather(
                 min_clients=min_clients,
                 num_rounds=num_rounds,
                 start_round=0,
-                wait_time_after_min_received=0,
+                wait_time_after_min_received=wait_after_min_clients,
                 aggregator_id="aggregator",
                 persistor_id="persistor",
                 shareable_generator_id="shareable_generator",
@@ -140,8 +150,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         job.to_server(
             CrossSiteModelEval(
                 model_locator_id="model_locator",
-                submit_model_timeout=600,
-                validation_timeout=6000,
+                submit_model_timeout=cse_submit_timeout,
+                validation_timeout=cse_validation_timeout,
                 cleanup_models=False,
             ),
             id="cross_site_model_eval",
@@ -154,6 +164,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 network=network,
                 patch_size=patch_size,
                 seed=seed,
+                resume_from=resume_from,
             ),
             id="persistor",
         )
@@ -201,7 +212,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_RESULT)
             job.to_clients(GlobalModelDecoder(), tasks=["train"], filter_type=FilterType.TASK_DATA)
             job.to_clients(
-                UpdateEncoder(ratio=up_ratio, bits=up_bits, **codec), tasks=["train"], filter_type=FilterType.TASK_RESULT
+                UpdateEncoder(ratio=up_ratio, bits=up_bits, resume_from=resume_from, **codec), tasks=["train"], filter_type=FilterType.TASK_RESULT
             )
         super().__init__(job)
 
@@ -252,6 +263,7 @@ def _parse(argv):
     )  # fmt: skip
     p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight at the sites (0 = off)")
     p.add_argument("--name", default=None, help="job name (default: the job's)")
+    p.add_argument("--resume-from", default="", help="id of an interrupted job of this server to continue")
     # FLARE 2.9 reserves --export/--export-dir for its own recipe export (stripped from sys.argv at import)
     p.add_argument("--write-job", dest="export_to", metavar="DIR", help="write the job folder here instead of running it")
     return p.parse_args(argv)
@@ -278,6 +290,7 @@ def main(argv=None) -> int:
         data_root=os.path.abspath(args.data_root) if args.data_root else None,
         torch_threads=args.torch_threads,
         fedprox_mu=args.fedprox_mu,
+        resume_from=args.resume_from,
     )
     if args.export_to:
         recipe.export(args.export_to)

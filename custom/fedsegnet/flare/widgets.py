@@ -17,6 +17,12 @@ total, the site's update and error-feedback residual norms and values sent, and 
 With ``AAMAggregator``, each site's entry gets ``aggregation``: the gate decision, the AAM signals
 (quality, performance, cos_dist, norm_ratio, score, prior), the weight and the clip factor, and
 TensorBoard gets ``aam_weight/<site>``, ``aam_quality/<site>``, ``aam_cos_dist/<site>`` and so on.
+
+Every record also holds the resident memory (MiB) of the server's job process and of its parent
+(``server_rss_mb``, ``server_parent_rss_mb``) and, per site, of the site's job and parent processes
+(``rss_mb``, ``parent_rss_mb``, sent in the update meta), so a leak shows in a long run. A site of
+the job that sent no update in a round is listed in ``missing_sites`` and named in a warning (and,
+once FLARE deems it disconnected, in an error line); the round goes on when ``min_clients`` allows.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from fedsegnet.flare.constants import (
     BytesProp,
     UpdateMeta,
 )
+from fedsegnet.memory import job_and_parent_rss_mb
 
 
 def _weighted_mean(pairs):
@@ -75,6 +82,8 @@ class RoundRecorder(Widget):
         self._bytes = {}  # round -> site -> {"bytes_up": n, "bytes_down": n}
         self._bytes_lock = threading.Lock()
         self._aggregation = None  # the aggregator's record of the current round
+        self._last_seen = {}  # site -> last round it contributed to
+        self._lost = []  # sites FLARE deemed disconnected since the last record
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -93,6 +102,13 @@ class RoundRecorder(Widget):
             self._aggregation = fl_ctx.get_prop(AAM_RECORD_PROP)
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._check_error_reply(fl_ctx)
+        elif event_type == EventType.CLIENT_DISCONNECTED:
+            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
+            self._lost.append(site)
+            self.log_error(
+                fl_ctx, f"site {site} lost: FLARE deems it disconnected (its job process stopped answering; last "
+                f"update in round {self._last_seen.get(site, 'none')})", fire_event=False,
+            )  # fmt: skip
         elif event_type == EventType.END_RUN and self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -145,6 +161,17 @@ class RoundRecorder(Widget):
             for site, entry in aggregation.get("sites", {}).items():
                 self._sites.setdefault(site, {})["aggregation"] = _jsonable(entry)
         sites = dict(sorted(self._sites.items()))
+        for site in sites:
+            if "n_train" in sites[site]:
+                self._last_seen[site] = rnd
+        missing = sorted(set(self._job_sites(fl_ctx)) - set(sites))
+        for site in missing:
+            last = self._last_seen.get(site)
+            self.log_warning(
+                fl_ctx, f"round {rnd}: no update from site {site} (last update in round "
+                f"{'none' if last is None else last}); the round goes on without it", fire_event=False,
+            )  # fmt: skip
+        memory = job_and_parent_rss_mb()
         record = {
             "round": rnd,
             "time": time.time(),
@@ -155,6 +182,10 @@ class RoundRecorder(Widget):
             ),
             "val_dice_local": _weighted_mean((s.get("val_dice_local"), s.get("n_train")) for s in sites.values()),
             "errors": list(self._errors),
+            "missing_sites": missing,
+            "lost_sites": list(self._lost),
+            "server_rss_mb": memory["rss_mb"],
+            "server_parent_rss_mb": memory["parent_rss_mb"],
         }
         if aggregation:
             record["aggregation_method"] = aggregation.get("method")
@@ -162,6 +193,7 @@ class RoundRecorder(Widget):
             record["bytes_up"] = sum(s.get("bytes_up", 0) for s in sites.values())
             record["bytes_down"] = sum(s.get("bytes_down", 0) for s in sites.values())
         self._errors = []
+        self._lost = []
         with open(os.path.join(self._run_dir, self.records_file), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self._write_tb(record)
@@ -181,6 +213,13 @@ class RoundRecorder(Widget):
             fire_event=False,
         )
 
+    @staticmethod
+    def _job_sites(fl_ctx: FLContext) -> list[str]:
+        try:
+            return [c.name for c in fl_ctx.get_engine().get_clients()]
+        except Exception:  # an engine without a client list (unit tests)
+            return []
+
     def _write_tb(self, record: dict):
         if not self.tb_folder:
             return
@@ -188,8 +227,8 @@ class RoundRecorder(Widget):
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(self._run_dir, self.tb_folder, "server"))
-        for key in ("val_dice_global", "val_dice_local"):
-            if record[key] is not None:
+        for key in ("val_dice_global", "val_dice_local", "server_rss_mb", "server_parent_rss_mb"):
+            if record.get(key) is not None:
                 self._tb.add_scalar(f"round/{key}", record[key], global_step=record["round"])
         for key in ("bytes_up", "bytes_down"):
             if key in record:

@@ -1,0 +1,123 @@
+"""Resume a federation in a new job from what an interrupted job left on disk.
+
+FLARE 2.9 does not restore a running job after the server restarts (the job is marked abandoned),
+so FedSegNet persists, every round, everything a continuation needs:
+
+- server: the global model with, in its ``train_conf``, the number of completed rounds
+  (:data:`ROUND_KEY`) and the AAM state (``fedsegnet_aam``), in
+  ``<server workspace>/<job id>/app_server/FL_global_model.pt`` (written atomically by FLARE's
+  persistor), and the per-round records ``<job id>/fedsegnet_rounds.jsonl``;
+- site: the error-feedback residual of its last two rounds, tagged with the round
+  (``<site workspace>/<job id>/fedsegnet_uplink_residual.pt`` and ``....prev.pt``).
+
+A new job with the job arg ``resume_from=<old job id>`` (``fedsegnet job resume``) starts from them:
+the server loads that global model and AAM state, copies the records of the completed rounds and
+continues with the next round up to ``num_rounds`` (the total of the federation); each site takes
+the residual that belongs to the last completed round (a site that had already sent an update the
+server never aggregated takes the previous one, so nothing is counted twice).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsegnet.errors import FedSegNetError
+from fedsegnet.flare.constants import ROUND_RECORDS_FILE
+
+ROUND_KEY = "fedsegnet_round"
+"""Key in the saved global model's ``train_conf``: ``{"completed": rounds done, "job_id": id}``."""
+
+_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_job_id(value: str, field: str = "resume_from") -> str:
+    """``value`` if it can be a FLARE job id (no path separators); raises FedSegNetError naming ``field``."""
+    if not isinstance(value, str) or not _JOB_ID.match(value) or value in (".", ".."):
+        raise FedSegNetError(f"{field}={value!r}: not a job id (letters, digits, '-', '_', '.'; e.g. the id `nvflare job list` shows)")
+    return value
+
+
+@dataclass
+class ResumePoint:
+    """What an earlier job of this server left: its run folder, global model and completed rounds."""
+
+    job_id: str
+    run_dir: Path
+    model: Path
+    completed: int
+    records: Path
+
+
+def find_resume_point(server_root: str | Path, job_id: str, model_file: str = "FL_global_model.pt") -> ResumePoint:
+    """Locate the global model an earlier job saved on this server.
+
+    Args:
+        server_root: the server's workspace root (where FLARE keeps ``<job id>/`` run folders).
+        job_id: the earlier job.
+        model_file: file name of the global model. Defaults to FLARE's ``"FL_global_model.pt"``.
+
+    Returns:
+        The resume point; ``completed`` is filled by the caller from the checkpoint (0 here).
+
+    Raises:
+        FedSegNetError: no such run folder or model; the message names the paths looked at. A job
+            that ended normally has been archived by FLARE into its job store (its run folder is
+            gone): download it (``nvflare job download``) and start a new job from the model with
+            ``source_ckpt_file_full_name`` instead.
+    """
+    check_job_id(job_id)
+    run_dir = Path(server_root) / job_id
+    model = run_dir / "app_server" / model_file
+    if not model.is_file():
+        found = sorted(p.name for p in Path(server_root).iterdir() if p.is_dir()) if Path(server_root).is_dir() else []
+        raise FedSegNetError(
+            f"resume_from={job_id!r}: no global model at {model} "
+            + ("(no run folder of that job on this server" if not run_dir.is_dir() else "(the run folder has no model: the job never finished a round")
+            + f"; run folders here: {', '.join(found) or 'none'}). A job that ended normally is archived by FLARE and "
+            "cannot be resumed; only an interrupted one can."
+        )
+    return ResumePoint(job_id=job_id, run_dir=run_dir, model=model, completed=0, records=run_dir / ROUND_RECORDS_FILE)
+
+
+def copy_records(src: Path, dst: Path, completed: int) -> int:
+    """Copy the records of rounds ``< completed`` from ``src`` to ``dst`` (appended); returns how many.
+
+    Unreadable lines (a record torn by the crash) are skipped.
+    """
+    if not Path(src).is_file():
+        return 0
+    kept = []
+    for line in Path(src).read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("round"), int) and rec["round"] < completed:
+            kept.append(json.dumps(rec))
+    if kept:
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        with open(dst, "a", encoding="utf-8") as f:
+            f.write("\n".join(kept) + "\n")
+    return len(kept)
+
+
+def pick_residual(candidates: list[tuple[Path, int | None]], next_round: int) -> tuple[Path | None, str]:
+    """Choose the saved residual a resumed site continues from.
+
+    Args:
+        candidates: ``(file, round it was saved after)`` of the residual files found (round None when
+            the file carries none).
+        next_round: the round the site is about to send an update for.
+
+    Returns:
+        ``(file or None, explanation)``: the file saved after round ``next_round - 1``; None when there
+        is none (then the site starts from a zero residual).
+    """
+    for path, rnd in candidates:
+        if rnd is not None and rnd == next_round - 1:
+            return path, f"residual of round {rnd} from {path}"
+    seen = ", ".join(f"{p.name}: round {r}" for p, r in candidates) or "none"
+    return None, f"no residual saved after round {next_round - 1} (found {seen}); starting from zero"
