@@ -1,0 +1,58 @@
+"""End to end in FLARE POC mode: startup kits, server and 2 sites on loopback, a tiny jobs/fedsegnet
+submitted through the admin API, waited for, downloaded, and every process stopped by its pid."""
+
+import math
+import os
+
+import pytest
+import torch
+
+from fedsegnet.flare.poc import find_in_result
+
+from .conftest import read_records, running_poc, tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
+    job = tiny_job(tmp_path / "fedsegnet_tiny", num_rounds=2, min_clients=2)
+    with running_poc(tmp_path / "poc", ["site-1", "site-2"], poc_sites) as poc:
+        pids = dict(poc.pids)
+        assert set(pids) == {"server", "site-1", "site-2"}
+        assert poc.connected_sites() == ["site-1", "site-2"]
+        job_id = poc.submit(job)
+        rounds = []
+        status = poc.wait(job_id, timeout=480, on_round=rounds.append)
+        assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
+        result = poc.download(job_id, tmp_path / "download")
+    # every process group this test started is gone
+    assert not any(_alive(pid) for pid in pids.values()), pids
+
+    model_file = find_in_result(result, "FL_global_model.pt")
+    assert model_file is not None, f"no global model in {result}"
+    saved = torch.load(model_file, map_location="cpu", weights_only=False)
+    weights = saved["model"]
+    assert len(weights) > 10 and all(torch.isfinite(torch.as_tensor(v)).all() for v in weights.values())
+    assert saved["train_conf"]["fedsegnet_round"]["completed"] == 2
+
+    records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
+    assert [r["round"] for r in records] == [0, 1]
+    assert [r["round"] for r in rounds] == [0, 1], "wait() did not report each round as it was written"
+    for rec in records:
+        assert set(rec["sites"]) == {"site-1", "site-2"} and rec["missing_sites"] == []
+        assert rec["bytes_up"] > 0 and rec["bytes_down"] > 0
+        assert rec["server_rss_mb"] > 50
+        for site in rec["sites"].values():
+            assert site["n_train"] == 4 and site["rss_mb"] > 50 and site["parent_rss_mb"] > 20
+            assert site["aggregation"]["weight"] > 0
+        assert math.isfinite(rec["val_dice_global"])
+    cross = find_in_result(result, "cross_val_results.json")
+    assert cross is not None and "site-1" in cross.read_text()
