@@ -75,3 +75,59 @@ def test_poc_resume_from_an_unknown_job_ends_cleanly_naming_it(tmp_path, poc_hom
         still_up = poc.connected_sites()
     assert still_up == ["site-1", "site-2"], "the server or a site went down with the failed job"
     assert "resume_from='no-such-job': no global model at" in _text(find_in_result(result, "log.txt"))
+
+
+FAST_END = dict(wait_after_min_clients=5, cse_submit_timeout=20, cse_validation_timeout=40)
+
+
+def test_poc_site_killed_mid_job_the_others_finish(tmp_path, poc_home, poc_sites):
+    job = tiny_job(tmp_path / "fedsegnet_tiny", num_rounds=4, min_clients=2, **FAST_END)
+    with running_poc(tmp_path / "poc", ["site-1", "site-2", "site-3"], poc_sites) as poc:
+        job_id = poc.submit(job)
+        killed_after = []
+
+        def kill_site_3(rec):
+            if not killed_after:
+                poc.kill("site-3", signal.SIGKILL)  # the whole site: parent and job process
+                killed_after.append(rec["round"])
+
+        status = poc.wait(job_id, timeout=480, on_round=kill_site_3, poll=0.5)
+        assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
+        result = poc.download(job_id, tmp_path / "download")
+    records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
+    assert [r["round"] for r in records] == [0, 1, 2, 3]
+    contributed = lambda r: sorted(s for s, e in r["sites"].items() if e.get("n_train"))  # noqa: E731
+    assert contributed(records[0]) == ["site-1", "site-2", "site-3"], "site-3 was not part of the first round"
+    after = [r for r in records if r["round"] > killed_after[0] + 1]
+    assert after, "the job ended before a round without site-3"
+    for rec in after:
+        assert contributed(rec) == ["site-1", "site-2"] and rec["missing_sites"] == ["site-3"]
+    log = _text(find_in_result(result, "log.txt"))
+    assert "no update from site site-3" in log
+    cross = json.loads(find_in_result(result, "cross_val_results.json").read_text())
+    assert {"site-1", "site-2"} <= set(cross)
+
+
+def test_poc_site_failing_preflight_reports_and_the_job_goes_on(tmp_path, poc_home, poc_sites):
+    broken = tmp_path / "broken"
+    shutil.copytree(poc_sites / "site-3", broken / "site-3")
+    missing = broken / "site-3" / "labelsTr" / "site-3_001.nii.gz"
+    missing.unlink()
+    roots = {"site-1": poc_sites, "site-2": poc_sites, "site-3": broken}
+    job = tiny_job(tmp_path / "fedsegnet_tiny", num_rounds=2, min_clients=2, **FAST_END)
+    started = time.monotonic()
+    with running_poc(tmp_path / "poc", ["site-1", "site-2", "site-3"], roots) as poc:
+        job_id = poc.submit(job)
+        status = poc.wait(job_id, timeout=480)
+        assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
+        assert poc.connected_sites() == ["site-1", "site-2", "site-3"], "the failing site went down"
+        result = poc.download(job_id, tmp_path / "download")
+    assert time.monotonic() - started < 400
+    records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
+    assert [r["round"] for r in records] == [0, 1]
+    errors = [e for r in records for e in r["errors"]]
+    assert errors and errors[0]["site"] == "site-3" and "site-3_001.nii.gz" in errors[0]["message"]
+    for rec in records:
+        assert sorted(s for s, e in rec["sites"].items() if e.get("n_train")) == ["site-1", "site-2"]
+    log = _text(find_in_result(result, "log.txt"))
+    assert "site site-3 reported an error" in log and "site-3_001.nii.gz" in log

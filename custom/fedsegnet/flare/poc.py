@@ -115,6 +115,10 @@ class PocSystem:
         fed_learn_port: the server's port for sites. Defaults to 8002.
         admin_port: the server's port for admin consoles. Defaults to 8003.
         site_env: extra environment variables per site, ``{site: {name: value}}``. Defaults to None.
+        client_outcome_wait: seconds the server waits, after a job's server side ended, for every
+            site to report how its side ended before it marks the job finished (FLARE's
+            ``client_outcome_wait_timeout``, 900 by default; it only matters when a site is gone).
+            None keeps FLARE's default. Defaults to 60.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class PocSystem:
         fed_learn_port: int = 8002,
         admin_port: int = 8003,
         site_env: dict | None = None,
+        client_outcome_wait: float | None = 60,
     ):
         self.workspace = Path(workspace).resolve()
         self.sites = list(sites)
@@ -132,6 +137,7 @@ class PocSystem:
         self.fed_learn_port = int(fed_learn_port)
         self.admin_port = int(admin_port)
         self.site_env = dict(site_env or {})
+        self.client_outcome_wait = client_outcome_wait
         self.admin = ADMIN
         self.pids: dict[str, int] = {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -165,7 +171,8 @@ class PocSystem:
             root = str(Path(root).resolve())
         return {
             "sites": self.sites, "data_root": root, "fed_learn_port": self.fed_learn_port,
-            "admin_port": self.admin_port, "site_env": self.site_env, "pids": self.pids,
+            "admin_port": self.admin_port, "site_env": self.site_env, "client_outcome_wait": self.client_outcome_wait,
+            "pids": self.pids,
         }  # fmt: skip
 
     def _save_state(self):
@@ -185,7 +192,7 @@ class PocSystem:
         state = json.loads(path.read_text())
         system = cls(
             workspace, state["sites"], state.get("data_root"), state["fed_learn_port"], state["admin_port"],
-            state.get("site_env"),
+            state.get("site_env"), state.get("client_outcome_wait", 60),
         )  # fmt: skip
         system.pids = {k: int(v) for k, v in state.get("pids", {}).items()}
         return system
@@ -255,6 +262,8 @@ class PocSystem:
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if name == "server" and self.client_outcome_wait is not None:
+            env["NVFLARE_CLIENT_OUTCOME_WAIT_TIMEOUT"] = str(float(self.client_outcome_wait))
         if name != "server":
             root = self.data_root.get(name) if isinstance(self.data_root, dict) else self.data_root
             if root is not None:
