@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from fedsegnet.errors import ConfigError, FedSegNetError
@@ -394,7 +395,8 @@ class PocSystem:
         """A secure admin API session as the project admin (FLARE's ``new_secure_session``)."""
         from nvflare.fuel.flare_api.flare_api import new_secure_session
 
-        s = new_secure_session(self.admin, str(self.kit(self.admin)), timeout=timeout)
+        with redirect_stdout(io.StringIO()):  # FLARE prints "Connecting to FLARE ..." per session
+            s = new_secure_session(self.admin, str(self.kit(self.admin)), timeout=timeout)
         try:
             yield s
         finally:
