@@ -80,7 +80,7 @@ def test_encoder_rejects_a_bad_resume_from(bad):
 
 def test_find_resume_point_names_what_is_missing(tmp_path):
     (tmp_path / "other-job").mkdir()
-    with pytest.raises(FedSegNetError, match=r"no run folder of that job.*other-job"):
+    with pytest.raises(FedSegNetError, match=r"no run folder or archive of that job.*other-job"):
         find_resume_point(tmp_path, "gone-job")
     (tmp_path / "early-job" / "app_server").mkdir(parents=True)
     with pytest.raises(FedSegNetError, match="never finished a round"):
@@ -98,3 +98,26 @@ def test_copy_records_keeps_completed_rounds_and_skips_torn_lines(tmp_path):
     assert copy_records(src, dst, completed=2) == 2
     assert [json.loads(x)["round"] for x in dst.read_text().splitlines()] == [0, 1]
     assert copy_records(tmp_path / "missing.jsonl", dst, completed=5) == 0
+
+
+def test_find_resume_point_extracts_from_the_job_store(tmp_path, monkeypatch):
+    """A job that ended is archived by FLARE (<store>/<id>/workspace, a zip): model and records come out of it."""
+    import zipfile
+
+    server = tmp_path / "server"
+    store = tmp_path / "jobs-storage"
+    (server / "local").mkdir(parents=True)
+    (server / "local" / "resources.json").write_text(json.dumps(
+        {"components": [{"id": "job_manager", "args": {"uri_root": str(store)}}]}
+    ))  # fmt: skip
+    (store / "failed-job").mkdir(parents=True)
+    with zipfile.ZipFile(store / "failed-job" / "workspace", "w") as z:
+        z.writestr("app_server/FL_global_model.pt", b"model")
+        z.writestr("fedsegnet_rounds.jsonl", '{"round": 0}\n')
+        z.writestr("log.txt", "not needed")
+    monkeypatch.delenv("NVFL_JOB_STORE_ROOT", raising=False)
+    with pytest.raises(FedSegNetError, match="workspace"):
+        find_resume_point(server, "failed-job")  # nowhere to extract to: named, not guessed
+    point = find_resume_point(server, "failed-job", extract_to=tmp_path / "new" / "resumed")
+    assert point.model.read_bytes() == b"model" and point.records.read_text() == '{"round": 0}\n'
+    assert not (tmp_path / "new" / "resumed" / "log.txt").exists()

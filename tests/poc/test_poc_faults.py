@@ -131,3 +131,34 @@ def test_poc_site_failing_preflight_reports_and_the_job_goes_on(tmp_path, poc_ho
         assert sorted(s for s, e in rec["sites"].items() if e.get("n_train")) == ["site-1", "site-2"]
     log = _text(find_in_result(result, "log.txt"))
     assert "site site-3 reported an error" in log and "site-3_001.nii.gz" in log
+
+
+def test_poc_site_job_process_dies_flare_fails_the_job_and_it_resumes(tmp_path, poc_home, poc_sites):
+    """FLARE 2.9 fails the whole job when a site's job process dies (the site itself stays up); the
+    federation continues from the failed job's archived model with resume_from."""
+    import psutil
+
+    rounds = 4
+    job = tiny_job(tmp_path / "fedsegnet_tiny", num_rounds=rounds, min_clients=2, local_steps=6)
+    with running_poc(tmp_path / "poc", ["site-1", "site-2"], poc_sites) as poc:
+        first = poc.submit(job)
+        killed = []
+
+        def kill_site_2_job_process(rec):
+            if rec["round"] >= 1 and not killed:
+                for child in psutil.Process(poc.pids["site-2"]).children(recursive=True):  # started by our site-2
+                    child.kill()
+                    killed.append(child.pid)
+
+        status = poc.wait(first, timeout=300, on_round=kill_site_2_job_process, poll=0.5)
+        assert killed and status.startswith("FINISHED") and status != "FINISHED:COMPLETED", status
+        assert poc.connected_sites() == ["site-1", "site-2"]
+        second = poc.submit(configure_job(job, tmp_path / "fedsegnet_resume", resume_from=first))
+        status = poc.wait(second, timeout=480)
+        assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
+        result = poc.download(second, tmp_path / "download")
+    records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
+    assert [r["round"] for r in records] == list(range(rounds))
+    final = torch.load(find_in_result(result, "FL_global_model.pt"), map_location="cpu", weights_only=False)
+    assert final["train_conf"]["fedsegnet_round"]["completed"] == rounds
+    assert f"resuming job {first}" in _text(find_in_result(result, "log.txt"))

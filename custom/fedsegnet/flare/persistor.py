@@ -98,7 +98,11 @@ class SegModelPersistor(PTFileModelPersistor):
         point = None
         if self.resume_from:
             try:
-                point = find_resume_point(fl_ctx.get_engine().get_workspace().get_root_dir(), self.resume_from)
+                workspace = fl_ctx.get_engine().get_workspace()
+                point = find_resume_point(
+                    workspace.get_root_dir(), self.resume_from,
+                    extract_to=Path(workspace.get_run_dir(fl_ctx.get_job_id())) / f"resumed_from_{self.resume_from}",
+                )  # fmt: skip
             except FedSegNetError as e:
                 self.system_panic(str(e), fl_ctx)
                 return None

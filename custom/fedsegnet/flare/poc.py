@@ -462,6 +462,7 @@ class PocSystem:
 
 
 def find_in_result(result_dir: str | Path, name: str) -> Path | None:
-    """The first file called ``name`` under a downloaded job result (its layout varies by FLARE version)."""
-    hits = sorted(Path(result_dir).rglob(name))
+    """The shallowest file called ``name`` under a downloaded job result (its layout varies by FLARE
+    version; a resumed job also holds the files it took over, one folder deeper)."""
+    hits = sorted(Path(result_dir).rglob(name), key=lambda p: (len(p.parts), str(p)))
     return hits[0] if hits else None

@@ -1,7 +1,7 @@
-"""Resume a federation in a new job from what an interrupted job left on disk.
+"""Resume a federation in a new job from what an interrupted or failed job left on disk.
 
-FLARE 2.9 does not restore a running job after the server restarts (the job is marked abandoned),
-so FedSegNet persists, every round, everything a continuation needs:
+FLARE 2.9 does not restore a running job after the server restarts, and it fails a whole job when
+one site's job process dies; so FedSegNet persists, every round, everything a continuation needs:
 
 - server: the global model with, in its ``train_conf``, the number of completed rounds
   (:data:`ROUND_KEY`) and the AAM state (``fedsegnet_aam``), in
@@ -14,13 +14,17 @@ A new job with the job arg ``resume_from=<old job id>`` (``fedsegnet job resume`
 the server loads that global model and AAM state, copies the records of the completed rounds and
 continues with the next round up to ``num_rounds`` (the total of the federation); each site takes
 the residual that belongs to the last completed round (a site that had already sent an update the
-server never aggregated takes the previous one, so nothing is counted twice).
+server never aggregated takes the previous one, so nothing is counted twice). The server finds the
+earlier job's files in its run folder (server killed) or in FLARE's job store (a job that ended,
+e.g. failed; see :func:`find_resume_point`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,35 +55,78 @@ class ResumePoint:
     records: Path
 
 
-def find_resume_point(server_root: str | Path, job_id: str, model_file: str = "FL_global_model.pt") -> ResumePoint:
-    """Locate the global model an earlier job saved on this server.
+def job_store_root(server_root: str | Path) -> Path | None:
+    """Where the server's FLARE job store keeps finished jobs (``NVFL_JOB_STORE_ROOT``, else the
+    ``job_manager``'s ``uri_root`` in ``<server_root>/local/resources.json``); None when unknown."""
+    env = os.environ.get("NVFL_JOB_STORE_ROOT")
+    if env:
+        return Path(env)
+    local = Path(server_root) / "local"
+    for name in ("resources.json", "resources.json.default"):
+        try:
+            resources = json.loads((local / name).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for component in resources.get("components", []):
+            if isinstance(component, dict) and component.get("id") == "job_manager":
+                root = Path((component.get("args") or {}).get("uri_root", "jobs"))
+                return root if root.is_absolute() else Path(server_root) / root
+    return None
+
+
+def find_resume_point(
+    server_root: str | Path, job_id: str, model_file: str = "FL_global_model.pt", extract_to: str | Path | None = None
+) -> ResumePoint:
+    """Locate the global model an earlier job of this server saved.
+
+    An interrupted job (server killed) still has its run folder ``<server_root>/<job id>``; a job that
+    ended (completed, or failed when a site's job process died) has been archived by FLARE into its
+    job store (``<store>/<job id>/workspace``, a zip), from which the model and the records are
+    extracted into ``extract_to``.
 
     Args:
         server_root: the server's workspace root (where FLARE keeps ``<job id>/`` run folders).
         job_id: the earlier job.
         model_file: file name of the global model. Defaults to FLARE's ``"FL_global_model.pt"``.
+        extract_to: folder for what is taken out of a job-store archive. Defaults to None (run
+            folders only).
 
     Returns:
         The resume point; ``completed`` is filled by the caller from the checkpoint (0 here).
 
     Raises:
-        FedSegNetError: no such run folder or model; the message names the paths looked at. A job
-            that ended normally has been archived by FLARE into its job store (its run folder is
-            gone): download it (``nvflare job download``) and start a new job from the model with
-            ``source_ckpt_file_full_name`` instead.
+        FedSegNetError: no model in either place; the message names the paths looked at.
     """
     check_job_id(job_id)
     run_dir = Path(server_root) / job_id
     model = run_dir / "app_server" / model_file
-    if not model.is_file():
-        found = sorted(p.name for p in Path(server_root).iterdir() if p.is_dir()) if Path(server_root).is_dir() else []
-        raise FedSegNetError(
-            f"resume_from={job_id!r}: no global model at {model} "
-            + ("(no run folder of that job on this server" if not run_dir.is_dir() else "(the run folder has no model: the job never finished a round")
-            + f"; run folders here: {', '.join(found) or 'none'}). A job that ended normally is archived by FLARE and "
-            "cannot be resumed; only an interrupted one can."
-        )
-    return ResumePoint(job_id=job_id, run_dir=run_dir, model=model, completed=0, records=run_dir / ROUND_RECORDS_FILE)
+    if model.is_file():
+        return ResumePoint(job_id=job_id, run_dir=run_dir, model=model, completed=0, records=run_dir / ROUND_RECORDS_FILE)
+    store = job_store_root(server_root)
+    archive = store / job_id / "workspace" if store is not None else None
+    if archive is not None and archive.is_file() and extract_to is not None:
+        wanted = {f"app_server/{model_file}", ROUND_RECORDS_FILE}
+        try:
+            with zipfile.ZipFile(archive) as z:
+                present = wanted & set(z.namelist())
+                if f"app_server/{model_file}" in present:
+                    for name in sorted(present):
+                        z.extract(name, extract_to)
+                    out = Path(extract_to)
+                    return ResumePoint(
+                        job_id=job_id, run_dir=out, model=out / "app_server" / model_file, completed=0,
+                        records=out / ROUND_RECORDS_FILE,
+                    )  # fmt: skip
+        except (OSError, zipfile.BadZipFile) as e:
+            raise FedSegNetError(f"resume_from={job_id!r}: cannot read the archived workspace {archive}: {e}") from None
+    found = sorted(p.name for p in Path(server_root).iterdir() if p.is_dir()) if Path(server_root).is_dir() else []
+    where = f"{model}" + (f" or {archive}" if archive is not None else "")
+    raise FedSegNetError(
+        f"resume_from={job_id!r}: no global model at {where} "
+        + ("(the job never finished a round" if run_dir.is_dir() or (archive is not None and archive.is_file())
+           else "(no run folder or archive of that job on this server")
+        + f"; run folders here: {', '.join(found) or 'none'})"
+    )  # fmt: skip
 
 
 def copy_records(src: Path, dst: Path, completed: int) -> int:
