@@ -21,8 +21,8 @@ TensorBoard gets ``aam_weight/<site>``, ``aam_quality/<site>``, ``aam_cos_dist/<
 Every record also holds the resident memory (MiB) of the server's job process and of its parent
 (``server_rss_mb``, ``server_parent_rss_mb``) and, per site, of the site's job and parent processes
 (``rss_mb``, ``parent_rss_mb``, sent in the update meta), so a leak shows in a long run. A site of
-the job that sent no update in a round is listed in ``missing_sites`` and named in a warning (and,
-once FLARE deems it disconnected, in an error line); the round goes on when ``min_clients`` allows.
+the job that sent no update in a round is listed in ``missing_sites`` and named in a warning; the
+round goes on when ``min_clients`` allows.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ class RoundRecorder(Widget):
         self._bytes_lock = threading.Lock()
         self._aggregation = None  # the aggregator's record of the current round
         self._last_seen = {}  # site -> last round it contributed to
-        self._lost = []  # sites FLARE deemed disconnected since the last record
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
@@ -102,13 +101,6 @@ class RoundRecorder(Widget):
             self._aggregation = fl_ctx.get_prop(AAM_RECORD_PROP)
         elif event_type == EventType.BEFORE_PROCESS_SUBMISSION:
             self._check_error_reply(fl_ctx)
-        elif event_type == EventType.CLIENT_DISCONNECTED:
-            site = fl_ctx.get_prop(FLContextKey.DISCONNECTED_CLIENT_NAME)
-            self._lost.append(site)
-            self.log_error(
-                fl_ctx, f"site {site} lost: FLARE deems it disconnected (its job process stopped answering; last "
-                f"update in round {self._last_seen.get(site, 'none')})", fire_event=False,
-            )  # fmt: skip
         elif event_type == EventType.END_RUN and self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -183,7 +175,6 @@ class RoundRecorder(Widget):
             "val_dice_local": _weighted_mean((s.get("val_dice_local"), s.get("n_train")) for s in sites.values()),
             "errors": list(self._errors),
             "missing_sites": missing,
-            "lost_sites": list(self._lost),
             "server_rss_mb": memory["rss_mb"],
             "server_parent_rss_mb": memory["parent_rss_mb"],
         }
@@ -193,7 +184,6 @@ class RoundRecorder(Widget):
             record["bytes_up"] = sum(s.get("bytes_up", 0) for s in sites.values())
             record["bytes_down"] = sum(s.get("bytes_down", 0) for s in sites.values())
         self._errors = []
-        self._lost = []
         with open(os.path.join(self._run_dir, self.records_file), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self._write_tb(record)
