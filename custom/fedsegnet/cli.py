@@ -98,6 +98,33 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- infer
+def _cmd_infer(args) -> int:
+    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.infer import infer_folder, predict_case, save_labels
+
+    if bool(args.image) == bool(args.image_dir):
+        raise FedSegNetError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
+    model, spec = load_model_file(args.model)
+    if args.preset and args.preset != spec.get("preset"):
+        raise FedSegNetError(
+            f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
+            f"{spec.get('preset')!r} (network {spec.get('network')!r}); leave --preset out to use the model's own"
+        )
+    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    if args.image:
+        labels, ref = predict_case(model, spec, args.image, device=device)
+        out = save_labels(labels, ref, args.out)
+        counts = {int(c): int(n) for c, n in zip(*__import__("numpy").unique(labels, return_counts=True))}
+        print(f"wrote {out} (shape {labels.shape}, voxels per class {counts})")
+        return 0
+    from tqdm import tqdm
+
+    written = infer_folder(model, spec, args.image_dir, args.out, device=device, progress=lambda xs: tqdm(xs, desc="cases", unit="case"))
+    print(f"wrote {len(written)} segmentation(s) to {args.out}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- job
 def _parse_values(pairs: list[str]) -> dict:
     values = {}
@@ -394,6 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("test", "validation", "training"))
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_cmd_eval)
+
+    i = sub.add_parser("infer", help="segment NIfTI image(s) with a saved model; output on the input's grid")
+    i.add_argument("--model", required=True, help="a saved global model (FL_global_model.pt)")
+    i.add_argument("--image", nargs="+", help="one case: one file per channel, in training order")
+    i.add_argument("--image-dir", help="every case in a folder (several channels: <case>_0000.nii.gz, <case>_0001...)")
+    i.add_argument("--out", required=True, help="output file (--image) or folder (--image-dir)")
+    i.add_argument("--preset", help="check that the model was trained with this preset")
+    i.add_argument("--device", help="torch device (default: cuda when available)")
+    i.set_defaults(func=_cmd_infer)
 
     d = sub.add_parser("demo", help="synthetic sites -> nvflare simulator -> held-out evaluation")
     d.add_argument("--workdir", default="fedsegnet-demo")

@@ -1,0 +1,232 @@
+"""Inference: NIfTI image(s) in, a label NIfTI out on the input's own voxel grid.
+
+The image goes through the model's evaluation preprocessing (reorient to RAS, resample to the
+model's spacing, normalise; :func:`fedsegnet.data.transforms.eval_transforms`), MONAI's
+sliding-window inference with the training patch size and an argmax; then every voxel of the input
+grid takes the label of the model-grid voxel its centre falls in (nearest neighbour through the two
+affines, ties to the higher index, outside = background), so the written label has the input's
+shape, orientation and affine whatever axes the input was stored in (RAS, LPS, ...). Mapping
+through the affines needs only the model grid's affine (kept by MONAI's ``MetaTensor``), works one
+slice at a time, and states its tie rule, which makes RAS- and LPS-stored copies of a scan agree
+voxel for voxel (tested). Several
+input files are the channels of one case (multi-sequence MRI), in the order the model was trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from fedsegnet.errors import FedSegNetError
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def check_inputs(images: Sequence[str | Path], in_channels: int) -> list[nib.Nifti1Image]:
+    """Open the channel files of one case and check them against the model.
+
+    Args:
+        images: one NIfTI file per channel.
+        in_channels: channels the model expects.
+
+    Returns:
+        The opened images (headers read; data not loaded).
+
+    Raises:
+        FedSegNetError: wrong number of files, an unreadable file, a file that is not a 3D volume,
+            or channels whose shapes or affines differ; each message names the file(s).
+    """
+    paths = [Path(p) for p in images]
+    if len(paths) != int(in_channels):
+        raise FedSegNetError(
+            f"the model takes {in_channels} input channel(s) but {len(paths)} image file(s) were given "
+            f"({', '.join(str(p) for p in paths)}); pass one file per channel, in the training order"
+        )
+    opened = []
+    for path in paths:
+        try:
+            img = nib.load(str(path))
+            shape = img.shape
+        except Exception as e:  # nibabel raises several kinds for a missing or broken file
+            raise FedSegNetError(f"{path}: cannot be read as NIfTI: {e}") from None
+        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+            raise FedSegNetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}")
+        opened.append(img)
+    first = opened[0]
+    for path, img in zip(paths[1:], opened[1:]):
+        if img.shape[:3] != first.shape[:3]:
+            raise FedSegNetError(f"{path}: shape {img.shape[:3]} differs from {paths[0]} {first.shape[:3]}")
+        if not np.allclose(img.affine, first.affine, atol=1e-4):
+            raise FedSegNetError(f"{path}: affine differs from {paths[0]} (channels must share one voxel grid)")
+    return opened
+
+
+def predict_case(
+    model: torch.nn.Module,
+    spec: dict,
+    images: Sequence[str | Path],
+    *,
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Segment one case.
+
+    Args:
+        model: the trained network (``fedsegnet.networks.spec.load_model_file``).
+        spec: its model spec (channels, classes, patch size, spacing, intensity).
+        images: one NIfTI file per channel.
+        device: where inference runs. Defaults to ``"cpu"``.
+        sw_batch_size: windows per forward pass. Defaults to 4.
+        overlap: sliding-window overlap in [0, 1). Defaults to 0.25.
+
+    Returns:
+        ``(labels, reference)``: class ids ``(X, Y, Z)`` uint8 on the grid of the first input file,
+        and that file's opened image (for its affine and header).
+
+    Raises:
+        FedSegNetError: see :func:`check_inputs`.
+    """
+    from fedsegnet.data.transforms import eval_transforms
+    from fedsegnet.networks.spec import preset_from_spec
+
+    opened = check_inputs(images, spec["in_channels"])
+    preset = preset_from_spec(spec)
+    transforms = eval_transforms(preset)
+    files = [str(p) for p in images]
+    item = transforms({"image": files if len(files) > 1 else files[0]})
+    image = item["image"]
+    if image.shape[0] != spec["in_channels"]:
+        raise FedSegNetError(f"{files[0]}: loaded {image.shape[0]} channel(s), the model takes {spec['in_channels']}")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    with torch.no_grad():
+        logits = sliding_window_inference(
+            image.unsqueeze(0).to(device), roi_size=tuple(spec["patch_size"]), sw_batch_size=sw_batch_size,
+            predictor=model, overlap=overlap,
+        )  # fmt: skip
+    pred = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()  # (X, Y, Z) on the model's grid
+    model_affine = np.asarray(image.affine, dtype=np.float64)
+    reference = opened[0]
+    labels = to_input_grid(pred, model_affine, reference.affine, reference.shape[:3])
+    return labels, reference
+
+
+def to_input_grid(pred: np.ndarray, model_affine: np.ndarray, input_affine: np.ndarray, input_shape) -> np.ndarray:
+    """Labels on the input grid: each input voxel centre mapped through the affines into ``pred``.
+
+    Args:
+        pred: labels ``(X, Y, Z)`` on the model's grid.
+        model_affine: voxel -> world (RAS mm) of the model's grid, 4x4.
+        input_affine: voxel -> world of the input image, 4x4.
+        input_shape: the input's 3 spatial sizes.
+
+    Returns:
+        uint8 labels of shape ``input_shape``; voxels outside the model's grid are 0. Computed one
+        slice at a time (memory of one slice of coordinates).
+    """
+    mapping = np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(input_affine, dtype=np.float64)
+    nx, ny, nz = (int(v) for v in input_shape)
+    ii, jj = np.meshgrid(np.arange(nx, dtype=np.float64), np.arange(ny, dtype=np.float64), indexing="ij")
+    out = np.zeros((nx, ny, nz), dtype=np.uint8)
+    bounds = np.asarray(pred.shape)
+    for k in range(nz):
+        coords = [mapping[r, 0] * ii + mapping[r, 1] * jj + mapping[r, 2] * k + mapping[r, 3] for r in range(3)]
+        idx = [np.floor(c + 0.5 + 1e-6).astype(np.int64) for c in coords]  # nearest; ties (x.5) go up
+        inside = np.ones((nx, ny), dtype=bool)
+        for d in range(3):
+            inside &= (idx[d] >= 0) & (idx[d] < bounds[d])
+        out[:, :, k][inside] = pred[idx[0][inside], idx[1][inside], idx[2][inside]]
+    return out
+
+
+def save_labels(labels: np.ndarray, reference: nib.Nifti1Image, out: str | Path) -> Path:
+    """Write ``labels`` with the reference image's affine and header (uint8, scaling removed)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = reference.header.copy()
+    header.set_data_dtype(np.uint8)
+    img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
+    img.set_qform(reference.get_qform(), int(reference.header["qform_code"]))
+    img.set_sform(reference.get_sform(), int(reference.header["sform_code"]))
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    nib.save(img, str(out))
+    return out
+
+
+def cases_in_folder(folder: str | Path, in_channels: int) -> dict[str, list[Path]]:
+    """Group the NIfTI files of a folder into cases.
+
+    With one channel every file is a case. With several, files are grouped by the nnU-Net naming
+    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (channel order = the number).
+
+    Raises:
+        FedSegNetError: no NIfTI file, or a case with missing or extra channels (named).
+    """
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    if not files:
+        raise FedSegNetError(f"{folder}: no .nii or .nii.gz files")
+    if int(in_channels) == 1:
+        return {_stem(p): [p] for p in files}
+    cases: dict[str, dict[int, Path]] = {}
+    for p in files:
+        m = _CHANNEL_SUFFIX.match(_stem(p))
+        if not m:
+            raise FedSegNetError(
+                f"{p}: the model takes {in_channels} channels; name channel files <case>_0000.nii.gz, <case>_0001.nii.gz, ..."
+            )
+        cases.setdefault(m["case"], {})[int(m["channel"])] = p
+    out = {}
+    for case, channels in sorted(cases.items()):
+        if sorted(channels) != list(range(int(in_channels))):
+            raise FedSegNetError(
+                f"{folder}: case {case!r} has channel file(s) {sorted(channels)}, expected 0..{int(in_channels) - 1}"
+            )
+        out[case] = [channels[i] for i in range(int(in_channels))]
+    return out
+
+
+def infer_folder(
+    model: torch.nn.Module,
+    spec: dict,
+    folder: str | Path,
+    out_dir: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    progress: Callable | None = None,
+) -> list[Path]:
+    """Segment every case of ``folder`` into ``out_dir/<case>.nii.gz``.
+
+    Args:
+        progress: wraps the case iterable (e.g. ``tqdm``). Defaults to None.
+
+    Returns:
+        The written files. A case that fails stops the run with an error naming it; files already
+        written stay.
+    """
+    cases = cases_in_folder(folder, spec["in_channels"])
+    items = list(cases.items())
+    written = []
+    for case, files in progress(items) if progress else items:
+        labels, ref = predict_case(model, spec, files, device=device)
+        written.append(save_labels(labels, ref, Path(out_dir) / f"{case}.nii.gz"))
+    return written
