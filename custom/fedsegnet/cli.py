@@ -58,6 +58,33 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+def _cmd_data_split(args) -> int:
+    from tqdm import tqdm
+
+    from fedsegnet.data.split import read_dataset, split_cases, write_split
+
+    labels = None
+    if args.labels:
+        labels = {}
+        for item in args.labels.split(","):
+            key, sep, name = item.partition(":")
+            if not sep or not key.strip().isdigit():
+                raise FedSegNetError(f"--labels {args.labels!r}: expected ID:NAME,ID:NAME (e.g. 0:background,1:liver)")
+            labels[int(key)] = name.strip()
+    source = read_dataset(args.dataset, args.layout, labels, progress=lambda xs: tqdm(xs, desc="reading labels", unit="file"))
+    assignment, test = split_cases(
+        source.cases, sites=args.sites, scheme=args.scheme, test_fraction=args.test_fraction,
+        val_fraction=args.val_fraction, alpha=args.alpha, by_column=args.by_column, by_pattern=args.by_pattern,
+        seed=args.seed,
+    )  # fmt: skip
+    summary = write_split(source, assignment, test, args.out)
+    print(f"{source.name} ({source.layout}, {len(source.cases)} cases) -> {args.out}")
+    for site, s in summary["sites"].items():
+        print(f"  {site:<16} {s['training']:>4} training {s['validation']:>4} validation")
+    print(f"  {'test':<16} {summary['test']:>4} held out (never given to a site)")
+    return 0
+
+
 def _cmd_data_baseline(args) -> int:
     from fedsegnet.data.synth import threshold_baseline
 
@@ -411,6 +438,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--orientation", action="append", help="store a site in other axes, e.g. site-2:LPS")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=_cmd_data_synth)
+    sp = data.add_parser("split", help="per-site datalists from a dataset folder (MSD, ACDC, image/label pairs); no copying")
+    sp.add_argument("dataset")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--layout", choices=("auto", "msd", "acdc", "pairs"), default="auto")
+    sp.add_argument("--scheme", choices=("iid", "dirichlet", "by"), default="iid")
+    sp.add_argument("--sites", type=int, default=2, help="number of sites (iid, dirichlet)")
+    sp.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller: more unequal sizes)")
+    sp.add_argument("--by-column", help="metadata column whose values are the sites (e.g. ACDC's Group)")
+    sp.add_argument("--by-pattern", help="regex with (?P<site>...) on file names (e.g. '^(?P<site>[A-Z]+)_')")
+    sp.add_argument("--test-fraction", type=float, default=0.2)
+    sp.add_argument("--val-fraction", type=float, default=0.2)
+    sp.add_argument("--labels", help="class names for the pairs layout, e.g. 0:background,1:liver,2:tumour")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_cmd_data_split)
     b = data.add_parser("baseline", help="Dice of a per-class intensity-threshold baseline")
     b.add_argument("--data", required=True, help="folder with site-*/ and test/")
     b.set_defaults(func=_cmd_data_baseline)
