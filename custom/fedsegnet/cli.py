@@ -152,6 +152,14 @@ def _cmd_infer(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from fedsegnet.report import build_report
+
+    page = build_report(args.run, args.out, data_dir=args.data, device=args.device)
+    print(f"report written to {page} (figures and report.json beside it)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- job
 def _parse_values(pairs: list[str]) -> dict:
     values = {}
@@ -471,6 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", help="check that the model was trained with this preset")
     i.add_argument("--device", help="torch device (default: cuda when available)")
     i.set_defaults(func=_cmd_infer)
+
+    r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")
+    r.add_argument("run", help="simulator workspace, downloaded job result, or server job folder")
+    r.add_argument("--out", required=True)
+    r.add_argument("--data", help="held-out test folder (dataset.json): per-class table and slices of a test case")
+    r.add_argument("--device", help="torch device for --data (default: cuda when available)")
+    r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="synthetic sites -> nvflare simulator -> held-out evaluation")
     d.add_argument("--workdir", default="fedsegnet-demo")
