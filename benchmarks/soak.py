@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     from fedsegnet.data.synth import synthesize
     from fedsegnet.flare.jobs import configure_job
     from fedsegnet.flare.poc import PocSystem, find_in_result, free_port
+    from fedsegnet.report import read_records
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fedsegnet-soak-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         status = poc.wait(job_id, timeout=args.timeout, on_round=on_round)
         result = poc.download(job_id, work / "results")
     seconds = time.perf_counter() - t0
-    records = [json.loads(x) for x in find_in_result(result, "fedsegnet_rounds.jsonl").read_text().splitlines() if x.strip()]
+    records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
     if status != "FINISHED:COMPLETED" or len(records) != args.rounds:
         print(f"job ended {status} with {len(records)} of {args.rounds} round records; see {result}")
         return 1

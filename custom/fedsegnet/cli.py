@@ -127,8 +127,11 @@ def _cmd_eval(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- infer
 def _cmd_infer(args) -> int:
+    import numpy as np
+
     from fedsegnet.networks.spec import load_model_file
     from fedsegnet.training.infer import infer_folder, predict_case, save_labels
+    from fedsegnet.training.site import pick_device
 
     if bool(args.image) == bool(args.image_dir):
         raise FedSegNetError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
@@ -138,11 +141,11 @@ def _cmd_infer(args) -> int:
             f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
             f"{spec.get('preset')!r} (network {spec.get('network')!r}); leave --preset out to use the model's own"
         )
-    device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    device = pick_device(args.device)
     if args.image:
         labels, ref = predict_case(model, spec, args.image, device=device)
         out = save_labels(labels, ref, args.out)
-        counts = {int(c): int(n) for c, n in zip(*__import__("numpy").unique(labels, return_counts=True))}
+        counts = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
         print(f"wrote {out} (shape {labels.shape}, voxels per class {counts})")
         return 0
     from tqdm import tqdm
@@ -226,14 +229,19 @@ def _poc_sites(args) -> list[str]:
     return list(args.site) if args.site else [f"site-{i + 1}" for i in range(args.sites)]
 
 
-def _cmd_poc_prepare(args) -> int:
+def _prepared_poc(args):
+    """A POC system from the `prepare`/`run` flags, prepared (its workspace replaced)."""
     from fedsegnet.flare.poc import PocSystem
 
     poc = PocSystem(
         args.workspace, _poc_sites(args), data_root=args.data_root, fed_learn_port=args.fed_learn_port,
         admin_port=args.admin_port,
     )  # fmt: skip
-    poc.prepare(privacy_policy=args.privacy)
+    return poc.prepare(privacy_policy=args.privacy)
+
+
+def _cmd_poc_prepare(args) -> int:
+    poc = _prepared_poc(args)
     print(f"POC workspace {poc.workspace}: server + {', '.join(poc.sites)}; startup kits in {poc.prod_dir}")
     if args.privacy:
         print(f"site privacy policy {args.privacy} placed in every site's local/privacy.json")
@@ -311,13 +319,7 @@ def _cmd_poc_stop(args) -> int:
 
 
 def _cmd_poc_run(args) -> int:
-    from fedsegnet.flare.poc import PocSystem
-
-    poc = PocSystem(
-        args.workspace, _poc_sites(args), data_root=args.data_root, fed_learn_port=args.fed_learn_port,
-        admin_port=args.admin_port,
-    )  # fmt: skip
-    poc.prepare(privacy_policy=args.privacy)
+    poc = _prepared_poc(args)
     print(f"[1/3] POC prepared in {poc.workspace}; starting server and {', '.join(poc.sites)}")
     with poc:
         poc.start(timeout=args.timeout)

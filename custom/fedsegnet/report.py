@@ -23,13 +23,14 @@ from fedsegnet.errors import FedSegNetError
 
 logger = logging.getLogger(__name__)
 
-RECORDS = "fedsegnet_rounds.jsonl"
+RECORDS = "fedsegnet_rounds.jsonl"  # = fedsegnet.flare.constants.ROUND_RECORDS_FILE (core code does not import flare/)
 CROSS_SITE = "cross_val_results.json"
 MODEL = "FL_global_model.pt"
 
 
-def _shallowest(root: Path, name: str) -> Path | None:
-    hits = sorted(root.rglob(name), key=lambda p: (len(p.parts), str(p)))
+def shallowest_file(root: str | Path, name: str) -> Path | None:
+    """The file called ``name`` nearest to ``root`` (ties by path), or None."""
+    hits = sorted(Path(root).rglob(name), key=lambda p: (len(p.parts), str(p)))
     return hits[0] if hits else None
 
 
@@ -42,18 +43,22 @@ def find_run(root: str | Path) -> dict[str, Path | None]:
     root = Path(root)
     if not root.is_dir():
         raise FedSegNetError(f"{root}: not a folder")
-    records = _shallowest(root, RECORDS)
+    records = shallowest_file(root, RECORDS)
     if records is None:
         raise FedSegNetError(f"{root}: no {RECORDS} below it (give a simulator workspace or a downloaded job result)")
     job = records.parent
     return {
         "records": records,
-        "cross_site": _shallowest(job, CROSS_SITE),
-        "model": _shallowest(job, MODEL),
+        "cross_site": shallowest_file(job, CROSS_SITE),
+        "model": shallowest_file(job, MODEL),
     }
 
 
-def read_records(path: Path) -> list[dict]:
+def read_records(path: str | Path) -> list[dict]:
+    """The per-round records of a ``fedsegnet_rounds.jsonl``, by round; a torn line is skipped (logged);
+    a missing file gives []."""
+    if not Path(path).exists():
+        return []
     out = []
     for i, line in enumerate(Path(path).read_text().splitlines()):
         if line.strip():
@@ -267,8 +272,9 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     from fedsegnet.data.datalist import load_datalist
     from fedsegnet.networks.spec import load_model_file
     from fedsegnet.training.infer import predict_case
-    from fedsegnet.training.site import evaluate_model_file
+    from fedsegnet.training.site import evaluate_model_file, pick_device
 
+    device = pick_device(device)
     result, spec = evaluate_model_file(model_path, data_dir, device=device)
     summary = result.to_dict()
     datalist = load_datalist(data_dir)
@@ -276,7 +282,7 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     case = cases[0]
     model, spec = load_model_file(model_path)
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]
-    pred, ref = predict_case(model, spec, images, device=device or "cpu")
+    pred, ref = predict_case(model, spec, images, device=device)
     image = np.asarray(ref.dataobj, dtype=np.float32)
     image = image[..., 0] if image.ndim == 4 else image
     label = np.asarray(nib.load(case["label"]).dataobj).astype(np.int64) if case.get("label") else None

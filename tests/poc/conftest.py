@@ -54,7 +54,3 @@ def tiny_job(dst, job="fedsegnet", **values) -> Path:
     return configure_job(JOBS / job, dst, **{**TINY, **values})
 
 
-def read_records(path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

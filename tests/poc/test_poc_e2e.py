@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fedsegnet.flare.poc import find_in_result
+from fedsegnet.report import read_records
 
-from .conftest import read_records, running_poc, tiny_job
+from .conftest import running_poc, tiny_job
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,9 @@ import torch
 
 from fedsegnet.flare.jobs import configure_job
 from fedsegnet.flare.poc import find_in_result
+from fedsegnet.report import read_records
 
-from .conftest import read_records, running_poc, tiny_job
+from .conftest import running_poc, tiny_job
 
 pytestmark = pytest.mark.slow
 

@@ -176,19 +176,22 @@ class UpdateEncoder(Filter, _CodecArgs):
         """Take the residual of round ``rnd - 1`` from the interrupted job ``resume_from``."""
         workspace = fl_ctx.get_engine().get_workspace()
         old = Path(workspace.get_run_dir(self.resume_from)) / self.residual_file
-        candidates = []
+        states = {}  # each file read once
         for path in (old, self._prev_path(old)):
             if path.exists():
                 try:
-                    state = torch.load(path, map_location="cpu", weights_only=True)
-                    candidates.append((path, state.get(RESIDUAL_ROUND_KEY)))
+                    states[path] = torch.load(path, map_location="cpu", weights_only=True)
                 except Exception as e:  # a torn file: skip it, say so
                     self.log_warning(fl_ctx, f"site {site}: cannot read {path} ({e}); not used")
-        chosen, why = pick_residual(candidates, rnd)
-        if chosen is not None and self._ef.load(chosen):
-            self.log_info(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
-        else:
-            self.log_warning(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
+        chosen, why = pick_residual([(p, st.get(RESIDUAL_ROUND_KEY)) for p, st in states.items()], rnd)
+        if chosen is not None:
+            try:
+                self._ef.load_state_dict(states[chosen])
+                self.log_info(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
+                return
+            except ValueError as e:
+                why = f"{chosen} is not a residual of this version ({e}); starting from zero"
+        self.log_warning(fl_ctx, f"site {site}: resuming job {self.resume_from}: {why}")
 
     def _save(self, rnd):
         """Keep this round's residual and the previous round's (a resumed job may need either)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
+from fedsegnet.report import read_records
 
 CONFIG_FILES = ("config_fed_server.json", "config_fed_client.json")
 _STRUCTURE_KEYS = {"format_version", "workflows", "components", "executors", "task_result_filters", "task_data_filters"}
@@ -230,9 +231,7 @@ class SimResults:
         return self.workspace / "server" / "log.txt"
 
     def read_records(self) -> list[dict]:
-        if not self.records.exists():
-            return []
-        return [json.loads(line) for line in self.records.read_text().splitlines() if line.strip()]
+        return read_records(self.records)
 
     def read_cross_site(self) -> dict:
         if not self.cross_site.exists():

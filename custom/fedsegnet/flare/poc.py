@@ -33,6 +33,7 @@ from pathlib import Path
 from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
+from fedsegnet.report import shallowest_file
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +279,7 @@ class PocSystem:
         Raises:
             FedSegNetError: the kit is missing, or this participant already runs.
         """
-        if name in self.running() and self.running()[name]:
+        if self._alive(name):
             raise FedSegNetError(f"{name} already runs (pid {self.pids[name]})")
         script = self.kit(name) / "startup" / "sub_start.sh"
         if not script.exists():
@@ -295,46 +296,39 @@ class PocSystem:
         logger.info("started %s (pid %d)", name, proc.pid)
         return proc.pid
 
+    def _alive(self, name: str) -> bool:
+        """Whether the participant ``name`` started by this system (or by the one that saved the
+        state) still runs."""
+        pid = self.pids.get(name)
+        if pid is None:
+            return False
+        proc = self._procs.get(name)
+        return proc.poll() is None if proc is not None else _pid_runs(pid, str(self.kit(name)))
+
     def running(self) -> dict[str, bool]:
         """``{participant: alive}`` for every participant this system started."""
-        out = {}
-        for name, pid in self.pids.items():
-            proc = self._procs.get(name)
-            if proc is not None:
-                out[name] = proc.poll() is None
-            else:
-                out[name] = _pid_runs(pid, str(self.kit(name)))
-        return out
+        return {name: self._alive(name) for name in self.pids}
 
     def kill(self, name: str, sig: int = signal.SIGKILL, timeout: float = 30.0):
         """Send ``sig`` to the process group of participant ``name`` (started by this system) and wait
         until its first process ended. SIGKILL simulates a crash or a power cut."""
-        pid = self.pids.get(name)
-        if pid is None or not self.running().get(name):
+        if not self._alive(name):
             return
+        pid = self.pids[name]
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
             return
-        proc = self._procs.get(name)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if (proc.poll() is not None) if proc is not None else not _pid_runs(pid, str(self.kit(name))):
-                break
+        while self._alive(name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        else:
+        try:  # the leader ended or the grace passed: end what is left of its group (its job processes)
             os.killpg(pid, signal.SIGKILL)
-        if proc is not None:
-            proc.wait(timeout=10)
-        self._kill_group_leftovers(pid)
-
-    @staticmethod
-    def _kill_group_leftovers(pgid: int):
-        """The job processes a participant forked live in its process group; end them too."""
-        try:
-            os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        proc = self._procs.get(name)
+        if proc is not None:
+            proc.wait(timeout=10)
 
     def stop(self, grace: float = 15.0):
         """Stop every participant this system started: SIGTERM to its process group, SIGKILL after ``grace``."""
@@ -409,10 +403,6 @@ class PocSystem:
         logger.info("submitted %s as job %s", job_dir, job_id)
         return job_id
 
-    def status(self, job_id: str) -> str | None:
-        with self.session() as s:
-            return s.get_job_status(job_id)
-
     def wait(self, job_id: str, timeout: float = 1800.0, on_round=None, poll: float = 2.0) -> str:
         """Wait until job ``job_id`` ends; returns its final status (e.g. ``"FINISHED:COMPLETED"``).
 
@@ -426,16 +416,20 @@ class PocSystem:
             FedSegNetError: the job did not end within ``timeout`` (it is left running; the caller decides).
         """
         deadline = time.monotonic() + timeout
-        seen = 0
+        offset = 0  # bytes of the records file already reported (complete lines only)
         records = self.server_run_dir(job_id) / ROUND_RECORDS_FILE
         with self.session() as s:
             while True:
                 status = s.get_job_status(job_id)
                 if on_round is not None and records.exists():
-                    lines = [x for x in records.read_text().splitlines() if x.strip()]
-                    for line in lines[seen:]:
-                        on_round(json.loads(line))
-                    seen = max(seen, len(lines))
+                    with open(records, "rb") as f:
+                        f.seek(offset)
+                        chunk = f.read()
+                    end = chunk.rfind(b"\n") + 1
+                    for line in chunk[:end].decode("utf-8").splitlines():
+                        if line.strip():
+                            on_round(json.loads(line))
+                    offset += end
                 if status and status.startswith("FINISHED"):
                     return status
                 if time.monotonic() > deadline:
@@ -450,10 +444,6 @@ class PocSystem:
             raise FedSegNetError(f"job {job_id}: download returned no result folder ({location!r})")
         return Path(location)
 
-    def abort(self, job_id: str):
-        with self.session() as s:
-            s.abort_job(job_id)
-
     def __enter__(self):
         return self
 
@@ -464,5 +454,4 @@ class PocSystem:
 def find_in_result(result_dir: str | Path, name: str) -> Path | None:
     """The shallowest file called ``name`` under a downloaded job result (its layout varies by FLARE
     version; a resumed job also holds the files it took over, one folder deeper)."""
-    hits = sorted(Path(result_dir).rglob(name), key=lambda p: (len(p.parts), str(p)))
-    return hits[0] if hits else None
+    return shallowest_file(result_dir, name)

@@ -46,12 +46,12 @@ def check_job_id(value: str, field: str = "resume_from") -> str:
 
 @dataclass
 class ResumePoint:
-    """What an earlier job of this server left: its run folder, global model and completed rounds."""
+    """What an earlier job of this server left: its run folder (or the folder its archive was
+    extracted into), global model and per-round records."""
 
     job_id: str
     run_dir: Path
     model: Path
-    completed: int
     records: Path
 
 
@@ -92,7 +92,7 @@ def find_resume_point(
             folders only).
 
     Returns:
-        The resume point; ``completed`` is filled by the caller from the checkpoint (0 here).
+        The resume point (the completed rounds are in the model's ``train_conf``).
 
     Raises:
         FedSegNetError: no model in either place; the message names the paths looked at.
@@ -101,7 +101,7 @@ def find_resume_point(
     run_dir = Path(server_root) / job_id
     model = run_dir / "app_server" / model_file
     if model.is_file():
-        return ResumePoint(job_id=job_id, run_dir=run_dir, model=model, completed=0, records=run_dir / ROUND_RECORDS_FILE)
+        return ResumePoint(job_id=job_id, run_dir=run_dir, model=model, records=run_dir / ROUND_RECORDS_FILE)
     store = job_store_root(server_root)
     archive = store / job_id / "workspace" if store is not None else None
     if archive is not None and archive.is_file() and extract_to is not None:
@@ -114,9 +114,8 @@ def find_resume_point(
                         z.extract(name, extract_to)
                     out = Path(extract_to)
                     return ResumePoint(
-                        job_id=job_id, run_dir=out, model=out / "app_server" / model_file, completed=0,
-                        records=out / ROUND_RECORDS_FILE,
-                    )  # fmt: skip
+                        job_id=job_id, run_dir=out, model=out / "app_server" / model_file, records=out / ROUND_RECORDS_FILE
+                    )
         except (OSError, zipfile.BadZipFile) as e:
             raise FedSegNetError(f"resume_from={job_id!r}: cannot read the archived workspace {archive}: {e}") from None
     found = sorted(p.name for p in Path(server_root).iterdir() if p.is_dir()) if Path(server_root).is_dir() else []

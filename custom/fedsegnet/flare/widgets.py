@@ -153,10 +153,9 @@ class RoundRecorder(Widget):
             for site, entry in aggregation.get("sites", {}).items():
                 self._sites.setdefault(site, {})["aggregation"] = _jsonable(entry)
         sites = dict(sorted(self._sites.items()))
-        for site in sites:
-            if "n_train" in sites[site]:
-                self._last_seen[site] = rnd
-        missing = sorted(set(self._job_sites(fl_ctx)) - set(sites))
+        sent = {site for site, entry in sites.items() if "n_train" in entry}  # an update arrived (not only bytes)
+        self._last_seen.update(dict.fromkeys(sent, rnd))
+        missing = sorted(set(self._job_sites(fl_ctx)) - sent)
         for site in missing:
             last = self._last_seen.get(site)
             self.log_warning(
