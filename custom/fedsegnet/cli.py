@@ -111,6 +111,14 @@ def print_eval_table(summary: dict, title: str = "") -> None:
             f"{row.get('n_missing_pred', 0)} / {row.get('n_missing_label', 0)} / {row.get('n_both_empty', 0)}"
         )
     print(f"  {'mean':<16}{_fmt(summary['dice_mean']):>8}{_fmt(summary['hd95_mean'], 2):>10}   ({summary['n_cases']} cases)")
+    if summary.get("per_region"):
+        print(f"  {'region':<16}{'Dice':>8}{'HD95 mm':>10}   missing (pred / label / both)")
+        for name, row in summary["per_region"].items():
+            print(
+                f"  {str(name):<16}{_fmt(row.get('dice')):>8}{_fmt(row.get('hd95'), 2):>10}   "
+                f"{row.get('n_missing_pred', 0)} / {row.get('n_missing_label', 0)} / {row.get('n_both_empty', 0)}"
+            )
+        print(f"  {'region mean':<16}{_fmt(summary['region_dice_mean']):>8}")
 
 
 def _cmd_eval(args) -> int:
@@ -119,7 +127,8 @@ def _cmd_eval(args) -> int:
     result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty())
     summary = result.to_dict()
     if args.json:
-        print(json.dumps({k: summary[k] for k in ("dice_mean", "hd95_mean", "per_class", "n_cases")}))
+        keys = ("dice_mean", "hd95_mean", "per_class", "n_cases", "per_region", "region_dice_mean")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
     else:
         print_eval_table(summary, f"{args.model} on {args.data} ({spec['network']}, preset {spec['preset']})")
     return 0
@@ -451,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = data.add_parser("split", help="per-site datalists from a dataset folder (MSD, ACDC, image/label pairs); no copying")
     sp.add_argument("dataset")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--layout", choices=("auto", "msd", "acdc", "pairs"), default="auto")
+    sp.add_argument("--layout", choices=("auto", "msd", "acdc", "brats", "pairs"), default="auto")
     sp.add_argument("--scheme", choices=("iid", "dirichlet", "by"), default="iid")
     sp.add_argument("--sites", type=int, default=2, help="number of sites (iid, dirichlet)")
     sp.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (smaller: more unequal sizes)")

@@ -12,7 +12,31 @@ from dataclasses import dataclass, field
 
 from fedsegnet.errors import ConfigError
 
-INTENSITY_MODES = ("zscore", "zscore_nonzero", "minmax")
+INTENSITY_MODES = ("zscore", "zscore_nonzero", "minmax", "ct_window")
+
+# Class-name patterns (searched, case-insensitive, in the names a dataset.json gives its labels,
+# "-" read as a space; see fedsegnet.data.labels). Each must single out one class.
+_WORD = r"(^|[^a-z]){}([^a-z]|$)"
+BRATS_CLASSES = (
+    ("necrotic_core", r"necro|non ?enhanc|" + _WORD.format("(ncr|net)")),
+    ("edema", r"edema|oedema|" + _WORD.format("ed")),
+    ("enhancing", r"^(?!.*non ?enhanc).*(enhanc|" + _WORD.format("et") + ")"),
+)
+BRATS_REGIONS = {
+    "whole_tumour": ("necrotic_core", "edema", "enhancing"),
+    "tumour_core": ("necrotic_core", "enhancing"),
+    "enhancing_tumour": ("enhancing",),
+}
+LITS_CLASSES = (
+    ("liver", r"^(?!.*(tumou?r|cancer|lesion|metasta)).*liver"),
+    ("tumour", r"tumou?r|cancer|lesion|metasta"),
+)
+ACDC_CLASSES = (
+    ("right_ventricle", r"right ?.?ventricle|" + _WORD.format("rv")),
+    ("myocardium", r"myo"),
+    ("left_ventricle", r"left ?.?ventricle|" + _WORD.format("lv")),
+)
+SYNTHETIC_CLASSES = (("organ", r"organ"), ("lesion", r"lesion"))
 
 
 @dataclass(frozen=True)
@@ -26,7 +50,8 @@ class Preset:
         patch_size: training crop and sliding-window ROI, voxels (x, y, z).
         spacing: target voxel spacing in mm after resampling (x, y, z).
         intensity: normalisation: ``zscore`` (whole volume), ``zscore_nonzero`` (MRI brain-style,
-            statistics over non-zero voxels, per channel) or ``minmax`` (to [0, 1]).
+            statistics over non-zero voxels, per channel), ``minmax`` (to [0, 1]) or ``ct_window``
+            (CT: clip to ``intensity_range`` in HU, then scale to [0, 1]).
         batch_size: training crops per step.
         num_samples: crops drawn per loaded volume (MONAI ``RandCropByPosNegLabeld``).
         pos_fraction: share of crops centred on foreground.
@@ -37,6 +62,18 @@ class Preset:
         sw_overlap: sliding-window overlap in [0, 1).
         cache_rate: share of the training set cached after deterministic transforms.
         num_workers: DataLoader workers (0 = load in the main process).
+        in_channels: image channels the model takes (job arg ``in_channels`` may change it unless
+            the preset names its classes, i.e. is a dataset preset).
+        num_classes: classes including background (as ``in_channels``; a dataset preset has
+            ``len(classes) + 1``).
+        classes: a dataset preset's foreground classes in model order, ``(name, pattern)``: each
+            site's labels are matched by name (see :mod:`fedsegnet.data.labels`). Empty for a
+            generic preset (a site's sorted label values are the class ids).
+        regions: region name -> class names it unites, scored like classes (BraTS's whole tumour,
+            tumour core, enhancing tumour).
+        label_values: the value ``fedsegnet infer`` writes for each class id (BraTS: ``0, 1, 2, 4``).
+            Empty = the class ids.
+        intensity_range: HU window of ``ct_window``.
     """
 
     name: str
@@ -55,6 +92,17 @@ class Preset:
     sw_overlap: float = 0.25
     cache_rate: float = 1.0
     num_workers: int = 0
+    in_channels: int = 1
+    num_classes: int = 3
+    classes: tuple[tuple[str, str], ...] = ()
+    regions: dict = field(default_factory=dict)
+    label_values: tuple[int, ...] = ()
+    intensity_range: tuple[float, float] = (-175.0, 250.0)
+
+    @property
+    def is_dataset(self) -> bool:
+        """True for a dataset preset (it names its classes and fixes channels and classes)."""
+        return bool(self.classes)
 
 
 PRESETS: dict[str, Preset] = {
@@ -112,7 +160,117 @@ PRESETS: dict[str, Preset] = {
         batch_size=4,
         num_samples=4,
     ),
+    # Dataset presets: they also fix channels, classes (matched by name at every site), regions
+    # and the intensity normalisation. Network and patch follow the GPU presets (SwinUNETR, 96^3,
+    # AMP); on a CPU override network/patch_size/spacing in the job args.
+    # The synthetic sites (fedsegnet data synth): the CPU preset's settings, organ + lesion.
+    "synthetic": Preset(
+        name="synthetic",
+        network="hybrid_unetr",
+        network_kwargs={"channels": (16, 32, 64), "num_heads": 4, "num_layers": 2},
+        patch_size=(32, 32, 32),
+        batch_size=4,
+        num_samples=4,
+        classes=SYNTHETIC_CLASSES,
+        num_classes=3,
+    ),
+    # BraTS / MSD Task01_BrainTumour: 4 MRI sequences (MSD order FLAIR, T1w, T1gd, T2w), 1 mm
+    # isotropic, z-score over brain voxels; classes by name (BraTS 1/2/4, MSD 1 edema / 2
+    # non-enhancing / 3 enhancing both map); whole tumour, tumour core and enhancing tumour scored;
+    # infer writes BraTS's 0/1/2/4.
+    "brats": Preset(
+        name="brats",
+        network="swin_unetr",
+        network_kwargs={"feature_size": 48},
+        patch_size=(96, 96, 96),
+        spacing=(1.0, 1.0, 1.0),
+        intensity="zscore_nonzero",
+        batch_size=2,
+        num_samples=2,
+        pos_fraction=0.67,
+        lr=1e-4,
+        sw_overlap=0.5,
+        num_workers=4,
+        in_channels=4,
+        classes=BRATS_CLASSES,
+        num_classes=4,
+        regions=BRATS_REGIONS,
+        label_values=(0, 1, 2, 4),
+    ),
+    # LiTS / MSD Task03_Liver: CT, abdominal window -175..250 HU scaled to [0, 1], 1 mm isotropic;
+    # liver (scored with the tumour inside it, as LiTS does) and tumour.
+    "lits": Preset(
+        name="lits",
+        network="swin_unetr",
+        network_kwargs={"feature_size": 48},
+        patch_size=(96, 96, 96),
+        spacing=(1.0, 1.0, 1.0),
+        intensity="ct_window",
+        intensity_range=(-175.0, 250.0),
+        batch_size=2,
+        num_samples=2,
+        lr=1e-4,
+        sw_overlap=0.5,
+        num_workers=4,
+        in_channels=1,
+        classes=LITS_CLASSES,
+        num_classes=3,
+        regions={"liver": ("liver", "tumour"), "tumour": ("tumour",)},
+    ),
+    # ACDC cine MRI (ED/ES frames): thick slices (5-10 mm), so 1.5 x 1.5 x 5 mm and flat patches
+    # 128 x 128 x 32 (SwinUNETR needs multiples of 32); right ventricle, myocardium, left ventricle.
+    "acdc": Preset(
+        name="acdc",
+        network="swin_unetr",
+        network_kwargs={"feature_size": 48},
+        patch_size=(128, 128, 32),
+        spacing=(1.5, 1.5, 5.0),
+        intensity="zscore",
+        batch_size=2,
+        num_samples=2,
+        lr=1e-4,
+        sw_overlap=0.5,
+        num_workers=4,
+        in_channels=1,
+        classes=ACDC_CLASSES,
+        num_classes=4,
+    ),
 }
+
+DATASET_PRESETS = tuple(name for name, p in PRESETS.items() if p.is_dataset)
+
+
+def model_shape(preset: Preset, num_classes: int | None = None, in_channels: int | None = None) -> tuple[int, int]:
+    """The ``(num_classes, in_channels)`` of a run: the job args, else the preset's.
+
+    Args:
+        preset: the run's preset.
+        num_classes: job arg (classes including background). Defaults to None (the preset's).
+        in_channels: job arg. Defaults to None (the preset's).
+
+    Returns:
+        ``(num_classes, in_channels)``.
+
+    Raises:
+        ConfigError: naming the job arg when it is not a positive int (``num_classes`` >= 2) or
+            when it contradicts a dataset preset.
+    """
+    out = []
+    for arg, value, fixed, low in (
+        ("num_classes", num_classes, preset.num_classes, 2),
+        ("in_channels", in_channels, preset.in_channels, 1),
+    ):
+        if value is None:
+            out.append(int(fixed))
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(arg, value, f"must be an int >= {low}")
+        if preset.is_dataset and value != fixed:
+            raise ConfigError(
+                arg, value, f"preset {preset.name!r} fixes {arg}={fixed}; leave the job arg {arg} out (null)"
+            )
+        out.append(int(value))
+    return out[0], out[1]
 
 
 def get_preset(name: str) -> Preset:

@@ -70,9 +70,12 @@ def faulty_update(update: Mapping, mode: str, *, factor: float = 10.0, seed: int
 
 
 def _test_set(test_dir: Path, config: TrainConfig):
+    from fedsegnet.training.site import site_label_map
+
     datalist = load_datalist(test_dir)
     cases = list(datalist.test or datalist.validation)
-    return datalist, cases, build_eval_dataset(cases, config.preset)
+    label_map = site_label_map(datalist, config.preset)
+    return label_map, cases, build_eval_dataset(cases, config.preset, label_map=label_map)
 
 
 def run_federation(
@@ -181,13 +184,14 @@ def run_federation(
             on_round(record)
     test = None
     if test_dir is not None:
-        datalist, cases, dataset = _test_set(Path(test_dir), config)
+        label_map, cases, dataset = _test_set(Path(test_dir), config)
         dev = pick_device(device)
         first.set_weights(global_weights)
         p = config.preset
         result = evaluate(
             first.model, eval_cases(cases, dataset), num_classes=num_classes, roi_size=p.patch_size,
-            sw_batch_size=p.sw_batch_size, overlap=p.sw_overlap, device=dev, amp=p.amp, class_names=datalist.labels,
+            sw_batch_size=p.sw_batch_size, overlap=p.sw_overlap, device=dev, amp=p.amp,
+            class_names=label_map.class_names, regions=label_map.regions,
         )  # fmt: skip
         test = result.to_dict()
     return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights}

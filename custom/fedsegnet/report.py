@@ -270,9 +270,9 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     import nibabel as nib
 
     from fedsegnet.data.datalist import load_datalist
-    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.networks.spec import load_model_file, preset_from_spec
     from fedsegnet.training.infer import predict_case
-    from fedsegnet.training.site import evaluate_model_file, pick_device
+    from fedsegnet.training.site import evaluate_model_file, pick_device, site_label_map
 
     device = pick_device(device)
     result, spec = evaluate_model_file(model_path, data_dir, device=device)
@@ -286,6 +286,16 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     image = np.asarray(ref.dataobj, dtype=np.float32)
     image = image[..., 0] if image.ndim == 4 else image
     label = np.asarray(nib.load(case["label"]).dataobj).astype(np.int64) if case.get("label") else None
+    # both as class ids: the label through the site's label map, the prediction back from written values
+    label_map = site_label_map(datalist, preset_from_spec(spec))
+    if label is not None:
+        lut = np.zeros(max(label_map.source_values) + 1, dtype=np.int64)
+        lut[list(label_map.source_values)] = label_map.class_ids
+        label = lut[np.clip(label, 0, len(lut) - 1)]
+    if spec.get("label_values"):
+        back = np.zeros(max(spec["label_values"]) + 1, dtype=np.int64)
+        back[spec["label_values"]] = np.arange(len(spec["label_values"]))
+        pred = back[pred]
     name = Path(images[0]).name
     _plot_slices(out / "test_case_slices.png", image, label, pred, f"{name}: global model")
     figures.append(("test_case_slices.png", f"Three slices of held-out case {name} with the label (green) and the global model's predicted classes."))
@@ -318,6 +328,11 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
         class_rows = [[name, _f(c["dice"]), _f(c["hd95"], 2), c.get("n_missing_pred", ""), c.get("n_missing_label", ""), c.get("n_both_empty", "")]
                       for name, c in summary["per_class"].items()]  # fmt: skip
         parts.append(_table(["class", "Dice", "HD95 (mm)", "cases: empty prediction", "empty label", "both empty"], class_rows))
+        if summary.get("per_region"):
+            region_rows = [[name, _f(c["dice"]), _f(c["hd95"], 2), c.get("n_missing_pred", ""), c.get("n_missing_label", ""), c.get("n_both_empty", "")]
+                           for name, c in summary["per_region"].items()]  # fmt: skip
+            parts.append(f"<p>Regions (unions of classes), mean Dice {_f(summary.get('region_dice_mean'))}:</p>")
+            parts.append(_table(["region", "Dice", "HD95 (mm)", "cases: empty prediction", "empty label", "both empty"], region_rows))
     for title, table in cross_tables:
         parts.append(f"<h2>{html.escape(title)}</h2>{table}")
     parts.append("<h2>Figures</h2>")

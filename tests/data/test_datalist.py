@@ -112,7 +112,7 @@ def test_top_level_not_object(tmp_path):
 
 def test_every_problem_collected_in_one_error(tmp_path):
     spec = {
-        "labels": {"0": "background", "2": "lesion"},  # not contiguous
+        "labels": {"1": "organ", "2": "lesion"},  # no background value 0
         "modality": ["MRI"],  # wrong type
         "validation": [
             {"label": "labelsTr/a.nii.gz"},  # no image
@@ -133,7 +133,7 @@ def test_every_problem_collected_in_one_error(tmp_path):
     joined = "\n".join(problems)
     for needle in (
         "missing key 'training'",
-        "'labels' keys must be contiguous from 0",
+        "'labels' keys must be label values in 0..255 including 0",
         "'modality' must be an object",
         "validation[0]: missing 'image'",
         "validation[1]: missing 'label'",
@@ -155,6 +155,7 @@ def test_every_problem_collected_in_one_error(tmp_path):
         ({"labels": {"0": "background", "1": 5}}, "must be a name"),
         ({"labels": {}}, "'labels' is empty"),
         ({"modality": {"1": "MRI"}}, "'modality' keys must be contiguous from 0"),
+        ({"labels": {"0": "background", "300": "organ"}}, "label values in 0..255 including 0"),
         ({"training": "imagesTr"}, "'training' must be a list"),
         ({"training": [{"image": [], "label": "l.nii.gz"}]}, "training[0].image"),
         ({"training": [{"image": "a.nii.gz", "label": ""}]}, "training[0].label"),
@@ -165,6 +166,14 @@ def test_single_malformed_field(tmp_path, changes, needle):
     with pytest.raises(DataError) as err:
         load_datalist(tmp_path / "s")
     assert any(needle in p and str(path) in p for p in err.value.problems), err.value.problems
+
+
+def test_non_contiguous_label_values_load(tmp_path):
+    """BraTS stores 0, 1, 2, 4: the values are kept; the label map turns them into class ids."""
+    _write_json(tmp_path / "s", _valid_spec(labels={"0": "background", "1": "NCR", "2": "ED", "4": "ET"}))
+    dl = load_datalist(tmp_path / "s")
+    assert dl.labels == {0: "background", 1: "NCR", 2: "ED", 4: "ET"}
+    assert dl.num_classes == 4
 
 
 def test_missing_labels_and_modality(tmp_path):

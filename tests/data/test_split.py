@@ -151,3 +151,50 @@ def test_cli_split(tmp_path, capsys):
     summary = json.loads((tmp_path / "sites" / "split.json").read_text())
     assert summary["layout"] == "msd" and summary["test"] == 2
     assert sum(s["training"] + s["validation"] for s in summary["sites"].values()) == 8
+
+
+def make_brats(root: Path, n=6, naming="2021", size=8) -> Path:
+    """BraTS case folders: four sequences and a segmentation with necrotic core, edema, enhancing."""
+    seqs, seg, et = (("_flair", "_t1", "_t1ce", "_t2"), "_seg", 4) if naming == "2021" else (("-t2f", "-t1n", "-t1c", "-t2w"), "-seg", 3)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        case = f"BraTS2021_{i:05d}" if naming == "2021" else f"BraTS-GLI-{i:05d}-000"
+        folder = root / case
+        folder.mkdir(parents=True)
+        lab = np.zeros((size,) * 3, dtype=np.uint8)
+        c, r = size // 2, size // 4
+        lab[c - r : c + r, c - r : c + r, c - r : c + r] = 2
+        lab[c - r // 2 - 1 : c + r // 2 + 1, c - r // 2 - 1 : c + r // 2 + 1, c - r // 2 - 1 : c + r // 2 + 1] = et
+        lab[c - 1 : c + 1, c - 1 : c + 1, c - 1 : c + 1] = 1
+        for k, s in enumerate(seqs):
+            img = rng.normal(size=lab.shape).astype(np.float32) * 0.2 + 1.0 + (lab > 0) * (1 + k) + (lab == et) * 2
+            nib.save(nib.Nifti1Image(img, np.eye(4)), str(folder / f"{case}{s}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, np.eye(4)), str(folder / f"{case}{seg}.nii.gz"))
+    return root
+
+
+@pytest.mark.parametrize("naming, et", [("2021", 4), ("2023", 3)])
+def test_brats_layout_lists_four_sequences_in_msd_order(tmp_path, naming, et):
+    source = read_dataset(make_brats(tmp_path / "brats", naming=naming))
+    assert source.layout == "brats" and len(source.cases) == 6
+    assert source.labels[et] == "enhancing_tumour" and source.modality == {0: "FLAIR", 1: "T1w", 2: "T1gd", 3: "T2w"}
+    first = [Path(p).name for p in source.cases[0].image]
+    assert first == (["BraTS2021_00000_flair.nii.gz", "BraTS2021_00000_t1.nii.gz", "BraTS2021_00000_t1ce.nii.gz", "BraTS2021_00000_t2.nii.gz"]
+                     if naming == "2021" else ["BraTS-GLI-00000-000-t2f.nii.gz", "BraTS-GLI-00000-000-t1n.nii.gz",
+                                               "BraTS-GLI-00000-000-t1c.nii.gz", "BraTS-GLI-00000-000-t2w.nii.gz"])  # fmt: skip
+    assignment, test = split_cases(source.cases, sites=2, test_fraction=0.34, seed=0)
+    write_split(source, assignment, test, tmp_path / "out")
+    datalist = load_datalist(tmp_path / "out" / "site-1")
+    assert datalist.in_channels == 4 and len(datalist.training[0]["image"]) == 4 and datalist.labels[et] == "enhancing_tumour"
+
+
+def test_broken_brats_folders_are_named(tmp_path):
+    root = make_brats(tmp_path / "b")
+    (root / "BraTS2021_00002" / "BraTS2021_00002_t1ce.nii.gz").unlink()
+    with pytest.raises(FedSegNetError, match=r"case 'BraTS2021_00002' has no BraTS2021_00002_t1ce.nii.gz"):
+        read_dataset(root)
+    make_brats(tmp_path / "b" / "new", n=1, naming="2023")
+    with pytest.raises(FedSegNetError, match="mixes BraTS 2020/2021"):
+        read_dataset(root, "brats")
+    with pytest.raises(FedSegNetError, match="no BraTS case folder"):
+        read_dataset(make_pairs(tmp_path / "p"), "brats")

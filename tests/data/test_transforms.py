@@ -136,6 +136,21 @@ def test_intensity_modes(small_synth, mode):
         assert abs(nz.mean()) < 1e-2 and abs(nz.std() - 1) < 1e-2
 
 
+def test_ct_window_clips_hounsfield_units_to_0_1(tmp_path):
+    from .conftest import save_nifti
+
+    hu = np.linspace(-1000, 1000, 16 ** 3, dtype=np.float32).reshape(16, 16, 16)
+    path = save_nifti(tmp_path / "ct.nii.gz", hu, np.eye(4))
+    preset = dataclasses.replace(PRESET, intensity="ct_window", intensity_range=(-175.0, 250.0), spacing=(1.0, 1.0, 1.0))
+    x = eval_transforms(preset)({"image": str(path)})["image"].numpy()[0]
+    assert x.min() == 0.0 and x.max() == 1.0
+    inside = (hu > -175) & (hu < 250)
+    np.testing.assert_allclose(x[inside], (hu[inside] + 175) / 425, atol=1e-5)
+    with pytest.raises(ConfigError) as err:
+        eval_transforms(dataclasses.replace(preset, intensity_range=(250.0, -175.0)))
+    assert err.value.field == "intensity_range"
+
+
 @pytest.mark.parametrize(
     "changes, field",
     [

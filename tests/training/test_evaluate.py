@@ -216,3 +216,32 @@ def test_bad_arguments(kwargs, field):
 def test_bad_case_names_it(case, match):
     with pytest.raises(TrainingError, match=match):
         run([case], roi_size=8)
+
+
+def _dice(a, b):
+    a, b = a.bool(), b.bool()
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+def test_regions_are_scored_on_union_masks():
+    """A region (union of classes) gets its own Dice/HD95; a class swap inside it costs nothing there."""
+    label = cube(lo=4, hi=12, cls=2, base=cube())  # class 1 shell around a class 2 core
+    pred = cube(lo=4, hi=13, cls=1, base=cube(lo=8, hi=17))  # shifted; class 2 predicted as 1
+    result = run([make_case(pred, label)], regions={"tumour": [1, 2], "core": [2]})
+    assert result.region_dice["tumour"] == pytest.approx(_dice(pred > 0, label > 0))
+    assert result.region_dice["core"] == 0.0  # core never predicted
+    assert result.missing["core"]["n_missing_pred"] == 1
+    assert result.region_hd95["tumour"] > 0 and result.region_hd95["core"] is None
+    same = run([make_case(label.clamp(max=1), label)], regions={"tumour": [1, 2]})
+    assert same.region_dice["tumour"] == 1.0 and same.dice[2] == 0.0
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert set(summary["per_region"]) == {"tumour", "core"}
+    assert summary["region_dice_mean"] == pytest.approx((result.region_dice["tumour"] + 0.0) / 2)
+    assert "per_region" not in run([make_case(label, label)]).to_dict()
+
+
+@pytest.mark.parametrize("regions", [{"r": [0]}, {"r": [3]}, {"r": []}, ["a"]])
+def test_bad_regions_are_refused(regions):
+    label = cube()
+    with pytest.raises(ConfigError, match="regions"):
+        run([make_case(label, label)], regions=regions)

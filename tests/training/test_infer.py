@@ -117,3 +117,39 @@ def test_errors_name_the_problem(tmp_path, model, capsys):
     rc = main(["infer", "--model", str(path), "--image", str(a), "--out", str(tmp_path / "o.nii.gz"), "--preset", "gpu"])
     assert rc == 2 and "trained with preset 'tiny'" in capsys.readouterr().err
     assert not (tmp_path / "o.nii.gz").exists()
+
+
+def _brats_model(path: Path, label_values=True) -> Path:
+    preset = build_train_config(preset="brats", network="hybrid_unetr", patch_size=32, spacing=1.5).preset
+    spec = model_spec(preset, in_channels=4, num_classes=4)
+    if not label_values:
+        spec["label_values"] = []
+    torch.manual_seed(1)
+    net = build_from_spec(spec)
+    torch.save({"model": state_dict_for_exchange(net), "train_conf": {"fedsegnet": spec}}, path)
+    return path
+
+
+def test_one_4d_file_equals_its_channels_as_3d_files_and_brats_values_are_written(tmp_path):
+    """MSD Task01 stores the 4 sequences in one 4D file; BraTS writes enhancing tumour as 4."""
+    net, spec = load_model_file(_brats_model(tmp_path / "brats.pt"))
+    assert spec["label_values"] == [0, 1, 2, 4] and spec["in_channels"] == 4
+    channels = [_volume(tmp_path / f"c{ch}.nii.gz", seed=ch) for ch in range(4)]
+    stacked = np.stack([np.asarray(nib.load(str(p)).dataobj) for p in channels], axis=-1)
+    four_d = tmp_path / "case_4d.nii.gz"
+    nib.save(nib.Nifti1Image(stacked, nib.load(str(channels[0])).affine), str(four_d))
+    a, _ = predict_case(net, spec, channels)
+    b, ref = predict_case(net, spec, [four_d])
+    np.testing.assert_array_equal(a, b)
+    assert ref.shape == (24, 20, 28, 4) and b.shape == (24, 20, 28)
+    assert set(np.unique(a)) <= {0, 1, 2, 4}
+    ids_net, ids_spec = load_model_file(_brats_model(tmp_path / "ids.pt", label_values=False))
+    ids, _ = predict_case(ids_net, ids_spec, channels)  # same weights, class ids written
+    np.testing.assert_array_equal(np.asarray([0, 1, 2, 4])[ids], a)
+    assert len(np.unique(ids)) > 1, "a one-class prediction would prove nothing"
+    folder = tmp_path / "msd"
+    folder.mkdir()
+    four_d.rename(folder / "BRATS_001.nii.gz")
+    assert list(cases_in_folder(folder, 4)) == ["BRATS_001"]
+    with pytest.raises(FedSegNetError, match=r"gives 4 channel\(s\) but the model takes 2"):
+        check_inputs([folder / "BRATS_001.nii.gz"], 2)

@@ -48,7 +48,8 @@ class SiteDatalist:
     Args:
         root: folder holding ``dataset.json``.
         name: the site name (used in every error message about this site's data).
-        labels: class id -> class name, contiguous from 0 (0 is background).
+        labels: label value -> class name, as stored in the label files (0 is background; values
+            need not be contiguous, e.g. BraTS 0, 1, 2, 4: see :mod:`fedsegnet.data.labels`).
         modality: channel index (as a string, MSD style) -> modality name, one per image channel.
         training: training cases, each ``{"image": str | list[str], "label": str}`` with absolute
             paths.
@@ -140,8 +141,12 @@ def _check_case(entry, where: str, problems: list[str], root: Path, need_label: 
     return case
 
 
-def _check_index_map(value, key: str, where: str, problems: list[str]) -> dict[int, str] | None:
-    """Validate an MSD ``{"0": name, "1": name}`` map; keys must be contiguous ints from 0."""
+def _check_index_map(value, key: str, where: str, problems: list[str], contiguous: bool = True) -> dict[int, str] | None:
+    """Validate an MSD ``{"0": name, "1": name}`` map; keys must be contiguous ints from 0.
+
+    With ``contiguous=False`` (label values) the keys need only be distinct values in 0..255 that
+    include 0 (BraTS labels 0, 1, 2, 4).
+    """
     if not isinstance(value, dict):
         problems.append(f"{where}: '{key}' must be an object like {{\"0\": \"...\"}}, got {type(value).__name__}")
         return None
@@ -159,7 +164,14 @@ def _check_index_map(value, key: str, where: str, problems: list[str]) -> dict[i
     if not out:
         problems.append(f"{where}: '{key}' is empty")
         return None
-    if sorted(out) != list(range(len(out))):
+    if not contiguous:
+        bad = sorted(k for k in out if not 0 <= k <= 255)
+        if bad or 0 not in out:
+            problems.append(
+                f"{where}: '{key}' keys must be label values in 0..255 including 0 (background), got {sorted(out)}"
+            )
+            return None
+    elif sorted(out) != list(range(len(out))):
         problems.append(
             f"{where}: '{key}' keys must be contiguous from 0, got {sorted(out)} (expected {list(range(len(out)))})"
         )
@@ -185,7 +197,7 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
 
     Raises:
         DataError: listing every problem found (missing file, invalid JSON, missing key, wrong
-            type, labels not contiguous from 0, a case without ``image``/``label``); each problem
+            type, label values without 0 or outside 0..255, a case without ``image``/``label``); each problem
             names the ``dataset.json`` path and the field.
     """
     root = Path(site_dir).expanduser().absolute()
@@ -210,7 +222,7 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
         if key not in spec:
             problems.append(f"{where}: missing key '{key}'")
     if "labels" in spec:
-        labels = _check_index_map(spec["labels"], "labels", where, problems)
+        labels = _check_index_map(spec["labels"], "labels", where, problems, contiguous=False)
         if labels is not None and len(labels) < 2:
             problems.append(f"{where}: 'labels' must declare background (0) and at least one class, got {labels}")
     if "modality" in spec:

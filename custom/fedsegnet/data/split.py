@@ -9,9 +9,14 @@ Layouts read (``layout="auto"`` picks by what the folder holds):
   ``Group``, ...) and ``<patient>_frameNN.nii.gz`` / ``<patient>_frameNN_gt.nii.gz``; each patient
   gives two cases (ED and ES frames) that always stay together in one split; labels 0 background,
   1 right ventricle, 2 myocardium, 3 left ventricle; ``Group`` (the pathology) is a metadata column.
+- ``brats``: the BraTS challenge layout: one folder per case with four sequences and a
+  segmentation, ``<case>_{flair,t1,t1ce,t2,seg}.nii.gz`` (BraTS 2020/2021: labels 1 necrotic core,
+  2 edema, 4 enhancing) or ``<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz`` (BraTS 2023: enhancing is 3).
+  The image of a case is the list of its four files in MSD's channel order (FLAIR, T1w, T1gd, T2w),
+  so BraTS and MSD Task01 sites feed one model alike; the ``brats`` preset maps both label sets.
 - ``pairs``: any folder of image/label NIfTI pairs: ``images*/X.nii.gz`` with ``labels*/X.nii.gz``,
-  or ``X.nii.gz`` beside ``X_seg``/``X_label``/``X_gt``/``X_mask.nii.gz``. The label names are
-  ``class_1``, ... up to the largest label value found (read with a progress bar) unless given.
+  or ``X.nii.gz`` beside ``X_seg``/``X_label``/``X_gt``/``X_mask.nii.gz``. The label values found
+  (read with a progress bar) are named ``class_<value>`` unless names are given.
 
 Schemes: ``iid`` (shuffled, sizes as equal as possible), ``dirichlet`` (site sizes drawn from a
 Dirichlet(``alpha``) distribution: smaller alpha, more unequal; each site keeps at least
@@ -37,10 +42,15 @@ from fedsegnet.errors import ConfigError, FedSegNetError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "msd", "acdc", "pairs")
+LAYOUTS = ("auto", "msd", "acdc", "brats", "pairs")
 SCHEMES = ("iid", "dirichlet", "by")
 ACDC_LABELS = {0: "background", 1: "right_ventricle", 2: "myocardium", 3: "left_ventricle"}
 _LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_gt", "_mask")
+# BraTS sequence file suffixes in MSD Task01's channel order (FLAIR, T1w, T1gd, T2w), per naming.
+BRATS_NAMINGS = {
+    "_seg": (("_flair", "_t1", "_t1ce", "_t2"), {0: "background", 1: "necrotic_tumour_core", 2: "peritumoral_edema", 4: "enhancing_tumour"}),
+    "-seg": (("-t2f", "-t1n", "-t1c", "-t2w"), {0: "background", 1: "necrotic_tumour_core", 2: "peritumoral_edema", 3: "enhancing_tumour"}),
+}
 _NII = (".nii.gz", ".nii")
 
 
@@ -141,6 +151,41 @@ def read_acdc(root: Path) -> DatasetSource:
     return DatasetSource(root.name, "acdc", dict(ACDC_LABELS), {0: "cine-MRI"}, cases)
 
 
+def _brats_segs(root: Path) -> list[tuple[Path, str]]:
+    found = []
+    for seg_suffix, (channels, _) in BRATS_NAMINGS.items():
+        for seg in root.rglob(f"*{seg_suffix}.nii*"):
+            case = _stem(seg.name)[: -len(seg_suffix)]
+            if any(seg.with_name(case + channels[0] + ext).is_file() for ext in _NII):
+                found.append((seg, seg_suffix))
+    return sorted(found)
+
+
+def read_brats(root: Path) -> DatasetSource:
+    problems, cases, namings = [], [], set()
+    for seg, seg_suffix in _brats_segs(root):
+        channels, _ = BRATS_NAMINGS[seg_suffix]
+        case = _stem(seg.name)[: -len(seg_suffix)]
+        files = []
+        for suffix in channels:
+            hit = next((seg.with_name(case + suffix + ext) for ext in _NII if seg.with_name(case + suffix + ext).is_file()), None)
+            if hit is None:
+                problems.append(f"{seg.parent}: case {case!r} has no {case}{suffix}.nii.gz")
+            files.append(hit)
+        if None in files:
+            continue
+        namings.add(seg_suffix)
+        cases.append(Case([str(f.resolve()) for f in files], str(seg.resolve()), group=case, meta={"file": seg.name}))
+    if len(namings) > 1:
+        problems.append(f"{root}: mixes BraTS 2020/2021 (_seg) and BraTS 2023 (-seg) cases, whose label values differ; split them apart")
+    if problems:
+        raise FedSegNetError(f"{root}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    if not cases:
+        raise FedSegNetError(f"{root}: no BraTS case folder (<case>_seg.nii.gz beside <case>_flair.nii.gz, or -seg/-t2f) found")
+    labels = BRATS_NAMINGS[namings.pop()][1]
+    return DatasetSource(root.name, "brats", dict(labels), {0: "FLAIR", 1: "T1w", 2: "T1gd", 3: "T2w"}, cases)
+
+
 def _label_for(image: Path) -> Path | None:
     stem = _stem(image.name)
     for suffix in _LABEL_SUFFIXES:
@@ -179,29 +224,36 @@ def read_pairs(root: Path, labels: dict[int, str] | None = None, progress: Calla
     if labels is None:
         import nibabel as nib
 
-        top = 0
+        values = {0}
         iterable = progress(pairs) if progress else pairs
         for _, label in iterable:
-            top = max(top, int(np.asarray(nib.load(str(label)).dataobj).max()))
-        labels = {0: "background", **{i: f"class_{i}" for i in range(1, top + 1)}}
+            values |= {int(v) for v in np.unique(np.asarray(nib.load(str(label)).dataobj))}
+        labels = {0: "background", **{v: f"class_{v}" for v in sorted(values - {0})}}
     cases = [Case(str(i.resolve()), str(lab.resolve()), group=_stem(i.name), meta={"file": i.name}) for i, lab in pairs]
     return DatasetSource(root.name, "pairs", dict(labels), {0: "image"}, cases)
 
 
 def read_dataset(root: str | Path, layout: str = "auto", labels: dict[int, str] | None = None, progress=None) -> DatasetSource:
     """Read a dataset folder in one of :data:`LAYOUTS` (``auto``: ``dataset.json`` -> msd,
-    ``Info.cfg`` below -> acdc, else pairs)."""
+    ``Info.cfg`` below -> acdc, BraTS case files below -> brats, else pairs)."""
     root = Path(root)
     if layout not in LAYOUTS:
         raise ConfigError("layout", layout, "unknown dataset layout", options=LAYOUTS)
     if not root.is_dir():
         raise FedSegNetError(f"{root}: not a folder")
     if layout == "auto":
-        layout = "msd" if (root / DATASET_JSON).is_file() else "acdc" if next(root.rglob("Info.cfg"), None) else "pairs"
+        if (root / DATASET_JSON).is_file():
+            layout = "msd"
+        elif next(root.rglob("Info.cfg"), None):
+            layout = "acdc"
+        else:
+            layout = "brats" if _brats_segs(root) else "pairs"
     if layout == "msd":
         return read_msd(root)
     if layout == "acdc":
         return read_acdc(root)
+    if layout == "brats":
+        return read_brats(root)
     return read_pairs(root, labels, progress)
 
 

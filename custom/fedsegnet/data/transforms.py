@@ -36,6 +36,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityd,
+    ScaleIntensityRanged,
     Spacingd,
     SpatialPadd,
 )
@@ -59,13 +60,20 @@ def _intensity(preset: Preset):
         return NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)
     if mode == "minmax":
         return ScaleIntensityd(keys="image", minv=0.0, maxv=1.0, channel_wise=True)
+    if mode == "ct_window":
+        low, high = (float(v) for v in preset.intensity_range)
+        if not high > low:
+            raise ConfigError("intensity_range", preset.intensity_range, "must be (low, high) HU with high > low")
+        return ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
     raise ConfigError("intensity", mode, "unknown intensity normalisation", options=INTENSITY_MODES)
 
 
-def _deterministic(preset: Preset) -> list:
+def _deterministic(preset: Preset, label_map=None) -> list:
+    mapping = label_map.transform() if label_map is not None else None
     return [
         LoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(KEYS), allow_missing_keys=True),
+        *([mapping] if mapping is not None else []),
         Orientationd(keys=list(KEYS), axcodes="RAS", labels=_AXIS_LABELS, allow_missing_keys=True),
         Spacingd(keys=list(KEYS), pixdim=tuple(preset.spacing), mode=("bilinear", "nearest"), allow_missing_keys=True),
         _intensity(preset),
@@ -107,7 +115,7 @@ def crops_per_volume(preset: Preset) -> int:
     return k
 
 
-def train_transforms(preset: Preset, num_classes: int) -> Compose:
+def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compose:
     """Training transforms: deterministic preprocessing, then random crops, flips and jitter.
 
     Load (NIfTI, channels first), reorient to RAS, resample to ``preset.spacing`` (bilinear image,
@@ -119,6 +127,8 @@ def train_transforms(preset: Preset, num_classes: int) -> Compose:
     Args:
         preset: the run's preset.
         num_classes: classes including background, >= 2 (checked; crops centre on any label > 0).
+        label_map: a :class:`~fedsegnet.data.labels.LabelMap` turning the site's label values into
+            class ids right after loading. Defaults to None (the files hold class ids).
 
     Returns:
         A MONAI ``Compose``; apply :meth:`set_random_state` for reproducible crops.
@@ -132,7 +142,7 @@ def train_transforms(preset: Preset, num_classes: int) -> Compose:
     patch = tuple(int(p) for p in preset.patch_size)
     pos = float(preset.pos_fraction)
     return Compose(
-        _deterministic(preset)
+        _deterministic(preset, label_map)
         + [
             SpatialPadd(keys=list(KEYS), spatial_size=patch),
             EnsureTyped(keys=list(KEYS), dtype=torch.float32),
@@ -154,7 +164,7 @@ def train_transforms(preset: Preset, num_classes: int) -> Compose:
     )
 
 
-def eval_transforms(preset: Preset) -> Compose:
+def eval_transforms(preset: Preset, label_map=None) -> Compose:
     """Deterministic transforms for evaluation and inference (no crop, no padding).
 
     Load, channels first, reorient to RAS, resample to ``preset.spacing``, normalise. ``label`` is
@@ -163,6 +173,7 @@ def eval_transforms(preset: Preset) -> Compose:
 
     Args:
         preset: the run's preset.
+        label_map: maps the site's label values to class ids after loading. Defaults to None.
 
     Returns:
         A MONAI ``Compose``.
@@ -172,7 +183,7 @@ def eval_transforms(preset: Preset) -> Compose:
     """
     _check_preset(preset)
     final = EnsureTyped(keys=list(KEYS), dtype=torch.float32, allow_missing_keys=True)
-    return Compose(_deterministic(preset) + [final])
+    return Compose(_deterministic(preset, label_map) + [final])
 
 
 def estimate_case_bytes(case: dict, preset: Preset) -> int:
@@ -258,6 +269,7 @@ def build_train_loader(
     seed: int,
     cache: bool = True,
     max_cache_bytes: int | None = None,
+    label_map=None,
 ) -> DataLoader:
     """Training loader: shuffled volumes, ``crops_per_volume`` random crops each, batched.
 
@@ -274,6 +286,7 @@ def build_train_loader(
         cache: cache the deterministic part with ``CacheDataset`` (``preset.cache_rate``, capped
             to fit memory). Defaults to True.
         max_cache_bytes: cache budget. Defaults to None (half the available memory).
+        label_map: maps the site's label values to class ids. Defaults to None (identity).
 
     Returns:
         A MONAI ``DataLoader`` yielding ``{"image": (B, C, *patch) float32, "label": (B, 1, *patch)
@@ -284,7 +297,7 @@ def build_train_loader(
     """
     if not cases:
         raise ConfigError("cases", list(cases), "no training cases")
-    transform = train_transforms(preset, num_classes)
+    transform = train_transforms(preset, num_classes, label_map)
     transform.set_random_state(seed=int(seed) % (2**32))
     ds = _dataset(cases, transform, preset, cache, max_cache_bytes)
     volumes = int(preset.batch_size) // crops_per_volume(preset)
@@ -301,7 +314,12 @@ def build_train_loader(
 
 
 def build_eval_dataset(
-    cases: Sequence[dict], preset: Preset, *, cache: bool = True, max_cache_bytes: int | None = None
+    cases: Sequence[dict],
+    preset: Preset,
+    *,
+    cache: bool = True,
+    max_cache_bytes: int | None = None,
+    label_map=None,
 ) -> Dataset:
     """Evaluation dataset: whole volumes after the deterministic transforms.
 
@@ -311,6 +329,7 @@ def build_eval_dataset(
         cache: cache items with ``CacheDataset`` (``preset.cache_rate``, capped to fit memory).
             Defaults to True.
         max_cache_bytes: cache budget. Defaults to None (half the available memory).
+        label_map: maps the site's label values to class ids. Defaults to None (identity).
 
     Returns:
         A dataset whose items are ``{"image": (C, X, Y, Z) MetaTensor, "label": (1, X, Y, Z)
@@ -319,7 +338,7 @@ def build_eval_dataset(
     Raises:
         ConfigError: for a bad preset field.
     """
-    return _dataset(cases, eval_transforms(preset), preset, cache, max_cache_bytes)
+    return _dataset(cases, eval_transforms(preset, label_map), preset, cache, max_cache_bytes)
 
 
 def case_spacing(item: dict) -> tuple[float, float, float]:

@@ -22,7 +22,7 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
-from fedsegnet.config import build_train_config
+from fedsegnet.config import build_train_config, model_shape
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
@@ -44,9 +44,10 @@ class SegLearner(Learner):
     Args:
         data_root: folder holding one sub-folder per site (named as the FLARE site). Defaults to
             None (read the ``FEDSEGNET_DATA_ROOT`` environment variable at the site).
-        num_classes: classes the model predicts, including background. Defaults to None (take it
-            from the site's ``dataset.json``; the server persistor must agree).
-        in_channels: image channels. Defaults to None (from ``dataset.json``).
+        num_classes: classes the model predicts, including background. Defaults to None (the
+            preset's, as the server persistor does: 3 for the generic presets, fixed by a dataset
+            preset); the site's ``dataset.json`` must agree.
+        in_channels: image channels. Defaults to None (the preset's: 1 for the generic presets).
         preset: preset name (see ``fedsegnet.config.PRESETS``). Defaults to ``"cpu"``.
         local_steps: optimiser steps per round. Defaults to 50.
         seed: job seed; each site derives its own. Defaults to 0.
@@ -153,13 +154,14 @@ class SegLearner(Learner):
                 val_max_cases=self.val_max_cases,
                 torch_threads=self.torch_threads,
             )
+            num_classes, in_channels = model_shape(config.preset, self.num_classes, self.in_channels)
             t0 = time.perf_counter()
             self.trainer = SiteTrainer(
                 site_dir,
                 config,
                 site=self.site,
-                num_classes=self.num_classes,
-                in_channels=self.in_channels,
+                num_classes=num_classes,
+                in_channels=in_channels,
                 device=self.device,
                 agreement_batches=self.agreement_batches,
                 proximal_loss=PTFedProxLoss(mu=self.fedprox_mu) if self.fedprox_mu > 0 else None,

@@ -18,7 +18,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from fedsegnet.config import build_train_config
+from fedsegnet.config import build_train_config, model_shape
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.aggregator import aggregation_for
 from fedsegnet.flare.constants import AAM_STATE_KEY, ROUND_RECORDS_FILE
@@ -35,8 +35,9 @@ class SegModelPersistor(PTFileModelPersistor):
     """Persist the global segmentation model; the initial model is built (seeded) from job args.
 
     Args:
-        num_classes: classes the model predicts, including background.
-        in_channels: image channels. Defaults to 1.
+        num_classes: classes the model predicts, including background. Defaults to None (the
+            preset's: 3 for the generic presets, fixed by a dataset preset).
+        in_channels: image channels. Defaults to None (the preset's: 1 for the generic presets).
         preset: preset name. Defaults to ``"cpu"``.
         network: override the preset's network. Defaults to None.
         patch_size: override the preset's crop size. Defaults to None.
@@ -58,8 +59,8 @@ class SegModelPersistor(PTFileModelPersistor):
 
     def __init__(
         self,
-        num_classes: int,
-        in_channels: int = 1,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
         preset: str = "cpu",
         network: str | None = None,
         patch_size=None,
@@ -84,9 +85,10 @@ class SegModelPersistor(PTFileModelPersistor):
             check_job_id(self.resume_from)
         self.rounds_completed = 0
         config = build_train_config(preset=preset, network=network, patch_size=patch_size, seed=seed)
+        classes, channels = model_shape(config.preset, num_classes, in_channels)
         torch.manual_seed(int(seed))
-        net = build_model_for(config, in_channels=int(in_channels), num_classes=int(num_classes))
-        self.spec = model_spec(config.preset, in_channels=int(in_channels), num_classes=int(num_classes))
+        net = build_model_for(config, in_channels=channels, num_classes=classes)
+        self.spec = model_spec(config.preset, in_channels=channels, num_classes=classes)
         super().__init__(
             model=net,
             source_ckpt_file_full_name=source_ckpt_file_full_name,
@@ -131,7 +133,7 @@ class SegModelPersistor(PTFileModelPersistor):
         loaded = loaded if isinstance(loaded, dict) else {}
         spec = loaded.get("fedsegnet")
         if isinstance(spec, dict):
-            differ = sorted(k for k in set(spec) | set(self.spec) if _same(spec.get(k)) != _same(self.spec.get(k)))
+            differ = sorted(k for k in set(spec) & set(self.spec) if _same(spec.get(k)) != _same(self.spec.get(k)))
             if differ:
                 self.system_panic(
                     f"resume_from={self.resume_from!r}: the model in {point.model} does not fit this job: "

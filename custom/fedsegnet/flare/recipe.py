@@ -55,8 +55,9 @@ class FedSegNetFedAvgRecipe(Recipe):
         name: job name. Defaults to ``"fedavg"``.
         num_rounds: federated rounds. Defaults to 5.
         min_clients: sites needed per round. Defaults to 2.
-        num_classes: classes including background. Defaults to 3.
-        in_channels: image channels. Defaults to 1.
+        num_classes: classes including background. Defaults to None (the preset's: 3 for the
+            generic presets; a dataset preset fixes it).
+        in_channels: image channels. Defaults to None (the preset's: 1 for the generic presets).
         preset: preset name. Defaults to ``"cpu"``.
         local_steps: optimiser steps per round at each site. Defaults to 50.
         seed: job seed. Defaults to 0.
@@ -99,8 +100,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         name: str = "fedavg",
         num_rounds: int = 5,
         min_clients: int = 2,
-        num_classes: int = 3,
-        in_channels: int = 1,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
         preset: str = "cpu",
         local_steps: int = 50,
         seed: int = 0,
@@ -247,9 +248,9 @@ def _parse(argv):
     p.add_argument("--startup-kit", help="admin startup kit folder (prod)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-steps", type=int, default=50)
-    p.add_argument("--preset", default="cpu")
-    p.add_argument("--num-classes", type=int, default=3)
-    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--preset", default="cpu", help="generic (tiny, cpu, gpu, ...) or dataset preset (synthetic, brats, lits, acdc)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes incl. background (default: the preset's)")
+    p.add_argument("--in-channels", type=int, default=None, help="image channels (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--torch-threads", type=int, default=0)
     p.add_argument("--job", choices=("fedavg", "fedsegnet"), default="fedavg", help="which job")

@@ -26,7 +26,12 @@ def _plain(value):
 
 
 def model_spec(preset: Preset, *, in_channels: int, num_classes: int) -> dict:
-    """Describe the model and preprocessing of ``preset`` as a JSON-able dict (lists, no tuples)."""
+    """Describe the model and preprocessing of ``preset`` as a JSON-able dict (lists, no tuples).
+
+    A dataset preset's classes (names and the patterns sites' labels are matched with), regions,
+    written label values and CT window are kept too, so that the file alone says how to read a
+    site's labels and how to write a prediction.
+    """
     return {
         "spec_version": SPEC_VERSION,
         "preset": preset.name,
@@ -37,13 +42,36 @@ def model_spec(preset: Preset, *, in_channels: int, num_classes: int) -> dict:
         "patch_size": [int(v) for v in preset.patch_size],
         "spacing": [float(v) for v in preset.spacing],
         "intensity": preset.intensity,
+        "intensity_range": [float(v) for v in preset.intensity_range],
+        "classes": _plain(preset.classes),
+        "regions": _plain(dict(preset.regions)),
+        "label_values": [int(v) for v in preset.label_values],
     }
 
 
+def class_names_of(spec: dict) -> list[str]:
+    """Class names of a spec (index = class id); ``class_<id>`` where the spec names none."""
+    classes = spec.get("classes") or []
+    if classes:
+        return ["background"] + [str(name) for name, _ in classes]
+    return ["background"] + [f"class_{i}" for i in range(1, int(spec["num_classes"]))]
+
+
 def preset_from_spec(spec: dict) -> Preset:
-    """The preset a spec was made from, with the spec's network, patch, spacing and intensity."""
+    """The preset a spec was made from, with the spec's network, patch, spacing, intensity and classes.
+
+    Specs written before classes were stored take them from the named preset.
+    """
     base = PRESETS.get(spec.get("preset"), PRESETS["cpu"])
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.get("network_kwargs", {}).items()}
+    changes = {}
+    if "classes" in spec:
+        changes = {
+            "classes": tuple(tuple(c) for c in spec["classes"]),
+            "regions": {k: tuple(v) for k, v in spec.get("regions", {}).items()},
+            "label_values": tuple(int(v) for v in spec.get("label_values", [])),
+            "intensity_range": tuple(spec.get("intensity_range", base.intensity_range)),
+        }
     return dataclasses.replace(
         base,
         network=spec["network"],
@@ -51,6 +79,9 @@ def preset_from_spec(spec: dict) -> Preset:
         patch_size=tuple(spec["patch_size"]),
         spacing=tuple(spec["spacing"]),
         intensity=spec["intensity"],
+        in_channels=int(spec["in_channels"]),
+        num_classes=int(spec["num_classes"]),
+        **changes,
     )
 
 

@@ -16,6 +16,9 @@ absent / present            0.0         undefined (excluded)                    
 present / absent            0.0         undefined (excluded)                      ``n_missing_pred``
 =========================  ==========  ========================================  ===========================
 
+*Regions* (unions of classes, e.g. BraTS's whole tumour = necrotic core + edema + enhancing) are
+scored the same way on the union masks, and reported apart from the classes (``per_region``).
+
 So Dice is defined for every case and class; HD95 is averaged only over cases where both label and
 prediction contain the class, and the counts above say how many cases were left out and why (a
 model that misses a structure is penalised in Dice and shows up in ``n_missing_pred``, not in the
@@ -67,6 +70,8 @@ class EvalResult:
         per_case: one dict per case: ``{"name", "dice": {id: float}, "hd95": {id: float | None},
             "spacing": [sx, sy, sz], "shape": [X, Y, Z]}``.
         class_names: display name per class id (used as ``per_class`` keys in :meth:`to_dict`).
+        region_dice: per region name, mean Dice over cases of the union mask. Defaults to {}.
+        region_hd95: per region name, mean HD95 in mm (None when undefined). Defaults to {}.
     """
 
     dice: dict[int, float]
@@ -77,6 +82,13 @@ class EvalResult:
     missing: dict[int, dict[str, int]]
     per_case: list[dict] = field(default_factory=list)
     class_names: dict[int, str] = field(default_factory=dict)
+    region_dice: dict[str, float] = field(default_factory=dict)
+    region_hd95: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def region_dice_mean(self) -> float | None:
+        """Mean Dice over regions; None without regions or cases."""
+        return _mean(self.region_dice.values())
 
     def to_dict(self, per_case: bool = False) -> dict:
         """JSON-serialisable summary.
@@ -87,7 +99,8 @@ class EvalResult:
         Returns:
             ``{"dice_mean", "hd95_mean", "n_cases", "per_class": {name: {"dice", "hd95",
             "n_missing_pred", "n_missing_label", "n_both_empty"}}}`` where ``name`` is the class
-            name when known, else the class id as a string; undefined values are None.
+            name when known, else the class id as a string; undefined values are None. With
+            regions also ``"per_region"`` (same fields per region) and ``"region_dice_mean"``.
         """
         per_class = {}
         for cls in sorted(self.dice):
@@ -102,6 +115,16 @@ class EvalResult:
             "n_cases": int(self.n_cases),
             "per_class": per_class,
         }
+        if self.region_dice:
+            out["per_region"] = {
+                region: {
+                    "dice": self.region_dice[region],
+                    "hd95": self.region_hd95.get(region),
+                    **{k: int(v) for k, v in self.missing.get(region, {}).items()},
+                }
+                for region in self.region_dice
+            }
+            out["region_dice_mean"] = self.region_dice_mean
         if per_case:
             out["per_case"] = [
                 {
@@ -148,6 +171,23 @@ def _roi(roi_size) -> tuple[int, int, int]:
     return roi
 
 
+def _regions(regions, num_classes: int) -> dict[str, tuple[int, ...]]:
+    if not regions:
+        return {}
+    if not isinstance(regions, Mapping):
+        raise ConfigError("regions", regions, "must be a {region name: [class id, ...]} dict")
+    out = {}
+    for name, ids in regions.items():
+        try:
+            ids = tuple(int(i) for i in ids)
+        except (TypeError, ValueError):
+            ids = ()
+        if not ids or any(not 1 <= i < num_classes for i in ids):
+            raise ConfigError("regions", dict(regions), f"region {name!r} must list foreground class ids 1..{num_classes - 1}")
+        out[str(name)] = ids
+    return out
+
+
 def _case_spacing(case: Mapping, image, name: str) -> tuple[float, float, float]:
     spacing = case.get("spacing")
     if spacing is None and hasattr(image, "pixdim"):  # MONAI MetaTensor
@@ -174,6 +214,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     amp: bool = False,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
     progress: bool | str = False,
 ) -> EvalResult:
     """Segment each case with sliding-window inference and score it against its label.
@@ -195,6 +236,8 @@ def evaluate(
         amp: float16 autocast when ``device`` is CUDA; ignored on CPU. Defaults to False.
         class_names: names for the class ids, a list of ``num_classes`` names (index = id, 0 =
             background) or ``{id: name}``. Defaults to None (ids).
+        regions: ``{region name: [class id, ...]}``: unions of foreground classes scored like
+            classes (``EvalResult.region_dice``/``region_hd95``). Defaults to None (none).
         progress: ``True`` shows a tqdm bar over cases only when stderr is a terminal,
             ``"force"`` always. Defaults to False.
 
@@ -214,6 +257,7 @@ def evaluate(
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 1.0:
         raise ConfigError("overlap", overlap, "must be a number in [0, 1)")
     names = _class_names(class_names, num_classes)
+    region_map = _regions(regions, num_classes)
     show = _show_progress(progress)
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
@@ -229,7 +273,8 @@ def evaluate(
         iterator = bar = tqdm(cases, desc="evaluate", leave=False, dynamic_ncols=True)
 
     per_case: list[dict] = []
-    missing = {c: {"n_missing_pred": 0, "n_missing_label": 0, "n_both_empty": 0} for c in classes}
+    keys = classes + list(region_map)
+    missing = {k: {"n_missing_pred": 0, "n_missing_label": 0, "n_both_empty": 0} for k in keys}
     was_training = model.training
     model.eval()
     try:
@@ -237,8 +282,8 @@ def evaluate(
             for index, case in enumerate(iterator):
                 per_case.append(
                     _evaluate_case(
-                        model, case, index, classes, num_classes, roi, sw_batch_size, overlap,
-                        device, use_amp, dice_metric, hd_metric, missing,
+                        model, case, index, classes, region_map, num_classes, roi, sw_batch_size,
+                        overlap, device, use_amp, dice_metric, hd_metric, missing,
                     )
                 )
     finally:
@@ -257,6 +302,8 @@ def evaluate(
         missing=missing,
         per_case=per_case,
         class_names={c: names[c] for c in classes if c in names},
+        region_dice={r: _mean(case["dice"][r] for case in per_case) for r in region_map},
+        region_hd95={r: _mean(case["hd95"][r] for case in per_case) for r in region_map},
     )
     undefined = [c for c in classes if hd95[c] is None]
     if per_case and undefined:
@@ -271,7 +318,7 @@ def evaluate(
 
 
 def _evaluate_case(
-    model, case, index, classes, num_classes, roi, sw_batch_size, overlap, device, use_amp,
+    model, case, index, classes, region_map, num_classes, roi, sw_batch_size, overlap, device, use_amp,
     dice_metric, hd_metric, missing,
 ) -> dict:
     if not isinstance(case, Mapping) or "image" not in case or "label" not in case:
@@ -307,8 +354,12 @@ def _evaluate_case(
     pred = logits.float().argmax(dim=1, keepdim=True).cpu()
     pred_1h = one_hot(pred, num_classes, dim=1)
     label_1h = one_hot(label[None], num_classes, dim=1)
+    if region_map:  # union masks appended after the classes (channel 0, background, is skipped)
+        pred_1h = torch.cat([pred_1h] + [pred_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
+        label_1h = torch.cat([label_1h] + [label_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
+    keys = classes + list(region_map)
 
-    dice_raw = dice_metric(pred_1h, label_1h)[0]  # (num_classes - 1,)
+    dice_raw = dice_metric(pred_1h, label_1h)[0]  # (num_classes - 1 + regions,)
     with warnings.catch_warnings():
         # empty classes are handled by the policy below; MONAI warns about them and about an
         # internal deprecated argument
@@ -320,9 +371,9 @@ def _evaluate_case(
 
     in_label = label_1h[0, 1:].flatten(1).any(dim=1)
     in_pred = pred_1h[0, 1:].flatten(1).any(dim=1)
-    dice_case: dict[int, float] = {}
-    hd_case: dict[int, float | None] = {}
-    for i, cls in enumerate(classes):
+    dice_case: dict[int | str, float] = {}
+    hd_case: dict[int | str, float | None] = {}
+    for i, cls in enumerate(keys):
         has_label, has_pred = bool(in_label[i]), bool(in_pred[i])
         if has_label and has_pred:
             d, h = float(dice_raw[i]), float(hd_raw[i])

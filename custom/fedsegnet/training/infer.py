@@ -8,8 +8,9 @@ affines, ties to the higher index, outside = background), so the written label h
 shape, orientation and affine whatever axes the input was stored in (RAS, LPS, ...). Mapping
 through the affines needs only the model grid's affine (kept by MONAI's ``MetaTensor``), works one
 slice at a time, and states its tie rule, which makes RAS- and LPS-stored copies of a scan agree
-voxel for voxel (tested). Several
-input files are the channels of one case (multi-sequence MRI), in the order the model was trained.
+voxel for voxel (tested). The channels of one case (multi-sequence MRI) come as several 3D files in
+the order the model was trained, or as one 4D file with the channels last (MSD Task01_BrainTumour).
+The written values are the model spec's ``label_values`` (BraTS: 0, 1, 2, 4), else the class ids.
 """
 
 from __future__ import annotations
@@ -40,21 +41,43 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _open(path: Path) -> nib.Nifti1Image:
+    try:
+        img = nib.load(str(path))
+        img.shape  # noqa: B018 (a broken header fails here)
+    except Exception as e:  # nibabel raises several kinds for a missing or broken file
+        raise FedSegNetError(f"{path}: cannot be read as NIfTI: {e}") from None
+    return img
+
+
 def check_inputs(images: Sequence[str | Path], in_channels: int) -> list[nib.Nifti1Image]:
     """Open the channel files of one case and check them against the model.
 
     Args:
-        images: one NIfTI file per channel.
+        images: one 3D NIfTI file per channel, or one 4D file holding all channels (last axis).
         in_channels: channels the model expects.
 
     Returns:
         The opened images (headers read; data not loaded).
 
     Raises:
-        FedSegNetError: wrong number of files, an unreadable file, a file that is not a 3D volume,
-            or channels whose shapes or affines differ; each message names the file(s).
+        FedSegNetError: wrong number of channels, an unreadable file, a file that is neither a 3D
+            volume nor (alone) a 4D one with the model's channels, or channels whose shapes or
+            affines differ; each message names the file(s).
     """
     paths = [Path(p) for p in images]
+    if not paths:
+        raise FedSegNetError("no image file given")
+    if len(paths) == 1:
+        img = _open(paths[0])
+        shape = img.shape
+        channels = 1 if len(shape) == 3 else int(np.prod(shape[3:]))
+        if len(shape) not in (3, 4) or channels != int(in_channels):
+            raise FedSegNetError(
+                f"{paths[0]}: shape {tuple(shape)} gives {channels} channel(s) but the model takes {in_channels}; "
+                f"pass one 3D file per channel, in the training order, or one 4D file with the channels last"
+            )
+        return [img]
     if len(paths) != int(in_channels):
         raise FedSegNetError(
             f"the model takes {in_channels} input channel(s) but {len(paths)} image file(s) were given "
@@ -62,13 +85,10 @@ def check_inputs(images: Sequence[str | Path], in_channels: int) -> list[nib.Nif
         )
     opened = []
     for path in paths:
-        try:
-            img = nib.load(str(path))
-            shape = img.shape
-        except Exception as e:  # nibabel raises several kinds for a missing or broken file
-            raise FedSegNetError(f"{path}: cannot be read as NIfTI: {e}") from None
+        img = _open(path)
+        shape = img.shape
         if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-            raise FedSegNetError(f"{path}: expected a 3D volume, got shape {tuple(shape)}")
+            raise FedSegNetError(f"{path}: expected a 3D volume (one channel of {len(paths)}), got shape {tuple(shape)}")
         opened.append(img)
     first = opened[0]
     for path, img in zip(paths[1:], opened[1:]):
@@ -99,8 +119,9 @@ def predict_case(
         overlap: sliding-window overlap in [0, 1). Defaults to 0.25.
 
     Returns:
-        ``(labels, reference)``: class ids ``(X, Y, Z)`` uint8 on the grid of the first input file,
-        and that file's opened image (for its affine and header).
+        ``(labels, reference)``: labels ``(X, Y, Z)`` uint8 on the grid of the first input file
+        (the spec's ``label_values`` when it has them, else class ids), and that file's opened
+        image (for its affine and header).
 
     Raises:
         FedSegNetError: see :func:`check_inputs`.
@@ -127,6 +148,9 @@ def predict_case(
     model_affine = np.asarray(image.affine, dtype=np.float64)
     reference = opened[0]
     labels = to_input_grid(pred, model_affine, reference.affine, reference.shape[:3])
+    values = spec.get("label_values") or []
+    if values:
+        labels = np.asarray(values, dtype=np.uint8)[labels]
     return labels, reference
 
 
@@ -176,7 +200,8 @@ def cases_in_folder(folder: str | Path, in_channels: int) -> dict[str, list[Path
     """Group the NIfTI files of a folder into cases.
 
     With one channel every file is a case. With several, files are grouped by the nnU-Net naming
-    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (channel order = the number).
+    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (channel order = the number); a file
+    without that suffix is a case when it is 4D with the model's channels last (MSD).
 
     Raises:
         FedSegNetError: no NIfTI file, or a case with missing or extra channels (named).
@@ -188,21 +213,24 @@ def cases_in_folder(folder: str | Path, in_channels: int) -> dict[str, list[Path
     if int(in_channels) == 1:
         return {_stem(p): [p] for p in files}
     cases: dict[str, dict[int, Path]] = {}
+    out = {}
     for p in files:
         m = _CHANNEL_SUFFIX.match(_stem(p))
+        if not m and tuple(_open(p).shape[3:]) == (int(in_channels),):
+            out[_stem(p)] = [p]
+            continue
         if not m:
             raise FedSegNetError(
                 f"{p}: the model takes {in_channels} channels; name channel files <case>_0000.nii.gz, <case>_0001.nii.gz, ..."
             )
         cases.setdefault(m["case"], {})[int(m["channel"])] = p
-    out = {}
     for case, channels in sorted(cases.items()):
         if sorted(channels) != list(range(int(in_channels))):
             raise FedSegNetError(
                 f"{folder}: case {case!r} has channel file(s) {sorted(channels)}, expected 0..{int(in_channels) - 1}"
             )
         out[case] = [channels[i] for i in range(int(in_channels))]
-    return out
+    return dict(sorted(out.items()))
 
 
 def infer_folder(

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsegnet.config import TrainConfig
+from fedsegnet.config import TrainConfig, model_shape
 from fedsegnet.data.datalist import load_datalist
+from fedsegnet.data.labels import label_map_for
 from fedsegnet.data.preflight import preflight
 from fedsegnet.data.transforms import (
     build_eval_dataset,
@@ -78,6 +79,16 @@ def model_fit_problems(datalist, num_classes: int | None, in_channels: int | Non
     return problems
 
 
+def site_label_map(datalist, preset, site: str | None = None):
+    """The :class:`~fedsegnet.data.labels.LabelMap` of a site's ``dataset.json`` labels under ``preset``.
+
+    Raises:
+        DataError: naming the ``dataset.json`` and field ``labels`` when the site's labels do not
+            match the preset's classes.
+    """
+    return label_map_for(datalist.labels, preset, where=datalist.json_path, site=site or datalist.name)
+
+
 def eval_cases(cases: list[dict], dataset):
     """Yield evaluation items (image, label, spacing, name) from a dataset built by ``build_eval_dataset``."""
     for i in range(len(dataset)):
@@ -131,7 +142,17 @@ class SiteTrainer:
         self.proximal_loss = proximal_loss
         self._global_model = None  # frozen copy of the received global model (proximal term only)
         self.datalist = load_datalist(self.site_dir, site=self.site)
-        problems = model_fit_problems(self.datalist, num_classes, in_channels, "the job's model")
+        problems = []
+        if config.preset.is_dataset:
+            num_classes, in_channels = model_shape(config.preset, num_classes, in_channels)
+            try:
+                self.label_map = site_label_map(self.datalist, config.preset, self.site)
+            except DataError as e:
+                problems += e.problems
+        else:
+            self.label_map = site_label_map(self.datalist, config.preset, self.site)
+        model = f"the job's model (preset {config.preset.name!r})"
+        problems += model_fit_problems(self.datalist, num_classes, in_channels, model)
         if problems:
             raise DataError(self.site, problems)
         self.summary = preflight(self.datalist) if run_preflight else {}
@@ -165,8 +186,9 @@ class SiteTrainer:
     def _train_batches(self):
         if self._batches is None:
             loader = build_train_loader(
-                self.datalist.training, self.config.preset, self.num_classes, seed=self.seed
-            )
+                self.datalist.training, self.config.preset, self.num_classes, seed=self.seed,
+                label_map=self.label_map,
+            )  # fmt: skip
             self._batches = infinite_batches(loader)
         return self._batches
 
@@ -247,7 +269,7 @@ class SiteTrainer:
         key = (split, max_cases)
         if key not in self._eval_sets:
             cases = list(getattr(self.datalist, split))[: max_cases or None]
-            self._eval_sets[key] = (cases, build_eval_dataset(cases, self.config.preset))
+            self._eval_sets[key] = (cases, build_eval_dataset(cases, self.config.preset, label_map=self.label_map))
         cases, dataset = self._eval_sets[key]
         saved = None
         if weights is not None:
@@ -264,7 +286,8 @@ class SiteTrainer:
                 overlap=p.sw_overlap,
                 device=self.device,
                 amp=p.amp,
-                class_names=self.datalist.labels,
+                class_names=self.label_map.class_names,
+                regions=self.label_map.regions,
                 progress=self.progress,
             )
         finally:
@@ -308,21 +331,27 @@ def evaluate_model_file(
     if not cases:
         problems.append(f"{Path(data_dir) / 'dataset.json'}: split {split!r} has no labelled cases")
     problems += model_fit_problems(datalist, spec["num_classes"], spec["in_channels"], f"the model {model_path}")
+    preset = preset_from_spec(spec)
+    label_map = None
+    try:
+        label_map = site_label_map(datalist, preset)
+    except DataError as e:
+        problems += e.problems
     if problems:
         raise DataError(datalist.name or str(data_dir), problems)
     preflight(datalist, check_splits=(split,))
-    preset = preset_from_spec(spec)
     dev = pick_device(device)
     result = evaluate(
         model.to(dev),
-        eval_cases(cases, build_eval_dataset(cases, preset)),
+        eval_cases(cases, build_eval_dataset(cases, preset, label_map=label_map)),
         num_classes=datalist.num_classes,
         roi_size=preset.patch_size,
         sw_batch_size=preset.sw_batch_size,
         overlap=preset.sw_overlap,
         device=dev,
         amp=preset.amp,
-        class_names=datalist.labels,
+        class_names=label_map.class_names,
+        regions=label_map.regions,
         progress=progress,
     )
     return result, spec
