@@ -173,6 +173,7 @@ PRESETS: dict[str, Preset] = {
         num_samples=4,
         classes=SYNTHETIC_CLASSES,
         num_classes=3,
+        regions={"whole_organ": ("organ", "lesion")},  # lesions lie inside the organ (as LiTS's liver)
     ),
     # BraTS / MSD Task01_BrainTumour: 4 MRI sequences (MSD order FLAIR, T1w, T1gd, T2w), 1 mm
     # isotropic, z-score over brain voxels; classes by name (BraTS 1/2/4, MSD 1 edema / 2
