@@ -160,8 +160,12 @@ def _plot_matrix(path: Path, cross: dict, key: str, title: str) -> tuple[Path, l
     return path, rows, cols, values
 
 
-def _plot_slices(path: Path, image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, title: str) -> Path:
+def _plot_slices(
+    path: Path, image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, title: str, class_names: list[str] | None = None
+) -> Path:
+    """Three axial slices; per class one colour, the label solid, the prediction dashed."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     mask = label if label is not None and (label > 0).any() else pred
     area = (mask > 0).sum(axis=(0, 1))
@@ -171,17 +175,24 @@ def _plot_slices(path: Path, image: np.ndarray, label: np.ndarray | None, pred: 
         zs = [int(round((z_fg.min() + top) / 2)), top, int(round((top + z_fg.max()) / 2))]
     else:
         zs = [image.shape[2] // 4, image.shape[2] // 2, 3 * image.shape[2] // 4]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.8), dpi=100)
+    classes = sorted((set(np.unique(pred)) | (set(np.unique(label)) if label is not None else set())) - {0})
+    colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
+    fig, axes = plt.subplots(1, 3, figsize=(10, 4.2), dpi=100)
     for ax, z in zip(axes, zs):
         ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
-        if label is not None and (label[:, :, z] > 0).any():
-            ax.contour((label[:, :, z] > 0).T, levels=[0.5], colors="lime", linewidths=1.0)
-        for cls in sorted(set(np.unique(pred[:, :, z])) - {0}):
-            ax.contour((pred[:, :, z] == cls).T, levels=[0.5], colors=[plt.cm.autumn(cls / max(1, pred.max()))], linewidths=1.0)
+        for cls in classes:
+            if label is not None and (label[:, :, z] == cls).any():
+                ax.contour((label[:, :, z] == cls).T, levels=[0.5], colors=[colour[cls]], linewidths=1.4)
+            if (pred[:, :, z] == cls).any():
+                ax.contour((pred[:, :, z] == cls).T, levels=[0.5], colors=[colour[cls]], linewidths=1.4, linestyles="dashed")
         ax.set_title(f"slice z={z}", fontsize=9)
         ax.axis("off")
-    fig.suptitle(title + "  (green: label foreground; red/yellow: predicted classes)", fontsize=9)
-    fig.tight_layout()
+    names = class_names or []
+    handles = [Line2D([], [], color=colour[c], lw=1.4, label=names[c] if c < len(names) else f"class {c}") for c in classes]
+    handles += [Line2D([], [], color="k", lw=1.4, label="label (solid)"), Line2D([], [], color="k", lw=1.4, ls="--", label="prediction (dashed)")]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -297,8 +308,8 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
         back[spec["label_values"]] = np.arange(len(spec["label_values"]))
         pred = back[pred]
     name = Path(images[0]).name
-    _plot_slices(out / "test_case_slices.png", image, label, pred, f"{name}: global model")
-    figures.append(("test_case_slices.png", f"Three slices of held-out case {name} with the label (green) and the global model's predicted classes."))
+    _plot_slices(out / "test_case_slices.png", image, label, pred, f"{name}: global model", list(label_map.class_names))
+    figures.append(("test_case_slices.png", f"Three slices of held-out case {name} (first channel): each class in one colour, the label solid, the global model's prediction dashed."))
     return {"summary": summary, "slices_case": name, "data": str(data_dir)}
 
 
