@@ -138,7 +138,7 @@ def _cmd_eval(args) -> int:
 def _cmd_infer(args) -> int:
     import numpy as np
 
-    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.networks.spec import class_names_of, load_model_file
     from fedsegnet.training.infer import infer_folder, predict_case, save_labels
     from fedsegnet.training.site import pick_device
 
@@ -154,8 +154,9 @@ def _cmd_infer(args) -> int:
     if args.image:
         labels, ref = predict_case(model, spec, args.image, device=device)
         out = save_labels(labels, ref, args.out)
-        counts = {int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))}
-        print(f"wrote {out} (shape {labels.shape}, voxels per class {counts})")
+        names = dict(zip(spec.get("label_values") or range(spec["num_classes"]), class_names_of(spec)))
+        counts = ", ".join(f"{v} {names.get(int(v), '?')}: {int(n)}" for v, n in zip(*np.unique(labels, return_counts=True)))
+        print(f"wrote {out} (shape {labels.shape}; voxels per label value: {counts})")
         return 0
     from tqdm import tqdm
 
