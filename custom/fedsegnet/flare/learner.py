@@ -58,6 +58,8 @@ class SegLearner(Learner):
         amp: override the preset's mixed precision (CUDA only). Defaults to None.
         val_max_cases: validate on at most this many cases (0 = all). Defaults to 0.
         torch_threads: ``torch.set_num_threads`` at the site (0 = torch default). Defaults to 0.
+        num_workers: DataLoader worker processes at the site. Defaults to None (the preset's: 0
+            for the CPU presets, 4 for the GPU and dataset presets).
         label_kind: the site's label kind reported to the server; ``dataset.json`` may override.
             Defaults to ``"voxel"``.
         analytic_sender_id: id of a FLARE ``TBWriter`` component streaming metrics to the server;
@@ -85,6 +87,7 @@ class SegLearner(Learner):
         amp: bool | None = None,
         val_max_cases: int = 0,
         torch_threads: int = 0,
+        num_workers: int | None = None,
         label_kind: str = "voxel",
         analytic_sender_id: str = "analytic_sender",
         device: str | None = None,
@@ -109,6 +112,7 @@ class SegLearner(Learner):
         self.amp = amp
         self.val_max_cases = val_max_cases
         self.torch_threads = torch_threads
+        self.num_workers = num_workers
         self.label_kind = label_kind
         self.analytic_sender_id = analytic_sender_id
         self.device = device
@@ -153,6 +157,7 @@ class SegLearner(Learner):
                 amp=self.amp,
                 val_max_cases=self.val_max_cases,
                 torch_threads=self.torch_threads,
+                num_workers=self.num_workers,
             )
             num_classes, in_channels = model_shape(config.preset, self.num_classes, self.in_channels)
             t0 = time.perf_counter()

@@ -66,6 +66,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         data_root: site data root (None: ``FEDSEGNET_DATA_ROOT`` at each site). Defaults to None.
         val_max_cases: validation cases per evaluation (0 = all). Defaults to 0.
         torch_threads: torch CPU threads per site (0 = default). Defaults to 0.
+        num_workers: DataLoader workers per site. Defaults to None (the preset's).
         train_timeout: seconds the server waits for a site's update (0 = no limit). Defaults to 0.
         compression: add the compression filters of ``jobs/fedsegnet`` (both directions) and byte
             accounting. Defaults to False.
@@ -110,6 +111,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         data_root: str | None = None,
         val_max_cases: int = 0,
         torch_threads: int = 0,
+        num_workers: int | None = None,
         train_timeout: int = 0,
         compression: bool = False,
         up_ratio: float = 0.1,
@@ -195,6 +197,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 seed=seed,
                 val_max_cases=val_max_cases,
                 torch_threads=torch_threads,
+                num_workers=num_workers,
                 analytic_sender_id="analytic_sender",
                 fedprox_mu=fedprox_mu,
             ),
