@@ -92,6 +92,7 @@ def series(records: list[dict]) -> dict:
         "val_dice_local": [r.get("val_dice_local") for r in records],
         "site_val_dice_global": per_site("val_dice_global"),
         "site_val_dice_local": per_site("val_dice_local"),
+        "train_loss": per_site("train_loss"),
         "bytes_up": per_site("bytes_up"),
         "bytes_down": per_site("bytes_down"),
         "aam_weight": per_site("weight", sub="aggregation"),
@@ -242,6 +243,9 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
     styles["global model (weighted mean)"] = {"linewidth": 2.5, "color": "black"}
     _plot_lines(out / "dice_per_round.png", rounds, curves, "Validation Dice per round", "Dice", styles)
     figures.append(("dice_per_round.png", "Validation Dice on each site's validation split: the global model the site received at the start of the round (solid) and its model after local training (dashed); black: mean weighted by training cases."))
+    if _has(s["train_loss"]):
+        _plot_lines(out / "train_loss_per_round.png", rounds, s["train_loss"], "Training loss per round", "Dice + cross-entropy loss")
+        figures.append(("train_loss_per_round.png", "Mean training loss (Dice + cross-entropy) of each site's local steps in the round."))
     if _has(s["bytes_up"]):
         b = {f"{site} up": [None if v is None else v / 1e3 for v in vals] for site, vals in s["bytes_up"].items()}
         b.update({f"{site} down": [None if v is None else v / 1e3 for v in vals] for site, vals in s["bytes_down"].items()})

@@ -26,7 +26,7 @@ def report(tiny_sites, tmp_path_factory):
     return page, res
 
 
-EXPECTED = ["dice_per_round.png", "bytes_per_round.png", "aam_weights.png", "memory_per_round.png",
+EXPECTED = ["dice_per_round.png", "train_loss_per_round.png", "bytes_per_round.png", "aam_weights.png", "memory_per_round.png",
             "cross_site_dice.png", "cross_site_hd95.png", "test_case_slices.png"]  # fmt: skip
 
 
@@ -49,6 +49,7 @@ def test_figure_data_come_from_the_run(report):
     assert s["val_dice_global"] == [r["val_dice_global"] for r in records]
     for site in ("site-1", "site-2"):
         assert s["bytes_up"][site] == [r["sites"][site]["bytes_up"] for r in records]
+        assert s["train_loss"][site] == [r["sites"][site]["train_loss"] for r in records]
         assert s["aam_weight"][site] == [r["sites"][site]["aggregation"]["weight"] for r in records]
     cross = res.read_cross_site()
     m = data["cross_site"]["val_dice"]
