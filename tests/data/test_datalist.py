@@ -36,7 +36,8 @@ def test_write_load_roundtrip(tmp_path):
     val = [{"image": "imagesTr/b.nii.gz", "label": "labelsTr/b.nii.gz"}]
     multi = [{"image": [str(root / "imagesTr" / "c_t1.nii.gz"), "imagesTr/c_t2.nii.gz"], "label": "labelsTr/c.nii.gz"}]
     path = write_datalist(
-        root, labels=LABELS, modality={0: "T1", 1: "T2"}, training=train + multi, validation=val, label_kind="partial"
+        root, labels=LABELS, modality={0: "T1", 1: "T2"}, training=train + multi, validation=val, label_kind="partial",
+        annotated_classes=["organ"],
     )
     raw = json.loads(path.read_text())
     assert raw["training"][0] == {"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}  # relative
@@ -48,7 +49,7 @@ def test_write_load_roundtrip(tmp_path):
     assert dl.labels == LABELS and all(isinstance(k, int) for k in dl.labels)
     assert dl.modality == {"0": "T1", "1": "T2"}
     assert dl.num_classes == 3 and dl.in_channels == 2
-    assert dl.label_kind == "partial"
+    assert dl.label_kind == "partial" and dl.annotated == (1,) and raw["annotated_classes"] == ["organ"]
     assert dl.training[0] == train[0]  # absolute paths resolved against root
     assert dl.validation[0]["image"] == str(root / "imagesTr" / "b.nii.gz")
     assert dl.training[1]["image"] == [str(root / "imagesTr" / "c_t1.nii.gz"), str(root / "imagesTr" / "c_t2.nii.gz")]

@@ -11,8 +11,13 @@ evaluation of segmentation algorithms", 2019)::
       "training":   [{"image": "imagesTr/a.nii.gz", "label": "labelsTr/a.nii.gz"}, ...],
       "validation": [...],                       # optional (FedSegNet extension), default []
       "test":       ["imagesTs/c.nii.gz", ...],  # optional; MSD lists unlabelled images here
-      "label_kind": "voxel"                      # optional (FedSegNet extension)
+      "label_kind": "voxel",                     # optional (FedSegNet extension)
+      "annotated_classes": ["organ"]             # label_kind "partial" only
     }
+
+With ``label_kind`` ``box`` a case carries ``"boxes"`` (a sidecar JSON path) instead of ``"label"``,
+with ``tag`` it carries ``"tags"`` (the classes present); see :mod:`fedsegnet.data.weak`. Such
+sites may still list voxel-labelled validation cases (``"label"``), which are then evaluated.
 
 Paths are relative to the folder holding ``dataset.json`` (absolute paths are accepted). The
 ``image`` of a case is one file (3D, or 4D with channels last as in MSD) or a list of files, one per
@@ -57,6 +62,8 @@ class SiteDatalist:
         test: labelled test cases, same form. Defaults to [].
         label_kind: how the site is annotated: ``voxel``, ``box``, ``tag`` or ``partial``.
             Defaults to ``"voxel"``.
+        annotated_classes: label values the site annotates (``partial``: from dataset.json; every
+            other kind: all foreground values). Defaults to () (all).
     """
 
     root: Path
@@ -67,6 +74,16 @@ class SiteDatalist:
     validation: list[dict] = field(default_factory=list)
     test: list[dict] = field(default_factory=list)
     label_kind: str = "voxel"
+    annotated_classes: tuple[int, ...] = ()
+
+    @property
+    def annotated(self) -> tuple[int, ...]:
+        """Foreground label values the site annotates (all declared ones unless ``partial``)."""
+        return tuple(self.annotated_classes) or tuple(v for v in sorted(self.labels) if v != 0)
+
+    def evaluable(self, split: str) -> list[dict]:
+        """The cases of ``split`` that carry a voxel label (weak-label sites may have none)."""
+        return [c for c in self.cases(split) if "label" in c]
 
     @property
     def num_classes(self) -> int:
@@ -104,11 +121,18 @@ def _resolve(root: Path, path: str) -> str:
     return os.path.normpath(os.path.join(str(root), os.path.expanduser(path)))
 
 
-def _check_case(entry, where: str, problems: list[str], root: Path, need_label: bool = True):
+WEAK_KEYS = {"box": "boxes", "tag": "tags"}
+"""Label kind -> the case key that replaces ``label`` in its training cases."""
+
+
+def _check_case(entry, where: str, problems: list[str], root: Path, need_label: bool = True, kind: str = "voxel"):
     """Validate one case entry; return the resolved case dict or None."""
     if not isinstance(entry, dict):
         problems.append(f"{where}: expected an object with 'image' and 'label', got {type(entry).__name__}")
         return None
+    weak_key = WEAK_KEYS.get(kind)
+    if weak_key is not None and "label" not in entry:
+        return _check_weak_case(entry, where, problems, root, weak_key)
     ok = True
     image = entry.get("image")
     if image is None:
@@ -138,6 +162,25 @@ def _check_case(entry, where: str, problems: list[str], root: Path, need_label: 
     case = dict(entry)
     case["image"] = _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
     case["label"] = _resolve(root, label)
+    return case
+
+
+def _check_weak_case(entry: dict, where: str, problems: list[str], root: Path, key: str):
+    ok = _check_case({**entry, "label": "-"}, where, problems, root) is not None  # image checks
+    value = entry.get(key)
+    if key == "boxes" and (not isinstance(value, str) or not value):
+        problems.append(f"{where}: a box site's case needs 'boxes' (path of its box JSON) or 'label', got {value!r}")
+        ok = False
+    if key == "tags" and (not isinstance(value, list) or not all(isinstance(t, (str, int)) and not isinstance(t, bool) for t in value)):
+        problems.append(f"{where}: a tag site's case needs 'tags' (a list of class names or values) or 'label', got {value!r}")
+        ok = False
+    if not ok:
+        return None
+    case = {k: v for k, v in entry.items() if k != "label"}
+    image = entry["image"]
+    case["image"] = _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
+    if key == "boxes":
+        case["boxes"] = _resolve(root, value)
     return case
 
 
@@ -233,6 +276,10 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
     label_kind = spec.get("label_kind", "voxel")
     if label_kind not in LABEL_KINDS:
         problems.append(f"{where}: 'label_kind' is {label_kind!r}, valid: {', '.join(LABEL_KINDS)}")
+        label_kind = "voxel"
+    annotated: tuple[int, ...] = ()
+    if label_kind == "partial" or "annotated_classes" in spec:
+        annotated = _check_annotated(spec.get("annotated_classes"), labels, label_kind, where, problems)
 
     splits: dict[str, list[dict]] = {}
     for split in SPLITS:
@@ -252,15 +299,21 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
             if split == "test" and (isinstance(entry, str) or (isinstance(entry, dict) and "label" not in entry)):
                 skipped += 1  # MSD test images come without labels: nothing to evaluate against
                 continue
-            case = _check_case(entry, f"{where}: {split}[{i}]", problems, root)
+            case = _check_case(entry, f"{where}: {split}[{i}]", problems, root, kind=label_kind)
+            if case is not None and split == "training" and label_kind in WEAK_KEYS and "label" in case:
+                problems.append(
+                    f"{where}: {split}[{i}]: a {label_kind} site's training cases carry '{WEAK_KEYS[label_kind]}', "
+                    f"not 'label' (voxel-labelled cases belong in 'validation' or at a voxel site)"
+                )
+                case = None
             if case is not None:
                 cases.append(case)
         if skipped:
             logger.info("%s: skipped %d unlabelled test entr%s", where, skipped, "y" if skipped == 1 else "ies")
         splits[split] = cases
 
-    train_labels = {c["label"] for c in splits["training"]}
-    leaked = sorted(c["label"] for c in splits["validation"] if c["label"] in train_labels)
+    train_labels = {c["label"] for c in splits["training"] if "label" in c}
+    leaked = sorted(c["label"] for c in splits["validation"] if c.get("label") in train_labels)
     for path in leaked:
         problems.append(f"{where}: validation case {path} is also a training case")
 
@@ -275,7 +328,30 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
         validation=splits["validation"],
         test=splits["test"],
         label_kind=label_kind,
+        annotated_classes=annotated,
     )
+
+
+def _check_annotated(value, labels, kind: str, where: str, problems: list[str]) -> tuple[int, ...]:
+    """The label values of ``annotated_classes`` (names or values), checked against ``labels``."""
+    from fedsegnet.data.weak import class_value
+
+    if kind != "partial":
+        problems.append(f"{where}: 'annotated_classes' is only for label_kind 'partial' (this site: {kind!r})")
+        return ()
+    if not isinstance(value, list) or not value:
+        problems.append(f"{where}: label_kind 'partial' needs 'annotated_classes': a non-empty list of the classes it annotates")
+        return ()
+    if labels is None:
+        return ()
+    out = []
+    for item in value:
+        v = class_value(item, labels)
+        if v is None or v == 0:
+            problems.append(f"{where}: 'annotated_classes' entry {item!r} is not a declared foreground class {labels}")
+        else:
+            out.append(v)
+    return tuple(sorted(set(out)))
 
 
 def _relative(root: Path, path) -> str:
@@ -295,8 +371,9 @@ def _relative_case(root: Path, case: dict) -> dict:
         out["image"] = _relative(root, image)
     else:
         out["image"] = [_relative(root, p) for p in image]
-    if "label" in case:
-        out["label"] = _relative(root, case["label"])
+    for key in ("label", "boxes"):
+        if key in case:
+            out[key] = _relative(root, case[key])
     return out
 
 
@@ -310,6 +387,7 @@ def write_datalist(
     test: Sequence[dict] = (),
     name: str = "",
     label_kind: str = "voxel",
+    annotated_classes: Sequence = (),
 ) -> Path:
     """Write ``<site_dir>/dataset.json`` (MSD format, paths relative to ``site_dir``).
 
@@ -322,7 +400,9 @@ def write_datalist(
         validation: validation cases, same form.
         test: labelled test cases, same form. Defaults to ().
         name: dataset name stored as metadata. Defaults to "".
-        label_kind: ``voxel``, ``box``, ``tag`` or ``partial``. Defaults to ``"voxel"``.
+        label_kind: ``voxel``, ``box``, ``tag`` or ``partial``. Defaults to ``"voxel"``. Box and
+            tag cases may carry ``boxes`` (a path) or ``tags`` (a list) instead of ``label``.
+        annotated_classes: the classes a ``partial`` site annotates (names or values). Defaults to ().
 
     Returns:
         Path of the written ``dataset.json``.
@@ -333,10 +413,12 @@ def write_datalist(
     if label_kind not in LABEL_KINDS:
         raise ConfigError("label_kind", label_kind, "unknown label kind", options=LABEL_KINDS)
     root = Path(site_dir).expanduser().absolute()
+    weak = WEAK_KEYS.get(label_kind)
     for split, cases in (("training", training), ("validation", validation), ("test", test)):
         for i, case in enumerate(cases):
-            if not isinstance(case, dict) or "image" not in case or "label" not in case:
-                raise ConfigError(f"{split}[{i}]", case, "a case needs 'image' and 'label'")
+            if not isinstance(case, dict) or "image" not in case or ("label" not in case and weak not in case):
+                need = "'label'" + (f" or '{weak}'" if weak else "")
+                raise ConfigError(f"{split}[{i}]", case, f"a case needs 'image' and {need}")
     root.mkdir(parents=True, exist_ok=True)
     spec = {
         "name": name,
@@ -345,6 +427,7 @@ def write_datalist(
         "labels": {str(int(k)): str(v) for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))},
         "modality": {str(int(k)): str(v) for k, v in sorted(modality.items(), key=lambda kv: int(kv[0]))},
         "label_kind": label_kind,
+        **({"annotated_classes": list(annotated_classes)} if annotated_classes else {}),
         "numTraining": len(training),
         "numValidation": len(validation),
         "numTest": len(test),

@@ -7,7 +7,10 @@ whose lines each name the file (relative to the site folder) and what is wrong, 
 
 Checks per case: every file exists and reads as NIfTI; image and label spatial shapes agree; their
 affines agree (within ``affine_tol`` mm); the image has ``len(modality)`` channels and no NaN/Inf;
-label values are whole numbers within the declared classes. Shapes and affines come from the
+label values are whole numbers within the declared classes (for a ``partial`` site: within the
+classes it annotates). Weaker labels (:mod:`fedsegnet.data.weak`): a box file must read, name
+declared classes, have ordered corners and lie inside the volume (world boxes are converted through
+the image's affine first); tags must name declared classes. Shapes and affines come from the
 headers (nibabel proxies) before any voxel data is read. The split ``training`` must not be empty
 when it is checked.
 """
@@ -65,8 +68,8 @@ def _check_case(
     problems: list[str] = []
     root = datalist.root
     images = case["image"] if isinstance(case["image"], list) else [case["image"]]
-    label_path = case["label"]
-    label_what = f"{_rel(root, label_path)} ({split}[{index}] label)"
+    label_path = case.get("label")
+    label_what = f"{_rel(root, label_path)} ({split}[{index}] label)" if label_path else ""
 
     headers = []
     for k, path in enumerate(images):
@@ -77,7 +80,7 @@ def _check_case(
                 problems.append(f"{what}: expected a 3D or 4D image, got shape {tuple(img.shape)}")
             else:
                 headers.append((what, img))
-    lbl = _open(label_path, label_what, problems)
+    lbl = _open(label_path, label_what, problems) if label_path else None
     if lbl is not None:
         shape = tuple(lbl.shape)
         if len(shape) < 3 or (len(shape) > 3 and int(np.prod(shape[3:])) != 1):
@@ -131,10 +134,45 @@ def _check_case(
             unknown = sorted(int(v) for v in values if int(v) not in datalist.labels)
             if unknown:
                 problems.append(f"{label_what}: label values {set(unknown)} not in declared classes {declared}")
+            elif datalist.label_kind == "partial":
+                unannotated = sorted(int(v) for v in values if v != 0 and int(v) not in datalist.annotated)
+                if unannotated:
+                    problems.append(
+                        f"{label_what}: label values {set(unannotated)} are not among this partial site's "
+                        f"annotated_classes {list(datalist.annotated)}"
+                    )
             for v, c in zip(values.tolist(), counts.tolist()):
                 stats["class_voxels"][int(v)] = stats["class_voxels"].get(int(v), 0) + int(c)
             if not np.any(values > 0):
                 stats["empty_cases"] += 1
+    if "boxes" in case and headers:
+        problems += _check_boxes(datalist, split, index, case["boxes"], headers[0][1])
+    if "tags" in case:
+        from fedsegnet.data.weak import class_value
+
+        bad = [t for t in case["tags"] if class_value(t, datalist.labels) in (None, 0)]
+        if bad:
+            problems.append(
+                f"{_rel(root, images[0])} ({split}[{index}] tags): {bad} not declared foreground classes "
+                f"{[n for v, n in sorted(datalist.labels.items()) if v]}"
+            )
+    return problems
+
+
+def _check_boxes(datalist: SiteDatalist, split: str, index: int, path: str, img) -> list[str]:
+    from fedsegnet.data.weak import box_voxel_ranges, read_boxes
+
+    what = f"{_rel(datalist.root, path)} ({split}[{index}] boxes)"
+    coordinates, boxes, faults = read_boxes(path, datalist.labels)
+    problems = [f"{what}: {f}" for f in faults]
+    shape = np.asarray(img.shape[:3])
+    for i, box in enumerate(boxes):
+        lo, hi = box_voxel_ranges(box, coordinates, img.affine)
+        if np.any(lo < 0) or np.any(hi > shape) or np.any(hi <= lo):
+            problems.append(
+                f"{what}: boxes[{i}] ({coordinates} {box['min']} .. {box['max']}) covers voxels {lo.tolist()} .. "
+                f"{hi.tolist()}, outside the volume of shape {shape.tolist()}"
+            )
     return problems
 
 

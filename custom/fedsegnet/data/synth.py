@@ -38,6 +38,7 @@ match too).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -132,6 +133,67 @@ def _style_keys() -> tuple[str, ...]:
 def _check_site_name(field: str, spec: str, site: str):
     if not site:
         raise ConfigError(field, spec, "site name is empty")
+
+
+def parse_label_kinds(spec: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Parse ``"site-2:box,site-3:tag,site-4:partial:1"`` into ``{site: (kind, annotated class ids)}``.
+
+    ``partial`` takes the annotated class ids of :data:`LABELS` joined by ``+`` (``partial:1+2``) or
+    their names (``partial:organ``).
+
+    Raises:
+        ConfigError: (field ``label_kind``) for a malformed entry, an unknown kind or class.
+    """
+    from fedsegnet.data.datalist import LABEL_KINDS
+
+    out = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        parts = [x.strip() for x in item.split(":")]
+        if len(parts) not in (2, 3) or parts[1] not in LABEL_KINDS or (len(parts) == 3) != (parts[1] == "partial"):
+            raise ConfigError("label_kind", item, "expected SITE:KIND (box, tag, voxel) or SITE:partial:CLASSES, e.g. site-4:partial:1", options=LABEL_KINDS)
+        _check_site_name("label_kind", item, parts[0])
+        annotated = ()
+        if parts[1] == "partial":
+            ids = []
+            for c in parts[2].split("+"):
+                ids += [k for k, name in LABELS.items() if k and (c == name or c == str(k))]
+            if len(ids) != len(parts[2].split("+")):
+                raise ConfigError("label_kind", item, f"unknown class in {parts[2]!r}", options=[f"{k}:{n}" for k, n in LABELS.items() if k])
+            annotated = tuple(sorted(ids))
+        out[parts[0]] = (parts[1], annotated)
+    return out
+
+
+def weak_label_entry(kind: str, label: np.ndarray, affine: np.ndarray, annotated=()) -> dict:
+    """The weaker label a ``kind`` site keeps of a true label map (stored grid and affine).
+
+    ``box``: ``{"boxes": {"coordinates": "world", "boxes": [...]}}``, one world-coordinate box per
+    connected component (26-neighbourhood) of each class, with corners on the voxel edges;
+    ``tag``: ``{"tags": [class names present]}``; ``partial``: ``{"label": label map}`` with the
+    classes outside ``annotated`` set to 0; ``voxel``: ``{"label": label}``.
+    """
+    from scipy import ndimage
+
+    if kind == "voxel":
+        return {"label": label}
+    if kind == "partial":
+        keep = np.isin(label, [0, *annotated])
+        return {"label": np.where(keep, label, 0).astype(label.dtype)}
+    if kind == "tag":
+        return {"tags": [LABELS[int(v)] for v in np.unique(label) if v]}
+    affine = np.asarray(affine, dtype=np.float64)
+    boxes = []
+    for value in (int(v) for v in np.unique(label) if v):
+        components, _ = ndimage.label(label == value, structure=np.ones((3, 3, 3)))
+        for sl in ndimage.find_objects(components):
+            lo = np.array([s.start for s in sl], dtype=np.float64) - 0.5
+            hi = np.array([s.stop for s in sl], dtype=np.float64) - 0.5
+            corners = np.array([[x, y, z, 1.0] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+            world = (affine @ corners.T)[:3]
+            boxes.append({"class": LABELS[value], "min": world.min(axis=1).round(4).tolist(), "max": world.max(axis=1).round(4).tolist()})
+    return {"boxes": {"coordinates": "world", "boxes": boxes}}
 
 
 def parse_corrupt(spec: str) -> tuple[str, str, float]:
@@ -618,7 +680,7 @@ def _ras_affine(n: int, spacing: tuple[float, float, float]) -> np.ndarray:
     return affine
 
 
-def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: np.ndarray, axcodes) -> dict:
+def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: np.ndarray, axcodes, kind: str = "voxel", annotated=()) -> dict:
     image = case["image"]
     data = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # MSD: channels last
     lab = label
@@ -628,11 +690,19 @@ def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: 
     else:
         img_affine = affine
     (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     img_path = folder / "imagesTr" / f"{stem}.nii.gz"
-    lab_path = folder / "labelsTr" / f"{stem}.nii.gz"
     _save(data, img_affine, img_path, np.float32)
-    _save(lab, img_affine, lab_path, np.uint8)
+    weak = weak_label_entry(kind, lab, img_affine, annotated)  # the true mask of a box/tag site is never written
+    if "boxes" in weak:
+        (folder / "boxesTr").mkdir(parents=True, exist_ok=True)
+        box_path = folder / "boxesTr" / f"{stem}.json"
+        box_path.write_text(json.dumps(weak["boxes"], indent=1) + "\n")
+        return {"image": str(img_path), "boxes": str(box_path)}
+    if "tags" in weak:
+        return {"image": str(img_path), "tags": weak["tags"]}
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+    lab_path = folder / "labelsTr" / f"{stem}.nii.gz"
+    _save(weak["label"], img_affine, lab_path, np.uint8)
     return {"image": str(img_path), "label": str(lab_path)}
 
 
@@ -658,6 +728,7 @@ def synthesize(
     progress: bool = False,
     spacing: float = 1.5,
     vary_sites: bool = True,
+    label_kinds: dict | str | None = None,
 ) -> dict:
     """Write synthetic sites ``out_dir/site-1 .. site-N`` and a clean test set ``out_dir/test``.
 
@@ -694,10 +765,15 @@ def synthesize(
         progress: show a tqdm progress bar. Defaults to False.
         spacing: voxel size in mm (isotropic). Defaults to 1.5.
         vary_sites: apply the mild default per-site variation. Defaults to True.
+        label_kinds: site -> ``(kind, annotated class ids)`` or the string form of
+            :func:`parse_label_kinds` (``"site-2:box,site-3:tag,site-4:partial:1"``): the site keeps
+            only weaker labels derived from its true masks (boxes as world-coordinate JSON sidecars,
+            tags in ``dataset.json``, partial label maps), in training and validation alike; its
+            true masks are never written. Defaults to None (every site voxel).
 
     Returns:
         Summary: ``{"root", "labels", "channels", "size", "spacing", "seed", "sites": {site: {"dir",
-        "n_training", "n_validation", "style", "corruptions", "orientation"}}, "test": {"dir",
+        "n_training", "n_validation", "style", "corruptions", "orientation", "label_kind"}}, "test": {"dir",
         "n_cases"} or None}``.
 
     Raises:
@@ -740,6 +816,11 @@ def synthesize(
         _validate_corruption("corrupt", item, kind, amount)
         corruptions[site].append((kind, amount))
     axcodes = {s: _check_axcodes((orientation or {}).get(s, "RAS"), "orientation") for s in site_names}
+    kinds = parse_label_kinds(label_kinds) if isinstance(label_kinds, str) else dict(label_kinds or {})
+    for site in kinds:
+        if site not in site_names:
+            raise ConfigError("label_kinds", site, "unknown site", options=site_names)
+    kinds = {s: tuple(kinds.get(s, ("voxel", ()))) for s in site_names}
     styles = {
         s: site_style(i, seed, (site_styles or {}).get(s), vary=vary_sites) for i, s in enumerate(site_names, start=1)
     }
@@ -773,7 +854,7 @@ def synthesize(
                 for j, (kind, amount) in enumerate(corruptions[site]):
                     stream = np.random.SeedSequence([int(seed), group, i, 1000 + j]).generate_state(1)[0]
                     label = corrupt_label(label, kind, amount, structures=case["structures"], seed=int(stream))
-                written.append(_write_case(folder, f"{site}_{i:03d}", case, label, affine, axcodes[site]))
+                written.append(_write_case(folder, f"{site}_{i:03d}", case, label, affine, axcodes[site], *kinds[site]))
                 bar.update(1)
             train, val = written[: len(written) - n_val], written[len(written) - n_val :]
             write_datalist(
@@ -783,6 +864,8 @@ def synthesize(
                 training=train,
                 validation=val,
                 name=f"FedSegNet synthetic {site}",
+                label_kind=kinds[site][0],
+                annotated_classes=[LABELS[c] for c in kinds[site][1]],
             )
             summary["sites"][site] = {
                 "dir": str(folder),
@@ -791,6 +874,7 @@ def synthesize(
                 "style": styles[site],
                 "corruptions": [list(c) for c in corruptions[site]],
                 "orientation": "".join(axcodes[site]),
+                "label_kind": kinds[site][0] + (":" + "+".join(LABELS[c] for c in kinds[site][1]) if kinds[site][1] else ""),
             }
             logger.info(
                 "synthesized %s: %d training + %d validation cases, style %s", site, len(train), len(val), styles[site]

@@ -23,12 +23,13 @@ from collections.abc import Iterable, Iterator, Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
@@ -68,12 +69,58 @@ def _intensity(preset: Preset):
     raise ConfigError("intensity", mode, "unknown intensity normalisation", options=INTENSITY_MODES)
 
 
-def _deterministic(preset: Preset, label_map=None) -> list:
+class WeakLabeld(MapTransform):
+    """Turn a case's weaker label into tensors that the spatial transforms move with the image.
+
+    A case with ``"boxes"`` (a box JSON path) gets ``"label"``: ``(C - 1, X, Y, Z)`` binary box
+    channels on the image's stored grid (:func:`fedsegnet.data.weak.box_masks`); a case with
+    ``"tags"`` gets ``"tags"``: a ``(C - 1,)`` float presence vector and an all-zero
+    ``(1, X, Y, Z)`` ``"label"`` (nothing is known voxel-wise). Other cases pass unchanged. Apply
+    right after loading (before reorientation and resampling), with the image already channel-first.
+
+    Args:
+        label_map: the site's :class:`~fedsegnet.data.labels.LabelMap` (label value -> class id).
+        labels: the site's ``dataset.json`` labels (value -> name), to read class names.
+    """
+
+    def __init__(self, label_map, labels):
+        super().__init__(keys=["label"], allow_missing_keys=True)
+        self.label_map = label_map
+        self.labels = dict(labels)
+        self.class_of_value = dict(zip(label_map.source_values, label_map.class_ids))
+
+    def __call__(self, data):
+        from fedsegnet.data.weak import box_masks, read_boxes, tag_vector
+
+        d = dict(data)
+        image = d["image"]
+        shape = tuple(image.shape[1:])
+        if "boxes" in d and "label" not in d:
+            coordinates, boxes, problems = read_boxes(d["boxes"], self.labels)
+            if problems:
+                raise ConfigError("boxes", d["boxes"], "; ".join(problems))
+            mask = box_masks(boxes, coordinates, shape, np.asarray(image.affine), self.class_of_value, self.label_map.num_classes)
+            d["label"] = self._like(image, torch.from_numpy(mask.astype(np.float32)))
+        elif "tags" in d and "label" not in d:
+            d["tags"] = torch.from_numpy(tag_vector(d["tags"], self.labels, self.class_of_value, self.label_map.num_classes))
+            d["label"] = self._like(image, torch.zeros((1, *shape)))
+        return d
+
+    @staticmethod
+    def _like(image, values: torch.Tensor) -> MetaTensor:
+        """``values`` as a MetaTensor on the image's grid (same affine and metadata)."""
+        meta = {k: v for k, v in image.meta.items() if k != "affine"}
+        return MetaTensor(values, affine=image.affine.clone(), meta=meta)
+
+
+def _deterministic(preset: Preset, label_map=None, labels=None) -> list:
     mapping = label_map.transform() if label_map is not None else None
+    weak = [WeakLabeld(label_map, labels)] if label_map is not None and labels is not None else []
     return [
         LoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(KEYS), allow_missing_keys=True),
         *([mapping] if mapping is not None else []),
+        *weak,
         Orientationd(keys=list(KEYS), axcodes="RAS", labels=_AXIS_LABELS, allow_missing_keys=True),
         Spacingd(keys=list(KEYS), pixdim=tuple(preset.spacing), mode=("bilinear", "nearest"), allow_missing_keys=True),
         _intensity(preset),
@@ -115,7 +162,7 @@ def crops_per_volume(preset: Preset) -> int:
     return k
 
 
-def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compose:
+def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=None) -> Compose:
     """Training transforms: deterministic preprocessing, then random crops, flips and jitter.
 
     Load (NIfTI, channels first), reorient to RAS, resample to ``preset.spacing`` (bilinear image,
@@ -129,6 +176,8 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compos
         num_classes: classes including background, >= 2 (checked; crops centre on any label > 0).
         label_map: a :class:`~fedsegnet.data.labels.LabelMap` turning the site's label values into
             class ids right after loading. Defaults to None (the files hold class ids).
+        labels: the site's ``dataset.json`` labels; with ``label_map``, cases carrying ``boxes``
+            or ``tags`` get their weak labels rendered (:class:`WeakLabeld`). Defaults to None.
 
     Returns:
         A MONAI ``Compose``; apply :meth:`set_random_state` for reproducible crops.
@@ -142,7 +191,7 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compos
     patch = tuple(int(p) for p in preset.patch_size)
     pos = float(preset.pos_fraction)
     return Compose(
-        _deterministic(preset, label_map)
+        _deterministic(preset, label_map, labels)
         + [
             SpatialPadd(keys=list(KEYS), spatial_size=patch),
             EnsureTyped(keys=list(KEYS), dtype=torch.float32),
@@ -164,7 +213,7 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compos
     )
 
 
-def eval_transforms(preset: Preset, label_map=None) -> Compose:
+def eval_transforms(preset: Preset, label_map=None, labels=None) -> Compose:
     """Deterministic transforms for evaluation and inference (no crop, no padding).
 
     Load, channels first, reorient to RAS, resample to ``preset.spacing``, normalise. ``label`` is
@@ -174,6 +223,7 @@ def eval_transforms(preset: Preset, label_map=None) -> Compose:
     Args:
         preset: the run's preset.
         label_map: maps the site's label values to class ids after loading. Defaults to None.
+        labels: the site's labels, to render weak labels (see :func:`train_transforms`). Defaults to None.
 
     Returns:
         A MONAI ``Compose``.
@@ -183,7 +233,7 @@ def eval_transforms(preset: Preset, label_map=None) -> Compose:
     """
     _check_preset(preset)
     final = EnsureTyped(keys=list(KEYS), dtype=torch.float32, allow_missing_keys=True)
-    return Compose(_deterministic(preset, label_map) + [final])
+    return Compose(_deterministic(preset, label_map, labels) + [final])
 
 
 def estimate_case_bytes(case: dict, preset: Preset) -> int:
@@ -270,6 +320,7 @@ def build_train_loader(
     cache: bool = True,
     max_cache_bytes: int | None = None,
     label_map=None,
+    labels=None,
 ) -> DataLoader:
     """Training loader: shuffled volumes, ``crops_per_volume`` random crops each, batched.
 
@@ -287,6 +338,7 @@ def build_train_loader(
             to fit memory). Defaults to True.
         max_cache_bytes: cache budget. Defaults to None (half the available memory).
         label_map: maps the site's label values to class ids. Defaults to None (identity).
+        labels: the site's labels, to render box/tag cases (:class:`WeakLabeld`). Defaults to None.
 
     Returns:
         A MONAI ``DataLoader`` yielding ``{"image": (B, C, *patch) float32, "label": (B, 1, *patch)
@@ -297,7 +349,7 @@ def build_train_loader(
     """
     if not cases:
         raise ConfigError("cases", list(cases), "no training cases")
-    transform = train_transforms(preset, num_classes, label_map)
+    transform = train_transforms(preset, num_classes, label_map, labels)
     transform.set_random_state(seed=int(seed) % (2**32))
     ds = _dataset(cases, transform, preset, cache, max_cache_bytes)
     volumes = int(preset.batch_size) // crops_per_volume(preset)
