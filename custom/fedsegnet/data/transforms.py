@@ -36,6 +36,7 @@ from monai.transforms import (
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSpatialCropSamplesd,
     ScaleIntensityd,
     ScaleIntensityRanged,
     Spacingd,
@@ -168,7 +169,8 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=No
     Load (NIfTI, channels first), reorient to RAS, resample to ``preset.spacing`` (bilinear image,
     nearest label), normalise intensities (``preset.intensity``), pad to at least
     ``preset.patch_size``; then ``RandCropByPosNegLabeld`` (``crops_per_volume(preset)`` crops,
-    a ``pos_fraction`` share centred on foreground), flips on each axis (p=0.5 each), intensity
+    a ``pos_fraction`` share centred on foreground; uniform ``RandSpatialCropSamplesd`` crops when
+    ``pos_fraction`` is 0, e.g. for tag sites that know no foreground voxel), flips on each axis (p=0.5 each), intensity
     scale/shift jitter (+-10 %, p=0.5 each) and conversion to plain float32 tensors.
 
     Args:
@@ -202,7 +204,9 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=No
                 pos=pos,
                 neg=1.0 - pos,
                 num_samples=crops_per_volume(preset),
-            ),
+            )
+            if pos > 0
+            else RandSpatialCropSamplesd(keys=list(KEYS), roi_size=patch, num_samples=crops_per_volume(preset), random_size=False),
             RandFlipd(keys=list(KEYS), prob=0.5, spatial_axis=0),
             RandFlipd(keys=list(KEYS), prob=0.5, spatial_axis=1),
             RandFlipd(keys=list(KEYS), prob=0.5, spatial_axis=2),

@@ -70,6 +70,11 @@ class SegLearner(Learner):
         agreement_batches: training batches on which the received global model's predictions are
             compared with the site's labels each round (AAM's data-quality signal, sent as
             ``fedsegnet.label_agreement``; 0 = off). Defaults to 2.
+        pseudo_threshold: a box or tag site keeps the received global model's pseudo-label at a
+            voxel when its probability (among the classes the weak label allows) is at least this.
+            Defaults to 0.8.
+        pseudo_ramp_rounds: the pseudo-label loss weight grows linearly from 0 in round 0 to 1 in
+            this round (the first global models are untrained). Defaults to 5.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class SegLearner(Learner):
         device: str | None = None,
         fedprox_mu: float = 0.0,
         agreement_batches: int = 2,
+        pseudo_threshold: float = 0.8,
+        pseudo_ramp_rounds: int = 5,
     ):
         super().__init__()
         if not float(fedprox_mu) >= 0:
@@ -118,6 +125,8 @@ class SegLearner(Learner):
         self.device = device
         self.fedprox_mu = float(fedprox_mu)
         self.agreement_batches = int(agreement_batches)
+        self.pseudo_threshold = float(pseudo_threshold)
+        self.pseudo_ramp_rounds = int(pseudo_ramp_rounds)
         self.trainer = None
         self.site = None
         self.init_error = None
@@ -170,6 +179,7 @@ class SegLearner(Learner):
                 device=self.device,
                 agreement_batches=self.agreement_batches,
                 proximal_loss=PTFedProxLoss(mu=self.fedprox_mu) if self.fedprox_mu > 0 else None,
+                weak_loss={"threshold": self.pseudo_threshold, "ramp_rounds": self.pseudo_ramp_rounds},
             )
             if self.trainer.datalist.label_kind != "voxel":
                 self.label_kind = self.trainer.datalist.label_kind
@@ -214,7 +224,7 @@ class SegLearner(Learner):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         current_round = int(data.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
         try:
-            update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered)
+            update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered, round=current_round)
         except FedSegNetError as e:
             self.log_error(fl_ctx, f"site {self.site} round {current_round}: {e}")
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)

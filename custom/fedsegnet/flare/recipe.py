@@ -67,6 +67,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         val_max_cases: validation cases per evaluation (0 = all). Defaults to 0.
         torch_threads: torch CPU threads per site (0 = default). Defaults to 0.
         num_workers: DataLoader workers per site. Defaults to None (the preset's).
+        pseudo_threshold: pseudo-label confidence at box/tag sites. Defaults to 0.8.
+        pseudo_ramp_rounds: rounds over which the pseudo-label loss weight ramps up. Defaults to 5.
         train_timeout: seconds the server waits for a site's update (0 = no limit). Defaults to 0.
         compression: add the compression filters of ``jobs/fedsegnet`` (both directions) and byte
             accounting. Defaults to False.
@@ -112,6 +114,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         val_max_cases: int = 0,
         torch_threads: int = 0,
         num_workers: int | None = None,
+        pseudo_threshold: float = 0.8,
+        pseudo_ramp_rounds: int = 5,
         train_timeout: int = 0,
         compression: bool = False,
         up_ratio: float = 0.1,
@@ -198,6 +202,8 @@ class FedSegNetFedAvgRecipe(Recipe):
                 val_max_cases=val_max_cases,
                 torch_threads=torch_threads,
                 num_workers=num_workers,
+                pseudo_threshold=pseudo_threshold,
+                pseudo_ramp_rounds=pseudo_ramp_rounds,
                 analytic_sender_id="analytic_sender",
                 fedprox_mu=fedprox_mu,
             ),

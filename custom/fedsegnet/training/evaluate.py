@@ -406,6 +406,7 @@ def label_agreement(
     num_classes: int,
     device: str | torch.device,
     n_batches: int = 2,
+    classes: Sequence[int] | None = None,
 ) -> float | None:
     """Agreement of a model's predictions with the labels of a few training batches.
 
@@ -422,6 +423,8 @@ def label_agreement(
         num_classes: classes including background.
         device: where the batches are moved.
         n_batches: batches to use, >= 1. Defaults to 2.
+        classes: foreground classes to score (a partial site's annotated classes; predictions of
+            the others count as background). Defaults to None (all).
 
     Returns:
         The agreement in [0, 1], or None when no foreground class occurs in predictions or labels.
@@ -442,11 +445,11 @@ def label_agreement(
         label = label.as_tensor() if hasattr(label, "as_tensor") else label
         pred = model(image.to(device, dtype=torch.float32)).argmax(dim=1).cpu()
         label = label[:, 0].long().cpu()
-        for c in range(1, num_classes):
+        for c in classes if classes is not None else range(1, num_classes):
             p, t = pred == c, label == c
             inter[c] += float((p & t).sum())
             denom[c] += float(p.sum() + t.sum())
-    present = denom[1:] > 0
+    present = denom > 0
     if not present.any():
         return None
-    return float((2 * inter[1:][present] / denom[1:][present]).mean())
+    return float((2 * inter[present] / denom[present]).mean())

@@ -98,7 +98,7 @@ def _batch_stream(batches: Iterable) -> Callable[[], dict]:
     return draw
 
 
-def _check_batch(batch, step: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_batch(batch, step: int, steps: int, any_label_channels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     where = f"step {step}/{steps}"
     if not isinstance(batch, Mapping):
         raise TrainingError(f"{where}: batch must be a dict with 'image' and 'label', got {type(batch).__name__}", step)
@@ -108,7 +108,7 @@ def _check_batch(batch, step: int, steps: int) -> tuple[torch.Tensor, torch.Tens
     image, label = batch["image"], batch["label"]
     if not isinstance(image, torch.Tensor) or image.ndim != 5:
         raise TrainingError(f"{where}: batch['image'] must be a (B, C, X, Y, Z) tensor, got {_describe(image)}", step)
-    if not isinstance(label, torch.Tensor) or label.ndim != 5 or label.shape[1] != 1:
+    if not isinstance(label, torch.Tensor) or label.ndim != 5 or (label.shape[1] != 1 and not any_label_channels):
         raise TrainingError(f"{where}: batch['label'] must be a (B, 1, X, Y, Z) tensor, got {_describe(label)}", step)
     if label.shape[0] != image.shape[0] or label.shape[2:] != image.shape[2:]:
         raise TrainingError(
@@ -139,6 +139,7 @@ def train_steps(
     progress: bool | str = False,
     desc: str = "train",
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    loss_extras: Callable[[Mapping, torch.Tensor], dict] | None = None,
 ) -> dict:
     """Run exactly ``steps`` optimiser steps (unless stopped) and report what happened.
 
@@ -165,6 +166,10 @@ def train_steps(
         desc: label of the progress bar and of the log line. Defaults to ``"train"``.
         regularizer: ``regularizer(model) -> scalar`` added to every step's loss (for instance
             FedProx's proximal term to the received global model). Defaults to None.
+        loss_extras: ``loss_extras(batch, image) -> dict`` of keyword arguments for
+            ``loss_fn(logits, label, **extras)`` (weak-label losses: the batch's tags, the
+            received global model's logits on ``image``); the label may then have any number of
+            channels (box channels). Defaults to None.
 
     Returns:
         ``{"steps": int (steps done), "loss_first": float | None, "loss_last": float | None,
@@ -210,7 +215,7 @@ def train_steps(
                     "re-iterable (DataLoader, list) or an endless iterator",
                     step,
                 ) from None
-            image, label = _check_batch(batch, step, steps)
+            image, label = _check_batch(batch, step, steps, any_label_channels=loss_extras is not None)
             # plain tensors: MONAI MetaTensors would carry (and slow down) metadata through every op
             image = image.as_tensor() if hasattr(image, "as_tensor") else image
             label = label.as_tensor() if hasattr(label, "as_tensor") else label
@@ -219,7 +224,7 @@ def train_steps(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(image)
-                loss = loss_fn(logits, label)
+                loss = loss_fn(logits, label, **loss_extras(batch, image)) if loss_extras else loss_fn(logits, label)
                 if regularizer is not None:
                     loss = loss + regularizer(model)
             value = float(loss.detach())

@@ -8,6 +8,7 @@ optimiser and loaders; weights come in and go out as plain ``dict[str, numpy.nda
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import zlib
 from pathlib import Path
@@ -29,6 +30,7 @@ from fedsegnet.errors import DataError
 from fedsegnet.networks import build_network
 from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement
 from fedsegnet.training.losses import build_loss
+from fedsegnet.training.weak_losses import WeakSupervisionLoss
 from fedsegnet.training.loop import (
     load_exchanged_weights,
     make_optimizer,
@@ -115,6 +117,15 @@ class SiteTrainer:
             Defaults to 2.
         proximal_loss: ``proximal_loss(local_model, global_model) -> scalar`` added to every
             training step, e.g. FedProx's ``PTFedProxLoss(mu)`` from FLARE. Defaults to None.
+        weak_loss: keyword arguments of :class:`~fedsegnet.training.weak_losses.WeakSupervisionLoss`
+            for a site whose ``dataset.json`` declares weaker labels (``threshold``,
+            ``ramp_rounds``, ...). Defaults to None (its defaults). Voxel sites train with DiceCE.
+
+    Label kinds: a ``box`` or ``tag`` site's loss uses the received global model's predictions on
+    each crop as pseudo-labels (one extra forward pass per step); a ``partial`` site uses the
+    marginal and exclusion losses. Validation and the AAM agreement signal use only cases with voxel
+    labels (a ``partial`` site's agreement counts its annotated classes only); a box or tag site
+    without such cases reports None.
 
     Raises:
         DataError: when the site's data contract or files fail the checks; lists every problem.
@@ -133,6 +144,7 @@ class SiteTrainer:
         run_preflight: bool = True,
         agreement_batches: int = 2,
         proximal_loss=None,
+        weak_loss: dict | None = None,
     ):
         self.site_dir = Path(site_dir)
         self.config = config
@@ -164,7 +176,13 @@ class SiteTrainer:
             torch.set_num_threads(config.torch_threads)
         torch.manual_seed(self.seed)
         self.model = build_model_for(config, self.in_channels, self.num_classes).to(self.device)
-        self.loss_fn = build_loss("dice_ce")
+        kind = self.datalist.label_kind
+        if kind == "voxel":
+            self.loss_fn = build_loss("dice_ce")
+        else:
+            class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
+            annotated = sorted(class_of[v] for v in self.datalist.annotated)
+            self.loss_fn = WeakSupervisionLoss(kind, self.num_classes, annotated=annotated, **(weak_loss or {}))
         self.optimizer = make_optimizer(self.model, lr=config.preset.lr, weight_decay=config.preset.weight_decay)
         self.scaler = (
             torch.amp.GradScaler("cuda") if (config.preset.amp and self.device.type == "cuda") else None
@@ -185,9 +203,12 @@ class SiteTrainer:
 
     def _train_batches(self):
         if self._batches is None:
+            preset = self.config.preset
+            if self.datalist.label_kind == "tag":  # no voxel is known to be foreground: uniform crops
+                preset = dataclasses.replace(preset, pos_fraction=0.0)
             loader = build_train_loader(
-                self.datalist.training, self.config.preset, self.num_classes, seed=self.seed,
-                label_map=self.label_map,
+                self.datalist.training, preset, self.num_classes, seed=self.seed,
+                label_map=self.label_map, labels=self.datalist.labels,
             )  # fmt: skip
             self._batches = infinite_batches(loader)
         return self._batches
@@ -200,12 +221,14 @@ class SiteTrainer:
         """Load exchanged weights (numpy arrays or tensors) into the site model; the dict is not changed."""
         load_exchanged_weights(self.model, weights, strict=True)
 
-    def train_round(self, global_weights: dict, should_stop=None) -> tuple[dict[str, np.ndarray], dict]:
+    def train_round(self, global_weights: dict, should_stop=None, round: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """Run one round of local training from ``global_weights``.
 
         Args:
             global_weights: the received global model, ``{name: array}``.
             should_stop: callable returning True to abort between steps. Defaults to None.
+            round: the federation's round (pseudo-label ramp-up of weak-label sites). Defaults to
+                None (the rounds this trainer has run).
 
         Returns:
             ``(update, stats)``: ``update[k] = local[k] - global[k]`` (float32 numpy, same shapes as
@@ -215,18 +238,26 @@ class SiteTrainer:
         """
         self.set_weights(global_weights)
         agreement = None
-        if self.agreement_batches:
+        kind = self.datalist.label_kind
+        if self.agreement_batches and kind in ("voxel", "partial"):
+            class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
             agreement = label_agreement(
                 self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
                 n_batches=self.agreement_batches,
+                classes=None if kind == "voxel" else sorted(class_of[v] for v in self.datalist.annotated),
             )  # fmt: skip
-        regularizer = None
-        if self.proximal_loss is not None:
+        regularizer = extras = None
+        needs_teacher = getattr(self.loss_fn, "needs_teacher", False)
+        if self.proximal_loss is not None or needs_teacher:
             if self._global_model is None:
                 self._global_model = copy.deepcopy(self.model).requires_grad_(False)
             load_exchanged_weights(self._global_model, global_weights, strict=True)
+            self._global_model.eval()
+        if self.proximal_loss is not None:
             reference = self._global_model
             regularizer = lambda model: self.proximal_loss(model, reference)  # noqa: E731
+        if kind != "voxel":
+            extras = self._weak_extras(self.rounds_done if round is None else int(round), needs_teacher)
         stats = train_steps(
             self.model,
             self._train_batches(),
@@ -240,6 +271,7 @@ class SiteTrainer:
             progress=self.progress,
             desc=f"{self.site} round {self.rounds_done}",
             regularizer=regularizer,
+            loss_extras=extras,
         )
         stats["agreement"] = agreement
         local = self.get_weights()
@@ -250,6 +282,21 @@ class SiteTrainer:
             update[k] = (v - g.astype(np.float32, copy=False)).astype(np.float32, copy=False)
         self.rounds_done += 1
         return update, stats
+
+    def _weak_extras(self, round: int, needs_teacher: bool):
+        """``loss_extras`` for a weak-label site: the batch's tags and the global model's logits."""
+        teacher = self._global_model
+
+        def extras(batch, image):
+            out = {"round": round}
+            if "tags" in batch:
+                out["tags"] = torch.as_tensor(batch["tags"]).to(self.device, dtype=torch.float32)
+            if needs_teacher:
+                with torch.no_grad():
+                    out["teacher"] = teacher(image).float()
+            return out
+
+        return extras
 
     def evaluate(self, weights: dict | None = None, split: str = "validation", max_cases: int | None = None) -> EvalResult:
         """Evaluate ``weights`` (or the current local model) on one split of the site.
@@ -268,7 +315,7 @@ class SiteTrainer:
         max_cases = self.config.val_max_cases if max_cases is None else max_cases
         key = (split, max_cases)
         if key not in self._eval_sets:
-            cases = list(getattr(self.datalist, split))[: max_cases or None]
+            cases = self.datalist.evaluable(split)[: max_cases or None]  # weak-label cases cannot be scored
             self._eval_sets[key] = (cases, build_eval_dataset(cases, self.config.preset, label_map=self.label_map))
         cases, dataset = self._eval_sets[key]
         saved = None
