@@ -91,6 +91,7 @@ def run_federation(
     faults: Mapping[str, str] | None = None,
     device: str | None = None,
     on_round: Callable[[dict], None] | None = None,
+    weak_loss: dict | None = None,
 ) -> dict:
     """Train a federation in this process and evaluate the final global model on a test set.
 
@@ -111,6 +112,8 @@ def run_federation(
             Defaults to None.
         device: torch device. Defaults to None (CUDA when available).
         on_round: called with each round's record. Defaults to None.
+        weak_loss: settings of the weak-label sites' loss (``SiteTrainer(weak_loss=...)``).
+            Defaults to None.
 
     Returns:
         ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float}``;
@@ -129,7 +132,7 @@ def run_federation(
         raise ValueError(f"faults: unknown site(s) {unknown} (sites: {sorted(site_dirs)})")
     t0 = time.perf_counter()
     trainers = {
-        site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss)
+        site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss, weak_loss=weak_loss)
         for site, d in site_dirs.items()
     }
     first = next(iter(trainers.values()))

@@ -105,6 +105,22 @@ def test_quality_signal_downweights_disagreeing_labels():
     assert w["site-4"] < 0.1 < min(w[s] for s in ("site-1", "site-2", "site-3"))
 
 
+def test_quality_is_compared_within_a_label_kind():
+    """A box site's weak-label agreement lives on another scale than a voxel site's Dice: it is
+    judged against the other box sites only (and with none, not at all)."""
+    ups = _round()
+    aam = AdaptiveAggregation(performance_coef=0, divergence_coef=0, norm_coef=0)
+    kinds = {"site-1": {"label_kind": "voxel"}, "site-2": {"label_kind": "voxel"},
+             "site-3": {"label_kind": "box", "agreement": 0.3}, "site-4": {"label_kind": "box", "agreement": 0.3}}  # fmt: skip
+    w = _weights(aam, ups, _reports(ups, **kinds))
+    prior = {s: 1.0 if s in ("site-1", "site-2") else 0.5 for s in ups}
+    for s in ups:  # only the kind prior separates them: nobody falls behind its own kind
+        assert w[s] == pytest.approx(prior[s] / sum(prior.values()), rel=1e-6)
+    kinds["site-4"] = {"label_kind": "box", "agreement": 0.1}  # sloppy boxes: behind the other box site
+    w = _weights(AdaptiveAggregation(performance_coef=0, divergence_coef=0, norm_coef=0), ups, _reports(ups, **kinds))
+    assert w["site-4"] < 0.5 * w["site-3"]
+
+
 def test_quality_is_smoothed_over_rounds():
     aam = AdaptiveAggregation(smoothing=0.5)
     ups = _round()

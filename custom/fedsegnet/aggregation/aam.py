@@ -8,8 +8,10 @@ Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
   model's predictions (foreground Dice on a few training crops, reported by the site), smoothed
   over rounds (exponential moving average, ``smoothing`` = weight of the newest value). Sites whose
   labels disagree with what the federation learned elsewhere (noisy, shifted or missing
-  annotations) score low. The label kind sets a prior trust ``kappa_i`` (voxel 1, partial 0.7,
-  box 0.5, tag 0.3).
+  annotations) score low. Box and tag sites report the agreement of their weak labels instead
+  (:func:`fedsegnet.training.evaluate.weak_label_agreement`), on another scale, so ``q_med`` is the
+  median over the sites *of the same label kind* (a kind with one site is never penalised for
+  quality). The label kind sets a prior trust ``kappa_i`` (voxel 1, partial 0.7, box 0.5, tag 0.3).
 * **performance** ``p_i``: Dice of the site's local model (after its training) on its own
   validation split, smoothed like ``q_i``; its gain over the received global model is recorded. A site
   whose own model cannot fit its own validation labels holds labels that contradict each other.
@@ -479,7 +481,10 @@ class AdaptiveAggregation:
                 return {s: 0.0 for s in values}
             return {s: 0.0 if v is None else max(0.0, 1.0 - v / med - margin) for s, v in values.items()}
 
-        pq, pp = shortfall(quality, self.margin), shortfall(perf, self.margin)
+        pq = {}
+        for kind in {reports[s].label_kind for s in sites}:  # quality scales differ between label kinds
+            pq.update(shortfall({s: quality[s] for s in sites if reports[s].label_kind == kind}, self.margin))
+        pp = shortfall(perf, self.margin)
         # direction: the update's cosine similarity to the centre, relative to the round's median similarity
         sim = {s: None if v is None else 1.0 - v for s, v in cos.items()}
         known_sim = [v for v in sim.values() if v is not None]

@@ -46,7 +46,7 @@ from fedsegnet.training.loop import _show_progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "evaluate", "label_agreement", "weak_label_agreement"]
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -453,3 +453,70 @@ def label_agreement(
     if not present.any():
         return None
     return float((2 * inter[present] / denom[present]).mean())
+
+
+@torch.no_grad()
+def weak_label_agreement(
+    model: nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    *,
+    kind: str,
+    num_classes: int,
+    device: str | torch.device,
+    n_batches: int = 2,
+) -> float | None:
+    """Agreement of a model's predictions with a box or tag site's weak labels, in [0, 1].
+
+    - ``box``: the harmonic mean of *precision* (share of the predicted voxels of each class that
+      lie inside a box of that class) and *tightness* (share of the planes crossing a box, along
+      each axis, that hold a predicted voxel of its class: a tight box's planes all cut the object).
+      A perfect model scores 1.
+    - ``tag``: the share of predicted foreground voxels whose class the case's tags list.
+
+    Run with the received global model on the site's training crops, it is AAM's data-quality
+    signal for weak sites; AAM compares it only with sites of the same label kind (the scales
+    differ from a voxel site's Dice). The model is put in eval mode and left there.
+
+    Returns:
+        The agreement, or None when there is nothing to compare (no prediction and no box).
+    """
+    if kind not in ("box", "tag"):
+        raise ConfigError("kind", kind, "weak agreement is for box or tag sites", options=("box", "tag"))
+    it = iter(batches)
+    model.eval()
+    inside = total = 0.0
+    hits, planes = 0.0, 0.0
+    for _ in range(int(n_batches)):
+        try:
+            batch = next(it)
+        except StopIteration:
+            break
+        image = batch["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        pred = model(image.to(device, dtype=torch.float32)).argmax(dim=1).cpu()  # (B, X, Y, Z)
+        if kind == "tag":
+            tags = torch.as_tensor(batch["tags"]).cpu() > 0.5  # (B, C-1)
+            for c in range(1, num_classes):
+                n = (pred == c).flatten(1).sum(dim=1).double()
+                total += float(n.sum())
+                inside += float((n * tags[:, c - 1]).sum())
+            continue
+        boxes = batch["label"]
+        boxes = (boxes.as_tensor() if hasattr(boxes, "as_tensor") else boxes).cpu() > 0.5  # (B, C-1, X, Y, Z)
+        for c in range(1, num_classes):
+            p, m = pred == c, boxes[:, c - 1]
+            total += float(p.sum())
+            inside += float((p & m).sum())
+            for axis in (1, 2, 3):
+                others = tuple(a for a in (1, 2, 3) if a != axis)
+                crossing = m.amax(dim=others)  # (B, n): the planes perpendicular to axis that cross a box
+                hit = (p & m).amax(dim=others)
+                planes += float(crossing.sum())
+                hits += float(hit.sum())
+    if kind == "tag":
+        return inside / total if total > 0 else None
+    if total == 0 and planes == 0:
+        return None
+    precision = inside / total if total > 0 else 0.0
+    tightness = hits / planes if planes > 0 else 0.0
+    return 0.0 if precision + tightness == 0 else 2 * precision * tightness / (precision + tightness)

@@ -28,7 +28,7 @@ from fedsegnet.data.transforms import (
 )
 from fedsegnet.errors import DataError
 from fedsegnet.networks import build_network
-from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement
+from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement, weak_label_agreement
 from fedsegnet.training.losses import build_loss
 from fedsegnet.training.weak_losses import WeakSupervisionLoss
 from fedsegnet.training.loop import (
@@ -123,9 +123,10 @@ class SiteTrainer:
 
     Label kinds: a ``box`` or ``tag`` site's loss uses the received global model's predictions on
     each crop as pseudo-labels (one extra forward pass per step); a ``partial`` site uses the
-    marginal and exclusion losses. Validation and the AAM agreement signal use only cases with voxel
-    labels (a ``partial`` site's agreement counts its annotated classes only); a box or tag site
-    without such cases reports None.
+    marginal and exclusion losses. Validation uses only cases with voxel labels (a box or tag site
+    without such cases reports None). The AAM agreement signal is the received global model's Dice
+    against the site's labels (a ``partial`` site: its annotated classes only), or for box and tag
+    sites :func:`~fedsegnet.training.evaluate.weak_label_agreement`.
 
     Raises:
         DataError: when the site's data contract or files fail the checks; lists every problem.
@@ -239,7 +240,12 @@ class SiteTrainer:
         self.set_weights(global_weights)
         agreement = None
         kind = self.datalist.label_kind
-        if self.agreement_batches and kind in ("voxel", "partial"):
+        if self.agreement_batches and kind in ("box", "tag"):
+            agreement = weak_label_agreement(
+                self.model, self._train_batches(), kind=kind, num_classes=self.num_classes, device=self.device,
+                n_batches=self.agreement_batches,
+            )  # fmt: skip
+        elif self.agreement_batches:
             class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
             agreement = label_agreement(
                 self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
