@@ -34,6 +34,11 @@ from fedsegnet.memory import job_and_parent_rss_mb
 LABEL_KINDS = ("voxel", "box", "tag", "partial")
 
 
+def _fmt(value) -> str:
+    """``0.123`` or ``n/a`` (no voxel-labelled case to score, no signal)."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _finite_or_none(x):
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -256,9 +261,9 @@ class SegLearner(Learner):
         self.log_info(
             fl_ctx,
             f"site {self.site} round {current_round}: {stats['steps']} steps in {stats['seconds']:.1f} s, "
-            f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global "
-            f"{'n/a' if val_global is None else f'{val_global:.3f}'} -> local {local.dice_mean:.3f}, label "
-            f"agreement {'n/a' if agreement is None else f'{agreement:.3f}'}",
+            f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global {_fmt(val_global)} -> "
+            f"local {_fmt(local.dice_mean)} ({local.n_cases} voxel-labelled case(s)), label kind {self.label_kind}, "
+            f"label agreement {_fmt(agreement)}",
         )
         return DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
 
@@ -284,13 +289,14 @@ class SegLearner(Learner):
             self._global_val[current_round] = result.dice_mean
             self._stream("val_dice_global", result.dice_mean, current_round)
             return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: result.dice_mean}).to_shareable()
-        self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {result.dice_mean:.3f}")
+        self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {_fmt(result.dice_mean)} ({result.n_cases} case(s))")
         summary = result.to_dict()
         metrics = {
             "val_dice": _finite_or_none(summary["dice_mean"]),
             "val_hd95": _finite_or_none(summary["hd95_mean"]),
             "n_cases": summary["n_cases"],
             "per_class": summary["per_class"],
+            **({"per_region": summary["per_region"]} if "per_region" in summary else {}),
         }
         return DXO(DataKind.METRICS, data=metrics).to_shareable()
 
