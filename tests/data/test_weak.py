@@ -55,13 +55,15 @@ def test_world_boxes_from_lps_storage_enclose_each_true_component(twins):
     for truth_case, weak_case in zip(voxel.training, weak.training):
         truth = np.asarray(_load(twins / "voxel" / "site-1", truth_case)["label"][0]).round().astype(int)
         boxes = np.asarray(_load(twins / "weak" / "site-1", weak_case)["label"]).round().astype(int)
-        assert boxes.shape == (2, *truth.shape)
+        assert boxes.shape == (4, *truth.shape)  # 2 box channels, then 2 core channels
         for cls in (1, 2):
             expected = np.zeros_like(truth)
             components, _ = ndimage.label(truth == cls, structure=np.ones((3, 3, 3)))
             for sl in ndimage.find_objects(components):
                 expected[sl] = 1
             np.testing.assert_array_equal(boxes[cls - 1], expected)  # tight, and the same after LPS -> RAS
+            core = boxes[cls + 1]
+            assert core.sum() > 0 and not (core & (1 - boxes[cls - 1])).any()  # the core lies inside the box
 
 
 def test_tags_become_a_presence_vector(twins):

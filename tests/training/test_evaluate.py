@@ -245,3 +245,13 @@ def test_bad_regions_are_refused(regions):
     label = cube()
     with pytest.raises(ConfigError, match="regions"):
         run([make_case(label, label)], regions=regions)
+
+
+def test_score_classes_reports_only_the_classes_a_partial_site_annotates():
+    label = cube()  # class 1 only: the site does not draw class 2
+    pred = cube(lo=4, hi=12, cls=2, base=cube())  # a class-2 region inside the class-1 cube
+    result = run([make_case(pred, label)], score_classes=[1])
+    assert list(result.dice) == [1] and result.dice[1] == pytest.approx(_dice(pred == 1, label == 1))
+    assert result.dice_mean == result.dice[1]
+    with pytest.raises(ConfigError, match="score_classes"):
+        run([make_case(pred, label)], score_classes=[3])

@@ -127,3 +127,42 @@ def test_weak_supervision_loss_dispatch_ramp_and_arguments():
         with pytest.raises(ConfigError) as err:
             WeakSupervisionLoss(**{"kind": "box", "num_classes": C, **kwargs})
         assert err.value.field == field
+
+
+def test_box_core_teaches_the_class_without_a_teacher_except_under_another_class_box():
+    boxes = _box(lo=2, hi=10, cls=1)  # organ box
+    boxes[:, 1, 5:7, 5:7, 5:7] = 1  # a lesion box inside it
+    cores = torch.zeros_like(boxes)
+    cores[:, 0, 4:8, 4:8, 4:8] = 1
+    cores[:, 1, 5:7, 5:7, 5:7] = 1
+    with_core = torch.cat([boxes, cores], dim=1)
+    organ, empty = torch.zeros(SHAPE), torch.zeros(SHAPE)
+    organ[:, 1, 4:8, 4:8, 4:8] = 6.0
+    organ[:, 2, 5:7, 5:7, 5:7] = 12.0  # the lesion inside the organ core
+    empty[:, 0] = 6.0
+    args = dict(teacher=None, tightness_weight=0.0)
+    assert box_loss(organ, with_core, **args) < box_loss(empty, with_core, **args)
+    as_organ = organ.clone()
+    as_organ[:, 2] = 0.0  # the lesion voxels predicted as organ instead
+    assert box_loss(organ, with_core, **args) < box_loss(as_organ, with_core, **args)  # the lesion core wins there
+    assert torch.isclose(box_loss(organ, boxes, **args), box_loss(organ, with_core, **args, core_weight=0.0))
+
+
+def test_partial_site_learns_an_unannotated_structure_the_global_model_sees():
+    """A liver-only site's tumour voxels are 0; where the global model is sure they are tumour, the
+    site learns tumour there instead of letting background absorb them."""
+    label = torch.zeros(SHAPE[0], 1, *SHAPE[2:], dtype=torch.long)
+    label[:, :, 2:10, 2:10, 2:10] = 1
+    label[:, :, 5:7, 5:7, 5:7] = 0  # a hole in the organ: the unannotated lesion
+    teacher = torch.zeros(SHAPE)
+    teacher[:, 1] = 5.0 * (label[:, 0] == 1)
+    teacher[:, 2, 5:7, 5:7, 5:7] = 9.0
+    loss = WeakSupervisionLoss("partial", C, annotated=[1], ramp_rounds=0)
+    lesion, background = torch.zeros(SHAPE), torch.zeros(SHAPE)
+    for x in (lesion, background):
+        x[:, 1] = 6.0 * (label[:, 0] == 1)
+        x[:, 0] = 6.0 * (label[:, 0] == 0)
+    lesion[:, 2, 5:7, 5:7, 5:7] = 12.0  # predicts the lesion in the hole
+    assert loss(lesion, label, teacher=teacher) < loss(background, label, teacher=teacher)
+    # without a teacher, the marginal loss cannot tell them apart
+    assert torch.isclose(loss(lesion, label), loss(background, label), atol=0.05)

@@ -74,7 +74,8 @@ class WeakLabeld(MapTransform):
     """Turn a case's weaker label into tensors that the spatial transforms move with the image.
 
     A case with ``"boxes"`` (a box JSON path) gets ``"label"``: ``(C - 1, X, Y, Z)`` binary box
-    channels on the image's stored grid (:func:`fedsegnet.data.weak.box_masks`); a case with
+    channels on the image's stored grid, then ``C - 1`` channels of the boxes' cores
+    (:func:`fedsegnet.data.weak.box_masks`); a case with
     ``"tags"`` gets ``"tags"``: a ``(C - 1,)`` float presence vector and an all-zero
     ``(1, X, Y, Z)`` ``"label"`` (nothing is known voxel-wise). Other cases pass unchanged. Apply
     right after loading (before reorientation and resampling), with the image already channel-first.
@@ -82,12 +83,15 @@ class WeakLabeld(MapTransform):
     Args:
         label_map: the site's :class:`~fedsegnet.data.labels.LabelMap` (label value -> class id).
         labels: the site's ``dataset.json`` labels (value -> name), to read class names.
+        box_core: also render each box's core (see :func:`fedsegnet.data.weak.box_masks`) as
+            ``C - 1`` more channels. Defaults to 0.5.
     """
 
-    def __init__(self, label_map, labels):
+    def __init__(self, label_map, labels, box_core: float = 0.5):
         super().__init__(keys=["label"], allow_missing_keys=True)
         self.label_map = label_map
         self.labels = dict(labels)
+        self.box_core = float(box_core)
         self.class_of_value = dict(zip(label_map.source_values, label_map.class_ids))
 
     def __call__(self, data):
@@ -100,7 +104,8 @@ class WeakLabeld(MapTransform):
             coordinates, boxes, problems = read_boxes(d["boxes"], self.labels)
             if problems:
                 raise ConfigError("boxes", d["boxes"], "; ".join(problems))
-            mask = box_masks(boxes, coordinates, shape, np.asarray(image.affine), self.class_of_value, self.label_map.num_classes)
+            mask = box_masks(boxes, coordinates, shape, np.asarray(image.affine), self.class_of_value,
+                             self.label_map.num_classes, core=self.box_core)  # fmt: skip
             d["label"] = self._like(image, torch.from_numpy(mask.astype(np.float32)))
         elif "tags" in d and "label" not in d:
             d["tags"] = torch.from_numpy(tag_vector(d["tags"], self.labels, self.class_of_value, self.label_map.num_classes))

@@ -131,6 +131,7 @@ def box_masks(
     affine: np.ndarray,
     class_of_value: Mapping[int, int],
     num_classes: int,
+    core: float = 0.0,
 ) -> np.ndarray:
     """Rasterise boxes into one binary channel per foreground class on the stored grid.
 
@@ -141,11 +142,28 @@ def box_masks(
         affine: the image's voxel -> world (RAS mm) affine.
         class_of_value: label value -> model class id (the site's label map).
         num_classes: classes including background.
+        core: with ``core`` in (0, 1], also rasterise each box's *core*, the box shrunk about its
+            centre to ``core`` of its extent on every axis (0.5: the central half, which lies
+            inside the ellipsoid inscribed in the box), as ``num_classes - 1`` more channels.
+            Defaults to 0.0 (boxes only).
 
     Returns:
-        ``(num_classes - 1, X, Y, Z)`` uint8; channel ``c - 1`` is 1 inside any box of class ``c``.
-        Parts of a box outside the volume are dropped.
+        ``(num_classes - 1, X, Y, Z)`` uint8 (``2 * (num_classes - 1)`` channels with ``core``);
+        channel ``c - 1`` is 1 inside any box of class ``c``, channel ``num_classes - 2 + c``
+        inside its core. Parts of a box outside the volume are dropped.
     """
+    if not 0.0 <= float(core) <= 1.0:
+        raise ConfigError("core", core, "must be in [0, 1]")
+    if core > 0:
+        shrunk = []
+        for box in boxes:
+            lo, hi = np.asarray(box["min"], dtype=np.float64), np.asarray(box["max"], dtype=np.float64)
+            centre, half = (lo + hi) / 2, (hi - lo) / 2 * float(core)
+            if coordinates == "voxel":  # keep at least the centre voxel
+                half = np.maximum(half, 0.5)
+            shrunk.append({**box, "min": (centre - half).tolist(), "max": (centre + half).tolist()})
+        cores = box_masks(shrunk, coordinates, shape, affine, class_of_value, num_classes)
+        return np.concatenate([box_masks(boxes, coordinates, shape, affine, class_of_value, num_classes), cores])
     shape = tuple(int(s) for s in shape)
     out = np.zeros((int(num_classes) - 1, *shape), dtype=np.uint8)
     affine = np.asarray(affine, dtype=np.float64)

@@ -145,3 +145,4 @@ def build_network(
     n_params = sum(p.numel() for p in net.parameters())
     logger.debug("built %s (%d parameters) for patch %s", name, n_params, patch)
     return net
+

@@ -215,6 +215,7 @@ def evaluate(
     amp: bool = False,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
     regions: Mapping[str, Sequence[int]] | None = None,
+    score_classes: Sequence[int] | None = None,
     progress: bool | str = False,
 ) -> EvalResult:
     """Segment each case with sliding-window inference and score it against its label.
@@ -238,6 +239,8 @@ def evaluate(
             background) or ``{id: name}``. Defaults to None (ids).
         regions: ``{region name: [class id, ...]}``: unions of foreground classes scored like
             classes (``EvalResult.region_dice``/``region_hd95``). Defaults to None (none).
+        score_classes: the foreground classes to score, e.g. the classes a partial site annotates
+            (its labels say nothing about the others). Defaults to None (all).
         progress: ``True`` shows a tqdm bar over cases only when stderr is a terminal,
             ``"force"`` always. Defaults to False.
 
@@ -262,6 +265,11 @@ def evaluate(
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
     classes = list(range(1, num_classes))
+    if score_classes is not None:
+        wanted = sorted({int(c) for c in score_classes})
+        if not wanted or any(c not in classes for c in wanted):
+            raise ConfigError("score_classes", list(score_classes), f"must list foreground class ids 1..{num_classes - 1}")
+        classes = wanted
     dice_metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     hd_metric = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
 
@@ -354,12 +362,12 @@ def _evaluate_case(
     pred = logits.float().argmax(dim=1, keepdim=True).cpu()
     pred_1h = one_hot(pred, num_classes, dim=1)
     label_1h = one_hot(label[None], num_classes, dim=1)
-    if region_map:  # union masks appended after the classes (channel 0, background, is skipped)
-        pred_1h = torch.cat([pred_1h] + [pred_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
-        label_1h = torch.cat([label_1h] + [label_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
+    # channels: background (skipped by the metrics), the scored classes, then each region's union mask
+    pred_1h = torch.cat([pred_1h[:, [0] + classes]] + [pred_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
+    label_1h = torch.cat([label_1h[:, [0] + classes]] + [label_1h[:, list(ids)].amax(1, keepdim=True) for ids in region_map.values()], 1)
     keys = classes + list(region_map)
 
-    dice_raw = dice_metric(pred_1h, label_1h)[0]  # (num_classes - 1 + regions,)
+    dice_raw = dice_metric(pred_1h, label_1h)[0]  # (scored classes + regions,)
     with warnings.catch_warnings():
         # empty classes are handled by the policy below; MONAI warns about them and about an
         # internal deprecated argument

@@ -123,7 +123,8 @@ class SiteTrainer:
 
     Label kinds: a ``box`` or ``tag`` site's loss uses the received global model's predictions on
     each crop as pseudo-labels (one extra forward pass per step); a ``partial`` site uses the
-    marginal and exclusion losses. Validation uses only cases with voxel labels (a box or tag site
+    marginal and exclusion losses, plus the global model's pseudo-labels for its unannotated
+    classes on its label-0 voxels. Validation uses only cases with voxel labels (a box or tag site
     without such cases reports None). The AAM agreement signal is the received global model's Dice
     against the site's labels (a ``partial`` site: its annotated classes only), or for box and tag
     sites :func:`~fedsegnet.training.evaluate.weak_label_agreement`.
@@ -181,9 +182,7 @@ class SiteTrainer:
         if kind == "voxel":
             self.loss_fn = build_loss("dice_ce")
         else:
-            class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
-            annotated = sorted(class_of[v] for v in self.datalist.annotated)
-            self.loss_fn = WeakSupervisionLoss(kind, self.num_classes, annotated=annotated, **(weak_loss or {}))
+            self.loss_fn = WeakSupervisionLoss(kind, self.num_classes, annotated=self._annotated_classes(), **(weak_loss or {}))
         self.optimizer = make_optimizer(self.model, lr=config.preset.lr, weight_decay=config.preset.weight_decay)
         self.scaler = (
             torch.amp.GradScaler("cuda") if (config.preset.amp and self.device.type == "cuda") else None
@@ -246,11 +245,9 @@ class SiteTrainer:
                 n_batches=self.agreement_batches,
             )  # fmt: skip
         elif self.agreement_batches:
-            class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
             agreement = label_agreement(
                 self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
-                n_batches=self.agreement_batches,
-                classes=None if kind == "voxel" else sorted(class_of[v] for v in self.datalist.annotated),
+                n_batches=self.agreement_batches, classes=None if kind == "voxel" else self._annotated_classes(),
             )  # fmt: skip
         regularizer = extras = None
         needs_teacher = getattr(self.loss_fn, "needs_teacher", False)
@@ -286,8 +283,14 @@ class SiteTrainer:
             g = global_weights[k]
             g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
             update[k] = (v - g.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+
         self.rounds_done += 1
         return update, stats
+
+    def _annotated_classes(self) -> list[int]:
+        """Model class ids of the foreground classes this site annotates."""
+        class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
+        return sorted(class_of[v] for v in self.datalist.annotated)
 
     def _weak_extras(self, round: int, needs_teacher: bool):
         """``loss_extras`` for a weak-label site: the batch's tags and the global model's logits."""
@@ -340,7 +343,8 @@ class SiteTrainer:
                 device=self.device,
                 amp=p.amp,
                 class_names=self.label_map.class_names,
-                regions=self.label_map.regions,
+                regions=self.label_map.regions if self.datalist.label_kind != "partial" else None,
+                score_classes=self._annotated_classes() if self.datalist.label_kind == "partial" else None,
                 progress=self.progress,
             )
         finally:

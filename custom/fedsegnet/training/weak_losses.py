@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
 from fedsegnet.errors import ConfigError
 
@@ -35,6 +35,7 @@ __all__ = [
     "box_loss",
     "tag_loss",
     "pseudo_labels",
+    "unannotated_pseudo_loss",
     "WeakSupervisionLoss",
 ]
 
@@ -51,7 +52,9 @@ def _neg_log(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(x.clamp_min(_EPS))
 
 
-def marginal_dice_ce(logits: torch.Tensor, label: torch.Tensor, annotated: Sequence[int]) -> torch.Tensor:
+def marginal_dice_ce(
+    logits: torch.Tensor, label: torch.Tensor, annotated: Sequence[int], ignore: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dice + cross-entropy after merging every unannotated class into background.
 
     A partial site's label 0 means "background or a class this site does not annotate", so the
@@ -63,6 +66,7 @@ def marginal_dice_ce(logits: torch.Tensor, label: torch.Tensor, annotated: Seque
         logits: ``(B, C, X, Y, Z)``.
         label: ``(B, 1, X, Y, Z)`` class ids, only 0 and ``annotated`` ones.
         annotated: foreground class ids the site annotates.
+        ignore: ``(B, X, Y, Z)`` voxels left out of both terms. Defaults to None.
     """
     num_classes = logits.shape[1]
     annotated = sorted({int(c) for c in annotated})
@@ -75,7 +79,13 @@ def marginal_dice_ce(logits: torch.Tensor, label: torch.Tensor, annotated: Seque
     for i, c in enumerate(annotated, start=1):
         index[c] = i
     target = index[label.long().clamp(0, num_classes - 1)]
-    return DiceCELoss(to_onehot_y=True, softmax=True)(torch.cat(channels, dim=1), target)
+    merged = torch.cat(channels, dim=1)
+    if ignore is None:
+        return DiceCELoss(to_onehot_y=True, softmax=True)(merged, target)
+    keep = (~ignore)[:, None].to(merged.dtype)
+    ce = _masked_mean(F.nll_loss(merged, target[:, 0], reduction="none"), ~ignore)
+    onehot = F.one_hot(target[:, 0], len(channels)).permute(0, 4, 1, 2, 3).to(merged.dtype)
+    return ce + DiceLoss()(merged.exp() * keep, onehot * keep)
 
 
 def exclusion_loss(logits: torch.Tensor, label: torch.Tensor, annotated: Sequence[int]) -> torch.Tensor:
@@ -92,6 +102,35 @@ def exclusion_loss(logits: torch.Tensor, label: torch.Tensor, annotated: Sequenc
     p = F.softmax(logits.float(), dim=1)
     labelled = (label[:, 0] > 0)
     return _masked_mean(_neg_log(1.0 - p[:, unannotated].sum(dim=1)), labelled)
+
+
+def _balanced_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to ``target`` over ``mask``, averaged per target class, then over the classes
+    present: a few confident lesion voxels weigh as much as a crop full of background."""
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    terms = [ce[mask & (target == c)].mean() for c in torch.unique(target[mask]).tolist()] if mask.any() else []
+    return torch.stack(terms).mean() if terms else logits.sum() * 0.0
+
+
+def unannotated_pseudo_loss(
+    logits: torch.Tensor, label: torch.Tensor, teacher: torch.Tensor | None, annotated: Sequence[int], threshold: float = 0.8
+) -> torch.Tensor:
+    """A partial site's label 0 means "background or an unannotated class"; where the received
+    global model is sure which (among background and the unannotated classes), learn that.
+
+    Without it the marginal loss lets the easiest answer, background, absorb the unannotated
+    structures the site sees (a liver-only site's tumours), and its updates erase those classes
+    from the federation's features. Class-balanced cross-entropy on the confident label-0 voxels;
+    0 without a teacher or when every class is annotated.
+    """
+    num_classes = logits.shape[1]
+    unannotated = [c for c in range(1, num_classes) if c not in {int(a) for a in annotated}]
+    if teacher is None or not unannotated:
+        return logits.sum() * 0.0
+    allowed = torch.zeros(num_classes, device=logits.device)
+    allowed[[0, *unannotated]] = 1.0
+    target, confident = pseudo_labels(teacher, allowed[None, :, None, None, None], threshold)
+    return _balanced_ce(logits, target, confident & (label[:, 0] == 0))
 
 
 def pseudo_labels(teacher: torch.Tensor, allowed: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,36 +182,59 @@ def box_loss(
     threshold: float = 0.8,
     pseudo_weight: float = 1.0,
     tightness_weight: float = 0.5,
+    core_weight: float = 1.0,
 ) -> torch.Tensor:
     """Loss of a box-labelled crop.
 
     - Every voxel: ``-log`` of the probability of the classes the boxes allow there (background,
       and each class whose box covers the voxel); outside every box that is ``-log p_0``. Its
       gradient raises no class outside that class's boxes: nothing outside a box rewards foreground.
-    - Inside boxes: cross-entropy to the teacher's pseudo-labels, restricted to background and the
-      classes whose boxes cover the voxel, where confident (``threshold``), times ``pseudo_weight``.
+    - Box cores (``core_weight``; when ``boxes`` carries core channels): the central part of a tight
+      box around a compact structure lies inside it (the central half of each axis lies inside the
+      inscribed ellipsoid), so core voxels are taught their box's class from round 0, except where
+      a box of a higher class covers them: where boxes overlap, higher class ids are taken to lie
+      inside lower ones (a lesion inside its organ, as label maps draw them).
+    - Inside boxes, outside cores: cross-entropy to the teacher's pseudo-labels, restricted to
+      background and the classes whose boxes cover the voxel, where confident (``threshold``),
+      times ``pseudo_weight``.
+    - Pseudo-label and core terms are class-balanced: averaged per target class, then over classes.
     - Tightness prior (``tightness_weight``): see :func:`_tightness`.
 
     Args:
         logits: ``(B, C, X, Y, Z)``.
-        boxes: ``(B, C - 1, X, Y, Z)`` 1 inside a box of class ``c`` (channel ``c - 1``).
+        boxes: ``(B, C - 1, X, Y, Z)`` 1 inside a box of class ``c`` (channel ``c - 1``), optionally
+            followed by ``C - 1`` core channels (``(B, 2 * (C - 1), X, Y, Z)``).
         teacher: the received global model's logits on the crop; None skips the pseudo-label term.
         threshold: pseudo-label confidence. Defaults to 0.8.
         pseudo_weight: weight of the pseudo-label term. Defaults to 1.0.
         tightness_weight: weight of the tightness prior. Defaults to 0.5.
+        core_weight: weight of the box-core term. Defaults to 1.0.
     """
     num_classes = logits.shape[1]
-    if boxes.shape[1] != num_classes - 1 or boxes.shape[2:] != logits.shape[2:]:
-        raise ConfigError("boxes", tuple(boxes.shape), f"expected (B, {num_classes - 1}, {', '.join(map(str, logits.shape[2:]))})")
+    k = num_classes - 1
+    if boxes.shape[1] not in (k, 2 * k) or boxes.shape[2:] != logits.shape[2:]:
+        raise ConfigError("boxes", tuple(boxes.shape),
+                          f"expected (B, {k} or {2 * k}, {', '.join(map(str, logits.shape[2:]))}): box channels, then core channels")  # fmt: skip
     p = F.softmax(logits.float(), dim=1)
-    boxes = (boxes > 0.5).to(torch.float32)
+    cores = (boxes[:, k:] > 0.5) if boxes.shape[1] == 2 * k else None
+    boxes = (boxes[:, :k] > 0.5).to(torch.float32)
     inside_any = boxes.amax(dim=1) > 0
     allowed = torch.cat([torch.ones_like(boxes[:, :1]), boxes], dim=1)
     loss = _neg_log((p * allowed).sum(dim=1)).mean()
+    core_any = torch.zeros_like(inside_any)
+    if cores is not None and core_weight > 0:
+        # a box's core is its class, unless a box of a higher class also covers the voxel (where
+        # boxes overlap, higher class ids lie inside lower ones, as a lesion overwrites its organ)
+        target = torch.zeros_like(inside_any, dtype=torch.long)
+        for c in range(1, num_classes):
+            above = boxes[:, c:].amax(dim=1) > 0 if c < num_classes - 1 else torch.zeros_like(inside_any)
+            here = cores[:, c - 1] & ~above
+            target[here] = c
+            core_any |= here
+        loss = loss + core_weight * _balanced_ce(logits, target, core_any)
     if teacher is not None and pseudo_weight > 0:
         target, confident = pseudo_labels(teacher, allowed, threshold)
-        ce = F.cross_entropy(logits.float(), target, reduction="none")
-        loss = loss + pseudo_weight * _masked_mean(ce, confident & inside_any)
+        loss = loss + pseudo_weight * _balanced_ce(logits, target, confident & inside_any & ~core_any)
     if tightness_weight > 0:
         for c in range(1, num_classes):
             loss = loss + tightness_weight * _tightness(p[:, c], boxes[:, c - 1])
@@ -194,7 +256,7 @@ def tag_loss(
     - A class absent from the case is suppressed at every voxel: ``-log`` of the probability of
       background and the present classes.
     - Present classes learn from the teacher's confident pseudo-labels (background and present
-      classes allowed), times ``pseudo_weight``.
+      classes allowed; class-balanced), times ``pseudo_weight``.
     - Presence (max-pooled, multiple-instance): for a present class that the teacher sees in this
       crop (its highest probability there is at least ``presence_threshold``), the model's highest
       probability in the crop is pushed towards 1. A crop can miss a present structure; the gate
@@ -220,8 +282,7 @@ def tag_loss(
         return loss
     if pseudo_weight > 0:
         target, confident = pseudo_labels(teacher, allowed, threshold)
-        ce = F.cross_entropy(logits.float(), target, reduction="none")
-        loss = loss + pseudo_weight * _masked_mean(ce, confident)
+        loss = loss + pseudo_weight * _balanced_ce(logits, target, confident)
     if presence_weight > 0:
         q_max = F.softmax(teacher.float(), dim=1)[:, 1:].flatten(2).amax(dim=2)  # (B, C-1)
         gate = present & (q_max >= presence_threshold)
@@ -285,8 +346,8 @@ class WeakSupervisionLoss:
 
     @property
     def needs_teacher(self) -> bool:
-        """True when the loss uses the received global model's predictions (box, tag)."""
-        return self.kind in ("box", "tag")
+        """True when the loss uses the received global model's predictions (box, tag, partial)."""
+        return self.kind in ("box", "tag", "partial")
 
     def ramp(self, round: int) -> float:
         """Weight of the pseudo-label terms in ``round`` (linear ramp-up)."""
@@ -295,10 +356,14 @@ class WeakSupervisionLoss:
     def __call__(self, logits, label, *, tags=None, teacher=None, round: int = 0) -> torch.Tensor:
         if self.kind == "voxel":
             return self._dice_ce(logits, label)
-        if self.kind == "partial":
-            loss = marginal_dice_ce(logits, label, self.annotated)
-            return loss + self.exclusion_weight * exclusion_loss(logits, label, self.annotated)
         w = self.ramp(round)
+        if self.kind == "partial":
+            # label-0 voxels where the global model sees a structure are left out of the marginal
+            # loss: they may hold a class this site does not draw (a tumour inside its liver)
+            suspect = None if teacher is None or w == 0 else (teacher.argmax(dim=1) != 0) & (label[:, 0] == 0)
+            loss = marginal_dice_ce(logits, label, self.annotated, ignore=suspect)
+            loss = loss + self.exclusion_weight * exclusion_loss(logits, label, self.annotated)
+            return loss + w * unannotated_pseudo_loss(logits, label, teacher, self.annotated, self.threshold)
         if self.kind == "box":
             return box_loss(logits, label, teacher, threshold=self.threshold, pseudo_weight=w,
                             tightness_weight=self.tightness_weight)  # fmt: skip
