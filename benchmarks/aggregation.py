@@ -34,9 +34,10 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from _common import apply_size, setup_torch, work_root
 
 SCENARIOS = ("iid", "noniid", "corrupt", "byzantine", "byzantine_random", "corrupt_shift")
 DEFAULT_SCENARIOS = ("iid", "noniid", "corrupt", "byzantine")
@@ -210,33 +211,16 @@ def main(argv=None) -> int:
     )  # fmt: skip
     p.add_argument("--markdown", help="write the table here")
     args = p.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
-    for key in ("rounds", "local_steps", "cases", "size", "test_cases"):
-        if getattr(args, key) is None:
-            setattr(args, key, size[key])
-    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else size["seeds"]
+    apply_size(args, SIZES["quick" if args.quick else "full"])
     scenarios = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
     methods = args.methods.split(",")
     bad = [s for s in scenarios if s not in SCENARIOS] + [m for m in methods if m not in METHODS]
     if bad:
         p.error(f"unknown scenario/method {bad}; scenarios {SCENARIOS}, methods {METHODS}")
 
-    import torch
-
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    import logging
-
-    logging.basicConfig(level=logging.WARNING)
+    setup_torch(args.torch_threads)
     from tqdm.auto import tqdm
 
-    tmp = None
-    if args.workdir:
-        root = Path(args.workdir)
-        root.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="fedsegnet_aggbench_")
-        root = Path(tmp.name)
     cells = [(seed, sc, mt) for seed in args.seeds for sc in scenarios for mt in methods]
     print(
         f"scenarios {scenarios}; methods {methods}; seeds {args.seeds}; 4 sites x {args.cases} cases ({args.size}^3), "
@@ -253,15 +237,16 @@ def main(argv=None) -> int:
         print(f"resumed {len(rows)} run(s) from {args.resume}; {len(cells)} to go", flush=True)
     t0 = time.perf_counter()
     bar = tqdm(cells, desc="runs", file=sys.stdout, dynamic_ncols=True, disable=None)  # a bar on a terminal only
-    for seed, sc, mt in bar:
-        bar.set_postfix_str(f"{sc}/{mt}/s{seed}")
-        data = make_data(root, sc, seed, args)
-        row = run_one(data, sc, mt, seed, args)
-        rows.append(row)
-        extra = f" site-4 weight {row['site4_weight_mean']:.3f}" if row.get("site4_weight_mean") is not None else ""
-        bar.write(f"{sc:>16} {mt:>12} seed {seed}: Dice {100 * row['dice']:.1f} ({row['seconds']:.0f} s){extra}")
-        if args.json:  # keep what is done if the run is stopped
-            Path(args.json).write_text(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1))
+    with work_root(args.workdir, "fedsegnet_aggbench_") as root:
+        for seed, sc, mt in bar:
+            bar.set_postfix_str(f"{sc}/{mt}/s{seed}")
+            data = make_data(root, sc, seed, args)
+            row = run_one(data, sc, mt, seed, args)
+            rows.append(row)
+            extra = f" site-4 weight {row['site4_weight_mean']:.3f}" if row.get("site4_weight_mean") is not None else ""
+            bar.write(f"{sc:>16} {mt:>12} seed {seed}: Dice {100 * row['dice']:.1f} ({row['seconds']:.0f} s){extra}")
+            if args.json:  # keep what is done if the run is stopped
+                Path(args.json).write_text(json.dumps({"rows": rows, "summary": summarize(rows)}, indent=1))
     bar.close()
     summary = summarize(rows)
     goal_lines = goals(summary)
@@ -275,8 +260,6 @@ def main(argv=None) -> int:
         }, indent=1))  # fmt: skip
     if args.markdown:
         Path(args.markdown).write_text(table)
-    if tmp is not None:
-        tmp.cleanup()
     return 0
 
 

@@ -19,6 +19,9 @@ Methods (all with the compressed uplink and AAM aggregation of ``jobs/fedsegnet`
   and for tagged classes, the tightness prior, the marginal and exclusion losses);
 * ``all_voxel``: the upper bound: every site has its true masks.
 
+Diagnostics (not in the default ``--methods``): ``with_box``, ``with_tag``, ``with_partial``: site-1
+with one weak site, each training with the loss of its kind.
+
 The runs use :func:`fedsegnet.federation.run_federation` (sites' ``SiteTrainer`` and the server's
 aggregation in one process). Dice and HD95 (mm) are means over foreground classes (organ, lesion)
 on the held-out test set; the summary gives mean ± sd over seeds.
@@ -32,14 +35,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from _common import apply_size, setup_torch, work_root
+
 METHODS = ("voxel_only", "naive", "mixed", "all_voxel")
+PAIRS = {"with_box": "site-2", "with_tag": "site-3", "with_partial": "site-4"}
+"""Diagnostic methods (``--methods``): the voxel site with one weak site, to see what each kind adds."""
 LABEL_KINDS = "site-2:box,site-3:tag,site-4:partial:1"
 SIZES = {
     "full": {"seeds": [0, 1, 2], "rounds": 10, "local_steps": 30, "cases": 8, "size": 40, "test_cases": 6},
@@ -117,6 +122,7 @@ def run_one(data: dict[str, Path], method: str, seed: int, args) -> dict:
         "naive": {"site-1": mixed / "site-1", "site-2": naive / "site-2", "site-4": naive / "site-4"},
         "mixed": {f"site-{i}": mixed / f"site-{i}" for i in range(1, 5)},
         "all_voxel": {f"site-{i}": voxel / f"site-{i}" for i in range(1, 5)},
+        **{name: {"site-1": mixed / "site-1", site: mixed / site} for name, site in PAIRS.items()},
     }[method]
     config = build_train_config(preset=args.preset, local_steps=args.local_steps, seed=seed, val_max_cases=2)
     result = run_federation(
@@ -140,7 +146,7 @@ def run_one(data: dict[str, Path], method: str, seed: int, args) -> dict:
 
 def summarize(rows: list[dict]) -> list[dict]:
     out = []
-    for method in METHODS:
+    for method in (*METHODS, *PAIRS):
         mine = [r for r in rows if r["method"] == method]
         if not mine:
             continue
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="seed 0 of the full run only (about 4 minutes on 2 CPU cores)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; quick: 0)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS}")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS} or the diagnostics {tuple(PAIRS)}")
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-steps", type=int)
     p.add_argument("--cases", type=int, help="cases per site (training + validation)")
@@ -190,34 +196,17 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
     p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
     args = p.parse_args(argv)
-    size = SIZES["quick" if args.quick else "full"]
-    for key in ("rounds", "local_steps", "cases", "size", "test_cases"):
-        if getattr(args, key) is None:
-            setattr(args, key, size[key])
+    apply_size(args, SIZES["quick" if args.quick else "full"])
     if args.ramp_rounds is None:
         args.ramp_rounds = max(1, args.rounds // 2)
-    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else size["seeds"]
     methods = args.methods.split(",")
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in METHODS and m not in PAIRS]
     if bad:
-        p.error(f"unknown method(s) {bad}; valid: {METHODS}")
+        p.error(f"unknown method(s) {bad}; valid: {METHODS + tuple(PAIRS)}")
 
-    import logging
-
-    import torch
-
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    logging.basicConfig(level=logging.WARNING)
+    setup_torch(args.torch_threads)
     from tqdm.auto import tqdm
 
-    tmp = None
-    if args.workdir:
-        root = Path(args.workdir)
-        root.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="fedsegnet_mixed_")
-        root = Path(tmp.name)
     cells = [(seed, m) for seed in args.seeds for m in methods]
     print(
         f"methods {methods}; seeds {args.seeds}; 4 sites ({LABEL_KINDS}) x {args.cases} cases ({args.size}^3; "
@@ -228,7 +217,7 @@ def main(argv=None) -> int:
     )
     rows = []
     t0 = time.perf_counter()
-    try:
+    with work_root(args.workdir, "fedsegnet_mixed_") as root:
         for seed, method in tqdm(cells, desc="runs", unit="run"):
             data = make_data(root, seed, args)
             row = run_one(data, method, seed, args)
@@ -239,9 +228,6 @@ def main(argv=None) -> int:
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows,
                                                        "summary": summary, "goals": goals(summary)}, indent=2) + "\n")  # fmt: skip
-    finally:
-        if tmp is not None:
-            shutil.rmtree(root, ignore_errors=True)
     summary = summarize(rows)
     print(f"\nheld-out Dice (x100) and HD95, mean ± sd over seeds {args.seeds} ({time.perf_counter() - t0:.0f} s):")
     print(f"  {'method':<11}{'Dice':>14}{'HD95 mm':>10}")

@@ -108,21 +108,19 @@ def print_eval_table(summary: dict, title: str = "") -> None:
     """Print an EvalResult summary (``to_dict()``) as a small table."""
     if title:
         print(title)
-    print(f"  {'class':<16}{'Dice':>8}{'HD95 mm':>10}   missing (pred / label / both)")
-    for name, row in summary["per_class"].items():
-        print(
-            f"  {str(name):<16}{_fmt(row.get('dice')):>8}{_fmt(row.get('hd95'), 2):>10}   "
-            f"{row.get('n_missing_pred', 0)} / {row.get('n_missing_label', 0)} / {row.get('n_both_empty', 0)}"
-        )
-    print(f"  {'mean':<16}{_fmt(summary['dice_mean']):>8}{_fmt(summary['hd95_mean'], 2):>10}   ({summary['n_cases']} cases)")
-    if summary.get("per_region"):
-        print(f"  {'region':<16}{'Dice':>8}{'HD95 mm':>10}   missing (pred / label / both)")
-        for name, row in summary["per_region"].items():
+    for what, rows in (("class", summary["per_class"]), ("region", summary.get("per_region") or {})):
+        if not rows:
+            continue
+        print(f"  {what:<16}{'Dice':>8}{'HD95 mm':>10}   missing (pred / label / both)")
+        for name, row in rows.items():
             print(
                 f"  {str(name):<16}{_fmt(row.get('dice')):>8}{_fmt(row.get('hd95'), 2):>10}   "
                 f"{row.get('n_missing_pred', 0)} / {row.get('n_missing_label', 0)} / {row.get('n_both_empty', 0)}"
             )
-        print(f"  {'region mean':<16}{_fmt(summary['region_dice_mean']):>8}")
+        if what == "class":
+            print(f"  {'mean':<16}{_fmt(summary['dice_mean']):>8}{_fmt(summary['hd95_mean'], 2):>10}   ({summary['n_cases']} cases)")
+        else:
+            print(f"  {'region mean':<16}{_fmt(summary['region_dice_mean']):>8}")
 
 
 def _cmd_eval(args) -> int:

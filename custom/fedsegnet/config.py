@@ -160,83 +160,40 @@ PRESETS: dict[str, Preset] = {
         batch_size=4,
         num_samples=4,
     ),
-    # Dataset presets: they also fix channels, classes (matched by name at every site), regions
-    # and the intensity normalisation. Network and patch follow the GPU presets (SwinUNETR, 96^3,
-    # AMP); on a CPU override network/patch_size/spacing in the job args.
-    # The synthetic sites (fedsegnet data synth): the CPU preset's settings, organ + lesion.
-    "synthetic": Preset(
-        name="synthetic",
-        network="hybrid_unetr",
-        network_kwargs={"channels": (16, 32, 64), "num_heads": 4, "num_layers": 2},
-        patch_size=(32, 32, 32),
-        batch_size=4,
-        num_samples=4,
-        classes=SYNTHETIC_CLASSES,
-        num_classes=3,
-        regions={"whole_organ": ("organ", "lesion")},  # lesions lie inside the organ (as LiTS's liver)
-    ),
-    # BraTS / MSD Task01_BrainTumour: 4 MRI sequences (MSD order FLAIR, T1w, T1gd, T2w), 1 mm
-    # isotropic, z-score over brain voxels; classes by name (BraTS 1/2/4, MSD 1 edema / 2
-    # non-enhancing / 3 enhancing both map); whole tumour, tumour core and enhancing tumour scored;
-    # infer writes BraTS's 0/1/2/4.
-    "brats": Preset(
-        name="brats",
-        network="swin_unetr",
-        network_kwargs={"feature_size": 48},
-        patch_size=(96, 96, 96),
-        spacing=(1.0, 1.0, 1.0),
-        intensity="zscore_nonzero",
-        batch_size=2,
-        num_samples=2,
-        pos_fraction=0.67,
-        lr=1e-4,
-        sw_overlap=0.5,
-        num_workers=4,
-        in_channels=4,
-        classes=BRATS_CLASSES,
-        num_classes=4,
-        regions=BRATS_REGIONS,
-        label_values=(0, 1, 2, 4),
-    ),
-    # LiTS / MSD Task03_Liver: CT, abdominal window -175..250 HU scaled to [0, 1], 1 mm isotropic;
-    # liver (scored with the tumour inside it, as LiTS does) and tumour.
-    "lits": Preset(
-        name="lits",
-        network="swin_unetr",
-        network_kwargs={"feature_size": 48},
-        patch_size=(96, 96, 96),
-        spacing=(1.0, 1.0, 1.0),
-        intensity="ct_window",
-        intensity_range=(-175.0, 250.0),
-        batch_size=2,
-        num_samples=2,
-        lr=1e-4,
-        sw_overlap=0.5,
-        num_workers=4,
-        in_channels=1,
-        classes=LITS_CLASSES,
-        num_classes=3,
-        regions={"liver": ("liver", "tumour"), "tumour": ("tumour",)},
-    ),
-    # ACDC cine MRI (ED/ES frames): thick slices (5-10 mm), so 1.5 x 1.5 x 5 mm and flat patches
-    # 128 x 128 x 32 (SwinUNETR needs multiples of 32); right ventricle, myocardium, left ventricle.
-    "acdc": Preset(
-        name="acdc",
-        network="swin_unetr",
-        network_kwargs={"feature_size": 48},
-        patch_size=(128, 128, 32),
-        spacing=(1.5, 1.5, 5.0),
-        intensity="zscore",
-        batch_size=2,
-        num_samples=2,
-        lr=1e-4,
-        sw_overlap=0.5,
-        num_workers=4,
-        in_channels=1,
-        classes=ACDC_CLASSES,
-        num_classes=4,
-    ),
 }
+
+
+def _dataset_preset(base: str, name: str, classes, in_channels: int = 1, **changes) -> Preset:
+    """A dataset preset: ``base``'s network and training settings, plus classes and channels
+    (``num_classes`` follows from ``classes``)."""
+    return dataclasses.replace(
+        PRESETS[base], name=name, classes=classes, num_classes=len(classes) + 1, in_channels=in_channels, **changes
+    )
+
+
+# Dataset presets: they also fix channels, classes (matched by name at every site), regions and
+# the intensity normalisation. Network and patch follow the GPU preset (SwinUNETR, 96^3, AMP); on a
+# CPU override network/patch_size/spacing in the job args.
+PRESETS.update(
+    {
+        # The synthetic sites (fedsegnet data synth): the CPU preset's settings, organ + lesion;
+        # lesions lie inside the organ (as LiTS's tumours in the liver).
+        "synthetic": _dataset_preset("cpu", "synthetic", SYNTHETIC_CLASSES, regions={"whole_organ": ("organ", "lesion")}),
+        # BraTS / MSD Task01_BrainTumour: 4 MRI sequences (MSD order FLAIR, T1w, T1gd, T2w), 1 mm
+        # isotropic, z-score over brain voxels; classes by name (BraTS 1/2/4, MSD 1 edema /
+        # 2 non-enhancing / 3 enhancing both map); whole tumour, tumour core and enhancing tumour
+        # scored; infer writes BraTS's 0/1/2/4.
+        "brats": _dataset_preset("gpu", "brats", BRATS_CLASSES, in_channels=4, intensity="zscore_nonzero",
+                                 regions=BRATS_REGIONS, label_values=(0, 1, 2, 4)),  # fmt: skip
+        # LiTS / MSD Task03_Liver: CT, abdominal window -175..250 HU scaled to [0, 1], 1 mm
+        # isotropic; liver (scored with the tumour inside it, as LiTS does) and tumour.
+        "lits": _dataset_preset("gpu", "lits", LITS_CLASSES, intensity="ct_window", intensity_range=(-175.0, 250.0),
+                                regions={"liver": ("liver", "tumour"), "tumour": ("tumour",)}),  # fmt: skip
+        # ACDC cine MRI (ED/ES frames): thick slices (5-10 mm), so 1.5 x 1.5 x 5 mm and flat
+        # patches 128 x 128 x 32 (SwinUNETR needs multiples of 32); RV, myocardium, LV.
+        "acdc": _dataset_preset("gpu", "acdc", ACDC_CLASSES, patch_size=(128, 128, 32), spacing=(1.5, 1.5, 5.0)),
+    }
+)
 
 DATASET_PRESETS = tuple(name for name, p in PRESETS.items() if p.is_dataset)
 

@@ -32,7 +32,7 @@ from fedsegnet.data.datalist import load_datalist
 from fedsegnet.data.transforms import build_eval_dataset
 from fedsegnet.training.evaluate import evaluate
 from fedsegnet.training.loop import state_dict_for_exchange
-from fedsegnet.training.site import SiteTrainer, build_model_for, eval_cases, pick_device
+from fedsegnet.training.site import SiteTrainer, build_model_for, eval_cases, pick_device, site_label_map
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ def faulty_update(update: Mapping, mode: str, *, factor: float = 10.0, seed: int
 
 
 def _test_set(test_dir: Path, config: TrainConfig):
-    from fedsegnet.training.site import site_label_map
-
     datalist = load_datalist(test_dir)
     cases = list(datalist.test or datalist.validation)
     label_map = site_label_map(datalist, config.preset)

@@ -304,9 +304,7 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     # both as class ids: the label through the site's label map, the prediction back from written values
     label_map = site_label_map(datalist, preset_from_spec(spec))
     if label is not None:
-        lut = np.zeros(max(label_map.source_values) + 1, dtype=np.int64)
-        lut[list(label_map.source_values)] = label_map.class_ids
-        label = lut[np.clip(label, 0, len(lut) - 1)]
+        label = label_map.to_class_ids(label)
     if spec.get("label_values"):
         back = np.zeros(max(spec["label_values"]) + 1, dtype=np.int64)
         back[spec["label_values"]] = np.arange(len(spec["label_values"]))

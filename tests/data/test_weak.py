@@ -28,7 +28,7 @@ PRESET = get_preset("tiny")
 def _load(site_dir, case, preset=PRESET):
     dl = load_datalist(site_dir)
     lm = label_map_for(dl.labels, preset)
-    return eval_transforms(preset, lm, dl.labels)(dict(case))
+    return eval_transforms(preset, lm)(dict(case))
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsegnet.data.weak import class_value
 from fedsegnet.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -133,22 +134,7 @@ def _check_case(entry, where: str, problems: list[str], root: Path, need_label: 
     weak_key = WEAK_KEYS.get(kind)
     if weak_key is not None and "label" not in entry:
         return _check_weak_case(entry, where, problems, root, weak_key)
-    ok = True
-    image = entry.get("image")
-    if image is None:
-        problems.append(f"{where}: missing 'image'")
-        ok = False
-    elif isinstance(image, str):
-        if not image:
-            problems.append(f"{where}.image: empty path")
-            ok = False
-    elif isinstance(image, list):
-        if not image or not all(isinstance(p, str) and p for p in image):
-            problems.append(f"{where}.image: expected a path or a non-empty list of paths, got {image!r}")
-            ok = False
-    else:
-        problems.append(f"{where}.image: expected a path or a list of paths, got {type(image).__name__}")
-        ok = False
+    ok = _check_image(entry.get("image"), where, problems)
     label = entry.get("label")
     if label is None:
         if need_label:
@@ -160,13 +146,34 @@ def _check_case(entry, where: str, problems: list[str], root: Path, need_label: 
     if not ok:
         return None
     case = dict(entry)
-    case["image"] = _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
+    case["image"] = _resolve_image(root, entry["image"])
     case["label"] = _resolve(root, label)
     return case
 
 
+def _resolve_image(root: Path, image: str | list[str]) -> str | list[str]:
+    return _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
+
+
+def _check_image(image, where: str, problems: list[str]) -> bool:
+    """Check a case's ``image`` entry (a path or a non-empty list of paths); False after a problem."""
+    if image is None:
+        problems.append(f"{where}: missing 'image'")
+    elif isinstance(image, str):
+        if image:
+            return True
+        problems.append(f"{where}.image: empty path")
+    elif isinstance(image, list):
+        if image and all(isinstance(p, str) and p for p in image):
+            return True
+        problems.append(f"{where}.image: expected a path or a non-empty list of paths, got {image!r}")
+    else:
+        problems.append(f"{where}.image: expected a path or a list of paths, got {type(image).__name__}")
+    return False
+
+
 def _check_weak_case(entry: dict, where: str, problems: list[str], root: Path, key: str):
-    ok = _check_case({**entry, "label": "-"}, where, problems, root) is not None  # image checks
+    ok = _check_image(entry.get("image"), where, problems)
     value = entry.get(key)
     if key == "boxes" and (not isinstance(value, str) or not value):
         problems.append(f"{where}: a box site's case needs 'boxes' (path of its box JSON) or 'label', got {value!r}")
@@ -177,8 +184,7 @@ def _check_weak_case(entry: dict, where: str, problems: list[str], root: Path, k
     if not ok:
         return None
     case = {k: v for k, v in entry.items() if k != "label"}
-    image = entry["image"]
-    case["image"] = _resolve(root, image) if isinstance(image, str) else [_resolve(root, p) for p in image]
+    case["image"] = _resolve_image(root, entry["image"])
     if key == "boxes":
         case["boxes"] = _resolve(root, value)
     return case
@@ -334,8 +340,6 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
 
 def _check_annotated(value, labels, kind: str, where: str, problems: list[str]) -> tuple[int, ...]:
     """The label values of ``annotated_classes`` (names or values), checked against ``labels``."""
-    from fedsegnet.data.weak import class_value
-
     if kind != "partial":
         problems.append(f"{where}: 'annotated_classes' is only for label_kind 'partial' (this site: {kind!r})")
         return ()

@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fedsegnet.errors import ConfigError, DataError
 
 __all__ = ["LabelMap", "label_map_for", "preset_label_map", "region_ids"]
@@ -35,12 +37,32 @@ class LabelMap:
         class_ids: the model class id of each source value (same order).
         class_names: model class names, index = class id (0 = background).
         regions: region name -> class ids it unites (empty when the preset defines none).
+        source_names: the site's own label names, label value -> name (what its box files and tags
+            name). Defaults to {} (the class names of ``class_ids``).
     """
 
     source_values: tuple[int, ...]
     class_ids: tuple[int, ...]
     class_names: tuple[str, ...]
     regions: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    source_names: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """The site's labels, label value -> name."""
+        return dict(self.source_names) or {v: self.class_names[c] for v, c in zip(self.source_values, self.class_ids)}
+
+    @property
+    def class_of(self) -> dict[int, int]:
+        """Label value -> model class id."""
+        return dict(zip(self.source_values, self.class_ids))
+
+    def to_class_ids(self, values: np.ndarray) -> np.ndarray:
+        """A label array of the site's values as model class ids (values not declared become 0)."""
+        lut = np.zeros(max(self.source_values) + 1, dtype=np.int64)
+        lut[list(self.source_values)] = self.class_ids
+        values = np.asarray(values).astype(np.int64)
+        return np.where((values >= 0) & (values < len(lut)), lut[np.clip(values, 0, len(lut) - 1)], 0)
 
     @property
     def num_classes(self) -> int:
@@ -117,7 +139,7 @@ def label_map_for(labels: Mapping[int, str], preset, *, where: str | Path = "dat
     values = sorted(int(v) for v in labels)
     if not preset.classes:
         names = tuple(str(labels[v]) for v in values)
-        return LabelMap(tuple(values), tuple(range(len(values))), names, {})
+        return LabelMap(tuple(values), tuple(range(len(values))), names, {}, dict(labels))
     base = preset_label_map(preset)
     problems = []
     if 0 not in labels:
@@ -148,4 +170,4 @@ def label_map_for(labels: Mapping[int, str], preset, *, where: str | Path = "dat
             )
     if problems:
         raise DataError(site, problems)
-    return LabelMap(tuple(values), tuple(target[v] for v in values), base.class_names, base.regions)
+    return LabelMap(tuple(values), tuple(target[v] for v in values), base.class_names, base.regions, dict(labels))

@@ -145,6 +145,7 @@ def parse_label_kinds(spec: str) -> dict[str, tuple[str, tuple[int, ...]]]:
         ConfigError: (field ``label_kind``) for a malformed entry, an unknown kind or class.
     """
     from fedsegnet.data.datalist import LABEL_KINDS
+    from fedsegnet.data.weak import class_value
 
     out = {}
     for item in (spec or "").split(","):
@@ -156,10 +157,8 @@ def parse_label_kinds(spec: str) -> dict[str, tuple[str, tuple[int, ...]]]:
         _check_site_name("label_kind", item, parts[0])
         annotated = ()
         if parts[1] == "partial":
-            ids = []
-            for c in parts[2].split("+"):
-                ids += [k for k, name in LABELS.items() if k and (c == name or c == str(k))]
-            if len(ids) != len(parts[2].split("+")):
+            ids = [class_value(c, LABELS) for c in parts[2].split("+")]
+            if None in ids or 0 in ids:
                 raise ConfigError("label_kind", item, f"unknown class in {parts[2]!r}", options=[f"{k}:{n}" for k, n in LABELS.items() if k])
             annotated = tuple(sorted(ids))
         out[parts[0]] = (parts[1], annotated)

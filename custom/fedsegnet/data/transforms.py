@@ -44,6 +44,7 @@ from monai.transforms import (
 )
 
 from fedsegnet.config import INTENSITY_MODES, Preset
+from fedsegnet.data.weak import box_masks, read_boxes, tag_vector
 from fedsegnet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -81,22 +82,20 @@ class WeakLabeld(MapTransform):
     right after loading (before reorientation and resampling), with the image already channel-first.
 
     Args:
-        label_map: the site's :class:`~fedsegnet.data.labels.LabelMap` (label value -> class id).
-        labels: the site's ``dataset.json`` labels (value -> name), to read class names.
+        label_map: the site's :class:`~fedsegnet.data.labels.LabelMap` (label value -> class id,
+            and the site's label names that box files and tags use).
         box_core: also render each box's core (see :func:`fedsegnet.data.weak.box_masks`) as
             ``C - 1`` more channels. Defaults to 0.5.
     """
 
-    def __init__(self, label_map, labels, box_core: float = 0.5):
+    def __init__(self, label_map, box_core: float = 0.5):
         super().__init__(keys=["label"], allow_missing_keys=True)
         self.label_map = label_map
-        self.labels = dict(labels)
         self.box_core = float(box_core)
-        self.class_of_value = dict(zip(label_map.source_values, label_map.class_ids))
+        self.labels = label_map.labels
+        self.class_of_value = label_map.class_of
 
     def __call__(self, data):
-        from fedsegnet.data.weak import box_masks, read_boxes, tag_vector
-
         d = dict(data)
         image = d["image"]
         shape = tuple(image.shape[1:])
@@ -119,9 +118,9 @@ class WeakLabeld(MapTransform):
         return MetaTensor(values, affine=image.affine.clone(), meta=meta)
 
 
-def _deterministic(preset: Preset, label_map=None, labels=None) -> list:
+def _deterministic(preset: Preset, label_map=None) -> list:
     mapping = label_map.transform() if label_map is not None else None
-    weak = [WeakLabeld(label_map, labels)] if label_map is not None and labels is not None else []
+    weak = [WeakLabeld(label_map)] if label_map is not None else []
     return [
         LoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(KEYS), allow_missing_keys=True),
@@ -168,7 +167,7 @@ def crops_per_volume(preset: Preset) -> int:
     return k
 
 
-def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=None) -> Compose:
+def train_transforms(preset: Preset, num_classes: int, label_map=None) -> Compose:
     """Training transforms: deterministic preprocessing, then random crops, flips and jitter.
 
     Load (NIfTI, channels first), reorient to RAS, resample to ``preset.spacing`` (bilinear image,
@@ -182,9 +181,8 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=No
         preset: the run's preset.
         num_classes: classes including background, >= 2 (checked; crops centre on any label > 0).
         label_map: a :class:`~fedsegnet.data.labels.LabelMap` turning the site's label values into
-            class ids right after loading. Defaults to None (the files hold class ids).
-        labels: the site's ``dataset.json`` labels; with ``label_map``, cases carrying ``boxes``
-            or ``tags`` get their weak labels rendered (:class:`WeakLabeld`). Defaults to None.
+            class ids right after loading; cases carrying ``boxes`` or ``tags`` get their weak
+            labels rendered (:class:`WeakLabeld`). Defaults to None (the files hold class ids).
 
     Returns:
         A MONAI ``Compose``; apply :meth:`set_random_state` for reproducible crops.
@@ -198,7 +196,7 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=No
     patch = tuple(int(p) for p in preset.patch_size)
     pos = float(preset.pos_fraction)
     return Compose(
-        _deterministic(preset, label_map, labels)
+        _deterministic(preset, label_map)
         + [
             SpatialPadd(keys=list(KEYS), spatial_size=patch),
             EnsureTyped(keys=list(KEYS), dtype=torch.float32),
@@ -222,7 +220,7 @@ def train_transforms(preset: Preset, num_classes: int, label_map=None, labels=No
     )
 
 
-def eval_transforms(preset: Preset, label_map=None, labels=None) -> Compose:
+def eval_transforms(preset: Preset, label_map=None) -> Compose:
     """Deterministic transforms for evaluation and inference (no crop, no padding).
 
     Load, channels first, reorient to RAS, resample to ``preset.spacing``, normalise. ``label`` is
@@ -231,8 +229,8 @@ def eval_transforms(preset: Preset, label_map=None, labels=None) -> Compose:
 
     Args:
         preset: the run's preset.
-        label_map: maps the site's label values to class ids after loading. Defaults to None.
-        labels: the site's labels, to render weak labels (see :func:`train_transforms`). Defaults to None.
+        label_map: maps the site's label values to class ids after loading and renders weak
+            labels (see :func:`train_transforms`). Defaults to None.
 
     Returns:
         A MONAI ``Compose``.
@@ -242,7 +240,7 @@ def eval_transforms(preset: Preset, label_map=None, labels=None) -> Compose:
     """
     _check_preset(preset)
     final = EnsureTyped(keys=list(KEYS), dtype=torch.float32, allow_missing_keys=True)
-    return Compose(_deterministic(preset, label_map, labels) + [final])
+    return Compose(_deterministic(preset, label_map) + [final])
 
 
 def estimate_case_bytes(case: dict, preset: Preset) -> int:
@@ -329,7 +327,6 @@ def build_train_loader(
     cache: bool = True,
     max_cache_bytes: int | None = None,
     label_map=None,
-    labels=None,
 ) -> DataLoader:
     """Training loader: shuffled volumes, ``crops_per_volume`` random crops each, batched.
 
@@ -346,8 +343,8 @@ def build_train_loader(
         cache: cache the deterministic part with ``CacheDataset`` (``preset.cache_rate``, capped
             to fit memory). Defaults to True.
         max_cache_bytes: cache budget. Defaults to None (half the available memory).
-        label_map: maps the site's label values to class ids. Defaults to None (identity).
-        labels: the site's labels, to render box/tag cases (:class:`WeakLabeld`). Defaults to None.
+        label_map: maps the site's label values to class ids and renders box/tag cases
+            (:class:`WeakLabeld`). Defaults to None (identity).
 
     Returns:
         A MONAI ``DataLoader`` yielding ``{"image": (B, C, *patch) float32, "label": (B, 1, *patch)
@@ -358,7 +355,7 @@ def build_train_loader(
     """
     if not cases:
         raise ConfigError("cases", list(cases), "no training cases")
-    transform = train_transforms(preset, num_classes, label_map, labels)
+    transform = train_transforms(preset, num_classes, label_map)
     transform.set_random_state(seed=int(seed) % (2**32))
     ds = _dataset(cases, transform, preset, cache, max_cache_bytes)
     volumes = int(preset.batch_size) // crops_per_volume(preset)

@@ -28,10 +28,11 @@ HD95 mean). A class with no defined HD95 has ``hd95 = None``; means over classes
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -406,6 +407,13 @@ def _evaluate_case(
     }
 
 
+def _take(batches: Iterable, n_batches: int) -> Iterator:
+    """The first ``n_batches`` (>= 1) batches of an iterator or iterable (fewer if it runs out)."""
+    if int(n_batches) < 1:
+        raise ConfigError("n_batches", n_batches, "must be >= 1")
+    return itertools.islice(iter(batches), int(n_batches))
+
+
 @torch.no_grad()
 def label_agreement(
     model: nn.Module,
@@ -437,17 +445,10 @@ def label_agreement(
     Returns:
         The agreement in [0, 1], or None when no foreground class occurs in predictions or labels.
     """
-    if int(n_batches) < 1:
-        raise ConfigError("n_batches", n_batches, "must be >= 1")
-    it = iter(batches)
     model.eval()
     inter = torch.zeros(num_classes, dtype=torch.float64)
     denom = torch.zeros(num_classes, dtype=torch.float64)
-    for _ in range(int(n_batches)):
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
+    for batch in _take(batches, n_batches):
         image, label = batch["image"], batch["label"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         label = label.as_tensor() if hasattr(label, "as_tensor") else label
@@ -490,15 +491,10 @@ def weak_label_agreement(
     """
     if kind not in ("box", "tag"):
         raise ConfigError("kind", kind, "weak agreement is for box or tag sites", options=("box", "tag"))
-    it = iter(batches)
     model.eval()
     inside = total = 0.0
     hits, planes = 0.0, 0.0
-    for _ in range(int(n_batches)):
-        try:
-            batch = next(it)
-        except StopIteration:
-            break
+    for batch in _take(batches, n_batches):
         image = batch["image"]
         image = image.as_tensor() if hasattr(image, "as_tensor") else image
         pred = model(image.to(device, dtype=torch.float32)).argmax(dim=1).cpu()  # (B, X, Y, Z)

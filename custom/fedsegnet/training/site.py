@@ -159,12 +159,10 @@ class SiteTrainer:
         problems = []
         if config.preset.is_dataset:
             num_classes, in_channels = model_shape(config.preset, num_classes, in_channels)
-            try:
-                self.label_map = site_label_map(self.datalist, config.preset, self.site)
-            except DataError as e:
-                problems += e.problems
-        else:
+        try:
             self.label_map = site_label_map(self.datalist, config.preset, self.site)
+        except DataError as e:  # reported with the other problems below
+            problems += e.problems
         model = f"the job's model (preset {config.preset.name!r})"
         problems += model_fit_problems(self.datalist, num_classes, in_channels, model)
         if problems:
@@ -179,10 +177,12 @@ class SiteTrainer:
         torch.manual_seed(self.seed)
         self.model = build_model_for(config, self.in_channels, self.num_classes).to(self.device)
         kind = self.datalist.label_kind
+        # model class ids of the foreground classes this site annotates (all but at a partial site)
+        self.annotated_classes = sorted(self.label_map.class_of[v] for v in self.datalist.annotated)
         if kind == "voxel":
             self.loss_fn = build_loss("dice_ce")
         else:
-            self.loss_fn = WeakSupervisionLoss(kind, self.num_classes, annotated=self._annotated_classes(), **(weak_loss or {}))
+            self.loss_fn = WeakSupervisionLoss(kind, self.num_classes, annotated=self.annotated_classes, **(weak_loss or {}))
         self.optimizer = make_optimizer(self.model, lr=config.preset.lr, weight_decay=config.preset.weight_decay)
         self.scaler = (
             torch.amp.GradScaler("cuda") if (config.preset.amp and self.device.type == "cuda") else None
@@ -208,7 +208,7 @@ class SiteTrainer:
                 preset = dataclasses.replace(preset, pos_fraction=0.0)
             loader = build_train_loader(
                 self.datalist.training, preset, self.num_classes, seed=self.seed,
-                label_map=self.label_map, labels=self.datalist.labels,
+                label_map=self.label_map,
             )  # fmt: skip
             self._batches = infinite_batches(loader)
         return self._batches
@@ -247,7 +247,7 @@ class SiteTrainer:
         elif self.agreement_batches:
             agreement = label_agreement(
                 self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
-                n_batches=self.agreement_batches, classes=None if kind == "voxel" else self._annotated_classes(),
+                n_batches=self.agreement_batches, classes=None if kind == "voxel" else self.annotated_classes,
             )  # fmt: skip
         regularizer = extras = None
         needs_teacher = getattr(self.loss_fn, "needs_teacher", False)
@@ -286,11 +286,6 @@ class SiteTrainer:
 
         self.rounds_done += 1
         return update, stats
-
-    def _annotated_classes(self) -> list[int]:
-        """Model class ids of the foreground classes this site annotates."""
-        class_of = dict(zip(self.label_map.source_values, self.label_map.class_ids))
-        return sorted(class_of[v] for v in self.datalist.annotated)
 
     def _weak_extras(self, round: int, needs_teacher: bool):
         """``loss_extras`` for a weak-label site: the batch's tags and the global model's logits."""
@@ -344,7 +339,7 @@ class SiteTrainer:
                 amp=p.amp,
                 class_names=self.label_map.class_names,
                 regions=self.label_map.regions if self.datalist.label_kind != "partial" else None,
-                score_classes=self._annotated_classes() if self.datalist.label_kind == "partial" else None,
+                score_classes=self.annotated_classes if self.datalist.label_kind == "partial" else None,
                 progress=self.progress,
             )
         finally:

@@ -52,6 +52,16 @@ def _neg_log(x: torch.Tensor) -> torch.Tensor:
     return -torch.log(x.clamp_min(_EPS))
 
 
+def _allowed_term(p: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``-log`` of the probability of the classes a weak label allows at each voxel, averaged; its
+    gradient lowers every class that is not allowed and raises none of them."""
+    return _neg_log((p * allowed).sum(dim=1)).mean()
+
+
+def _unannotated(num_classes: int, annotated: Sequence[int]) -> list[int]:
+    return [c for c in range(1, num_classes) if c not in {int(a) for a in annotated}]
+
+
 def marginal_dice_ce(
     logits: torch.Tensor, label: torch.Tensor, annotated: Sequence[int], ignore: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -72,9 +82,9 @@ def marginal_dice_ce(
     annotated = sorted({int(c) for c in annotated})
     if not annotated or any(not 1 <= c < num_classes for c in annotated):
         raise ConfigError("annotated", annotated, f"must list foreground class ids in 1..{num_classes - 1}")
-    merged = [c for c in range(num_classes) if c not in annotated]  # background + unannotated
+    absorbed = [c for c in range(num_classes) if c not in annotated]  # background + unannotated
     log_p = F.log_softmax(logits.float(), dim=1)
-    channels = [torch.logsumexp(log_p[:, merged], dim=1, keepdim=True)] + [log_p[:, c : c + 1] for c in annotated]
+    channels = [torch.logsumexp(log_p[:, absorbed], dim=1, keepdim=True)] + [log_p[:, c : c + 1] for c in annotated]
     index = torch.zeros(num_classes, dtype=torch.long, device=label.device)
     for i, c in enumerate(annotated, start=1):
         index[c] = i
@@ -95,8 +105,7 @@ def exclusion_loss(logits: torch.Tensor, label: torch.Tensor, annotated: Sequenc
     not tumour, even though the site never draws tumours. Averaged over the voxels labelled with
     an annotated foreground class; 0 when every class is annotated or no such voxel is present.
     """
-    num_classes = logits.shape[1]
-    unannotated = [c for c in range(1, num_classes) if c not in set(int(a) for a in annotated)]
+    unannotated = _unannotated(logits.shape[1], annotated)
     if not unannotated:
         return logits.sum() * 0.0
     p = F.softmax(logits.float(), dim=1)
@@ -124,7 +133,7 @@ def unannotated_pseudo_loss(
     0 without a teacher or when every class is annotated.
     """
     num_classes = logits.shape[1]
-    unannotated = [c for c in range(1, num_classes) if c not in {int(a) for a in annotated}]
+    unannotated = _unannotated(num_classes, annotated)
     if teacher is None or not unannotated:
         return logits.sum() * 0.0
     allowed = torch.zeros(num_classes, device=logits.device)
@@ -220,7 +229,7 @@ def box_loss(
     boxes = (boxes[:, :k] > 0.5).to(torch.float32)
     inside_any = boxes.amax(dim=1) > 0
     allowed = torch.cat([torch.ones_like(boxes[:, :1]), boxes], dim=1)
-    loss = _neg_log((p * allowed).sum(dim=1)).mean()
+    loss = _allowed_term(p, allowed)
     core_any = torch.zeros_like(inside_any)
     if cores is not None and core_weight > 0:
         # a box's core is its class, unless a box of a higher class also covers the voxel (where
@@ -277,7 +286,7 @@ def tag_loss(
     p = F.softmax(logits.float(), dim=1)
     present = tags > 0.5  # (B, C-1)
     allowed = torch.cat([torch.ones_like(present[:, :1]), present], dim=1)[:, :, None, None, None]
-    loss = _neg_log((p * allowed).sum(dim=1)).mean()
+    loss = _allowed_term(p, allowed)
     if teacher is None:
         return loss
     if pseudo_weight > 0:
