@@ -51,12 +51,16 @@ def _cmd_data_synth(args) -> int:
         orientation=orientation or None,
         progress=sys.stderr.isatty(),
         label_kinds=args.label_kind or None,
+        scenario=args.scenario,
     )
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
-        print(f"wrote {args.sites} site(s) + test set to {Path(args.out).resolve()}")
+        test = "per-site test sets" if args.scenario == "organs" else "test set"
+        print(f"wrote {args.sites} site(s) + {test} to {Path(args.out).resolve()}")
         for site, info in summary["sites"].items():
+            if info["host"]:
+                print(f"  {site}: {info['host']} host, {info['n_test']} test case(s)")
             if info["label_kind"] != "voxel":
                 print(f"  {site}: {info['label_kind']} labels only")
     return 0
@@ -459,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corrupt", action="append", help="label corruption SITE:KIND:AMOUNT, e.g. site-3:label_noise:0.5")
     s.add_argument("--orientation", action="append", help="store a site in other axes, e.g. site-2:LPS")
     s.add_argument("--label-kind", help="weaker labels per site, e.g. site-2:box,site-3:tag,site-4:partial:1 (true masks not written)")
+    s.add_argument("--scenario", choices=("default", "organs"), default="default", help="organs: a different host organ per site, per-site test sets")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.set_defaults(func=_cmd_data_synth)
     sp = data.add_parser("split", help="per-site datalists from a dataset folder (MSD, ACDC, image/label pairs); no copying")

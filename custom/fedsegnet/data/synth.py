@@ -24,14 +24,27 @@ with DiceCE for 300 steps of 4 crops of 32^3 (one CPU thread, about a minute) re
 Non-IID sites (FedMix, Wicaksana et al. 2022; FedOAP; the FL-for-segmentation review) come from
 per-site *styles* (scanner intensity scale/shift, noise, bias field, structure size, lesion load;
 see :data:`STYLE_DEFAULTS`) and per-site *label corruption* (noisy, eroded/dilated or shifted
-annotations, a missing class; see :func:`corrupt_label`). The test set always uses the neutral
-style and clean labels.
+annotations, a missing class; see :func:`corrupt_label`). The shared test set always uses the
+neutral style and clean labels.
+
+**Organs scenario** (``scenario="organs"``; personalised FL, FedOAP): sites scan *different
+organs*. Site ``i`` gets host type ``HOSTS[(i - 1) % len(HOSTS)]`` (:data:`HOSTS`: a large lobed
+liver-like organ, a curved tube, a small round organ with a bright capsule, a dark flat plate with
+a mottled texture) in place of the default organ, still labelled 1 ("organ"): hosts differ in
+shape, size, texture and intensity relative to the body (brighter or darker than it), chosen so
+that a model trained on one host segments another badly (a design goal; no training measured yet).
+Shared across sites: the body, the lesions (class 2: the same generator, size range and rim/core
+intensities, centred on host voxels), the confounders (vessels, nodules, blobs) and the
+acquisition model; site styles apply on top of the host type.
+Each site keeps its own labelled held-out test cases (``imagesTs``/``labelsTs``, the ``test``
+split of its ``dataset.json``; the site's style, clean labels), and there is no shared test folder.
 
 Multi-channel images (``channels=C``) mimic multi-sequence MRI (BraTS: T1, T2, FLAIR, T1c): every
 channel shows the same anatomy with its own class contrasts (e.g. dark lesions with a bright core
 in T2, ring-enhancing lesions in T1c) and its own noise.
 
-Determinism: a case depends only on ``(seed, site index, case index)`` and the arguments, so the
+Determinism: a case depends only on ``(seed, site index, case index)`` and the arguments (a site's
+own test cases on a separate stream, ``(seed, site index, 7357, case index)``), so the
 same call writes the same arrays and affines (gzip streams are written with mtime 0, so the bytes
 match too).
 """
@@ -55,7 +68,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CORRUPTION_KINDS",
+    "HOSTS",
     "LABELS",
+    "SCENARIOS",
     "SITE_VARIATION",
     "STYLE_DEFAULTS",
     "corrupt_label",
@@ -121,6 +136,11 @@ _RIM = 0.4  # rim thickness as a share of the lesion radius
 _CHANNEL_NAMES = ("T1", "T2", "FLAIR", "T1c")
 _ORIGIN_OFFSET = np.array([12.5, -7.0, 31.0])
 _TEST_GROUP = 0  # rng group of the test set; sites are 1..N
+_SITE_TEST_STREAM = 7357  # rng stream of a site's own test cases (organs scenario): [seed, site, 7357, case]
+
+SCENARIOS = ("default", "organs")
+"""Scenarios of :func:`synthesize`: ``default`` (one organ type everywhere, a shared test set) and
+``organs`` (a different host organ per site, per-site test sets; see the module docstring)."""
 
 
 def _style_keys() -> tuple[str, ...]:
@@ -414,34 +434,40 @@ def _erode(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# one case
+# one case: shared pieces (body, lesions, confounders, textures, rendering with acquisition)
 # --------------------------------------------------------------------------------------------------
-def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> dict:
-    """Generate one case in RAS voxel order.
-
-    Returns:
-        dict with ``image`` (C, n, n, n) float32, ``label`` (n, n, n) uint8 and ``structures``
-        (boolean masks: ``organ``, lists ``lesions``, ``nodules``, ``blobs``).
-    """
-    u = _coords(n)
-    ss = float(style["structure_scale"])
-    origin = np.zeros(3, dtype=np.float32)
-
+def _make_body(rng: np.random.Generator, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The body: a deformed ellipsoid. Returns ``(level, mask)`` (level < 0 inside)."""
     body_axes = np.array([0.88, 0.76, 0.92]) * rng.uniform(0.95, 1.05, 3)
-    body_f = _ellipsoid_level(u, origin, body_axes, np.eye(3, dtype=np.float32))
+    body_f = _ellipsoid_level(u, np.zeros(3, dtype=np.float32), body_axes, np.eye(3, dtype=np.float32))
     body_f += 0.05 * _smooth_field(rng, u, 0.5)
-    body = body_f < 0
+    return body_f, body_f < 0
 
-    # organ: union of 2-3 rotated ellipsoids, boundary deformed by smooth noise
+
+def _lobed_level(
+    rng: np.random.Generator, u: np.ndarray, ss: float, lobes=(2, 4), axes=(0.38, 0.55), spread=0.12, deform=0.12
+) -> tuple[np.ndarray, np.ndarray]:
+    """Union of ``lobes`` (``[min, max)``) rotated ellipsoids, boundary deformed by smooth noise.
+
+    Returns ``(centre, level)``; the default organ and the ``lobed`` host.
+    """
     centre = rng.uniform(-0.15, 0.15, 3)
     organ_f = np.full(u.shape[1:], np.inf, dtype=np.float32)
-    for _ in range(int(rng.integers(2, 4))):
-        c = centre + rng.normal(0.0, 0.12, 3) * ss
-        np.minimum(organ_f, _ellipsoid_level(u, c, rng.uniform(0.38, 0.55, 3) * ss, _rotation(rng)), out=organ_f)
-    organ_f += 0.12 * _smooth_field(rng, u, 0.45)
-    organ = (organ_f < 0) & body
+    for _ in range(int(rng.integers(*lobes))):
+        c = centre + rng.normal(0.0, spread, 3) * ss
+        np.minimum(organ_f, _ellipsoid_level(u, c, rng.uniform(*axes, 3) * ss, _rotation(rng)), out=organ_f)
+    organ_f += deform * _smooth_field(rng, u, 0.45)
+    return centre, organ_f
 
-    # lesions: centred on organ voxels, so inside or touching the organ
+
+def _make_lesions(rng: np.random.Generator, u: np.ndarray, organ: np.ndarray, body: np.ndarray, centre, style: dict):
+    """Lesions centred on ``organ`` voxels (inside it or bulging out), the same model for every host.
+
+    Returns:
+        ``(lesions, rims, gains)``: lists of boolean masks, rim masks (ring enhancement) and
+        contrast factors.
+    """
+    ss = float(style["structure_scale"])
     lo, hi = style["lesion_count"]
     n_lesions = int(rng.integers(lo, hi + 1)) if rng.random() < float(style["lesion_prob"]) else 0
     lesions, rims, lesion_gain = [], [], []
@@ -453,8 +479,12 @@ def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> 
         lesions.append((f < 0) & body)
         rims.append(lesions[-1] & (f > -_RIM))  # ring enhancement: bright rim, near-organ core
         lesion_gain.append(rng.uniform(0.8, 1.2) * float(style["lesion_contrast"]))
+    return lesions, rims, lesion_gain
 
-    # vessels: thin winding tubes through body and organ
+
+def _make_vessels(rng: np.random.Generator, u: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """Thin winding tubes through body and organ (lesion intensity)."""
+    origin = np.zeros(3, dtype=np.float32)
     vessels = np.zeros(u.shape[1:], dtype=bool)
     for _ in range(int(rng.integers(4, 9))):
         p = _sample_point(rng, u, body, origin)
@@ -465,60 +495,93 @@ def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> 
             d = d / np.linalg.norm(d)
             pts.append(pts[-1] + 0.22 * d)
         vessels |= _tube_mask(u, np.array(pts), rng.uniform(0.045, 0.07))
-    vessels &= body
+    return vessels & body
 
+
+def _make_nodules_and_blobs(rng, u, body, body_f, organ_f, ss: float) -> tuple[list, list]:
+    """Nodules (small bright spots anywhere in the body) and bowel blobs (away from the organ)."""
+    origin = np.zeros(3, dtype=np.float32)
     away = body & (organ_f > 0.7) & (body_f < -0.15)
-    # nodules: small bright spots (lesion intensity) anywhere in the body, organ included
     nodules = []
     for _ in range(int(rng.integers(4, 9))):
         c = _sample_point(rng, u, body, origin)
         f = _ellipsoid_level(u, c, rng.uniform(0.05, 0.08) * rng.uniform(0.8, 1.2, 3), _rotation(rng))
         nodules.append((f < 0) & body)
-    # blobs: organ-like mean intensity, coarse mottled texture
     blobs = []
     for _ in range(int(rng.integers(2, 4))):
         c = _sample_point(rng, u, away, origin)
         f = _ellipsoid_level(u, c, rng.uniform(0.15, 0.24, 3) * ss, _rotation(rng))
         f += 0.2 * _smooth_field(rng, u, 0.25)
         blobs.append((f < 0) & body & (organ_f > 0.3))
+    return nodules, blobs
 
+
+def _union(masks: list, shape) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    for m in masks:
+        out |= m
+    return out
+
+
+def _channel_contrasts(ch: int) -> dict:
+    t = _CONTRASTS[ch % len(_CONTRASTS)]
+    if ch >= len(_CONTRASTS):  # further channels: jittered copies of the 4 base contrasts
+        jitter = np.random.default_rng([ch, 17]).uniform(-0.05, 0.05, len(t))
+        t = {k: v + j for (k, v), j in zip(t.items(), jitter)}
+    return t
+
+
+def _acquire(rng: np.random.Generator, img: np.ndarray, bias: np.ndarray, style: dict) -> np.ndarray:
+    """Acquisition of one channel: partial-volume blur, bias field, noise, scanner scale/shift."""
+    img = _blur(img) * bias
+    img += float(style["noise_sd"]) * rng.standard_normal(img.shape, dtype=np.float32)
+    return img * float(style["intensity_scale"]) + float(style["intensity_shift"])
+
+
+def _assemble(rng, u, style: dict, channels: int, *, body, body_f, organ, organ_f, centre, host=None, capsule=None):
+    """Lesions, confounders, textures, rendering and acquisition around a given organ (or host).
+
+    ``host`` None paints the default organ; a host spec (see :data:`_HOST_SPECS`) sets the
+    organ's intensity relative to the body, its texture and its capsule (``capsule`` mask). Lesions
+    keep the default organ-referenced intensities either way (same appearance in every host).
+    """
+    ss = float(style["structure_scale"])
+    lesions, rims, lesion_gain = _make_lesions(rng, u, organ, body, centre, style)
+    vessels = _make_vessels(rng, u, body)
+    nodules, blobs = _make_nodules_and_blobs(rng, u, body, body_f, organ_f, ss)
+
+    tex_wavelength, tex_modes, tex_amp = (0.12, 12, 0.02) if host is None else host["texture"]
     body_tex = _smooth_field(rng, u, 0.2)
     blob_tex = _smooth_field(rng, u, 0.15, n_modes=24)
-    organ_tex = _smooth_field(rng, u, 0.12)
+    organ_tex = _smooth_field(rng, u, tex_wavelength, n_modes=tex_modes)
     organ_shift = rng.normal(0.0, 0.02)
     bias = np.exp(float(style["bias_strength"]) * _smooth_field(rng, u, 0.9, n_modes=6)).astype(np.float32)
 
-    lesion_any = np.zeros(u.shape[1:], dtype=bool)
-    for m in lesions:
-        lesion_any |= m
-    blob_any = np.zeros_like(lesion_any)
-    for m in blobs:
-        blob_any |= m
-    nodule_any = np.zeros_like(lesion_any)
-    for m in nodules:
-        nodule_any |= m
-
-    image = np.empty((channels,) + u.shape[1:], dtype=np.float32)
+    shape = u.shape[1:]
+    lesion_any, blob_any, nodule_any = _union(lesions, shape), _union(blobs, shape), _union(nodules, shape)
+    image = np.empty((channels,) + shape, dtype=np.float32)
     for ch in range(channels):
-        t = _CONTRASTS[ch % len(_CONTRASTS)]
-        if ch >= len(_CONTRASTS):  # further channels: jittered copies of the 4 base contrasts
-            jitter = np.random.default_rng([ch, 17]).uniform(-0.05, 0.05, len(t))
-            t = {k: v + j for (k, v), j in zip(t.items(), jitter)}
-        img = np.full(u.shape[1:], t["air"], dtype=np.float32)
+        t = _channel_contrasts(ch)
+        img = np.full(shape, t["air"], dtype=np.float32)
         img[body] = (t["body"] + 0.04 * body_tex)[body]
         img[blob_any] = (t["blob"] + 0.2 * blob_tex)[blob_any]
-        organ_level = t["organ"] + organ_shift
-        img[organ] = (organ_level + 0.02 * organ_tex)[organ]
+        lesion_ref = t["organ"] + organ_shift  # lesions: the same intensities in every host
+        if host is None:
+            organ_level = lesion_ref
+        else:
+            organ_level = t["body"] + host["contrast"] * (t["organ"] - t["body"]) + organ_shift
+        img[organ] = (organ_level + tex_amp * organ_tex)[organ]
+        if capsule is not None:
+            capsule_level = t["body"] + host["capsule_contrast"] * (t["organ"] - t["body"]) + organ_shift
+            img[capsule] = (capsule_level + tex_amp * organ_tex)[capsule]
         img[vessels] = t["vessel"]
         img[nodule_any] = t["nodule"]
         for m, r, g in zip(lesions, rims, lesion_gain):
-            img[m] = organ_level + (t["core"] - t["organ"]) * g
-            img[r] = organ_level + (t["rim"] - t["organ"]) * g
-        img = _blur(img) * bias
-        img += float(style["noise_sd"]) * rng.standard_normal(img.shape, dtype=np.float32)
-        image[ch] = img * float(style["intensity_scale"]) + float(style["intensity_shift"])
+            img[m] = lesion_ref + (t["core"] - t["organ"]) * g
+            img[r] = lesion_ref + (t["rim"] - t["organ"]) * g
+        image[ch] = _acquire(rng, img, bias, style)
 
-    label = np.zeros(u.shape[1:], dtype=np.uint8)
+    label = np.zeros(shape, dtype=np.uint8)
     label[organ] = 1
     label[lesion_any] = 2
     return {
@@ -526,6 +589,123 @@ def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> 
         "label": label,
         "structures": {"organ": organ, "lesions": lesions, "nodules": nodules, "blobs": blobs},
     }
+
+
+def _make_case(rng: np.random.Generator, n: int, style: dict, channels: int) -> dict:
+    """Generate one case of the default scenario in RAS voxel order.
+
+    Returns:
+        dict with ``image`` (C, n, n, n) float32, ``label`` (n, n, n) uint8 and ``structures``
+        (boolean masks: ``organ``, lists ``lesions``, ``nodules``, ``blobs``).
+    """
+    u = _coords(n)
+    body_f, body = _make_body(rng, u)
+    # organ: union of 2-3 rotated ellipsoids, boundary deformed by smooth noise
+    centre, organ_f = _lobed_level(rng, u, float(style["structure_scale"]))
+    organ = (organ_f < 0) & body
+    return _assemble(rng, u, style, channels, body=body, body_f=body_f, organ=organ, organ_f=organ_f, centre=centre)
+
+
+# --------------------------------------------------------------------------------------------------
+# the organs scenario: one host type per site
+# --------------------------------------------------------------------------------------------------
+def _host_lobed(rng, u, ss):
+    """Large smooth liver-like organ: 3-4 big lobes, gently deformed."""
+    centre, level = _lobed_level(rng, u, ss, lobes=(3, 5), axes=(0.45, 0.6), spread=0.14, deform=0.08)
+    return centre, level, None
+
+
+def _host_tube(rng, u, ss):
+    """Elongated curved bean/tube (kidney- or colon-like): a thick tube along a circular arc."""
+    centre = rng.uniform(-0.12, 0.12, 3)
+    rot = _rotation(rng)
+    bend = rng.uniform(0.7, 0.9) * ss  # radius of the arc
+    angle = rng.uniform(0.55, 0.7) * math.pi
+    theta = np.linspace(-angle / 2, angle / 2, 9)
+    local = np.stack([bend * np.sin(theta), bend * (1.0 - np.cos(theta)), np.zeros_like(theta)], axis=1)
+    local -= local.mean(0)
+    pts = (centre + local @ rot.T).astype(np.float32)
+    radius = rng.uniform(0.25, 0.29) * ss
+    level = _polyline_distance(u, pts) / radius - 1.0
+    level += 0.1 * _smooth_field(rng, u, 0.35)
+    return centre, level, None
+
+
+def _host_capsule(rng, u, ss):
+    """Small compact round organ: a thick capsule around a core, both brighter than the body."""
+    centre = rng.uniform(-0.2, 0.2, 3)
+    radius = rng.uniform(0.34, 0.38) * ss
+    level = _ellipsoid_level(u, centre, radius * rng.uniform(0.9, 1.1, 3), _rotation(rng))
+    level += 0.04 * _smooth_field(rng, u, 0.5)
+    return centre, level, level > -0.25  # the outer quarter of the radius
+
+
+def _host_plate(rng, u, ss):
+    """Flat plate-like organ (a thin wide ellipsoid of varying thickness), coarse mottled texture."""
+    centre = rng.uniform(-0.12, 0.12, 3)
+    axes = np.array([rng.uniform(0.75, 0.85), rng.uniform(0.65, 0.75), rng.uniform(0.17, 0.21)]) * ss
+    level = _ellipsoid_level(u, centre, axes, _rotation(rng))
+    level += 0.1 * _smooth_field(rng, u, 0.5)
+    return centre, level, None
+
+
+# contrast: host level = body + contrast * (organ - body) per channel (1: the default organ's level,
+# 0: the body's, < 0: darker than the body); texture: (wavelength, modes, amplitude) of its pattern.
+_HOST_SPECS = {
+    "lobed": {"make": _host_lobed, "contrast": 1.0, "texture": (0.12, 12, 0.02)},
+    "tube": {"make": _host_tube, "contrast": 0.5, "texture": (0.3, 12, 0.04)},
+    "capsule": {"make": _host_capsule, "contrast": 1.3, "capsule_contrast": 2.0, "texture": (0.12, 12, 0.02)},
+    "plate": {"make": _host_plate, "contrast": -0.6, "texture": (0.15, 24, 0.15)},
+}
+
+HOSTS = tuple(_HOST_SPECS)
+"""Host types of the ``organs`` scenario; site ``i`` (1-based) gets ``HOSTS[(i - 1) % len(HOSTS)]``.
+
+Measured at 40^3, neutral style, seed 0, 8 cases each: share of the volume labelled host, axis
+ratios (square roots of the principal variances of the host voxels, largest/middle and
+middle/smallest), channel-0 mean inside the host minus the body's:
+
+* ``lobed``: large smooth liver-like organ (3-4 big lobes; 13 %, 1.2 / 1.1, +0.28), the default
+  organ's intensity and fine faint texture.
+* ``tube``: elongated curved bean/tube (kidney- or colon-like: a thick tube along an arc; 4 %,
+  2.4 / 1.4, +0.12), a little brighter than the body, smooth wavy texture.
+* ``capsule``: small compact round organ (1.7 %, 1.1 / 1.3, +0.44), a thick bright capsule (the
+  outer quarter of the radius) around a bright core.
+* ``plate``: flat plate-like organ (a thin wide ellipsoid; 5 %, 1.2 / 3.6, -0.16), darker than
+  the body, coarse mottled texture (like the bowel blobs).
+"""
+
+
+def _generate(entropy: list[int], n: int, style: dict, channels: int, host: str | None) -> dict:
+    """One case from the rng seeded with ``entropy``: the default organ (``host`` None) or a host type."""
+    rng = np.random.default_rng(entropy)
+    if host is None:
+        return _make_case(rng, n, style, channels)
+    return _make_host_case(rng, n, style, channels, host)
+
+
+def _make_host_case(rng: np.random.Generator, n: int, style: dict, channels: int, host: str) -> dict:
+    """Generate one case of the ``organs`` scenario: ``host`` (a :data:`HOSTS` type) as class 1.
+
+    Body, lesions, confounders and acquisition are those of :func:`_make_case`; only the organ's
+    shape, size, texture and intensity come from the host type (``structure_scale`` scales it).
+
+    Returns:
+        The same dict as :func:`_make_case`; ``structures["capsule"]`` is the capsule mask (or None).
+    """
+    spec = _HOST_SPECS[host]
+    u = _coords(n)
+    body_f, body = _make_body(rng, u)
+    centre, host_f, capsule = spec["make"](rng, u, float(style["structure_scale"]))
+    organ = (host_f < 0) & body
+    if capsule is not None:
+        capsule = capsule & organ
+    case = _assemble(
+        rng, u, style, channels, body=body, body_f=body_f, organ=organ, organ_f=host_f, centre=centre,
+        host=spec, capsule=capsule,
+    )  # fmt: skip
+    case["structures"]["capsule"] = capsule
+    return case
 
 
 def corrupt_label(
@@ -679,7 +859,11 @@ def _ras_affine(n: int, spacing: tuple[float, float, float]) -> np.ndarray:
     return affine
 
 
-def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: np.ndarray, axcodes, kind: str = "voxel", annotated=()) -> dict:
+def _write_case(
+    folder: Path, stem: str, case: dict, label: np.ndarray, affine: np.ndarray, axcodes, kind: str = "voxel", annotated=(),
+    split: str = "Tr",
+) -> dict:
+    """Write one case under ``folder/images{split}`` (and ``labels{split}`` or ``boxes{split}``)."""
     image = case["image"]
     data = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)  # MSD: channels last
     lab = label
@@ -688,19 +872,19 @@ def _write_case(folder: Path, stem: str, case: dict, label: np.ndarray, affine: 
         lab, _ = _reorient(label, affine, axcodes)
     else:
         img_affine = affine
-    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-    img_path = folder / "imagesTr" / f"{stem}.nii.gz"
+    (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
+    img_path = folder / f"images{split}" / f"{stem}.nii.gz"
     _save(data, img_affine, img_path, np.float32)
     weak = weak_label_entry(kind, lab, img_affine, annotated)  # the true mask of a box/tag site is never written
     if "boxes" in weak:
-        (folder / "boxesTr").mkdir(parents=True, exist_ok=True)
-        box_path = folder / "boxesTr" / f"{stem}.json"
+        (folder / f"boxes{split}").mkdir(parents=True, exist_ok=True)
+        box_path = folder / f"boxes{split}" / f"{stem}.json"
         box_path.write_text(json.dumps(weak["boxes"], indent=1) + "\n")
         return {"image": str(img_path), "boxes": str(box_path)}
     if "tags" in weak:
         return {"image": str(img_path), "tags": weak["tags"]}
-    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
-    lab_path = folder / "labelsTr" / f"{stem}.nii.gz"
+    (folder / f"labels{split}").mkdir(parents=True, exist_ok=True)
+    lab_path = folder / f"labels{split}" / f"{stem}.nii.gz"
     _save(weak["label"], img_affine, lab_path, np.uint8)
     return {"image": str(img_path), "label": str(lab_path)}
 
@@ -728,6 +912,7 @@ def synthesize(
     spacing: float = 1.5,
     vary_sites: bool = True,
     label_kinds: dict | str | None = None,
+    scenario: str = "default",
 ) -> dict:
     """Write synthetic sites ``out_dir/site-1 .. site-N`` and a clean test set ``out_dir/test``.
 
@@ -744,6 +929,16 @@ def synthesize(
     index); keys in ``site_styles[site]`` override both. The test set uses the neutral defaults.
     Corruptions apply to all of a site's labels (training and validation: the site's annotators made
     them); images and the test set are never affected.
+
+    Scenario ``organs`` (personalisation; see the module docstring): site ``i`` scans host organ
+    ``HOSTS[(i - 1) % len(HOSTS)]`` (label 1 "organ" is the host, 2 the lesion; styles apply on top
+    of the host type), and every site gets its own held-out test set instead of the shared one:
+    ``test_cases`` cases in ``site-N/imagesTs`` and ``site-N/labelsTs``, listed (labelled) under
+    the ``test`` split of the site's ``dataset.json`` and never under training or validation. They
+    come from their own rng stream, show the site's host, style and orientation, and carry clean
+    voxel labels (no corruption; box and tag sites get true masks here, for evaluation only, the way
+    they may list voxel-labelled validation cases; a partial site keeps its annotated classes). No
+    ``out_dir/test`` folder is written in this scenario.
 
     Args:
         out_dir: output folder (created).
@@ -769,16 +964,24 @@ def synthesize(
             only weaker labels derived from its true masks (boxes as world-coordinate JSON sidecars,
             tags in ``dataset.json``, partial label maps), in training and validation alike; its
             true masks are never written. Defaults to None (every site voxel).
+        scenario: one of :data:`SCENARIOS`: ``"default"`` (one organ type, a shared test set) or
+            ``"organs"`` (a host type per site, per-site test sets, no shared test set).
+            Defaults to ``"default"``.
 
     Returns:
-        Summary: ``{"root", "labels", "channels", "size", "spacing", "seed", "sites": {site: {"dir",
-        "n_training", "n_validation", "style", "corruptions", "orientation", "label_kind"}}, "test": {"dir",
-        "n_cases"} or None}``.
+        Summary: ``{"root", "scenario", "labels", "channels", "size", "spacing", "seed", "sites":
+        {site: {"dir", "host", "n_training", "n_validation", "n_test", "style", "corruptions",
+        "orientation", "label_kind"}}, "test": {"dir", "n_cases"} or None}``. ``host`` is the
+        site's :data:`HOSTS` type (None in the default scenario), ``n_test`` its own test cases (0 in
+        the default scenario); ``test`` is None in the organs scenario.
 
     Raises:
-        ConfigError: naming the bad argument (unknown site in ``site_styles``/``corrupt``/
-            ``orientation``, bad style key or value, bad corruption, bad axis codes, bad sizes).
+        ConfigError: naming the bad argument (unknown ``scenario``, unknown site in ``site_styles``/
+            ``corrupt``/``orientation``, bad style key or value, bad corruption, bad axis codes, bad sizes).
     """
+    if not isinstance(scenario, str) or scenario not in SCENARIOS:
+        raise ConfigError("scenario", scenario, "unknown scenario", options=SCENARIOS)
+    organs = scenario == "organs"
     if int(sites) < 1:
         raise ConfigError("sites", sites, "must be >= 1")
     if int(size) < 16:
@@ -829,12 +1032,13 @@ def synthesize(
     n = int(size)
     affine = _ras_affine(n, (float(spacing),) * 3)
     modality = _modality(int(channels))
-    total = int(sites) * int(cases) + int(test_cases)
+    total = int(sites) * int(cases) + int(test_cases) * (int(sites) if organs else 1)
 
     from tqdm.auto import tqdm  # local import: only needed here
 
     summary = {
         "root": str(root),
+        "scenario": scenario,
         "labels": dict(LABELS),
         "channels": int(channels),
         "size": n,
@@ -846,9 +1050,10 @@ def synthesize(
     with tqdm(total=total, desc="synthesize", unit="case", disable=not progress) as bar:
         for group, site in enumerate(site_names, start=1):
             folder = root / site
+            host = HOSTS[(group - 1) % len(HOSTS)] if organs else None
             written = []
             for i in range(int(cases)):
-                case = _make_case(np.random.default_rng([int(seed), group, i]), n, styles[site], int(channels))
+                case = _generate([int(seed), group, i], n, styles[site], int(channels), host)
                 label = case["label"]
                 for j, (kind, amount) in enumerate(corruptions[site]):
                     stream = np.random.SeedSequence([int(seed), group, i, 1000 + j]).generate_state(1)[0]
@@ -856,29 +1061,41 @@ def synthesize(
                 written.append(_write_case(folder, f"{site}_{i:03d}", case, label, affine, axcodes[site], *kinds[site]))
                 bar.update(1)
             train, val = written[: len(written) - n_val], written[len(written) - n_val :]
+            # the site's own held-out cases: clean labels, voxel masks (a partial site's annotated classes)
+            test_kind = kinds[site] if kinds[site][0] == "partial" else ("voxel", ())
+            tests = []
+            for i in range(int(test_cases) if organs else 0):
+                case = _generate([int(seed), group, _SITE_TEST_STREAM, i], n, styles[site], int(channels), host)
+                stem = f"{site}_test_{i:03d}"
+                tests.append(_write_case(folder, stem, case, case["label"], affine, axcodes[site], *test_kind, split="Ts"))
+                bar.update(1)
             write_datalist(
                 folder,
                 labels=LABELS,
                 modality=modality,
                 training=train,
                 validation=val,
-                name=f"FedSegNet synthetic {site}",
+                test=tests,
+                name=f"FedSegNet synthetic {site}" + (f" ({host} host)" if host else ""),
                 label_kind=kinds[site][0],
                 annotated_classes=[LABELS[c] for c in kinds[site][1]],
             )
             summary["sites"][site] = {
                 "dir": str(folder),
+                "host": host,
                 "n_training": len(train),
                 "n_validation": len(val),
+                "n_test": len(tests),
                 "style": styles[site],
                 "corruptions": [list(c) for c in corruptions[site]],
                 "orientation": "".join(axcodes[site]),
                 "label_kind": kinds[site][0] + (":" + "+".join(LABELS[c] for c in kinds[site][1]) if kinds[site][1] else ""),
             }
             logger.info(
-                "synthesized %s: %d training + %d validation cases, style %s", site, len(train), len(val), styles[site]
-            )
-        if int(test_cases) > 0:
+                "synthesized %s%s: %d training + %d validation + %d test cases, style %s",
+                site, f" ({host} host)" if host else "", len(train), len(val), len(tests), styles[site],
+            )  # fmt: skip
+        if int(test_cases) > 0 and not organs:
             folder = root / "test"
             neutral = site_style(_TEST_GROUP, seed, vary=False)
             written = []
