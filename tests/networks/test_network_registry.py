@@ -21,7 +21,7 @@ SMALL = [
 
 
 def test_registry_names():
-    assert sorted(NETWORKS) == ["hybrid_unetr", "segresnet", "swin_unetr", "unetr"]
+    assert sorted(NETWORKS) == ["dca_unetr", "hybrid_unetr", "segresnet", "swin_unetr", "unetr"]
 
 
 @pytest.mark.parametrize("name,patch,kwargs", SMALL, ids=lambda v: str(v))

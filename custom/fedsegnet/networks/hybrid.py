@@ -61,7 +61,7 @@ from fedsegnet.networks.registry import check_kwargs, register_network
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HybridTransformerUNet", "NORMS", "build_hybrid_unetr"]
+__all__ = ["HybridTransformerUNet", "NORMS", "build_hybrid_family", "build_hybrid_unetr"]
 
 #: Normalisation layers the hybrid network accepts.
 NORMS = ("instance", "batch", "group")
@@ -160,9 +160,7 @@ class HybridTransformerUNet(nn.Module):
             for i in range(len(channels))
         )
         width = channels[-1]
-        self.pos_embed = (
-            nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width) if num_layers else None
-        )
+        self.pos_embed = self.position_encoding(width) if num_layers else None
         # MONAI's fused attention applies its dropout in eval mode too, so fuse only without dropout.
         self.transformer = nn.ModuleList(
             TransformerBlock(
@@ -239,14 +237,40 @@ class HybridTransformerUNet(nn.Module):
             h = h + self.pos_embed(h)
             b, c, *spatial = h.shape
             tokens = h.flatten(2).transpose(1, 2)  # (B, N, C)
-            for block in self.transformer:
-                tokens = block(tokens)
-            tokens = self.transformer_norm(tokens)
+            tokens = self.transformer_norm(self.mix_tokens(tokens))
             h = tokens.transpose(1, 2).reshape(b, c, *spatial)
         for block, skip in zip(self.decoder, reversed(skips[:-1])):
             h = block(h, skip)
         h = torch.cat([self.upsample(h), stem], dim=1)
         return self.head(h)
+
+    @staticmethod
+    def position_encoding(width: int) -> nn.Conv3d:
+        """The depthwise 3x3x3 convolution whose output is added to the bottleneck features.
+
+        Args:
+            width: bottleneck channels ``channels[-1]``.
+
+        Returns:
+            ``nn.Conv3d(width, width, 3, padding=1, groups=width)``.
+        """
+        return nn.Conv3d(width, width, kernel_size=3, padding=1, groups=width)
+
+    def mix_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the bottleneck tokens through the transformer blocks (before the final LayerNorm).
+
+        Subclasses extend the bottleneck here (e.g. :class:`~fedsegnet.networks.dca.DCATransformerUNet`
+        appends its cross-attention blocks).
+
+        Args:
+            tokens: ``(B, N, channels[-1])``, N the voxel count of the deepest feature map.
+
+        Returns:
+            ``(B, N, channels[-1])``.
+        """
+        for block in self.transformer:
+            tokens = block(tokens)
+        return tokens
 
 
 @register_network("hybrid_unetr")
@@ -269,12 +293,47 @@ def build_hybrid_unetr(
     Raises:
         ConfigError: on ``patch_size``, ``network_kwargs.<name>`` or the argument at fault.
     """
-    name = "hybrid_unetr"
-    check_kwargs(name, kwargs, HybridTransformerUNet, reserved=("in_channels", "out_channels"))
+    return build_hybrid_family(
+        "hybrid_unetr", HybridTransformerUNet, in_channels, out_channels, patch_size, **kwargs
+    )
+
+
+def build_hybrid_family(
+    name: str,
+    cls: type[HybridTransformerUNet],
+    in_channels: int,
+    out_channels: int,
+    patch_size: tuple[int, int, int],
+    /,
+    **kwargs,
+) -> HybridTransformerUNet:
+    """Build ``cls`` (:class:`HybridTransformerUNet` or a subclass) with the registry's checks.
+
+    The one place the checks of the hybrid family's registry builders live: keyword arguments
+    against ``cls``'s signature, JSON lists for ``channels``, and ``patch_size`` against the
+    encoder's downsampling.
+
+    Args:
+        name: registry name, used in messages (e.g. ``"hybrid_unetr"``).
+        cls: the class to build.
+        in_channels: image channels.
+        out_channels: classes including background.
+        patch_size: crop size; every dim divisible by ``2 ** len(channels)``, and with instance
+            norm at least one dim larger than that (the deepest map needs more than one voxel).
+        kwargs: ``cls`` arguments except ``in_channels`` and ``out_channels``; lists (from JSON)
+            are accepted for ``channels``.
+
+    Returns:
+        The network.
+
+    Raises:
+        ConfigError: on ``patch_size``, ``network_kwargs.<name>`` or the argument at fault.
+    """
+    check_kwargs(name, kwargs, cls, reserved=("in_channels", "out_channels"))
     kwargs = dict(kwargs)
     if isinstance(kwargs.get("channels"), list):
         kwargs["channels"] = tuple(kwargs["channels"])
-    net = HybridTransformerUNet(in_channels, out_channels, **kwargs)
+    net = cls(in_channels, out_channels, **kwargs)
     divisor = net.size_divisor
     if any(d % divisor for d in patch_size):
         raise ConfigError(

@@ -19,17 +19,23 @@ from fedsegnet.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NETWORKS", "register_network", "build_network", "check_kwargs", "as_patch_size"]
+__all__ = ["NETWORKS", "EXTENDS", "register_network", "build_network", "check_kwargs", "as_patch_size"]
 
 #: name -> constructor ``(in_channels, out_channels, patch_size, **kwargs) -> nn.Module``.
 NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 
+#: name -> the registered network it extends (it accepts that network's keyword arguments), so a
+#: preset's ``network_kwargs`` carry over when a job picks the extension.
+EXTENDS: dict[str, str] = {}
 
-def register_network(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+
+def register_network(name: str, extends: str | None = None) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator that adds a network constructor to :data:`NETWORKS` under ``name``.
 
     Args:
         name: registry name used in job configs (e.g. ``"hybrid_unetr"``).
+        extends: a registered network whose keyword arguments this one accepts too (see
+            :data:`EXTENDS`). Defaults to None.
 
     Returns:
         The decorator; it returns the constructor unchanged.
@@ -42,8 +48,13 @@ def register_network(name: str) -> Callable[[Callable[..., nn.Module]], Callable
     if name in NETWORKS:
         raise ConfigError("name", name, "network already registered", options=sorted(NETWORKS))
 
+    if extends is not None and extends not in NETWORKS:
+        raise ConfigError("extends", extends, "not a registered network", options=sorted(NETWORKS))
+
     def decorator(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         NETWORKS[name] = constructor
+        if extends is not None:
+            EXTENDS[name] = extends
         return constructor
 
     return decorator
