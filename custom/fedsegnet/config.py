@@ -294,7 +294,9 @@ def build_train_config(
         preset: preset name (see :data:`PRESETS`). Defaults to ``"cpu"``.
         local_steps: optimiser steps per round, > 0. Defaults to 50.
         seed: base random seed. Defaults to 0.
-        network: override the preset's network registry name. Defaults to None (keep).
+        network: override the preset's network registry name; the preset's ``network_kwargs`` are
+            kept when the new network extends the preset's (``dca_unetr`` extends ``hybrid_unetr``).
+            Defaults to None (keep).
         patch_size: override the crop size (int or 3 ints). Defaults to None (keep).
         spacing: override the target spacing in mm (number or 3 numbers). Defaults to None (keep).
         lr: override the learning rate, > 0. Defaults to None (keep).
@@ -314,13 +316,13 @@ def build_train_config(
     base = get_preset(preset)
     changes = {}
     if network is not None:
-        from fedsegnet.networks import NETWORKS  # local import: networks import torch/monai
+        from fedsegnet.networks.registry import EXTENDS, NETWORKS  # local import: networks import torch/monai
 
         if network not in NETWORKS:
             raise ConfigError("network", network, "unknown network", options=sorted(NETWORKS))
         changes["network"] = network
-        if network != base.network:
-            changes["network_kwargs"] = {}
+        if network != base.network and EXTENDS.get(network) != base.network:
+            changes["network_kwargs"] = {}  # another family: the preset's arguments do not apply
     if patch_size is not None:
         changes["patch_size"] = _as_triple("patch_size", patch_size, int)
     if spacing is not None:
@@ -359,3 +361,64 @@ def build_train_config(
         val_max_cases=int(val_max_cases),
         torch_threads=int(torch_threads),
     )
+
+
+PERSONALIZATION = ("none", "fedbn", "ditto", "finetune", "dca")
+"""Personalisation methods (job arg ``personalization``); see :mod:`fedsegnet.training.personal`."""
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    """How a site personalises the federation's model (job args of the same names).
+
+    Args:
+        method: one of :data:`PERSONALIZATION`: ``none`` (the global model only), ``fedbn``
+            (normalisation layers stay at the site), ``ditto`` (a second, personal model trained
+            towards the global one), ``finetune`` (the final global model fine-tuned at the site),
+            ``dca`` (the DCA network's query projections stay at the site).
+        personal_keys: extra parameter-name patterns (``fnmatch``, e.g. ``"head.*"``) kept at
+            the site, for any method. Defaults to () (the method's own set).
+        ditto_lambda: Ditto's proximal weight: the personal model's loss gets
+            ``ditto_lambda / 2 * ||w_personal - w_global||^2`` (FLARE's ``PTFedProxLoss``; Li et al.
+            2021 tune lambda in {0.01 .. 2}, FLARE's helper defaults to 0.1). Defaults to 0.1.
+        personal_steps: optimiser steps of the personal model per round (``ditto``) or of the
+            final fine-tuning (``finetune``); 0 = the job's ``local_steps``. Defaults to 0.
+        boundary_weight: weight of the perturbed boundary loss
+            (:mod:`fedsegnet.training.boundary_loss`) added to every training step of the model
+            the site trains (0 = off). Defaults to 0.0.
+        boundary_band: half-width in voxels of the band around label boundaries the boundary loss
+            looks at. Defaults to 2.
+        boundary_perturbation: input noise of the boundary loss, as a share of the image's
+            intensity standard deviation. Defaults to 0.1.
+    """
+
+    method: str = "none"
+    personal_keys: tuple[str, ...] = ()
+    ditto_lambda: float = 0.1
+    personal_steps: int = 0
+    boundary_weight: float = 0.0
+    boundary_band: int = 2
+    boundary_perturbation: float = 0.1
+
+    def __post_init__(self):
+        if self.method not in PERSONALIZATION:
+            raise ConfigError("personalization", self.method, "unknown personalisation method", options=PERSONALIZATION)
+        keys = self.personal_keys
+        if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigError("personal_keys", keys, "must be a list of non-empty name patterns, e.g. ['head.*']")
+        object.__setattr__(self, "personal_keys", tuple(keys))
+        for name, value, ok, rule in (
+            ("ditto_lambda", self.ditto_lambda, lambda v: v >= 0, "must be a number >= 0"),
+            ("boundary_weight", self.boundary_weight, lambda v: v >= 0, "must be a number >= 0"),
+            ("boundary_perturbation", self.boundary_perturbation, lambda v: v > 0, "must be a number > 0"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)) or value != value:
+                raise ConfigError(name, value, rule)
+        for name, value, low in (("personal_steps", self.personal_steps, 0), ("boundary_band", self.boundary_band, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(name, value, f"must be an integer >= {low}")
+
+    @property
+    def local_parts(self) -> bool:
+        """True when some parameters of the exchanged model stay at the site (fedbn, dca, personal_keys)."""
+        return self.method in ("fedbn", "dca") or bool(self.personal_keys)

@@ -90,6 +90,8 @@ def run_federation(
     device: str | None = None,
     on_round: Callable[[dict], None] | None = None,
     weak_loss: dict | None = None,
+    personal=None,
+    personal_dir: str | Path | None = None,
 ) -> dict:
     """Train a federation in this process and evaluate the final global model on a test set.
 
@@ -112,9 +114,17 @@ def run_federation(
         on_round: called with each round's record. Defaults to None.
         weak_loss: settings of the weak-label sites' loss (``SiteTrainer(weak_loss=...)``).
             Defaults to None.
+        personal: every site's :class:`~fedsegnet.config.PersonalConfig` (personal keys are
+            left out of the updates and the aggregation, as in the FLARE job). Defaults to None.
+        personal_dir: where the sites keep their personal state. Defaults to None (memory only).
 
     Returns:
-        ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float}``;
+        ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float,
+        "final_weights": {name: array}, "sites_test": {site: EvalResult.to_dict()}}``: with
+        ``personal``, ``sites_test`` scores each site's personalised model (``finetune``: the final
+        global model fine-tuned there) on the site's own ``test`` split (sites without one are
+        left out); ``global_sites_test`` scores the global model there (with the site's personal
+        keys laid over it);
         a round record holds per site the signals, weight and gate decision (for ``aam``), the
         validation Dice of the received global model and the update norm.
     """
@@ -130,7 +140,8 @@ def run_federation(
         raise ValueError(f"faults: unknown site(s) {unknown} (sites: {sorted(site_dirs)})")
     t0 = time.perf_counter()
     trainers = {
-        site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss, weak_loss=weak_loss)
+        site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss, weak_loss=weak_loss,
+                          personal=personal, personal_dir=personal_dir)
         for site, d in site_dirs.items()
     }
     first = next(iter(trainers.values()))
@@ -138,7 +149,8 @@ def run_federation(
     torch.manual_seed(config.seed)
     model = build_model_for(config, in_channels, num_classes)
     global_weights = {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
-    shapes = {k: v.shape for k, v in global_weights.items()}
+    kept_local = set(first.personal_keys)  # the same for every site: one network, one PersonalConfig
+    shapes = {k: v.shape for k, v in global_weights.items() if k not in kept_local}
     mechanism = aam if aam is not None else AdaptiveAggregation()
     feedback = {site: ErrorFeedback(codec, name=site) for site in trainers} if codec is not None else {}
     records = []
@@ -146,14 +158,14 @@ def run_federation(
     for rnd in range(int(rounds)):
         received, reports, sites_rec = {}, {}, {}
         for site, trainer in trainers.items():
-            val_global = trainer.evaluate(weights=global_weights).dice_mean if want_signals else None
-            update, stats = trainer.train_round(global_weights)
+            val_global = trainer.evaluate(weights=trainer.with_personal_keys(global_weights)).dice_mean if want_signals else None
+            update, stats = trainer.train_round(global_weights, round=rnd)
             val_local = trainer.evaluate().dice_mean if want_signals else None
             if site in faults:
                 update = faulty_update(update, faults[site], seed=config.seed * 1000 + rnd)
             if codec is not None:
                 generator = torch.Generator().manual_seed(config.seed * 7919 + rnd)
-                update = decode_payload(feedback[site].compress(update, generator=generator), reference=global_weights)
+                update = decode_payload(feedback[site].compress(update, generator=generator), reference=shapes)
             received[site] = CompactUpdate(update)
             reports[site] = {
                 "n_train": trainer.n_train, "label_kind": trainer.datalist.label_kind,
@@ -174,7 +186,7 @@ def run_federation(
             else:
                 combined = aggregate_trimmed_mean(ups, beta=0.25)
         if combined is not None:
-            global_weights = {k: (global_weights[k] + combined[k]).astype(np.float32) for k in global_weights}
+            global_weights = {k: (v + combined[k]).astype(np.float32) if k in combined else v for k, v in global_weights.items()}
         record = {"round": rnd, "sites": sites_rec, "update_norm": None if combined is None else update_norm(combined)}
         records.append(record)
         logger.info(
@@ -195,5 +207,17 @@ def run_federation(
             class_names=label_map.class_names, regions=label_map.regions,
         )  # fmt: skip
         test = result.to_dict()
-    return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights}
+    sites_test, global_sites_test = {}, {}
+    if personal is not None:
+        for site, trainer in trainers.items():
+            if not trainer.datalist.evaluable("test"):
+                continue
+            if trainer.personal.method == "finetune":
+                trainer.finetune(global_weights, round=int(rounds))
+            mine = trainer.evaluate(weights=trainer.personal_weights(global_weights), split="test", max_cases=0)
+            sites_test[site] = mine.to_dict()
+            shared = trainer.evaluate(weights=trainer.with_personal_keys(global_weights), split="test", max_cases=0)
+            global_sites_test[site] = shared.to_dict()
+    return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights,
+            "sites_test": sites_test, "global_sites_test": global_sites_test}  # fmt: skip
 

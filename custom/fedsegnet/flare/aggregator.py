@@ -22,6 +22,7 @@ global model by ``SegModelPersistor`` and restored from it.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
@@ -109,6 +110,7 @@ class AAMAggregator(ModelAggregator):
         self._updates: dict[str, CompactUpdate] = {}
         self._reports: dict[str, dict] = {}
         self._refused: dict[str, str] = {}
+        self._personal: dict[str, frozenset] = {}  # site -> names of the keys it keeps to itself
         self._round = None
 
     # ----------------------------------------------------------------------------- state (persistor)
@@ -166,8 +168,14 @@ class AAMAggregator(ModelAggregator):
                 update = CompactUpdate(params)
             except Exception as e:
                 reason = f"unreadable parameters ({type(e).__name__}: {e})"
+        personal = meta.get(UpdateMeta.PERSONAL_KEYS) or []
+        if not reason and (not isinstance(personal, (list, tuple)) or not all(isinstance(k, str) for k in personal)):
+            reason = f"meta {UpdateMeta.PERSONAL_KEYS} is not a list of parameter names"
+        elif not reason and reference is not None and not set(personal) <= set(reference):
+            reason = f"declares personal keys the global model does not have: {sorted(set(personal) - set(reference))[:3]}"
         if not reason:
             shapes = reference if reference is not None else {k: update.shape(k) for k in update}
+            shapes = {k: v for k, v in shapes.items() if k not in set(personal)}  # kept at the site, never sent
             decision = gate_updates({site: update}, shapes, max_norm_ratio=self.max_norm_ratio)[site]
             reason = decision.reason
         with self._lock:
@@ -178,6 +186,7 @@ class AAMAggregator(ModelAggregator):
                 self._log("error", f"update of site {site} refused: {reason}; the round goes on without it")
                 return False
             self._updates[site] = update
+            self._personal[site] = frozenset(personal)
             self._reports[site] = {key: meta.get(meta_key) for key, meta_key in _REPORT_KEYS.items()}
             if self._round is None:
                 self._round = model.current_round
@@ -188,7 +197,8 @@ class AAMAggregator(ModelAggregator):
         """Combine the round's accepted updates; an empty ``DIFF`` (no change) when none passed."""
         with self._lock:
             updates, reports, refused, rnd = self._updates, self._reports, self._refused, self._round
-            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
+            personal = self._personal
+            self._updates, self._reports, self._refused, self._round, self._personal = {}, {}, {}, None, {}
         fl_ctx = self.fl_ctx
         if rnd is None and fl_ctx is not None:
             rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -196,6 +206,11 @@ class AAMAggregator(ModelAggregator):
         if reference is None and updates:
             first = next(iter(updates.values()))
             reference = {k: first.shape(k) for k in first}
+        if updates and any(personal.values()):
+            # personalisation: the round aggregates the keys the sites share; a site that keeps
+            # another set than most is refused by the gate (missing or extra keys)
+            kept_local = Counter(personal.values()).most_common(1)[0][0]
+            reference = {k: v for k, v in reference.items() if k not in kept_local}
         record = {"round": rnd, "method": self.method, "sites": {s: {"accepted": False, "gate": r, "weight": 0.0} for s, r in refused.items()}}
         combined = None
         if updates:
@@ -232,7 +247,7 @@ class AAMAggregator(ModelAggregator):
 
     def reset_stats(self):
         with self._lock:
-            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
+            self._updates, self._reports, self._refused, self._round, self._personal = {}, {}, {}, None, {}
 
     # ----------------------------------------------------------------------------- helpers
     def _log(self, level: str, message: str):

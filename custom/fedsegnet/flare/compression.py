@@ -277,8 +277,14 @@ class UpdateDecoder(Filter):
             if self.require_encoded:
                 return self._reject(fl_ctx, site, rnd, "the update is not encoded (the job requires encoded updates)")
             return shareable
+        reference = _global_weights(fl_ctx)
+        personal = dxo.get_meta_prop(UpdateMeta.PERSONAL_KEYS) or []
+        if reference is not None and personal:  # keys the site keeps to itself are not in its payload
+            if not isinstance(personal, (list, tuple)) or not all(isinstance(k, str) and k in reference for k in personal):
+                return self._reject(fl_ctx, site, rnd, f"meta {UpdateMeta.PERSONAL_KEYS} names keys the global model does not have")
+            reference = {k: v for k, v in reference.items() if k not in set(personal)}
         try:
-            update = decode_payload(dxo.data, reference=_global_weights(fl_ctx))
+            update = decode_payload(dxo.data, reference=reference)
         except PayloadError as e:
             return self._reject(fl_ctx, site, rnd, str(e))
         except Exception as e:  # a payload crafted to crash the decoder is a bad payload too

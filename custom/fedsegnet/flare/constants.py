@@ -9,6 +9,9 @@ ERROR_HEADER = "fedsegnet.error"
 ROUND_RECORDS_FILE = "fedsegnet_rounds.jsonl"
 """Per-round JSON records (one line per round) in the server's job workspace."""
 
+PERSONAL_DIR = "fedsegnet_personal"
+"""Folder in a site's job workspace holding its personal state ``<site>.pt`` (personalisation)."""
+
 
 class UpdateMeta:
     """DXO meta keys of a site's update."""
@@ -29,10 +32,12 @@ class UpdateMeta:
     """Resident memory (MiB) of the site's job process when the update was made."""
     PARENT_RSS_MB = "fedsegnet.parent_rss_mb"
     """Resident memory (MiB) of the site's parent process (the FLARE client that started the job)."""
+    PERSONAL_KEYS = "fedsegnet.personal_keys"
+    """Names (never values) of the parameters the site keeps to itself; the update leaves them out."""
 
     ALL = (
         N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, LABEL_AGREEMENT, TRAIN_SECONDS,
-        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES, RSS_MB, PARENT_RSS_MB,
+        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES, RSS_MB, PARENT_RSS_MB, PERSONAL_KEYS,
     )  # fmt: skip
 
 

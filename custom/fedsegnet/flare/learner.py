@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -22,11 +23,12 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
-from fedsegnet.config import build_train_config, model_shape
+from fedsegnet.config import PersonalConfig, build_train_config, model_shape
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
     ERROR_HEADER,
+    PERSONAL_DIR,
     UpdateMeta,
 )
 from fedsegnet.memory import job_and_parent_rss_mb
@@ -41,6 +43,17 @@ def _fmt(value) -> str:
 
 def _finite_or_none(x):
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _metrics(result) -> dict:
+    summary = result.to_dict()
+    return {
+        "val_dice": _finite_or_none(summary["dice_mean"]),
+        "val_hd95": _finite_or_none(summary["hd95_mean"]),
+        "n_cases": summary["n_cases"],
+        "per_class": summary["per_class"],
+        **({"per_region": summary["per_region"]} if "per_region" in summary else {}),
+    }
 
 
 class SegLearner(Learner):
@@ -80,6 +93,18 @@ class SegLearner(Learner):
             Defaults to 0.8.
         pseudo_ramp_rounds: the pseudo-label loss weight grows linearly from 0 in round 0 to 1 in
             this round (the first global models are untrained). Defaults to 5.
+        personalization, personal_keys, ditto_lambda, personal_steps, boundary_weight,
+            boundary_band, boundary_perturbation: the site's personalisation, see
+            :class:`fedsegnet.config.PersonalConfig` (same defaults: ``"none"``, ``()``, 0.1, 0, 0.0,
+            2, 0.1). The personal state lives in ``<site job workspace>/fedsegnet_personal/<site>.pt``.
+        resume_from: id of an earlier job this one continues (``fedsegnet job resume``): its
+            personal state is taken over when this job has none yet. Defaults to "".
+
+    Personalisation in the tasks: ``train`` sends only the shared keys (the personal ones are named
+    in the meta, never sent); ``validate`` scores the received model with the site's personal keys
+    laid over it, and adds ``personal`` metrics: the site's personalised model (``ditto``: its
+    personal model; ``finetune``: the received global model fine-tuned here, when it is the
+    server's final model) on the site's ``test`` split (its validation split when it has none).
     """
 
     def __init__(
@@ -105,6 +130,14 @@ class SegLearner(Learner):
         agreement_batches: int = 2,
         pseudo_threshold: float = 0.8,
         pseudo_ramp_rounds: int = 5,
+        personalization: str = "none",
+        personal_keys=(),
+        ditto_lambda: float = 0.1,
+        personal_steps: int = 0,
+        boundary_weight: float = 0.0,
+        boundary_band: int = 2,
+        boundary_perturbation: float = 0.1,
+        resume_from: str = "",
     ):
         super().__init__()
         if not float(fedprox_mu) >= 0:
@@ -132,6 +165,14 @@ class SegLearner(Learner):
         self.agreement_batches = int(agreement_batches)
         self.pseudo_threshold = float(pseudo_threshold)
         self.pseudo_ramp_rounds = int(pseudo_ramp_rounds)
+        self.personalization = personalization
+        self.personal_keys = personal_keys
+        self.ditto_lambda = ditto_lambda
+        self.personal_steps = personal_steps
+        self.boundary_weight = boundary_weight
+        self.boundary_band = boundary_band
+        self.boundary_perturbation = boundary_perturbation
+        self.resume_from = resume_from or ""
         self.trainer = None
         self.site = None
         self.init_error = None
@@ -174,6 +215,13 @@ class SegLearner(Learner):
                 num_workers=self.num_workers,
             )
             num_classes, in_channels = model_shape(config.preset, self.num_classes, self.in_channels)
+            personal = PersonalConfig(
+                method=self.personalization, personal_keys=tuple(self.personal_keys or ()),
+                ditto_lambda=self.ditto_lambda, personal_steps=self.personal_steps,
+                boundary_weight=self.boundary_weight, boundary_band=self.boundary_band,
+                boundary_perturbation=self.boundary_perturbation,
+            )  # fmt: skip
+            personal_dir = self._personal_dir(fl_ctx) if personal.method != "none" or personal.personal_keys else None
             t0 = time.perf_counter()
             self.trainer = SiteTrainer(
                 site_dir,
@@ -185,6 +233,8 @@ class SegLearner(Learner):
                 agreement_batches=self.agreement_batches,
                 proximal_loss=PTFedProxLoss(mu=self.fedprox_mu) if self.fedprox_mu > 0 else None,
                 weak_loss={"threshold": self.pseudo_threshold, "ramp_rounds": self.pseudo_ramp_rounds},
+                personal=personal,
+                personal_dir=personal_dir,
             )
             if self.trainer.datalist.label_kind != "voxel":
                 self.label_kind = self.trainer.datalist.label_kind
@@ -192,13 +242,28 @@ class SegLearner(Learner):
                 fl_ctx,
                 f"site {self.site}: {self.trainer.n_train} training / {self.trainer.n_val} validation cases, "
                 f"preset {config.preset.name}, network {config.preset.network}, patch {config.preset.patch_size}, "
-                f"device {self.trainer.device}, preflight passed in {time.perf_counter() - t0:.1f} s",
-            )
+                f"device {self.trainer.device}, preflight passed in {time.perf_counter() - t0:.1f} s"
+                + (f", personalisation {personal.method} ({len(self.trainer.personal_keys)} personal key(s) stay "
+                   f"here, state in {personal_dir})" if personal.method != "none" or personal.personal_keys else ""),
+            )  # fmt: skip
         except FedSegNetError as e:
             # Keep the site alive and answer every task with the error, so the server hears it and
             # decides (go on with the other sites, or end the job) instead of waiting for this one.
             self.init_error = str(e)
             self.log_error(fl_ctx, f"site {self.site} cannot train: {self.init_error}")
+
+    def _personal_dir(self, fl_ctx: FLContext) -> Path:
+        """``<site job workspace>/fedsegnet_personal``; a resumed job takes over the earlier job's state."""
+        workspace = fl_ctx.get_engine().get_workspace()
+        folder = Path(workspace.get_run_dir(fl_ctx.get_job_id())) / PERSONAL_DIR
+        mine = folder / f"{self.site}.pt"
+        if self.resume_from and not mine.exists():
+            old = Path(workspace.get_run_dir(self.resume_from)) / PERSONAL_DIR / f"{self.site}.pt"
+            if old.is_file():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(old, mine)
+                self.log_info(fl_ctx, f"site {self.site}: personal state taken over from job {self.resume_from} ({old})")
+        return folder
 
     def _error_reply(self) -> Shareable:
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -253,6 +318,8 @@ class SegLearner(Learner):
             # FLARE gives a site's result filters no round (LearnerExecutor drops the headers)
             UpdateMeta.ROUND: current_round,
         }
+        if self.trainer.personal_keys:
+            meta[UpdateMeta.PERSONAL_KEYS] = list(self.trainer.personal_keys)
         memory = job_and_parent_rss_mb()
         meta[UpdateMeta.RSS_MB] = memory["rss_mb"]
         meta[UpdateMeta.PARENT_RSS_MB] = memory["parent_rss_mb"]
@@ -275,8 +342,10 @@ class SegLearner(Learner):
             return make_reply(ReturnCode.BAD_TASK_DATA)
         validate_type = data.get_header(AppConstants.VALIDATE_TYPE)
         model_owner = data.get_header(AppConstants.MODEL_OWNER, "global model")
+        personal = self.trainer.personal
         try:
-            result = self.trainer.evaluate(weights=weights)
+            # the global model's personal keys were never trained: score it with this site's own
+            result = self.trainer.evaluate(weights=self.trainer.with_personal_keys(weights))
         except FedSegNetError as e:
             self.log_error(fl_ctx, f"site {self.site}: validation of the model of {model_owner} failed: {e}")
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -290,14 +359,21 @@ class SegLearner(Learner):
             self._stream("val_dice_global", result.dice_mean, current_round)
             return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: result.dice_mean}).to_shareable()
         self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {_fmt(result.dice_mean)} ({result.n_cases} case(s))")
-        summary = result.to_dict()
-        metrics = {
-            "val_dice": _finite_or_none(summary["dice_mean"]),
-            "val_hd95": _finite_or_none(summary["hd95_mean"]),
-            "n_cases": summary["n_cases"],
-            "per_class": summary["per_class"],
-            **({"per_region": summary["per_region"]} if "per_region" in summary else {}),
-        }
+        metrics = _metrics(result)
+        if personal.method != "none" or personal.personal_keys:
+            try:
+                if personal.method == "finetune" and str(model_owner).startswith("SRV_"):
+                    self.trainer.finetune(weights, should_stop=lambda: abort_signal.triggered)
+                split = "test" if self.trainer.datalist.evaluable("test") else "validation"
+                mine = self.trainer.evaluate(weights=self.trainer.personal_weights(weights), split=split)
+            except FedSegNetError as e:
+                self.log_error(fl_ctx, f"site {self.site}: personal model evaluation failed: {e}")
+            else:
+                metrics["personal"] = {"split": split, **_metrics(mine)}
+                self.log_info(
+                    fl_ctx, f"site {self.site}: personalised model ({personal.method}) on its {split} split: "
+                    f"Dice {_fmt(mine.dice_mean)} ({mine.n_cases} case(s))",
+                )  # fmt: skip
         return DXO(DataKind.METRICS, data=metrics).to_shareable()
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
@@ -307,7 +383,10 @@ class SegLearner(Learner):
         if self.trainer.rounds_done == 0:
             self.log_warning(fl_ctx, f"site {self.site}: no local model trained yet; nothing to submit")
             return make_reply(ReturnCode.EMPTY_RESULT)
-        return DXO(DataKind.WEIGHTS, data=self.trainer.get_weights()).to_shareable()
+        weights = self.trainer.get_weights()
+        for key in self.trainer.personal_keys:  # personal parameters never leave the site
+            weights.pop(key, None)
+        return DXO(DataKind.WEIGHTS, data=weights).to_shareable()
 
     def finalize(self, fl_ctx: FLContext):
         self.trainer = None

@@ -140,6 +140,7 @@ def train_steps(
     desc: str = "train",
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     loss_extras: Callable[[Mapping, torch.Tensor], dict] | None = None,
+    extra_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Run exactly ``steps`` optimiser steps (unless stopped) and report what happened.
 
@@ -170,6 +171,9 @@ def train_steps(
             ``loss_fn(logits, label, **extras)`` (weak-label losses: the batch's tags, the
             received global model's logits on ``image``); the label may then have any number of
             channels (box channels). Defaults to None.
+        extra_loss: ``extra_loss(model, image, label, logits) -> scalar`` added to every step's
+            loss, for terms that run the model again (the perturbed boundary loss,
+            :class:`~fedsegnet.training.boundary_loss.PerturbedBoundaryLoss`). Defaults to None.
 
     Returns:
         ``{"steps": int (steps done), "loss_first": float | None, "loss_last": float | None,
@@ -227,6 +231,8 @@ def train_steps(
                 loss = loss_fn(logits, label, **loss_extras(batch, image)) if loss_extras else loss_fn(logits, label)
                 if regularizer is not None:
                     loss = loss + regularizer(model)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, image, label, logits)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise TrainingError(f"step {step}/{steps}: loss is {value} (non-finite); stopping", step)

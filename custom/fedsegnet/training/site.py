@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsegnet.config import TrainConfig, model_shape
+from fedsegnet.config import PersonalConfig, TrainConfig, model_shape
 from fedsegnet.data.datalist import load_datalist
 from fedsegnet.data.labels import label_map_for
 from fedsegnet.data.preflight import preflight
@@ -26,10 +26,11 @@ from fedsegnet.data.transforms import (
     case_spacing,
     infinite_batches,
 )
-from fedsegnet.errors import DataError
+from fedsegnet.errors import DataError, FedSegNetError
 from fedsegnet.networks import build_network
 from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement, weak_label_agreement
 from fedsegnet.training.losses import build_loss
+from fedsegnet.training.personal import PersonalStore, personal_key_names, personalise, proximal_term
 from fedsegnet.training.weak_losses import WeakSupervisionLoss
 from fedsegnet.training.loop import (
     load_exchanged_weights,
@@ -120,6 +121,11 @@ class SiteTrainer:
         weak_loss: keyword arguments of :class:`~fedsegnet.training.weak_losses.WeakSupervisionLoss`
             for a site whose ``dataset.json`` declares weaker labels (``threshold``,
             ``ramp_rounds``, ...). Defaults to None (its defaults). Voxel sites train with DiceCE.
+        personal: how the site personalises the model (:class:`~fedsegnet.config.PersonalConfig`).
+            Defaults to None (no personalisation).
+        personal_dir: folder of the site's personal state file ``<site>.pt``
+            (:class:`~fedsegnet.training.personal.PersonalStore`), loaded here when present and
+            written after every round. Defaults to None (kept in memory only).
 
     Label kinds: a ``box`` or ``tag`` site's loss uses the received global model's predictions on
     each crop as pseudo-labels (one extra forward pass per step); a ``partial`` site uses the
@@ -147,6 +153,8 @@ class SiteTrainer:
         agreement_batches: int = 2,
         proximal_loss=None,
         weak_loss: dict | None = None,
+        personal: PersonalConfig | None = None,
+        personal_dir: str | Path | None = None,
     ):
         self.site_dir = Path(site_dir)
         self.config = config
@@ -190,6 +198,41 @@ class SiteTrainer:
         self._batches = None
         self._eval_sets = {}
         self.rounds_done = 0
+        self._init_personal(personal or PersonalConfig(), personal_dir)
+
+    def _init_personal(self, personal: PersonalConfig, personal_dir) -> None:
+        self.personal = personal
+        self.personal_keys = personal_key_names(self.model, personal)
+        self.store = PersonalStore(Path(personal_dir) / f"{self.site}.pt", site=self.site) if personal_dir else None
+        self._personal: dict[str, torch.Tensor] = {}  # this site's values of its personal keys
+        self._personal_model: dict[str, torch.Tensor] | None = None  # ditto's / the fine-tuned model
+        self._personal_round = None  # the round the fine-tuned model was made from
+        self.personal_net = None  # ditto's personal network (built on first use)
+        self._personal_opt = None
+        self.boundary_loss = None
+        if personal.boundary_weight > 0:
+            from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
+
+            if self.datalist.label_kind in ("box", "tag"):
+                logger.warning("%s: boundary loss off: a %s site has no label boundaries", self.site, self.datalist.label_kind)
+            else:
+                self.boundary_loss = PerturbedBoundaryLoss(
+                    band_width=personal.boundary_band, perturbation=personal.boundary_perturbation,
+                    weight=personal.boundary_weight, num_classes=self.num_classes,
+                )  # fmt: skip
+        state = self.store.load() if self.store is not None else None
+        if state is not None:
+            stored = set(state.get("keys") or {})
+            if stored != set(self.personal_keys) or state.get("method") != personal.method:
+                raise FedSegNetError(
+                    f"site {self.site!r}: {self.store.path} holds the personal state of method "
+                    f"{state.get('method')!r} with {len(stored)} personal key(s); this job uses {personal.method!r} "
+                    f"with {len(self.personal_keys)}: move the file away to start the personal part afresh"
+                )
+            self._personal = dict(state["keys"])
+            self._personal_model = state.get("model")
+            self.rounds_done = int(state.get("round", -1)) + 1
+            logger.info("%s: personal state of round %s restored from %s", self.site, state.get("round"), self.store.path)
 
     @property
     def n_train(self) -> int:
@@ -224,6 +267,11 @@ class SiteTrainer:
     def train_round(self, global_weights: dict, should_stop=None, round: int | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """Run one round of local training from ``global_weights``.
 
+        With personal keys (``fedbn``, ``dca``, ``personal_keys``), the site's own values of those
+        keys are loaded over the received ones, and the update leaves them out: they never leave
+        the site. With ``ditto`` the site's personal model then trains too. The personal state is
+        saved afterwards (when the trainer has a ``personal_dir``).
+
         Args:
             global_weights: the received global model, ``{name: array}``.
             should_stop: callable returning True to abort between steps. Defaults to None.
@@ -232,11 +280,13 @@ class SiteTrainer:
 
         Returns:
             ``(update, stats)``: ``update[k] = local[k] - global[k]`` (float32 numpy, same shapes as
-            the global weights) and the loop statistics (steps, losses, seconds, voxels, aborted),
-            plus ``agreement``: the received global model's label agreement on this site's
-            training crops (None when off or when no foreground was seen).
+            the global weights) for every shared key and the loop statistics (steps, losses,
+            seconds, voxels, aborted), plus ``agreement``: the received global model's label
+            agreement on this site's training crops (None when off or when no foreground was
+            seen) and, with ``ditto``, ``personal_loss_mean``.
         """
-        self.set_weights(global_weights)
+        round = self.rounds_done if round is None else int(round)
+        self.set_weights(personalise(global_weights, self._personal))
         agreement = None
         kind = self.datalist.label_kind
         if self.agreement_batches and kind in ("box", "tag"):
@@ -249,43 +299,138 @@ class SiteTrainer:
                 self.model, self._train_batches(), num_classes=self.num_classes, device=self.device,
                 n_batches=self.agreement_batches, classes=None if kind == "voxel" else self.annotated_classes,
             )  # fmt: skip
-        regularizer = extras = None
+        regularizer = None
         needs_teacher = getattr(self.loss_fn, "needs_teacher", False)
-        if self.proximal_loss is not None or needs_teacher:
-            if self._global_model is None:
-                self._global_model = copy.deepcopy(self.model).requires_grad_(False)
-            load_exchanged_weights(self._global_model, global_weights, strict=True)
-            self._global_model.eval()
+        if self.proximal_loss is not None or needs_teacher or self.personal.method == "ditto":
+            self._load_global_copy(global_weights)
         if self.proximal_loss is not None:
             reference = self._global_model
             regularizer = lambda model: self.proximal_loss(model, reference)  # noqa: E731
+        stats = self._train(self.model, self.optimizer, self.config.local_steps, round, should_stop, regularizer,
+                            desc=f"{self.site} round {round}")  # fmt: skip
+        stats["agreement"] = agreement
+        local = self.get_weights()
+        self._personal = {k: torch.from_numpy(local[k]) for k in self.personal_keys}
+        update = {}
+        for k, v in local.items():
+            if k in self._personal:
+                continue
+            g = global_weights[k]
+            g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
+            update[k] = (v - g.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+        if self.personal.method == "ditto" and not stats["aborted"]:
+            stats["personal_loss_mean"] = self.train_ditto(round, should_stop)["loss_mean"]
+        self.rounds_done = round + 1
+        self._save_personal(round)
+        return update, stats
+
+    def _load_global_copy(self, global_weights: dict) -> None:
+        """A frozen copy of the received global model (teacher, proximal and Ditto reference)."""
+        if self._global_model is None:
+            self._global_model = copy.deepcopy(self.model).requires_grad_(False)
+        load_exchanged_weights(self._global_model, personalise(global_weights, self._personal), strict=True)
+        self._global_model.eval()
+
+    def _train(self, model, optimizer, steps: int, round: int, should_stop, regularizer, desc: str) -> dict:
+        """``train_steps`` with this site's loss, weak-label extras and boundary loss."""
+        kind = self.datalist.label_kind
+        extras = None
         if kind != "voxel":
-            extras = self._weak_extras(self.rounds_done if round is None else int(round), needs_teacher)
-        stats = train_steps(
-            self.model,
+            extras = self._weak_extras(round, getattr(self.loss_fn, "needs_teacher", False))
+        return train_steps(
+            model,
             self._train_batches(),
-            steps=self.config.local_steps,
-            optimizer=self.optimizer,
+            steps=steps,
+            optimizer=optimizer,
             loss_fn=self.loss_fn,
             device=self.device,
             amp=self.config.preset.amp,
             scaler=self.scaler,
             should_stop=should_stop,
             progress=self.progress,
-            desc=f"{self.site} round {self.rounds_done}",
+            desc=desc,
             regularizer=regularizer,
             loss_extras=extras,
+            extra_loss=self.boundary_loss,
         )
-        stats["agreement"] = agreement
-        local = self.get_weights()
-        update = {}
-        for k, v in local.items():
-            g = global_weights[k]
-            g = g.detach().cpu().numpy() if isinstance(g, torch.Tensor) else np.asarray(g)
-            update[k] = (v - g.astype(np.float32, copy=False)).astype(np.float32, copy=False)
 
-        self.rounds_done += 1
-        return update, stats
+    def _personal_network(self, weights: dict):
+        if self.personal_net is None:
+            self.personal_net = copy.deepcopy(self.model)
+            self._personal_opt = make_optimizer(self.personal_net, lr=self.config.preset.lr,
+                                                weight_decay=self.config.preset.weight_decay)  # fmt: skip
+        load_exchanged_weights(self.personal_net, weights, strict=True)
+        return self.personal_net
+
+    def train_ditto(self, round: int, should_stop=None, steps: int | None = None) -> dict:
+        """Train the site's Ditto model for one round: the site's loss plus
+        ``ditto_lambda / 2 * ||w - w_global||^2`` towards the received global model.
+
+        The personal model starts as the first global model the site receives and is the site's
+        alone from then on (restored from the personal state after a restart). Call after
+        :meth:`train_round` has received the round's global model.
+
+        Args:
+            round: the federation's round.
+            should_stop: abort check between steps. Defaults to None.
+            steps: optimiser steps. Defaults to None (``personal_steps``, or ``local_steps`` when 0).
+
+        Returns:
+            The loop statistics of the personal model's training.
+        """
+        if self._global_model is None:
+            raise FedSegNetError(f"site {self.site!r}: Ditto's personal model trains after a global model arrives")
+        start = self._personal_model or state_dict_for_exchange(self._global_model)
+        net = self._personal_network(start)
+        reference, lam = self._global_model, self.personal.ditto_lambda
+        steps = steps or self.personal.personal_steps or self.config.local_steps
+        stats = self._train(net, self._personal_opt, steps, round, should_stop,
+                            lambda m: proximal_term(m, reference, lam), desc=f"{self.site} ditto round {round}")  # fmt: skip
+        self._personal_model = state_dict_for_exchange(net)
+        return stats
+
+    def finetune(self, global_weights: dict, steps: int | None = None, round: int | None = None, should_stop=None) -> dict:
+        """Fine-tune ``global_weights`` on the site's training data (the ``finetune`` method).
+
+        The result is the site's personal model (saved with the personal state). The site's own
+        training model is left as it was.
+
+        Args:
+            global_weights: the (final) global model.
+            steps: optimiser steps. Defaults to None (``personal_steps``, or ``local_steps`` when 0).
+            round: recorded with the personal state. Defaults to None (rounds done).
+            should_stop: abort check between steps. Defaults to None.
+
+        Returns:
+            The loop statistics.
+        """
+        net = self._personal_network(personalise(global_weights, self._personal))
+        self._personal_opt = make_optimizer(net, lr=self.config.preset.lr, weight_decay=self.config.preset.weight_decay)
+        steps = steps or self.personal.personal_steps or self.config.local_steps
+        round = self.rounds_done if round is None else int(round)
+        stats = self._train(net, self._personal_opt, steps, round, should_stop, None, desc=f"{self.site} fine-tune")
+        self._personal_model = state_dict_for_exchange(net)
+        self._personal_round = round
+        self._save_personal(round)
+        return stats
+
+    def with_personal_keys(self, weights: dict) -> dict:
+        """``weights`` with this site's values of its personal keys laid over them (a new dict)."""
+        return personalise(weights, self._personal)
+
+    def personal_weights(self, global_weights: dict) -> dict:
+        """The site's personalised model for ``global_weights``.
+
+        ``ditto`` and ``finetune``: the site's personal model (the global one until it exists);
+        otherwise the global weights with the site's personal keys laid over them.
+        """
+        if self.personal.method in ("ditto", "finetune") and self._personal_model is not None:
+            return dict(self._personal_model)
+        return personalise(global_weights, self._personal)
+
+    def _save_personal(self, round: int) -> None:
+        if self.store is not None and (self._personal or self._personal_model is not None):
+            self.store.save(method=self.personal.method, round=round, keys=self._personal, model=self._personal_model)
 
     def _weak_extras(self, round: int, needs_teacher: bool):
         """``loss_extras`` for a weak-label site: the batch's tags and the global model's logits."""

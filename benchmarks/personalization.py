@@ -1,0 +1,190 @@
+"""Personalisation benchmark: sites that scan different organs, each scored on its own test split.
+
+The ``organs`` scenario of ``fedsegnet data synth``: 4 sites, each with its own host structure
+(shape, size, texture, intensity) and a lesion inside it; lesions look alike at every site, hosts
+do not. Each site holds its own held-out test cases (never trained on). Every method uses the same
+network (``dca_unetr``, the hybrid Transformer U-Net with a decoupled cross-attention block: with
+every parameter shared it is an ordinary network), preset ``tiny``, the compressed uplink and AAM:
+
+* ``fedavg``: one global model for every site;
+* ``local_only``: each site trains alone for as many steps;
+* ``finetune``: the final global model fine-tuned at each site (``personal_steps`` steps);
+* ``fedbn``: normalisation layers stay at the sites (Li et al., ICLR 2021);
+* ``ditto``: each site also trains a personal model towards the global one (Li et al., ICML 2021);
+* ``dca``: the DCA block's query projections and norms stay at the sites (FedOAP);
+* ``dca_pbl``: ``dca`` plus the perturbed boundary loss.
+
+Scores: Dice (x100) and HD95 (mm), mean over foreground classes, of each site's personalised model
+on the site's own test split, then the mean over sites; mean ± sd over seeds.
+
+Re-run:
+    python benchmarks/personalization.py --quick --json docs/results/personalization_quick.json
+    python benchmarks/personalization.py --json docs/results/personalization.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from _common import apply_size, setup_torch, work_root
+
+METHODS = ("fedavg", "local_only", "finetune", "fedbn", "ditto", "dca", "dca_pbl")
+PERSONAL = {
+    "fedavg": {"method": "none"},
+    "local_only": {"method": "none"},
+    "finetune": {"method": "finetune"},
+    "fedbn": {"method": "fedbn"},
+    "ditto": {"method": "ditto"},
+    "dca": {"method": "dca"},
+    "dca_pbl": {"method": "dca", "boundary_weight": 1.0},
+}
+SIZES = {
+    "full": {"seeds": [0, 1, 2], "rounds": 8, "local_steps": 25, "cases": 8, "size": 40, "test_cases": 4},
+    "quick": {"seeds": [0], "rounds": 8, "local_steps": 25, "cases": 8, "size": 40, "test_cases": 4},
+}
+
+
+def run_one(data: Path, method: str, seed: int, args) -> dict:
+    from fedsegnet.compression import SparseQuantCodec
+    from fedsegnet.config import PersonalConfig, build_train_config
+    from fedsegnet.federation import run_federation
+
+    sites = {f"site-{i}": data / f"site-{i}" for i in range(1, 5)}
+    config = build_train_config(preset=args.preset, network="dca_unetr", local_steps=args.local_steps, seed=seed,
+                                val_max_cases=2)  # fmt: skip
+    personal = PersonalConfig(**PERSONAL[method], personal_steps=args.personal_steps)
+    t0 = time.perf_counter()
+    if method == "local_only":  # every site alone: a federation of one, no compression
+        per_site, weights = {}, {}
+        for site, folder in sites.items():
+            r = run_federation({site: folder}, config, rounds=args.rounds, aggregation="mean", device="cpu", personal=personal)
+            per_site.update(r["sites_test"])
+            weights[site] = 1.0
+    else:
+        r = run_federation(sites, config, rounds=args.rounds, aggregation="aam", codec=SparseQuantCodec(), device="cpu",
+                           personal=personal)  # fmt: skip
+        per_site = r["sites_test"]
+        weights = {s: x.get("weight") for s, x in r["rounds"][-1]["sites"].items()}
+    dice = [t["dice_mean"] for t in per_site.values() if t["dice_mean"] is not None]
+    hd = [t["hd95_mean"] for t in per_site.values() if t["hd95_mean"] is not None]
+    return {
+        "method": method,
+        "seed": seed,
+        "dice": statistics.fmean(dice) if dice else None,
+        "hd95": statistics.fmean(hd) if hd else None,
+        "per_site": {s: {"dice": t["dice_mean"], "hd95": t["hd95_mean"],
+                         "per_class": {n: c["dice"] for n, c in t["per_class"].items()}} for s, t in per_site.items()},  # fmt: skip
+        "weights_last_round": weights,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    out = []
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        if not mine:
+            continue
+        d = [r["dice"] for r in mine if r["dice"] is not None]
+        h = [r["hd95"] for r in mine if r["hd95"] is not None]
+        out.append({
+            "method": method, "dice_mean": statistics.fmean(d) if d else None,
+            "dice_sd": statistics.stdev(d) if len(d) > 1 else 0.0,
+            "hd95_mean": statistics.fmean(h) if h else None, "n_seeds": len(d),
+        })  # fmt: skip
+    return out
+
+
+def goals(summary: list[dict]) -> list[str]:
+    """The issue's goals on the measured means (points = Dice x 100)."""
+    m = {r["method"]: r for r in summary}
+    lines = []
+    if "dca_pbl" not in m:
+        return lines
+    top = m["dca_pbl"]["dice_mean"]
+    for base in ("fedavg", "local_only"):
+        if base in m:
+            d = 100 * (top - m[base]["dice_mean"])
+            lines.append(f"{'met   ' if d >= 3 else 'MISSED'} dca_pbl - {base} = {d:+.1f} pts (goal >= +3)")
+    rivals = [k for k in ("finetune", "fedbn", "ditto") if k in m]
+    if rivals:
+        best = max(rivals, key=lambda k: m[k]["dice_mean"])
+        d = 100 * (top - m[best]["dice_mean"])
+        lines.append(f"{'met   ' if d >= 0 else 'MISSED'} dca_pbl - best of finetune/fedbn/ditto ({best}) = {d:+.1f} pts (goal >= 0)")
+    if "dca" in m and m["dca"]["hd95_mean"] is not None and m["dca_pbl"]["hd95_mean"] is not None:
+        d = m["dca_pbl"]["hd95_mean"] - m["dca"]["hd95_mean"]
+        lines.append(f"{'met   ' if d < 0 else 'MISSED'} HD95 dca_pbl - dca = {d:+.2f} mm (goal < 0)")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="seed 0 only (under 10 minutes on 2 CPU cores)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; quick: 0)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {METHODS}")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--local-steps", type=int)
+    p.add_argument("--personal-steps", type=int, default=0, help="Ditto's and fine-tuning's steps (0 = local steps)")
+    p.add_argument("--cases", type=int, help="cases per site (training + validation)")
+    p.add_argument("--size", type=int, help="volume edge in voxels")
+    p.add_argument("--test-cases", type=int, help="held-out test cases per site")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
+    p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
+    args = p.parse_args(argv)
+    apply_size(args, SIZES["quick" if args.quick else "full"])
+    methods = args.methods.split(",")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        p.error(f"unknown method(s) {bad}; valid: {METHODS}")
+
+    setup_torch(args.torch_threads)
+    from tqdm.auto import tqdm
+
+    from fedsegnet.data.synth import synthesize
+
+    cells = [(seed, m) for seed in args.seeds for m in methods]
+    print(
+        f"methods {methods}; seeds {args.seeds}; organs scenario, 4 sites x {args.cases} cases ({args.size}^3) + "
+        f"{args.test_cases} test cases each; preset {args.preset} with dca_unetr, {args.rounds} rounds x "
+        f"{args.local_steps} steps; {len(cells)} runs",
+        flush=True,
+    )
+    rows = []
+    t0 = time.perf_counter()
+    with work_root(args.workdir, "fedsegnet_personal_") as root:
+        for seed, method in tqdm(cells, desc="runs", unit="run"):
+            data = root / f"organs_s{seed}"
+            if not (data / "site-4" / "dataset.json").exists():
+                synthesize(data, sites=4, cases=args.cases, size=args.size, seed=seed, test_cases=args.test_cases,
+                           scenario="organs")  # fmt: skip
+            row = run_one(data, method, seed, args)
+            rows.append(row)
+            tqdm.write(f"seed {seed} {method:<10} Dice {100 * row['dice']:.1f}  HD95 {row['hd95']:.2f} mm  "
+                       + " ".join(f"{s}:{100 * (v['dice'] or 0):.0f}" for s, v in row["per_site"].items())
+                       + f"  ({row['seconds']} s)")  # fmt: skip
+            if args.json:
+                summary = summarize(rows)
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows, "summary": summary,
+                                                       "goals": goals(summary)}, indent=2) + "\n")  # fmt: skip
+    summary = summarize(rows)
+    print(f"\nsites' own test splits, Dice (x100) and HD95, mean ± sd over seeds {args.seeds} ({time.perf_counter() - t0:.0f} s):")
+    print(f"  {'method':<11}{'Dice':>14}{'HD95 mm':>10}")
+    for r in summary:
+        hd = "n/a" if r["hd95_mean"] is None else f"{r['hd95_mean']:.2f}"
+        print(f"  {r['method']:<11}{100 * r['dice_mean']:>8.1f} ± {100 * r['dice_sd']:<4.1f}{hd:>10}")
+    print("\ngoals:")
+    for line in goals(summary):
+        print("  " + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
