@@ -236,6 +236,10 @@ class SegLearner(Learner):
                 personal=personal,
                 personal_dir=personal_dir,
             )
+            if personal.method == "ditto":
+                from fedsegnet.flare.ditto import SegDittoHelper
+
+                SegDittoHelper(self.trainer, app_dir=str(personal_dir), ditto_lambda=personal.ditto_lambda)
             if self.trainer.datalist.label_kind != "voxel":
                 self.label_kind = self.trainer.datalist.label_kind
             self.log_info(

@@ -209,6 +209,8 @@ class SiteTrainer:
         self._personal_round = None  # the round the fine-tuned model was made from
         self.personal_net = None  # ditto's personal network (built on first use)
         self._personal_opt = None
+        self.ditto_helper = None  # FLARE's PTDittoHelper when run by the FLARE Learner (fedsegnet.flare.ditto)
+        self._helper_loaded = False
         self.boundary_loss = None
         if personal.boundary_weight > 0:
             from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
@@ -380,13 +382,24 @@ class SiteTrainer:
         """
         if self._global_model is None:
             raise FedSegNetError(f"site {self.site!r}: Ditto's personal model trains after a global model arrives")
-        start = self._personal_model or state_dict_for_exchange(self._global_model)
-        net = self._personal_network(start)
-        reference, lam = self._global_model, self.personal.ditto_lambda
+        reference, helper = self._global_model, self.ditto_helper
+        if helper is not None:  # FLARE's helper holds the model, restores it and adds its proximal term
+            if not self._helper_loaded:
+                helper.load_model(reference.state_dict())  # its saved personal model, else the global one
+                self._helper_loaded = True
+            net, optimizer = helper.model, helper.optimizer
+            prox = lambda m: helper.prox_criterion(m, reference)  # noqa: E731
+        else:
+            net = self._personal_network(self._personal_model or state_dict_for_exchange(reference))
+            optimizer, lam = self._personal_opt, self.personal.ditto_lambda
+            prox = lambda m: proximal_term(m, reference, lam)  # noqa: E731
         steps = steps or self.personal.personal_steps or self.config.local_steps
-        stats = self._train(net, self._personal_opt, steps, round, should_stop,
-                            lambda m: proximal_term(m, reference, lam), desc=f"{self.site} ditto round {round}")  # fmt: skip
+        stats = self._train(net, optimizer, steps, round, should_stop, prox, desc=f"{self.site} ditto round {round}")
         self._personal_model = state_dict_for_exchange(net)
+        if helper is not None:
+            helper.epoch_global = round
+            metric = self.evaluate(weights=self._personal_model).dice_mean
+            helper.update_metric_save_model(metric if metric is not None else 0.0)
         return stats
 
     def finetune(self, global_weights: dict, steps: int | None = None, round: int | None = None, should_stop=None) -> dict:
