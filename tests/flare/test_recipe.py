@@ -38,7 +38,7 @@ def _with_defaults(path, args):
 
 
 def _components(config: dict) -> dict:
-    variables = {k: v for k, v in config.items() if not isinstance(v, (list, dict)) or k == "patch_size"}
+    variables = {k: v for k, v in config.items() if not isinstance(v, (list, dict)) or k in ("patch_size", "personal_keys")}
     out = {}
     for section in ("workflows", "components"):
         for c in config.get(section, []):

@@ -96,6 +96,9 @@ class FedSegNetFedAvgRecipe(Recipe):
         cse_validation_timeout: seconds cross-site evaluation waits for a site's results. Defaults to 6000.
         resume_from: id of an interrupted job to continue (see :mod:`fedsegnet.flare.resume`); empty
             for a fresh start. Defaults to ``""``.
+        personalization, personal_keys, ditto_lambda, personal_steps, boundary_weight, boundary_band,
+            boundary_perturbation: the sites' personalisation (:class:`fedsegnet.config.PersonalConfig`;
+            defaults ``"none"``, ``()``, 0.1, 0, 0.0, 2, 0.1). ``"dca"`` needs ``network="dca_unetr"``.
     """
 
     def __init__(
@@ -136,6 +139,13 @@ class FedSegNetFedAvgRecipe(Recipe):
         cse_submit_timeout: int = 600,
         cse_validation_timeout: int = 6000,
         resume_from: str = "",
+        personalization: str = "none",
+        personal_keys=(),
+        ditto_lambda: float = 0.1,
+        personal_steps: int = 0,
+        boundary_weight: float = 0.0,
+        boundary_band: int = 2,
+        boundary_perturbation: float = 0.1,
     ):
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
@@ -206,6 +216,14 @@ class FedSegNetFedAvgRecipe(Recipe):
                 pseudo_ramp_rounds=pseudo_ramp_rounds,
                 analytic_sender_id="analytic_sender",
                 fedprox_mu=fedprox_mu,
+                personalization=personalization,
+                personal_keys=list(personal_keys),
+                ditto_lambda=ditto_lambda,
+                personal_steps=personal_steps,
+                boundary_weight=boundary_weight,
+                boundary_band=boundary_band,
+                boundary_perturbation=boundary_perturbation,
+                resume_from=resume_from,
             ),
             id="learner",
         )
@@ -272,6 +290,10 @@ def _parse(argv):
         help="fedsegnet: aggregation rule (default aam)",
     )  # fmt: skip
     p.add_argument("--fedprox-mu", type=float, default=0.0, help="FedProx proximal weight at the sites (0 = off)")
+    p.add_argument("--network", default=None, help="override the preset's network (e.g. dca_unetr)")
+    p.add_argument("--personalization", choices=("none", "fedbn", "ditto", "finetune", "dca"), default="none",
+                   help="personalised models at the sites (dca needs --network dca_unetr)")
+    p.add_argument("--boundary-weight", type=float, default=0.0, help="perturbed boundary loss weight (0 = off)")
     p.add_argument("--name", default=None, help="job name (default: the job's)")
     p.add_argument("--resume-from", default="", help="id of an interrupted job of this server to continue")
     # FLARE 2.9 reserves --export/--export-dir for its own recipe export (stripped from sys.argv at import)
@@ -301,6 +323,9 @@ def main(argv=None) -> int:
         torch_threads=args.torch_threads,
         fedprox_mu=args.fedprox_mu,
         resume_from=args.resume_from,
+        network=args.network,
+        personalization=args.personalization,
+        boundary_weight=args.boundary_weight,
     )
     if args.export_to:
         recipe.export(args.export_to)
