@@ -130,13 +130,18 @@ def print_eval_table(summary: dict, title: str = "") -> None:
 def _cmd_eval(args) -> int:
     from fedsegnet.training.site import evaluate_model_file
 
-    result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty())
+    result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty(),
+                                       personal=args.personal)  # fmt: skip
     summary = result.to_dict()
     if args.json:
         keys = ("dice_mean", "hd95_mean", "per_class", "n_cases", "per_region", "region_dice_mean")
         print(json.dumps({k: summary[k] for k in keys if k in summary}))
     else:
-        print_eval_table(summary, f"{args.model} on {args.data} ({spec['network']}, preset {spec['preset']})")
+        title = f"{args.model} on {args.data} ({spec['network']}, preset {spec['preset']})"
+        if "personal" in spec:
+            p = spec["personal"]
+            title += f", personalised for {p['site']} ({p['method']}, round {p['round']}: {args.personal})"
+        print_eval_table(summary, title)
     return 0
 
 
@@ -489,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=("test", "validation", "training"))
     e.add_argument("--json", action="store_true")
+    e.add_argument("--personal", metavar="SITE_STATE",
+                   help="a site's personal state (<site job workspace>/fedsegnet_personal/<site>.pt): evaluate that site's personalised model")
     e.set_defaults(func=_cmd_eval)
 
     i = sub.add_parser("infer", help="segment NIfTI image(s) with a saved model; output on the input's grid")

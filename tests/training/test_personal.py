@@ -185,3 +185,53 @@ def test_site_test_split_scores_the_personal_model(organs, tmp_path):
 def test_state_dict_for_exchange_is_what_personal_keys_name():
     net = _net()
     assert set(personal_key_names(net, PersonalConfig(method="dca"))) <= set(state_dict_for_exchange(net))
+
+
+# ------------------------------------------------------------------------------ a user at one site
+def _global_file(path, network="dca_unetr"):
+    from fedsegnet.networks.spec import build_from_spec, model_spec
+
+    spec = model_spec(build_train_config(preset="tiny", network=network).preset, in_channels=1, num_classes=3)
+    torch.manual_seed(0)
+    torch.save({"model": state_dict_for_exchange(build_from_spec(spec)), "train_conf": {"fedsegnet": spec}}, path)
+    return path
+
+
+def test_eval_personal_scores_the_sites_personalised_model(organs, tmp_path, capsys):
+    import json
+
+    from fedsegnet.cli import main
+    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.personal import apply_personal_state
+
+    model_path = _global_file(tmp_path / "FL_global_model.pt")
+    t = _trainer(organs / "site-1", PersonalConfig(method="dca"), tmp_path / "personal")
+    global_w = {k: v.numpy() for k, v in load_model_file(model_path)[0].state_dict().items()}
+    t.train_round(global_w, round=0)
+    state = tmp_path / "personal" / "site-1.pt"
+    model, _ = load_model_file(model_path)
+    summary = apply_personal_state(model, state)
+    assert summary == {"site": "site-1", "method": "dca", "round": 0, "n_keys": len(t.personal_keys), "whole_model": False}
+    for k in t.personal_keys:
+        assert np.array_equal(model.state_dict()[k].numpy(), t.get_weights()[k])
+    args = ["eval", "--model", str(model_path), "--data", str(organs / "site-1"), "--split", "test", "--json"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(args + ["--personal", str(state)]) == 0
+    mine = json.loads(capsys.readouterr().out)
+    assert plain["n_cases"] == mine["n_cases"] == 1 and mine["dice_mean"] is not None
+    assert main(args[:-1] + ["--personal", str(state)]) == 0
+    assert "personalised for site-1 (dca, round 0" in capsys.readouterr().out
+
+
+def test_personal_state_of_another_network_or_missing_file_is_named(organs, tmp_path):
+    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.personal import apply_personal_state
+
+    t = _trainer(organs / "site-1", PersonalConfig(method="dca"), tmp_path / "personal")
+    t.train_round(t.get_weights(), round=0)
+    model, _ = load_model_file(_global_file(tmp_path / "hybrid.pt", network="hybrid_unetr"))
+    with pytest.raises(FedSegNetError, match="site-1.pt: does not fit the model"):
+        apply_personal_state(model, tmp_path / "personal" / "site-1.pt")
+    with pytest.raises(FedSegNetError, match="nope.pt: no such personal state file"):
+        apply_personal_state(model, tmp_path / "nope.pt")

@@ -34,11 +34,11 @@ import torch.nn as nn
 from fedsegnet.config import PersonalConfig
 from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.networks.personal import norm_keys, split_personal
-from fedsegnet.training.loop import state_dict_for_exchange, strip_prefixes
+from fedsegnet.training.loop import load_exchanged_weights, state_dict_for_exchange, strip_prefixes
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STORE_VERSION", "PersonalStore", "personal_key_names", "personalise", "proximal_term"]
+__all__ = ["STORE_VERSION", "PersonalStore", "apply_personal_state", "personal_key_names", "personalise", "proximal_term"]
 
 STORE_VERSION = 1
 
@@ -164,3 +164,33 @@ class PersonalStore:
         os.replace(tmp, self.path)
         logger.debug("saved personal state of %s (round %d) to %s", self.site, round, self.path)
         return self.path
+
+
+def apply_personal_state(model: nn.Module, path: str | Path) -> dict:
+    """Turn a global model into one site's personalised model, in place.
+
+    Args:
+        model: the global model (as loaded from ``FL_global_model.pt``).
+        path: the site's personal state file (``<site job workspace>/fedsegnet_personal/<site>.pt``).
+
+    Returns:
+        The stored state's summary ``{"site", "method", "round", "n_keys", "whole_model"}``.
+
+    Raises:
+        FedSegNetError: naming the file, when it is missing, unreadable, empty or made for another
+            network (keys or shapes that do not fit ``model``).
+    """
+    store = PersonalStore(path)
+    state = store.load()
+    if state is None:
+        raise FedSegNetError(f"{store.path}: no such personal state file")
+    whole = state.get("model") is not None
+    weights = state["model"] if whole else personalise(state_dict_for_exchange(model), state.get("keys") or {})
+    if not whole and not state.get("keys"):
+        raise FedSegNetError(f"{store.path}: the personal state holds neither personal keys nor a personal model")
+    try:
+        load_exchanged_weights(model, weights, strict=True)
+    except FedSegNetError as e:
+        raise FedSegNetError(f"{store.path}: does not fit the model (another network?): {e}") from e
+    return {"site": state.get("site"), "method": state.get("method"), "round": state.get("round"),
+            "n_keys": len(state.get("keys") or {}), "whole_model": whole}  # fmt: skip

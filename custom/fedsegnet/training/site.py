@@ -512,8 +512,9 @@ def evaluate_model_file(
     split: str | None = None,
     device: str | None = None,
     progress: bool = False,
+    personal: str | Path | None = None,
 ) -> tuple[EvalResult, dict]:
-    """Evaluate a saved global model on a ``dataset.json`` folder.
+    """Evaluate a saved global model (or one site's personalised version of it) on a ``dataset.json`` folder.
 
     Args:
         model_path: FLARE's saved ``.pt`` (with the FedSegNet model spec).
@@ -522,9 +523,11 @@ def evaluate_model_file(
             ``validation``, else ``training``.
         device: torch device. Defaults to None (CUDA when available).
         progress: tqdm bar. Defaults to False.
+        personal: a site's personal state file (``fedsegnet_personal/<site>.pt``) to lay over the
+            global model (:func:`~fedsegnet.training.personal.apply_personal_state`). Defaults to None.
 
     Returns:
-        ``(result, spec)``.
+        ``(result, spec)``; with ``personal`` the spec gains ``"personal"`` (the state's summary).
 
     Raises:
         FedSegNetError: unreadable model, data that fails preflight, or a model/data mismatch in
@@ -533,6 +536,10 @@ def evaluate_model_file(
     from fedsegnet.networks.spec import load_model_file, preset_from_spec
 
     model, spec = load_model_file(model_path)
+    if personal is not None:
+        from fedsegnet.training.personal import apply_personal_state
+
+        spec = {**spec, "personal": apply_personal_state(model, personal)}
     datalist = load_datalist(data_dir)
     if split is None:
         split = next((s for s in ("test", "validation", "training") if getattr(datalist, s)), "test")
