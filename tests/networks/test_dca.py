@@ -80,8 +80,29 @@ def test_personal_and_shared_parameters():
         assert {f"dca.{i}.norm_q.weight", f"dca.{i}.norm_kv.bias"} <= set(personal)
         assert {f"dca.{i}.k_proj.weight", f"dca.{i}.v_proj.weight", f"dca.{i}.out_proj.weight"} <= set(shared)
         assert f"dca.{i}.memory" in shared
-    assert all(k.startswith("dca.") for k in personal)  # the backbone is all shared
+    assert all(k.startswith(("dca.", "adapter.")) for k in personal)  # no backbone weight matches a pattern
+    assert {"adapter.0.weight", "adapter.2.weight"} <= set(personal)
     assert sorted(shared + personal) == sorted(net.state_dict())
+
+
+def test_personal_keys_add_every_norm_layer_to_the_patterns():
+    net = _net(dca_layers=1)
+    keys = net.personal_keys()
+    assert set(split_personal(net.state_dict().keys(), net.personal_patterns())[1]) <= set(keys)
+    assert set(norm_keys(net)) <= set(keys)
+    assert not any(k.endswith(("k_proj.weight", "v_proj.weight", "memory")) or ".conv." in k for k in keys)
+    assert _net(dca_layers=0).personal_keys() == []
+
+
+def test_adapter_starts_as_the_identity_and_can_be_left_out():
+    with_adapter, without = _net(dca_layers=1), _net(dca_layers=1, adapter=False)
+    without.load_state_dict(with_adapter.state_dict(), strict=False)
+    x = torch.randn(1, 1, 16, 16, 16)
+    assert torch.allclose(with_adapter(x), without(x))
+    assert without.adapter is None and "adapter.*" not in without.personal_patterns()
+    with pytest.raises(ConfigError) as info:
+        _net(adapter="yes")
+    assert info.value.field == "adapter"
 
 
 def test_every_personal_pattern_matches_a_key():
@@ -96,8 +117,13 @@ def test_every_personal_pattern_matches_a_key():
 def test_gradient_reaches_every_parameter(kwargs):
     net = _net(**kwargs)
     net(torch.randn(2, 1, 16, 16, 16)).square().mean().backward()
-    no_grad = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # the adapter's first layer gets gradient once its zero-initialised output layer has moved
+    no_grad = [n for n, p in net.named_parameters() if (p.grad is None or not p.grad.abs().sum() > 0) and not n.startswith("adapter.0.")]
     assert not no_grad
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    net.zero_grad()
+    net(torch.randn(2, 1, 16, 16, 16)).square().mean().backward()
+    assert net.adapter[0].weight.grad.abs().sum() > 0
     names = dict(net.named_parameters())
     for name in ("dca.0.q_proj.weight", "dca.0.k_proj.weight", "dca.0.v_proj.weight"):
         assert names[name].grad.abs().sum() > 0
@@ -119,7 +145,7 @@ def test_personal_parameters_matter():
 
 def test_zero_dca_layers_is_hybrid_unetr():
     hybrid = build_network("hybrid_unetr", in_channels=1, out_channels=2, patch_size=16, seed=3, **TINY)
-    dca = build_network("dca_unetr", in_channels=1, out_channels=2, patch_size=16, seed=3, dca_layers=0, **TINY)
+    dca = build_network("dca_unetr", in_channels=1, out_channels=2, patch_size=16, seed=3, dca_layers=0, adapter=False, **TINY)
     assert list(hybrid.state_dict()) == list(dca.state_dict())
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
@@ -131,18 +157,20 @@ def test_hybrid_checkpoint_warm_starts_dca():
     dca = _net(dca_layers=2)
     missing, unexpected = dca.load_state_dict(hybrid.state_dict(), strict=False)
     assert not unexpected
-    assert missing and all(k.startswith("dca.") for k in missing)
+    assert missing and all(k.startswith(("dca.", "adapter.")) for k in missing)
 
 
-def test_parameter_overhead_vs_hybrid_is_17920_at_channels_16_32_64():
-    """hybrid_unetr 415,635 vs dca_unetr 433,555 parameters (in 1, out 3, one DCA block, 16 memory
-    tokens): +17,920 (+4.3%), of which 4,416 personal."""
+def test_parameter_overhead_vs_hybrid_is_18640_at_channels_16_32_64():
+    """hybrid_unetr 415,635 vs dca_unetr 434,275 parameters (in 1, out 3, one DCA block, 16 memory
+    tokens, the spatial adapter on 16 channels): +18,640 (+4.5%); the DCA queries and norms and the
+    adapter (5,136) are personal, and so are the network's norm layers under ``personal_keys()``."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     hybrid = HybridTransformerUNet(1, 3, **CPU)
     dca = DCATransformerUNet(1, 3, **CPU)
-    assert count(dca) - count(hybrid) == 4 * 64**2 + 8 * 64 + 16 * 64 == 17_920
+    adapter = 16 * 27 + 16 + 16 * 16 + 16
+    assert count(dca) - count(hybrid) == 4 * 64**2 + 8 * 64 + 16 * 64 + adapter == 18_640
     _, personal = split_personal(dca.state_dict().keys(), dca.personal_patterns())
-    assert sum(dca.state_dict()[k].numel() for k in personal) == 64 * 64 + 64 + 4 * 64 == 4_416
+    assert sum(dca.state_dict()[k].numel() for k in personal) == 64 * 64 + 64 + 4 * 64 + adapter == 5_136
 
 
 def test_eval_is_deterministic_with_dropout():

@@ -241,8 +241,19 @@ class HybridTransformerUNet(nn.Module):
             h = tokens.transpose(1, 2).reshape(b, c, *spatial)
         for block, skip in zip(self.decoder, reversed(skips[:-1])):
             h = block(h, skip)
-        h = torch.cat([self.upsample(h), stem], dim=1)
+        h = torch.cat([self.upsample(self.refine(h)), stem], dim=1)
         return self.head(h)
+
+    def refine(self, h: torch.Tensor) -> torch.Tensor:
+        """Hook on the decoder's output at half resolution, before the last upsampling (identity here).
+
+        Args:
+            h: ``(B, channels[0], X / 2, Y / 2, Z / 2)``.
+
+        Returns:
+            The same shape.
+        """
+        return h
 
     @staticmethod
     def position_encoding(width: int) -> nn.Conv3d:

@@ -52,7 +52,8 @@ def personal_key_names(model: nn.Module, config: PersonalConfig) -> list[str]:
 
     Returns:
         Sorted exchange keys (wrapper prefixes removed): the normalisation layers' parameters and
-        buffers (``fedbn``), the network's own personal patterns (``dca``), and whatever
+        buffers (``fedbn``), the network's own personal keys (``dca``: ``personal_keys()`` of
+        :class:`~fedsegnet.networks.dca.DCATransformerUNet`), and whatever
         ``config.personal_keys`` matches. Empty for ``none``, ``ditto`` and ``finetune`` without
         extra patterns (the whole model is shared).
 
@@ -67,14 +68,14 @@ def personal_key_names(model: nn.Module, config: PersonalConfig) -> list[str]:
         if not chosen:
             raise ConfigError("personalization", "fedbn", f"{type(model).__name__} has no normalisation layer to keep local")
     if config.method == "dca":
-        own = tuple(getattr(model, "personal_patterns", lambda: ())())
+        own = list(getattr(model, "personal_keys", lambda: [])())
         if not own:
             raise ConfigError(
                 "network", type(model).__name__,
                 "personalization 'dca' needs a network with personal query projections (dca_unetr with dca_layers >= 1)",
                 options=["dca_unetr"],
             )  # fmt: skip
-        chosen |= set(split_personal(keys, own)[1])
+        chosen |= {strip_prefixes(k) for k in own}
     if config.personal_keys:
         try:
             chosen |= set(split_personal(keys, config.personal_keys)[1])
