@@ -4,7 +4,9 @@ The ``organs`` scenario of ``fedsegnet data synth``: 4 sites, each with its own 
 (shape, size, texture, intensity) and a lesion inside it; lesions look alike at every site, hosts
 do not. Each site holds its own held-out test cases (never trained on). Every method uses the same
 network (``dca_unetr``, the hybrid Transformer U-Net with a decoupled cross-attention block: with
-every parameter shared it is an ordinary network), preset ``tiny``, the compressed uplink and AAM:
+every parameter shared it is an ordinary network), preset ``tiny`` and FedAvg's sample-count weights
+with dense updates (``--aggregation aam --compress`` for the job's defaults: AAM treats a site this
+different as an outlier and gives it the floor weight, which is a finding of its own):
 
 * ``fedavg``: one global model for every site;
 * ``local_only``: each site trains alone for as many steps;
@@ -66,8 +68,8 @@ def run_one(data: Path, method: str, seed: int, args) -> dict:
             per_site.update(r["sites_test"])
             weights[site] = 1.0
     else:
-        r = run_federation(sites, config, rounds=args.rounds, aggregation="aam", codec=SparseQuantCodec(), device="cpu",
-                           personal=personal)  # fmt: skip
+        r = run_federation(sites, config, rounds=args.rounds, aggregation=args.aggregation, device="cpu", personal=personal,
+                           codec=SparseQuantCodec() if args.compress else None)  # fmt: skip
         per_site = r["sites_test"]
         weights = {s: x.get("weight") for s, x in r["rounds"][-1]["sites"].items()}
     dice = [t["dice_mean"] for t in per_site.values() if t["dice_mean"] is not None]
@@ -134,6 +136,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, help="volume edge in voxels")
     p.add_argument("--test-cases", type=int, help="held-out test cases per site")
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--aggregation", default="mean", choices=("mean", "aam", "median", "trimmed_mean"))
+    p.add_argument("--compress", action="store_true", help="the job's compressed uplink (top-k + 4-bit, error feedback)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
     p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
@@ -153,7 +157,8 @@ def main(argv=None) -> int:
     print(
         f"methods {methods}; seeds {args.seeds}; organs scenario, 4 sites x {args.cases} cases ({args.size}^3) + "
         f"{args.test_cases} test cases each; preset {args.preset} with dca_unetr, {args.rounds} rounds x "
-        f"{args.local_steps} steps; {len(cells)} runs",
+        f"{args.local_steps} steps, aggregation {args.aggregation}{', compressed uplink' if args.compress else ''}; "
+        f"{len(cells)} runs",
         flush=True,
     )
     rows = []

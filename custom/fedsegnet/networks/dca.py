@@ -39,10 +39,10 @@ What is personal, and why (:data:`DecoupledCrossAttention.PERSONAL`):
   matters for sites with few cases.
 
 The whole personal part of the ``dca`` personalisation (:meth:`DCATransformerUNet.personal_keys`)
-adds the spatial adapter and every normalisation layer: queries alone (a first version) left the
-network as unable as FedAvg's to serve sites whose organs look opposite (a host darker than the body
-at one site, brighter at the others: 24 Dice points on the ``organs`` benchmark, seed 0, as FedAvg),
-because nothing that sees intensities was the site's own.
+adds the spatial adapter and every normalisation layer: with queries alone (a first version) the
+network served sites whose organs look opposite (a host darker than the body at one site, brighter
+at the others) no better than FedAvg's global model on the ``organs`` benchmark
+(``docs/personalization.md``), because nothing that sees intensities was the site's own.
 
 Cost: at a 32^3 crop and ``channels[-1] = 64`` the bottleneck holds 64 tokens and attends over
 64 + 16 keys, negligible next to the convolutions. The adapter works at half resolution: at full
