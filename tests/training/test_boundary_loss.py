@@ -296,3 +296,19 @@ def test_band_bad_arguments(kwargs, field):
     with pytest.raises(ConfigError) as info:
         boundary_band(cube_label(), **kwargs)
     assert info.value.field == field
+
+
+def test_a_small_lesion_rim_weighs_as_much_as_the_long_organ_boundary():
+    """Class-balanced: errors only on the lesion's few band voxels are not diluted by the organ's many."""
+    label = cube_label(side=16, inner=2)
+    band = boundary_band(label, 3, 1)
+    clean = perfect_logits(label)
+    wrong_lesion = clean.clone()
+    lesion = (label == 2).expand_as(clean)
+    wrong_lesion[lesion] = 0.0  # the lesion voxels: uniform, unsure prediction under the perturbation
+    loss = boundary_consistency(clean, wrong_lesion, label, band)
+    per_voxel = boundary_consistency(clean, wrong_lesion, label, band & (label == 2))
+    n_lesion, n_band = int((band & (label == 2)).sum()), int(band.sum())
+    assert n_lesion * 20 < n_band  # the lesion is a small part of the band
+    classes_in_band = len(torch.unique(label[band]))
+    assert float(loss) == pytest.approx(float(per_voxel) / classes_in_band, rel=1e-4)
