@@ -14,7 +14,7 @@ from fedsegnet.config import build_train_config
 from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.aggregator import AAMAggregator
 from fedsegnet.flare.compression import UpdateDecoder, UpdateEncoder
-from fedsegnet.flare.constants import PERSONAL_DIR, UpdateMeta
+from fedsegnet.flare.constants import AAM_RECORD_PROP, PERSONAL_DIR, UpdateMeta
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.training.site import build_model_for
 from fedsegnet.training.loop import state_dict_for_exchange
@@ -72,6 +72,7 @@ def test_personal_keys_never_leave_the_site_and_the_server_aggregates_the_rest(o
     assert agg.accept(decoded, server)
     combined = agg.aggregate_model().params
     assert combined and not personal & set(combined)
+    assert server.get_prop(AAM_RECORD_PROP)["sites"]["site-1"]["personal_keys"] == len(personal)  # the round record
     # a site's model submitted for cross-site evaluation holds no personal key either
     submitted = from_shareable(learner.get_model_for_validation("site-1", ctx)).data
     assert submitted and not personal & set(submitted)

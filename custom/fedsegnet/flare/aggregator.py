@@ -237,6 +237,9 @@ class AAMAggregator(ModelAggregator):
                     if self.method != "mean":
                         for s in kept:
                             record["sites"][s]["weight"] = None  # no per-site weight in a coordinate-wise rule
+        for site, keys in personal.items():
+            if keys and site in record["sites"]:
+                record["sites"][site]["personal_keys"] = len(keys)  # kept at the site (names declared, never sent)
         for site, r in sorted(record["sites"].items()):
             self._log("info", _site_line(rnd, site, r))
         if combined is None:
