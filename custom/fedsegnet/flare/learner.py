@@ -102,9 +102,9 @@ class SegLearner(Learner):
 
     Personalisation in the tasks: ``train`` sends only the shared keys (the personal ones are named
     in the meta, never sent); ``validate`` scores the received model with the site's personal keys
-    laid over it, and adds ``personal`` metrics: the site's personalised model (``ditto``: its
-    personal model; ``finetune``: the received global model fine-tuned here, when it is the
-    server's final model) on the site's ``test`` split (its validation split when it has none).
+    laid over it; for the server's models (cross-site evaluation) it adds ``personal`` metrics: the
+    site's personalised model (``ditto``: its personal model; ``finetune``: the received global
+    model fine-tuned here) on the site's ``test`` split (its validation split when it has none).
     """
 
     def __init__(
@@ -364,9 +364,10 @@ class SegLearner(Learner):
             return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: result.dice_mean}).to_shareable()
         self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {_fmt(result.dice_mean)} ({result.n_cases} case(s))")
         metrics = _metrics(result)
-        if personal.method != "none" or personal.personal_keys:
+        if (personal.method != "none" or personal.personal_keys) and str(model_owner).startswith("SRV_"):
+            # the site's personalised model made from the server's (final or best) global model
             try:
-                if personal.method == "finetune" and str(model_owner).startswith("SRV_"):
+                if personal.method == "finetune":
                     self.trainer.finetune(weights, should_stop=lambda: abort_signal.triggered)
                 split = "test" if self.trainer.datalist.evaluable("test") else "validation"
                 mine = self.trainer.evaluate(weights=self.trainer.personal_weights(weights), split=split)
