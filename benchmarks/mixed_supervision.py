@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from _common import apply_size, setup_torch, work_root
+from _common import apply_size, print_summary, setup_torch, summarize, work_root, write_results
 
 METHODS = ("voxel_only", "naive", "mixed", "all_voxel")
 PAIRS = {"with_box": "site-2", "with_tag": "site-3", "with_partial": "site-4"}
@@ -144,22 +143,6 @@ def run_one(data: dict[str, Path], method: str, seed: int, args) -> dict:
     }
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    out = []
-    for method in (*METHODS, *PAIRS):
-        mine = [r for r in rows if r["method"] == method]
-        if not mine:
-            continue
-        d = [r["dice"] for r in mine if r["dice"] is not None]
-        h = [r["hd95"] for r in mine if r["hd95"] is not None]
-        out.append({
-            "method": method, "dice_mean": statistics.fmean(d) if d else None,
-            "dice_sd": statistics.stdev(d) if len(d) > 1 else 0.0,
-            "hd95_mean": statistics.fmean(h) if h else None, "n_seeds": len(d),
-        })  # fmt: skip
-    return out
-
-
 def goals(summary: list[dict]) -> list[str]:
     """The issue's goals on the measured means (points = Dice x 100)."""
     m = {r["method"]: r["dice_mean"] for r in summary}
@@ -223,20 +206,11 @@ def main(argv=None) -> int:
             row = run_one(data, method, seed, args)
             rows.append(row)
             tqdm.write(f"seed {seed} {method:<10} Dice {100 * row['dice']:.1f}  HD95 {row['hd95']:.2f} mm  ({row['seconds']} s)")
-            if args.json:
-                summary = summarize(rows)
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows,
-                                                       "summary": summary, "goals": goals(summary)}, indent=2) + "\n")  # fmt: skip
-    summary = summarize(rows)
-    print(f"\nheld-out Dice (x100) and HD95, mean ± sd over seeds {args.seeds} ({time.perf_counter() - t0:.0f} s):")
-    print(f"  {'method':<11}{'Dice':>14}{'HD95 mm':>10}")
-    for r in summary:
-        hd = "n/a" if r["hd95_mean"] is None else f"{r['hd95_mean']:.2f}"
-        print(f"  {r['method']:<11}{100 * r['dice_mean']:>8.1f} ± {100 * r['dice_sd']:<4.1f}{hd:>10}")
-    print("\ngoals:")
-    for line in goals(summary):
-        print("  " + line)
+            summary = summarize(rows, (*METHODS, *PAIRS))
+            write_results(args.json, args, rows, summary, goals(summary))
+    summary = summarize(rows, (*METHODS, *PAIRS))
+    print_summary(summary, f"held-out Dice (x100) and HD95, mean ± sd over seeds {args.seeds} ({time.perf_counter() - t0:.0f} s):",
+                  goals(summary))  # fmt: skip
     return 0
 
 

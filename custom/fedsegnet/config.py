@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from fedsegnet.errors import ConfigError
+from fedsegnet.errors import ConfigError, check_int, check_number
 
 INTENSITY_MODES = ("zscore", "zscore_nonzero", "minmax", "ct_window")
 
@@ -407,16 +407,14 @@ class PersonalConfig:
         if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
             raise ConfigError("personal_keys", keys, "must be a list of non-empty name patterns, e.g. ['head.*']")
         object.__setattr__(self, "personal_keys", tuple(keys))
-        for name, value, ok, rule in (
-            ("ditto_lambda", self.ditto_lambda, lambda v: v >= 0, "must be a number >= 0"),
-            ("boundary_weight", self.boundary_weight, lambda v: v >= 0, "must be a number >= 0"),
-            ("boundary_perturbation", self.boundary_perturbation, lambda v: v > 0, "must be a number > 0"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)) or value != value:
-                raise ConfigError(name, value, rule)
-        for name, value, low in (("personal_steps", self.personal_steps, 0), ("boundary_band", self.boundary_band, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(name, value, f"must be an integer >= {low}")
+        object.__setattr__(self, "ditto_lambda", check_number("ditto_lambda", self.ditto_lambda, 0.0))
+        object.__setattr__(self, "boundary_weight", check_number("boundary_weight", self.boundary_weight, 0.0))
+        perturbation = check_number("boundary_perturbation", self.boundary_perturbation, 0.0)
+        if perturbation == 0:
+            raise ConfigError("boundary_perturbation", self.boundary_perturbation, "must be > 0")
+        object.__setattr__(self, "boundary_perturbation", perturbation)
+        object.__setattr__(self, "personal_steps", check_int("personal_steps", self.personal_steps, 0))
+        object.__setattr__(self, "boundary_band", check_int("boundary_band", self.boundary_band, 1))
 
     @property
     def local_parts(self) -> bool:

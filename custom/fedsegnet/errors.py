@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -26,6 +27,23 @@ class ConfigError(FedSegNetError, ValueError):
         if options is not None:
             msg += f" (valid: {', '.join(map(str, options))})"
         super().__init__(msg)
+
+
+def check_int(field: str, value, low: int) -> int:
+    """``value`` as an int when it is an integer (not a bool) >= ``low``, else :class:`ConfigError` naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(field, value, f"must be an integer >= {low}")
+    return int(value)
+
+
+def check_number(field: str, value, low: float, high: float = math.inf) -> float:
+    """``value`` as a float when it is a finite number (not a bool) in ``[low, high)``, else
+    :class:`ConfigError` naming ``field``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not ok or not low <= value < high:
+        bound = f"in [{low}, {high})" if math.isfinite(high) else f">= {low}"
+        raise ConfigError(field, value, f"must be a finite number {bound}")
+    return float(value)
 
 
 class DataError(FedSegNetError):

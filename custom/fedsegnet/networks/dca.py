@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fedsegnet.errors import ConfigError
+from fedsegnet.errors import ConfigError, check_int
 from fedsegnet.networks.hybrid import HybridTransformerUNet, build_hybrid_family
 from fedsegnet.networks.personal import norm_keys, split_personal
 from fedsegnet.networks.registry import register_network
@@ -69,12 +69,6 @@ from fedsegnet.networks.registry import register_network
 logger = logging.getLogger(__name__)
 
 __all__ = ["DecoupledCrossAttention", "DCATransformerUNet", "build_dca_unetr"]
-
-
-def _int_at_least(field: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(field, value, f"must be an integer >= {low}")
-    return int(value)
 
 
 class DecoupledCrossAttention(nn.Module):
@@ -116,11 +110,11 @@ class DecoupledCrossAttention(nn.Module):
         qkv_bias: bool = True,
     ) -> None:
         super().__init__()
-        dim = _int_at_least("dim", dim, 1)
-        num_heads = _int_at_least("num_heads", num_heads, 1)
+        dim = check_int("dim", dim, 1)
+        num_heads = check_int("num_heads", num_heads, 1)
         if dim % num_heads:
             raise ConfigError("num_heads", num_heads, f"must divide the token width dim={dim}")
-        num_memory = _int_at_least("num_memory", num_memory, 0)
+        num_memory = check_int("num_memory", num_memory, 0)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ConfigError("dropout", dropout, "must be a number in [0, 1)")
         if not isinstance(qkv_bias, bool):
@@ -225,8 +219,8 @@ class DCATransformerUNet(HybridTransformerUNet):
     ) -> None:
         if not isinstance(adapter, bool):
             raise ConfigError("adapter", adapter, "must be true or false")
-        dca_layers = _int_at_least("dca_layers", dca_layers, 0)
-        dca_memory = _int_at_least("dca_memory", dca_memory, 0)
+        dca_layers = check_int("dca_layers", dca_layers, 0)
+        dca_memory = check_int("dca_memory", dca_memory, 0)
         super().__init__(
             in_channels,
             out_channels,

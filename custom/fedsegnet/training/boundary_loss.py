@@ -25,31 +25,16 @@ float); band ``(B, 1, X, Y, Z)`` bool.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from fedsegnet.errors import ConfigError
+from fedsegnet.errors import check_int, check_number
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["boundary_band", "boundary_consistency", "PerturbedBoundaryLoss"]
-
-
-def _int_at_least(field: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(field, value, f"must be an integer >= {low}")
-    return int(value)
-
-
-def _finite_at_least(field: str, value, low: float, high: float = math.inf) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if not ok or not low <= value < high:
-        bound = f"in [{low}, {high})" if math.isfinite(high) else f">= {low}"
-        raise ConfigError(field, value, f"must be a finite number {bound}")
-    return float(value)
 
 
 def _check_label(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -90,8 +75,8 @@ def boundary_band(label: torch.Tensor, num_classes: int, width: int) -> torch.Te
         ConfigError: naming ``num_classes`` or ``width`` when invalid.
         ValueError: when ``label`` has the wrong shape, non-integer values or ids out of range.
     """
-    num_classes = _int_at_least("num_classes", num_classes, 2)
-    width = _int_at_least("width", width, 1)
+    num_classes = check_int("num_classes", num_classes, 2)
+    width = check_int("width", width, 1)
     ids = _check_label(label, num_classes)
     ids = ids.float()
     return _cube_max(ids, width) > -_cube_max(-ids, width)  # max id != min id nearby
@@ -152,8 +137,8 @@ def boundary_consistency(
         ConfigError: naming ``kl_weight`` or ``ce_weight`` when negative or not finite.
         ValueError: when the shapes disagree, ``band`` is not bool or the label ids are out of range.
     """
-    kl_weight = _finite_at_least("kl_weight", kl_weight, 0.0)
-    ce_weight = _finite_at_least("ce_weight", ce_weight, 0.0)
+    kl_weight = check_number("kl_weight", kl_weight, 0.0)
+    ce_weight = check_number("ce_weight", ce_weight, 0.0)
     if logits.ndim != 5 or logits_perturbed.shape != logits.shape:
         raise ValueError(
             f"expected logits and logits_perturbed of one shape (B, C, X, Y, Z), got "
@@ -226,13 +211,13 @@ class PerturbedBoundaryLoss:
         kl_weight: float = 1.0,
         ce_weight: float = 1.0,
     ) -> None:
-        self.num_classes = _int_at_least("num_classes", num_classes, 2)
-        self.band_width = _int_at_least("band_width", band_width, 1)
-        self.perturbation = _finite_at_least("perturbation", perturbation, 0.0)
-        self.intensity_scale = _finite_at_least("intensity_scale", intensity_scale, 0.0, 1.0)
-        self.weight = _finite_at_least("weight", weight, 0.0)
-        self.kl_weight = _finite_at_least("kl_weight", kl_weight, 0.0)
-        self.ce_weight = _finite_at_least("ce_weight", ce_weight, 0.0)
+        self.num_classes = check_int("num_classes", num_classes, 2)
+        self.band_width = check_int("band_width", band_width, 1)
+        self.perturbation = check_number("perturbation", perturbation, 0.0)
+        self.intensity_scale = check_number("intensity_scale", intensity_scale, 0.0, 1.0)
+        self.weight = check_number("weight", weight, 0.0)
+        self.kl_weight = check_number("kl_weight", kl_weight, 0.0)
+        self.ce_weight = check_number("ce_weight", ce_weight, 0.0)
 
     def perturb(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The perturbed copy of ``image`` (see the class docstring); ``image`` is not modified.
