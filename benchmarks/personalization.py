@@ -91,6 +91,39 @@ def run_one(data: Path, method: str, seed: int, args) -> dict:
     }
 
 
+def plot(rows: list[dict], path: str) -> Path:
+    """Grouped bars: each site's Dice (x100, mean over seeds, with the seeds as dots) per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from fedsegnet.data.synth import HOSTS
+
+    methods = [m for m in (*METHODS, *DIAGNOSTICS) if any(r["method"] == m for r in rows)]
+    sites = sorted({s for r in rows for s in r["per_site"]})
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(methods), 3.6), dpi=120)
+    width = 0.8 / max(len(sites), 1)
+    for j, site in enumerate(sites):
+        for i, method in enumerate(methods):
+            vals = [100 * (r["per_site"][site]["dice"] or 0.0) for r in rows if r["method"] == method and site in r["per_site"]]
+            x = i + (j - (len(sites) - 1) / 2) * width
+            host = HOSTS[(int(site.split("-")[-1]) - 1) % len(HOSTS)]
+            ax.bar(x, float(np.mean(vals)), width, color=f"C{j}", label=f"{site} ({host})" if i == 0 else None)
+            ax.scatter([x] * len(vals), vals, s=6, color="black", zorder=3)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("Dice x100, own test split")
+    ax.set_ylim(0, 100)
+    ax.legend(ncol=len(sites), fontsize=8, loc="upper left")
+    ax.set_title("each site's personalised model (bars: mean over seeds; dots: seeds)", fontsize=9)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def goals(summary: list[dict]) -> list[str]:
     """The issue's goals on the measured means (points = Dice x 100)."""
     m = {r["method"]: r for r in summary}
@@ -130,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
     p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
+    p.add_argument("--figure", help="draw each site's Dice per method into this PNG")
+    p.add_argument("--from-json", nargs="+", metavar="JSON",
+                   help="run nothing: summarise (and --figure) the rows of these earlier --json files")
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
     methods = args.methods.split(",")
@@ -137,6 +173,17 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown method(s) {bad}; valid: {METHODS + DIAGNOSTICS}")
 
+    if args.from_json:
+        import json
+
+        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
+        summary = summarize(rows, (*METHODS, *DIAGNOSTICS))
+        write_results(args.json, args, rows, summary, goals(summary))
+        if args.figure:
+            print(f"figure: {plot(rows, args.figure)}")
+        print_summary(summary, f"sites' own test splits, Dice (x100) and HD95, mean ± sd over seeds "
+                      f"{sorted({r['seed'] for r in rows})} (from {', '.join(args.from_json)}):", goals(summary))  # fmt: skip
+        return 0
     setup_torch(args.torch_threads)
     from tqdm.auto import tqdm
 
@@ -166,6 +213,8 @@ def main(argv=None) -> int:
             summary = summarize(rows, (*METHODS, *DIAGNOSTICS))
             write_results(args.json, args, rows, summary, goals(summary))
     summary = summarize(rows, (*METHODS, *DIAGNOSTICS))
+    if args.figure:
+        print(f"figure: {plot(rows, args.figure)}")
     print_summary(summary, f"sites' own test splits, Dice (x100) and HD95, mean ± sd over seeds {args.seeds} "
                   f"({time.perf_counter() - t0:.0f} s):", goals(summary))  # fmt: skip
     return 0
