@@ -156,6 +156,11 @@ def _cmd_infer(args) -> int:
     if bool(args.image) == bool(args.image_dir):
         raise FedSegNetError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
     model, spec = load_model_file(args.model)
+    if args.personal:
+        from fedsegnet.training.personal import apply_personal_state
+
+        state = apply_personal_state(model, args.personal)
+        print(f"personalised for {state['site']} ({state['method']}, round {state['round']}): {args.personal}")
     if args.preset and args.preset != spec.get("preset"):
         raise FedSegNetError(
             f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
@@ -505,6 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="output file (--image) or folder (--image-dir)")
     i.add_argument("--preset", help="check that the model was trained with this preset")
     i.add_argument("--device", help="torch device (default: cuda when available)")
+    i.add_argument("--personal", metavar="SITE_STATE", help="a site's personal state: segment with that site's personalised model")
     i.set_defaults(func=_cmd_infer)
 
     r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")

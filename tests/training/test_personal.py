@@ -235,3 +235,21 @@ def test_personal_state_of_another_network_or_missing_file_is_named(organs, tmp_
         apply_personal_state(model, tmp_path / "personal" / "site-1.pt")
     with pytest.raises(FedSegNetError, match="nope.pt: no such personal state file"):
         apply_personal_state(model, tmp_path / "nope.pt")
+
+
+def test_infer_personal_segments_with_the_sites_model(organs, tmp_path, capsys):
+    import nibabel as nib
+
+    from fedsegnet.cli import main
+    from fedsegnet.data.datalist import load_datalist
+    from fedsegnet.networks.spec import load_model_file
+
+    model_path = _global_file(tmp_path / "FL_global_model.pt")
+    t = _trainer(organs / "site-1", PersonalConfig(method="dca"), tmp_path / "personal")
+    t.train_round({k: v.numpy() for k, v in load_model_file(model_path)[0].state_dict().items()}, round=0)
+    image = load_datalist(organs / "site-1").test[0]["image"]
+    out = tmp_path / "seg.nii.gz"
+    assert main(["infer", "--model", str(model_path), "--image", str(image), "--out", str(out),
+                 "--personal", str(tmp_path / "personal" / "site-1.pt")]) == 0  # fmt: skip
+    assert "personalised for site-1 (dca, round 0)" in capsys.readouterr().out
+    assert nib.load(out).shape == nib.load(image).shape[:3]
