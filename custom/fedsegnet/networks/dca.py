@@ -45,10 +45,9 @@ at the others) no better than FedAvg's global model on the ``organs`` benchmark
 (``docs/personalization.md``), because nothing that sees intensities was the site's own.
 
 Cost: at a 32^3 crop and ``channels[-1] = 64`` the bottleneck holds 64 tokens and attends over
-64 + 16 keys, negligible next to the convolutions. The adapter works at half resolution: at full
-resolution its depthwise convolution more than doubled a CPU training step of the ``tiny`` preset
-(measured 87 against 35 ms per step of 2 x 32^3, one thread); at half resolution it costs about 5 %. A second DCA level in the decoder was left out:
-its 512 tokens of width 32 would add personal parameters where features are local (texture,
+64 + 16 keys, negligible next to the convolutions. The adapter works at half resolution: PyTorch's
+depthwise 3D convolution is slow on CPUs, and at full resolution it made a training step of the
+``tiny`` preset several times slower. A second DCA level in the decoder was left out: its 512 tokens of width 32 would add personal parameters where features are local (texture,
 edges) rather than organ-level, for cost and no argued benefit.
 """
 
