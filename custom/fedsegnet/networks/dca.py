@@ -47,8 +47,9 @@ at the others) no better than FedAvg's global model on the ``organs`` benchmark
 Cost: at a 32^3 crop and ``channels[-1] = 64`` the bottleneck holds 64 tokens and attends over
 64 + 16 keys, negligible next to the convolutions. The adapter works at half resolution: PyTorch's
 depthwise 3D convolution is slow on CPUs, and at full resolution it made a training step of the
-``tiny`` preset several times slower. A second DCA level in the decoder was left out: its 512 tokens of width 32 would add personal parameters where features are local (texture,
-edges) rather than organ-level, for cost and no argued benefit.
+``tiny`` preset several times slower. A second DCA level in the decoder was left out: its 512
+tokens of width 32 would add personal parameters where features are local (texture, edges) rather
+than organ-level, for cost and no argued benefit.
 """
 
 from __future__ import annotations
