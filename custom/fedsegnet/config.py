@@ -375,7 +375,8 @@ class PersonalConfig:
         method: one of :data:`PERSONALIZATION`: ``none`` (the global model only), ``fedbn``
             (normalisation layers stay at the site), ``ditto`` (a second, personal model trained
             towards the global one), ``finetune`` (the final global model fine-tuned at the site),
-            ``dca`` (the DCA network's query projections stay at the site).
+            ``dca`` (the DCA network's queries, spatial adapter and normalisation layers stay at the
+            site).
         personal_keys: extra parameter-name patterns (``fnmatch``, e.g. ``"head.*"``) kept at
             the site, for any method. Defaults to () (the method's own set).
         ditto_lambda: Ditto's proximal weight: the personal model's loss gets
@@ -417,6 +418,6 @@ class PersonalConfig:
         object.__setattr__(self, "boundary_band", check_int("boundary_band", self.boundary_band, 1))
 
     @property
-    def local_parts(self) -> bool:
-        """True when some parameters of the exchanged model stay at the site (fedbn, dca, personal_keys)."""
-        return self.method in ("fedbn", "dca") or bool(self.personal_keys)
+    def enabled(self) -> bool:
+        """True when the site personalises at all (a method other than ``none``, or ``personal_keys``)."""
+        return self.method != "none" or bool(self.personal_keys)

@@ -25,6 +25,7 @@ from fedsegnet.aggregation import (
     aggregate_mean,
     aggregate_median,
     aggregate_trimmed_mean,
+    shared_reference,
     update_norm,
 )
 from fedsegnet.config import TrainConfig
@@ -123,8 +124,7 @@ def run_federation(
         "final_weights": {name: array}, "sites_test": {site: EvalResult.to_dict()}}``: with
         ``personal``, ``sites_test`` scores each site's personalised model (``finetune``: the final
         global model fine-tuned there) on the site's own ``test`` split (sites without one are
-        left out); ``global_sites_test`` scores the global model there (with the site's personal
-        keys laid over it);
+        left out);
         a round record holds per site the signals, weight and gate decision (for ``aam``), the
         validation Dice of the received global model and the update norm.
     """
@@ -149,8 +149,8 @@ def run_federation(
     torch.manual_seed(config.seed)
     model = build_model_for(config, in_channels, num_classes)
     global_weights = {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
-    kept_local = set(first.personal_keys)  # the same for every site: one network, one PersonalConfig
-    shapes = {k: v.shape for k, v in global_weights.items() if k not in kept_local}
+    # every site keeps the same personal keys (one network, one PersonalConfig)
+    shapes, _ = shared_reference({k: v.shape for k, v in global_weights.items()}, first.personal_keys)
     mechanism = aam if aam is not None else AdaptiveAggregation()
     feedback = {site: ErrorFeedback(codec, name=site) for site in trainers} if codec is not None else {}
     records = []
@@ -207,7 +207,7 @@ def run_federation(
             class_names=label_map.class_names, regions=label_map.regions,
         )  # fmt: skip
         test = result.to_dict()
-    sites_test, global_sites_test = {}, {}
+    sites_test = {}
     if personal is not None:
         for site, trainer in trainers.items():
             if not trainer.datalist.evaluable("test"):
@@ -216,8 +216,6 @@ def run_federation(
                 trainer.finetune(global_weights, round=int(rounds))
             mine = trainer.evaluate(weights=trainer.personal_weights(global_weights), split="test", max_cases=0)
             sites_test[site] = mine.to_dict()
-            shared = trainer.evaluate(weights=trainer.with_personal_keys(global_weights), split="test", max_cases=0)
-            global_sites_test[site] = shared.to_dict()
     return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights,
-            "sites_test": sites_test, "global_sites_test": global_sites_test}  # fmt: skip
+            "sites_test": sites_test}  # fmt: skip
 

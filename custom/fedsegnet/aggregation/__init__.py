@@ -17,7 +17,7 @@ from fedsegnet.aggregation.aam import (
     weighted_sum,
 )
 from fedsegnet.aggregation.compact import CompactUpdate
-from fedsegnet.aggregation.gate import GateDecision, gate_updates
+from fedsegnet.aggregation.gate import GateDecision, gate_updates, shared_reference
 from fedsegnet.aggregation.robust import (
     aggregate_mean,
     aggregate_median,
@@ -31,5 +31,5 @@ METHODS = ("aam", "mean", "median", "trimmed_mean")
 __all__ = [
     "LABEL_KIND_TRUST", "METHODS", "AdaptiveAggregation", "AggregationResult", "CompactUpdate", "GateDecision",
     "SiteReport", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
-    "divergence_signals", "gate_updates", "update_norm", "weighted_sum",
+    "divergence_signals", "gate_updates", "shared_reference", "update_norm", "weighted_sum",
 ]  # fmt: skip

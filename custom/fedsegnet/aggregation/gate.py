@@ -35,6 +35,29 @@ class GateDecision:
     norm: float
 
 
+def shared_reference(reference: Mapping, personal) -> tuple[dict | None, str]:
+    """The part of the global model a site's update must match, given the keys it keeps to itself.
+
+    Personalised sites send only their shared keys and declare (by name) the ones they keep.
+
+    Args:
+        reference: ``{name: array or shape}``, the global model.
+        personal: the declared personal key names (a list of strings; None or empty: none).
+
+    Returns:
+        ``(shared, "")`` with ``shared`` the reference without the declared keys, or
+        ``(None, reason)`` when the declaration is not a list of names the global model has.
+    """
+    personal = personal or []
+    if not isinstance(personal, (list, tuple)) or not all(isinstance(k, str) for k in personal):
+        return None, "the declared personal keys are not a list of parameter names"
+    unknown = sorted(set(personal) - set(reference))
+    if unknown:
+        return None, f"declares personal keys the global model does not have: {unknown[:3]}"
+    kept = set(personal)
+    return {k: v for k, v in reference.items() if k not in kept}, ""
+
+
 def gate_updates(
     updates: Mapping[str, Mapping], reference: Mapping, max_norm_ratio: float = 10.0
 ) -> dict[str, GateDecision]:

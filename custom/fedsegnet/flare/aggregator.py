@@ -40,6 +40,7 @@ from fedsegnet.aggregation import (
     aggregate_median,
     aggregate_trimmed_mean,
     gate_updates,
+    shared_reference,
 )
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, UpdateMeta
 
@@ -169,13 +170,9 @@ class AAMAggregator(ModelAggregator):
             except Exception as e:
                 reason = f"unreadable parameters ({type(e).__name__}: {e})"
         personal = meta.get(UpdateMeta.PERSONAL_KEYS) or []
-        if not reason and (not isinstance(personal, (list, tuple)) or not all(isinstance(k, str) for k in personal)):
-            reason = f"meta {UpdateMeta.PERSONAL_KEYS} is not a list of parameter names"
-        elif not reason and reference is not None and not set(personal) <= set(reference):
-            reason = f"declares personal keys the global model does not have: {sorted(set(personal) - set(reference))[:3]}"
+        if not reason:  # keys the site keeps to itself are not in its update
+            shapes, reason = shared_reference(reference if reference is not None else {k: update.shape(k) for k in update}, personal)
         if not reason:
-            shapes = reference if reference is not None else {k: update.shape(k) for k in update}
-            shapes = {k: v for k, v in shapes.items() if k not in set(personal)}  # kept at the site, never sent
             decision = gate_updates({site: update}, shapes, max_norm_ratio=self.max_norm_ratio)[site]
             reason = decision.reason
         with self._lock:

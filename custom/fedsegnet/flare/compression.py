@@ -51,6 +51,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.fuel.utils import fobs
 
+from fedsegnet.aggregation.gate import shared_reference
 from fedsegnet.compression import (
     ErrorFeedback,
     PayloadError,
@@ -278,11 +279,10 @@ class UpdateDecoder(Filter):
                 return self._reject(fl_ctx, site, rnd, "the update is not encoded (the job requires encoded updates)")
             return shareable
         reference = _global_weights(fl_ctx)
-        personal = dxo.get_meta_prop(UpdateMeta.PERSONAL_KEYS) or []
-        if reference is not None and personal:  # keys the site keeps to itself are not in its payload
-            if not isinstance(personal, (list, tuple)) or not all(isinstance(k, str) and k in reference for k in personal):
-                return self._reject(fl_ctx, site, rnd, f"meta {UpdateMeta.PERSONAL_KEYS} names keys the global model does not have")
-            reference = {k: v for k, v in reference.items() if k not in set(personal)}
+        if reference is not None:  # keys the site keeps to itself are not in its payload
+            reference, reason = shared_reference(reference, dxo.get_meta_prop(UpdateMeta.PERSONAL_KEYS))
+            if reason:
+                return self._reject(fl_ctx, site, rnd, reason)
         try:
             update = decode_payload(dxo.data, reference=reference)
         except PayloadError as e:

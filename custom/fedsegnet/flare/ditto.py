@@ -4,8 +4,9 @@ Li T. et al., "Ditto: Fair and Robust Federated Learning Through Personalization
 FLARE's helper holds the personal model and its optimiser, loads it from the site's folder (or
 from the first global model), adds its proximal term (``PTFedProxLoss(mu=ditto_lambda)``) and saves
 the model and the best one by validation Dice (``personalized_model.pt``,
-``best_personalized_model.pt``). :class:`SegDittoHelper` supplies the one part FLARE leaves open,
-the local training, by handing it to the site's :class:`~fedsegnet.training.site.SiteTrainer`.
+``best_personalized_model.pt``). The part FLARE leaves open, the local training, is the site's
+:meth:`~fedsegnet.training.site.SiteTrainer.train_ditto`, which uses the helper's model, optimiser
+and proximal term once :class:`SegDittoHelper` has attached itself to the trainer.
 """
 
 from __future__ import annotations
@@ -48,9 +49,3 @@ class SegDittoHelper(PTDittoHelper):
         )
         self.trainer = trainer
         trainer.ditto_helper = self
-
-    def local_train(self, train_loader=None, model_global=None, abort_signal=None, writer=None):
-        """One round of the personal model's training (the trainer's crops and loss plus FLARE's
-        proximal term to the global model the trainer received this round)."""
-        should_stop = (lambda: abort_signal.triggered) if abort_signal is not None else None
-        return self.trainer.train_ditto(self.trainer.rounds_done, should_stop=should_stop)

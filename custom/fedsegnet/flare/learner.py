@@ -221,7 +221,7 @@ class SegLearner(Learner):
                 boundary_weight=self.boundary_weight, boundary_band=self.boundary_band,
                 boundary_perturbation=self.boundary_perturbation,
             )  # fmt: skip
-            personal_dir = self._personal_dir(fl_ctx) if personal.method != "none" or personal.personal_keys else None
+            personal_dir = self._personal_dir(fl_ctx) if personal.enabled else None
             t0 = time.perf_counter()
             self.trainer = SiteTrainer(
                 site_dir,
@@ -248,7 +248,7 @@ class SegLearner(Learner):
                 f"preset {config.preset.name}, network {config.preset.network}, patch {config.preset.patch_size}, "
                 f"device {self.trainer.device}, preflight passed in {time.perf_counter() - t0:.1f} s"
                 + (f", personalisation {personal.method} ({len(self.trainer.personal_keys)} personal key(s) stay "
-                   f"here, state in {personal_dir})" if personal.method != "none" or personal.personal_keys else ""),
+                   f"here, state in {personal_dir})" if personal.enabled else ""),
             )  # fmt: skip
         except FedSegNetError as e:
             # Keep the site alive and answer every task with the error, so the server hears it and
@@ -364,7 +364,7 @@ class SegLearner(Learner):
             return DXO(DataKind.METRICS, data={MetaKey.INITIAL_METRICS: result.dice_mean}).to_shareable()
         self.log_info(fl_ctx, f"site {self.site}: model of {model_owner}: val Dice {_fmt(result.dice_mean)} ({result.n_cases} case(s))")
         metrics = _metrics(result)
-        if (personal.method != "none" or personal.personal_keys) and str(model_owner).startswith("SRV_"):
+        if personal.enabled and str(model_owner).startswith("SRV_"):
             # the site's personalised model made from the server's (final or best) global model
             try:
                 if personal.method == "finetune":

@@ -47,7 +47,7 @@ at the others) no better than FedAvg's global model on the ``organs`` benchmark
 Cost: at a 32^3 crop and ``channels[-1] = 64`` the bottleneck holds 64 tokens and attends over
 64 + 16 keys, negligible next to the convolutions. The adapter works at half resolution: PyTorch's
 depthwise 3D convolution is slow on CPUs, and at full resolution it made a training step of the
-``tiny`` preset several times slower. A second DCA level in the decoder was left out: its 512
+``tiny`` preset much slower. A second DCA level in the decoder was left out: its 512
 tokens of width 32 would add personal parameters where features are local (texture, edges) rather
 than organ-level, for cost and no argued benefit.
 """
@@ -61,7 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fedsegnet.errors import ConfigError, check_int
+from fedsegnet.errors import ConfigError, check_int, check_number
 from fedsegnet.networks.hybrid import HybridTransformerUNet, build_hybrid_family
 from fedsegnet.networks.personal import norm_keys, split_personal
 from fedsegnet.networks.registry import register_network
@@ -115,8 +115,7 @@ class DecoupledCrossAttention(nn.Module):
         if dim % num_heads:
             raise ConfigError("num_heads", num_heads, f"must divide the token width dim={dim}")
         num_memory = check_int("num_memory", num_memory, 0)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError("dropout", dropout, "must be a number in [0, 1)")
+        check_number("dropout", dropout, 0.0, 1.0)
         if not isinstance(qkv_bias, bool):
             raise ConfigError("qkv_bias", qkv_bias, "must be True or False")
         self.dim = dim

@@ -56,7 +56,7 @@ from monai.networks.blocks import (
 )
 from monai.networks.blocks.dynunet_block import get_conv_layer
 
-from fedsegnet.errors import ConfigError
+from fedsegnet.errors import ConfigError, check_int, check_number
 from fedsegnet.networks.registry import check_kwargs, register_network
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,6 @@ __all__ = ["HybridTransformerUNet", "NORMS", "build_hybrid_family", "build_hybri
 NORMS = ("instance", "batch", "group")
 
 _ACT = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
-
-
-def _positive_int(field: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(field, value, "must be an integer >= 1")
-    return int(value)
 
 
 class HybridTransformerUNet(nn.Module):
@@ -116,12 +110,12 @@ class HybridTransformerUNet(nn.Module):
         norm: str = "instance",
     ) -> None:
         super().__init__()
-        in_channels = _positive_int("in_channels", in_channels)
-        out_channels = _positive_int("out_channels", out_channels)
+        in_channels = check_int("in_channels", in_channels, 1)
+        out_channels = check_int("out_channels", out_channels, 1)
         if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) < 2:
             raise ConfigError("channels", channels, "must be a sequence of at least 2 integers >= 1")
-        channels = tuple(_positive_int("channels", c) for c in channels)
-        num_heads = _positive_int("num_heads", num_heads)
+        channels = tuple(check_int("channels", c, 1) for c in channels)
+        num_heads = check_int("num_heads", num_heads, 1)
         if channels[-1] % num_heads:
             raise ConfigError(
                 "num_heads", num_heads, f"must divide the transformer width channels[-1]={channels[-1]}"
@@ -130,8 +124,7 @@ class HybridTransformerUNet(nn.Module):
             raise ConfigError("num_layers", num_layers, "must be an integer >= 0")
         if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
             raise ConfigError("mlp_ratio", mlp_ratio, "must be a number > 0")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError("dropout", dropout, "must be a number in [0, 1)")
+        check_number("dropout", dropout, 0.0, 1.0)
         if norm not in NORMS:
             raise ConfigError("norm", norm, "unknown normalisation", options=NORMS)
 

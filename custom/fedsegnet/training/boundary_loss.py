@@ -151,7 +151,11 @@ def boundary_consistency(
         )
     if tuple(label.shape) != (b, 1, *spatial):
         raise ValueError(f"expected label {(b, 1, *spatial)}, got {tuple(label.shape)}")
-    ids = _check_label(label, c)
+    return _band_loss(logits, logits_perturbed, _check_label(label, c), band, kl_weight, ce_weight)
+
+
+def _band_loss(logits, logits_perturbed, ids, band, kl_weight: float, ce_weight: float) -> torch.Tensor:
+    """:func:`boundary_consistency` on inputs already checked (``ids``: the label as long)."""
     mask = band[:, 0]
     if not bool(mask.any()):
         return (logits.sum() + logits_perturbed.sum()) * 0.0
@@ -276,7 +280,6 @@ class PerturbedBoundaryLoss:
         if not bool(band.any()):
             return logits.sum() * 0.0
         logits_perturbed = model(self.perturb(image, generator))
-        consistency = boundary_consistency(
-            logits, logits_perturbed, label, band, kl_weight=self.kl_weight, ce_weight=self.ce_weight
-        )
+        # the label was checked by boundary_band: no second pass over it in the training step
+        consistency = _band_loss(logits, logits_perturbed, label.long(), band, self.kl_weight, self.ce_weight)
         return self.weight * consistency

@@ -61,7 +61,7 @@ def personal_key_names(model: nn.Module, config: PersonalConfig) -> list[str]:
         ConfigError: ``network`` when ``dca`` is asked of a network without personal parameters;
             ``personal_keys`` when a pattern matches no key.
     """
-    keys = list(state_dict_for_exchange(model))
+    keys = [strip_prefixes(k) for k in model.state_dict()]  # the exchange keys (names only, no tensor copies)
     chosen: set[str] = set()
     if config.method == "fedbn":
         chosen |= {strip_prefixes(k) for k in norm_keys(model)}
@@ -126,9 +126,6 @@ class PersonalStore:
     def __init__(self, path: str | Path, site: str | None = None):
         self.path = Path(path)
         self.site = site
-
-    def exists(self) -> bool:
-        return self.path.is_file()
 
     def load(self) -> dict | None:
         """The stored state, or None when there is none yet.

@@ -29,6 +29,7 @@ from fedsegnet.data.transforms import (
 from fedsegnet.errors import DataError, FedSegNetError
 from fedsegnet.networks import build_network
 from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement, weak_label_agreement
+from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
 from fedsegnet.training.losses import build_loss
 from fedsegnet.training.personal import PersonalStore, personal_key_names, personalise, proximal_term
 from fedsegnet.training.weak_losses import WeakSupervisionLoss
@@ -206,15 +207,12 @@ class SiteTrainer:
         self.store = PersonalStore(Path(personal_dir) / f"{self.site}.pt", site=self.site) if personal_dir else None
         self._personal: dict[str, torch.Tensor] = {}  # this site's values of its personal keys
         self._personal_model: dict[str, torch.Tensor] | None = None  # ditto's / the fine-tuned model
-        self._personal_round = None  # the round the fine-tuned model was made from
         self.personal_net = None  # ditto's personal network (built on first use)
         self._personal_opt = None
         self.ditto_helper = None  # FLARE's PTDittoHelper when run by the FLARE Learner (fedsegnet.flare.ditto)
         self._helper_loaded = False
         self.boundary_loss = None
         if personal.boundary_weight > 0:
-            from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
-
             if self.datalist.label_kind in ("box", "tag"):
                 logger.warning("%s: boundary loss off: a %s site has no label boundaries", self.site, self.datalist.label_kind)
             else:
@@ -356,11 +354,13 @@ class SiteTrainer:
             extra_loss=self.boundary_loss,
         )
 
-    def _personal_network(self, weights: dict):
+    def _personal_network(self, weights: dict, fresh_optimizer: bool = False):
+        """The site's second network (Ditto's model, the fine-tuned one) loaded with ``weights``."""
         if self.personal_net is None:
             self.personal_net = copy.deepcopy(self.model)
-            self._personal_opt = make_optimizer(self.personal_net, lr=self.config.preset.lr,
-                                                weight_decay=self.config.preset.weight_decay)  # fmt: skip
+        if self._personal_opt is None or fresh_optimizer:
+            p = self.config.preset
+            self._personal_opt = make_optimizer(self.personal_net, lr=p.lr, weight_decay=p.weight_decay)
         load_exchanged_weights(self.personal_net, weights, strict=True)
         return self.personal_net
 
@@ -417,13 +417,11 @@ class SiteTrainer:
         Returns:
             The loop statistics.
         """
-        net = self._personal_network(personalise(global_weights, self._personal))
-        self._personal_opt = make_optimizer(net, lr=self.config.preset.lr, weight_decay=self.config.preset.weight_decay)
+        net = self._personal_network(personalise(global_weights, self._personal), fresh_optimizer=True)
         steps = steps or self.personal.personal_steps or self.config.local_steps
         round = self.rounds_done if round is None else int(round)
         stats = self._train(net, self._personal_opt, steps, round, should_stop, None, desc=f"{self.site} fine-tune")
         self._personal_model = state_dict_for_exchange(net)
-        self._personal_round = round
         self._save_personal(round)
         return stats
 
