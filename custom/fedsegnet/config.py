@@ -8,6 +8,9 @@ few fields; :func:`build_train_config` validates the result and names the bad fi
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from fedsegnet.errors import ConfigError, check_int, check_number
@@ -313,13 +316,16 @@ def build_train_config(
     Raises:
         ConfigError: naming the field, the bad value and the valid options.
     """
+    checked = check_job_args(
+        dict(preset=preset, local_steps=local_steps, seed=seed, network=network, patch_size=patch_size,
+             num_workers=num_workers, val_max_cases=val_max_cases, torch_threads=torch_threads)
+    )  # fmt: skip
+    local_steps, seed, val_max_cases, torch_threads = (checked[k] for k in ("local_steps", "seed", "val_max_cases", "torch_threads"))
     base = get_preset(preset)
     changes = {}
     if network is not None:
-        from fedsegnet.networks.registry import EXTENDS, NETWORKS  # local import: networks import torch/monai
+        from fedsegnet.networks.registry import EXTENDS  # local import: networks import torch/monai
 
-        if network not in NETWORKS:
-            raise ConfigError("network", network, "unknown network", options=sorted(NETWORKS))
         changes["network"] = network
         if network != base.network and EXTENDS.get(network) != base.network:
             changes["network_kwargs"] = {}  # another family: the preset's arguments do not apply
@@ -338,9 +344,7 @@ def build_train_config(
     if amp is not None:
         changes["amp"] = bool(amp)
     if num_workers is not None:
-        if int(num_workers) < 0:
-            raise ConfigError("num_workers", num_workers, "must be >= 0")
-        changes["num_workers"] = int(num_workers)
+        changes["num_workers"] = num_workers
     if cache_rate is not None:
         if not 0.0 <= float(cache_rate) <= 1.0:
             raise ConfigError("cache_rate", cache_rate, "must be in [0, 1]")
@@ -348,18 +352,8 @@ def build_train_config(
     resolved = dataclasses.replace(base, **changes) if changes else base
     if resolved.intensity not in INTENSITY_MODES:
         raise ConfigError("intensity", resolved.intensity, "unknown mode", options=INTENSITY_MODES)
-    if int(local_steps) < 1:
-        raise ConfigError("local_steps", local_steps, "must be >= 1")
-    if int(val_max_cases) < 0:
-        raise ConfigError("val_max_cases", val_max_cases, "must be >= 0")
-    if int(torch_threads) < 0:
-        raise ConfigError("torch_threads", torch_threads, "must be >= 0")
     return TrainConfig(
-        preset=resolved,
-        local_steps=int(local_steps),
-        seed=int(seed),
-        val_max_cases=int(val_max_cases),
-        torch_threads=int(torch_threads),
+        preset=resolved, local_steps=local_steps, seed=seed, val_max_cases=val_max_cases, torch_threads=torch_threads
     )
 
 
@@ -421,3 +415,272 @@ class PersonalConfig:
     def enabled(self) -> bool:
         """True when the site personalises at all (a method other than ``none``, or ``personal_keys``)."""
         return self.method != "none" or bool(self.personal_keys)
+
+
+# ------------------------------------------------------------------------------------------- job args
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""What a FLARE job id looks like (``resume_from``): letters, digits, ``-``, ``_``, ``.``; no path separators."""
+
+ARG_KINDS = ("int", "float", "bool", "choice", "str", "names", "triple", "job_id")
+
+
+@dataclass(frozen=True)
+class JobArg:
+    """One job arg: its type, the values it may take, its default and what it does.
+
+    Job args are the top-level variables of a job's ``config_fed_{server,client}.json``. Every
+    component that reads one (the Learner, the filters, the aggregator, the persistor, the Recipes,
+    ``fedsegnet job set``) checks it with :meth:`check`, so a bad value gets the same message
+    wherever it is found.
+
+    Args:
+        name: the job arg's name.
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``options``), ``"str"``,
+            ``"names"`` (a list of non-empty strings), ``"triple"`` (an int or 3 ints, e.g. a patch
+            size) or ``"job_id"`` (empty, or a FLARE job id).
+        default: the value a job starts with.
+        help: one line for ``fedsegnet job args``.
+        low: smallest value (``int``, ``float``, ``triple``). Defaults to None (no bound).
+        high: largest value (``int``, ``float``). Defaults to None (no bound).
+        low_open: ``low`` itself is not allowed. Defaults to False.
+        options: the allowed values of a ``choice``: a tuple, or the name of a function in
+            :data:`_OPTION_SOURCES` that returns them (registries filled at import). Defaults to ().
+        null: what ``null`` (None) means when it is allowed (``"the preset's"``); empty: not
+            allowed. Defaults to "".
+    """
+
+    name: str
+    kind: str
+    default: object
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    options: tuple | str = ()
+    null: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ARG_KINDS:
+            raise ConfigError("kind", self.kind, f"job arg {self.name!r}: unknown kind", options=ARG_KINDS)
+
+    def allowed(self) -> tuple:
+        """The options of a ``choice`` (resolved when they come from a registry)."""
+        if isinstance(self.options, str):
+            return tuple(_OPTION_SOURCES[self.options]())
+        return tuple(self.options)
+
+    def describe(self) -> str:
+        """What values are allowed, in words (``int >= 1``, ``one of aam, mean``, ...)."""
+        if self.kind in ("int", "float", "triple"):
+            what = {"int": "an integer", "float": "a number", "triple": "an integer or 3 integers"}[self.kind]
+            bounds = []
+            if self.low is not None:
+                bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            if self.high is not None:
+                bounds.append(f"<= {self.high:g}")
+            text = f"{what} {' and '.join(bounds)}".strip()
+        elif self.kind == "choice":
+            text = "one of " + ", ".join(map(str, self.allowed()))
+        elif self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "names":
+            text = "a list of name patterns"
+        elif self.kind == "job_id":
+            text = "empty or a job id"
+        else:
+            text = "a text"
+        return text + (f" or null ({self.null})" if self.null else "")
+
+    def check(self, value):
+        """``value`` if this job arg may take it (ints given as ``2.0`` stay refused), else ConfigError.
+
+        Returns:
+            the value in its canonical form (floats for ``float``, a list for ``names``, a list of
+            3 ints or one int for ``triple``).
+
+        Raises:
+            ConfigError: naming the job arg, the value and what is allowed.
+        """
+        if value is None:
+            if self.null:
+                return None
+            raise ConfigError(self.name, value, f"must be {self.describe()}")
+        bad = ConfigError(self.name, value, f"must be {self.describe()}")
+        if self.kind in ("int", "float"):
+            integral = isinstance(value, int) and not isinstance(value, bool)
+            number = integral or (isinstance(value, float) and math.isfinite(value))
+            if not (integral if self.kind == "int" else number):
+                raise bad
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                raise bad
+            if self.high is not None and value > self.high:
+                raise bad
+            return int(value) if self.kind == "int" else float(value)
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.kind == "choice":
+            options = self.allowed()
+            if isinstance(value, bool) or value not in options:
+                raise ConfigError(self.name, value, "unknown value", options=options)
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise bad
+            return value
+        if self.kind == "names":
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise bad
+            if not all(isinstance(v, str) and v for v in value):
+                raise bad
+            return list(value)
+        if self.kind == "triple":
+            items = [value] if not isinstance(value, (list, tuple)) else list(value)
+            if len(items) not in (1, 3) or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+                raise bad
+            if self.low is not None and any(v < self.low for v in items):
+                raise bad
+            return items[0] if not isinstance(value, (list, tuple)) else items
+        # job_id
+        if value == "":
+            return ""
+        if not isinstance(value, str) or not JOB_ID_PATTERN.match(value) or value in (".", ".."):
+            raise ConfigError(self.name, value, "not a job id (letters, digits, '-', '_', '.'; e.g. the id `nvflare job list` shows)")
+        return value
+
+
+def _network_names() -> tuple:
+    from fedsegnet.networks.registry import NETWORKS  # local import: networks import torch/monai
+
+    return tuple(sorted(NETWORKS))
+
+
+def _aggregation_methods() -> tuple:
+    from fedsegnet.aggregation import METHODS
+
+    return tuple(METHODS)
+
+
+def _quant_bits() -> tuple:
+    from fedsegnet.compression.quantize import QUANT_BITS
+
+    return tuple(QUANT_BITS)
+
+
+_OPTION_SOURCES = {
+    "presets": lambda: tuple(sorted(PRESETS)),
+    "networks": _network_names,
+    "aggregation": _aggregation_methods,
+    "bits": _quant_bits,
+}
+
+
+def _args(*args: JobArg) -> dict[str, JobArg]:
+    return {a.name: a for a in args}
+
+
+JOB_ARGS: dict[str, JobArg] = _args(
+    # --- the federation (server)
+    JobArg("num_rounds", "int", 5, "federated rounds in all (a resumed job counts the rounds already done)", low=1),
+    JobArg("min_clients", "int", 2, "sites needed to start the job and each round", low=1),
+    JobArg("train_timeout", "int", 0, "seconds the server waits for a site's update (0 = no limit)", low=0),
+    JobArg("wait_after_min_clients", "int", 10, "seconds a round waits for more sites once min_clients updates are in", low=0),
+    JobArg("ignore_result_error", "bool", True, "a site whose update is refused is skipped; false: the round fails", null="FLARE's rule"),
+    JobArg("cse_submit_timeout", "int", 600, "seconds cross-site evaluation waits for a site's model", low=1),
+    JobArg("cse_validation_timeout", "int", 6000, "seconds cross-site evaluation waits for a site's scores", low=1),
+    JobArg("resume_from", "job_id", "", "id of an interrupted job of this server to continue (empty: fresh start)"),
+    # --- the model (server and sites)
+    JobArg("preset", "choice", "cpu", "settings bundle: network, patch, spacing, optimiser (fedsegnet.config.PRESETS)", options="presets"),
+    JobArg("network", "choice", None, "network registry name instead of the preset's", options="networks", null="the preset's"),
+    JobArg("patch_size", "triple", None, "training crop and sliding-window size in voxels", low=4, null="the preset's"),
+    JobArg("num_classes", "int", None, "classes including background", low=2, null="the preset's"),
+    JobArg("in_channels", "int", None, "image channels", low=1, null="the preset's"),
+    JobArg("seed", "int", 0, "job seed: initial weights, crops, sampling (each site derives its own)", low=0),
+    # --- local training (sites)
+    JobArg("data_root", "str", None, "folder with one sub-folder per site", null="$FEDSEGNET_DATA_ROOT at the site"),
+    JobArg("local_steps", "int", 50, "optimiser steps per round at each site", low=1),
+    JobArg("val_max_cases", "int", 0, "validation cases per evaluation (0 = all)", low=0),
+    JobArg("torch_threads", "int", 0, "torch CPU threads per site (0 = torch's default)", low=0),
+    JobArg("num_workers", "int", None, "DataLoader worker processes per site", low=0, null="the preset's"),
+    JobArg("fedprox_mu", "float", 0.0, "FedProx proximal weight (FLARE's PTFedProxLoss; 0 = off)", low=0),
+    JobArg("pseudo_threshold", "float", 0.8, "box/tag sites keep the global model's pseudo-label where its probability reaches this", low=0, high=1),
+    JobArg("pseudo_ramp_rounds", "int", 5, "rounds over which the pseudo-label loss weight grows from 0 to 1", low=0),
+    # --- personalisation (sites; see PersonalConfig)
+    JobArg("personalization", "choice", "none", "what each site keeps to itself", options=PERSONALIZATION),
+    JobArg("personal_keys", "names", [], "extra parameter-name patterns (fnmatch) that stay at the sites"),
+    JobArg("ditto_lambda", "float", 0.1, "Ditto's proximal weight of the personal model", low=0),
+    JobArg("personal_steps", "int", 0, "steps of the personal model (ditto) or the final fine-tuning (0 = local_steps)", low=0),
+    JobArg("boundary_weight", "float", 0.0, "weight of the perturbed boundary loss (0 = off)", low=0),
+    JobArg("boundary_band", "int", 2, "half-width in voxels of the boundary loss's band", low=1),
+    JobArg("boundary_perturbation", "float", 0.1, "input noise of the boundary loss, share of the image's sd", low=0, low_open=True),
+    # --- aggregation (server)
+    JobArg("aggregation", "choice", "aam", "how the server combines updates (aam, FedAvg weights, coordinate-wise median or trimmed mean)", options="aggregation"),
+    JobArg("aam_temperature", "float", 0.05, "AAM softmax temperature (smaller: sharper)", low=0, low_open=True),
+    JobArg("aam_floor", "float", 0.02, "lowest AAM weight of an accepted site", low=0, high=0.99),
+    JobArg("aam_cap", "float", 0.6, "highest AAM weight of any site", low=0, high=1, low_open=True),
+    # --- compression (sites: up_*, server: down_*; both: the rest)
+    JobArg("up_ratio", "float", 0.1, "share of each tensor's values a site sends", low=0, high=1, low_open=True),
+    JobArg("up_bits", "choice", 4, "bits per value a site sends", options="bits"),
+    JobArg("down_ratio", "float", 0.1, "share of each tensor's values of the global model difference the server sends", low=0, high=1, low_open=True),
+    JobArg("down_bits", "choice", 4, "bits per value the server sends", options="bits"),
+    JobArg("down_first_bits", "choice", 8, "bits per value of the first full global model a site receives (32 = exact)", options="bits"),
+    JobArg("compression_block", "int", 256, "values per quantization scale (0 = one scale per tensor)", low=0),
+    JobArg("compression_scope", "choice", "tensor", "top-k within each tensor, or one threshold over the model", options=("tensor", "global")),
+    JobArg("dense_bits", "choice", 8, "bits per value of small tensors sent dense", options="bits"),
+)
+"""Every job arg of ``jobs/fedsegnet`` and ``jobs/fedavg``, declared once (tests check that every
+variable of both jobs' configs is here and that every component's default equals the one here)."""
+
+
+def job_arg(name: str) -> JobArg:
+    """The declaration of job arg ``name``.
+
+    Raises:
+        ConfigError: ``name`` is not a job arg.
+    """
+    if name not in JOB_ARGS:
+        raise ConfigError(name, None, "not a FedSegNet job arg", options=sorted(JOB_ARGS))
+    return JOB_ARGS[name]
+
+
+def check_job_args(values: Mapping, names: Mapping[str, str] | None = None) -> dict:
+    """Check job-arg values against their declarations.
+
+    Args:
+        values: ``{name: value}``; names not declared raise.
+        names: ``{name in values: job arg name}`` where a component's argument has another name than
+            the job arg it takes (the aggregator's ``temperature`` is ``aam_temperature``). Defaults
+            to None (the same names).
+
+    Returns:
+        ``{name: canonical value}`` under the names of ``values``.
+
+    Raises:
+        ConfigError: the first bad value, naming the job arg, the value and what is allowed.
+    """
+    names = names or {}
+    return {key: job_arg(names.get(key, key)).check(value) for key, value in values.items()}
+
+
+def check_job(values: Mapping) -> dict:
+    """Check a whole job's args: each against its declaration, then the rules that join several.
+
+    Args:
+        values: ``{job arg: value}`` of one job (server and site configs merged); undeclared names raise.
+
+    Returns:
+        ``{name: canonical value}``.
+
+    Raises:
+        ConfigError: naming the job arg, the value and what is allowed.
+    """
+    out = check_job_args(values)
+    if "aam_floor" in out and "aam_cap" in out and out["aam_floor"] > out["aam_cap"]:
+        raise ConfigError("aam_floor", out["aam_floor"], f"must be <= aam_cap={out['aam_cap']}")
+    if "preset" in out:
+        config = build_train_config(
+            **{k: out[k] for k in ("preset", "network", "patch_size", "local_steps", "seed", "num_workers", "val_max_cases", "torch_threads") if k in out}
+        )
+        model_shape(config.preset, out.get("num_classes"), out.get("in_channels"))
+    return out

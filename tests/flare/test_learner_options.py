@@ -14,8 +14,14 @@ from fedsegnet.flare.learner import SegLearner
 
 
 def test_negative_fedprox_mu_is_named():
-    with pytest.raises(ValueError, match="fedprox_mu"):
-        SegLearner(fedprox_mu=-0.1)
+    """A bad job arg never raises out of the constructor (FLARE would show a traceback); the site
+    answers every task with the message naming it."""
+    learner = SegLearner(fedprox_mu=-0.1, analytic_sender_id="")
+    ctx = FLContext()
+    ctx.put(ReservedKey.IDENTITY_NAME, "site-1", private=False, sticky=False)
+    learner.initialize({}, ctx)
+    assert learner.init_error == "fedprox_mu=-0.1: must be a number >= 0"
+    assert learner.train(DXO(DataKind.WEIGHTS, data={}).to_shareable(), ctx, Signal()).get_return_code() != "OK"
 
 
 def test_fedprox_and_agreement_reach_the_update(tmp_path):

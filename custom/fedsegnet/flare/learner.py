@@ -23,8 +23,8 @@ from nvflare.app_common.abstract.learner_spec import Learner
 from nvflare.app_common.app_constant import AppConstants, ValidateType
 from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
-from fedsegnet.config import PersonalConfig, build_train_config, model_shape
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.config import PersonalConfig, build_train_config, check_job_args, model_shape
+from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
     ERROR_HEADER,
@@ -54,6 +54,15 @@ def _metrics(result) -> dict:
         "per_class": summary["per_class"],
         **({"per_region": summary["per_region"]} if "per_region" in summary else {}),
     }
+
+
+# the constructor arguments that are job args (same names; checked against fedsegnet.config.JOB_ARGS)
+_JOB_ARG_PARAMS = (
+    "data_root", "num_classes", "in_channels", "preset", "local_steps", "seed", "network", "patch_size",
+    "val_max_cases", "torch_threads", "num_workers", "fedprox_mu", "pseudo_threshold", "pseudo_ramp_rounds",
+    "personalization", "personal_keys", "ditto_lambda", "personal_steps", "boundary_weight", "boundary_band",
+    "boundary_perturbation", "resume_from",
+)  # fmt: skip
 
 
 class SegLearner(Learner):
@@ -140,8 +149,13 @@ class SegLearner(Learner):
         resume_from: str = "",
     ):
         super().__init__()
-        if not float(fedprox_mu) >= 0:
-            raise ValueError(f"fedprox_mu={fedprox_mu!r}: must be >= 0")
+        given = dict(locals())
+        self.arg_error = None  # a bad job arg (hand-edited config): reported with every task, see initialize
+        try:
+            checked = check_job_args({k: given[k] for k in _JOB_ARG_PARAMS})
+        except ConfigError as e:
+            self.arg_error, checked = e, {}
+        fedprox_mu = checked.get("fedprox_mu", 0.0)
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind={label_kind!r}: unknown label kind (valid: {', '.join(LABEL_KINDS)})")
         self.data_root = data_root
@@ -161,10 +175,10 @@ class SegLearner(Learner):
         self.label_kind = label_kind
         self.analytic_sender_id = analytic_sender_id
         self.device = device
-        self.fedprox_mu = float(fedprox_mu)
+        self.fedprox_mu = fedprox_mu
         self.agreement_batches = int(agreement_batches)
-        self.pseudo_threshold = float(pseudo_threshold)
-        self.pseudo_ramp_rounds = int(pseudo_ramp_rounds)
+        self.pseudo_threshold = pseudo_threshold
+        self.pseudo_ramp_rounds = pseudo_ramp_rounds
         self.personalization = personalization
         self.personal_keys = personal_keys
         self.ditto_lambda = ditto_lambda
@@ -187,6 +201,8 @@ class SegLearner(Learner):
             if self.writer is None:
                 self.log_warning(fl_ctx, f"no component {self.analytic_sender_id!r}: metrics are not streamed")
         try:
+            if self.arg_error is not None:
+                raise self.arg_error
             from fedsegnet.training.site import SiteTrainer  # heavy imports (MONAI) only at the site
 
             data_root = self.data_root or os.environ.get(DATA_ROOT_ENV)

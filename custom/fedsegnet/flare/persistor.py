@@ -18,11 +18,11 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_opt.pt.file_model_persistor import PTFileModelPersistor
 
-from fedsegnet.config import build_train_config, model_shape
+from fedsegnet.config import build_train_config, check_job_args, model_shape
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.aggregator import aggregation_for
 from fedsegnet.flare.constants import AAM_STATE_KEY, ROUND_RECORDS_FILE
-from fedsegnet.flare.resume import ROUND_KEY, check_job_id, copy_records, find_resume_point
+from fedsegnet.flare.resume import ROUND_KEY, copy_records, find_resume_point
 from fedsegnet.networks.spec import model_spec
 
 
@@ -73,6 +73,10 @@ class SegModelPersistor(PTFileModelPersistor):
     ):
         from fedsegnet.training.site import build_model_for
 
+        check_job_args(
+            dict(num_classes=num_classes, in_channels=in_channels, preset=preset, network=network,
+                 patch_size=patch_size, seed=seed, resume_from=resume_from or "")
+        )  # fmt: skip
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.preset = preset
@@ -81,8 +85,6 @@ class SegModelPersistor(PTFileModelPersistor):
         self.seed = seed
         self.aggregator_id = aggregator_id
         self.resume_from = resume_from or ""
-        if self.resume_from:
-            check_job_id(self.resume_from)
         self.rounds_completed = 0
         config = build_train_config(preset=preset, network=network, patch_size=patch_size, seed=seed)
         classes, channels = model_shape(config.preset, num_classes, in_channels)

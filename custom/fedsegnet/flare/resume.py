@@ -23,18 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsegnet.config import JOB_ID_PATTERN
 from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.constants import ROUND_RECORDS_FILE
 
 ROUND_KEY = "fedsegnet_round"
 """Key in the saved global model's ``train_conf``: ``{"completed": rounds done, "job_id": id}``."""
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_JOB_ID = JOB_ID_PATTERN
 
 
 def check_job_id(value: str, field: str = "resume_from") -> str:
