@@ -1,6 +1,7 @@
 import copy
 import logging
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from fedsegnet.compression import (
     payload_nbytes,
     select_topk,
 )
-from fedsegnet.compression.codec import unpack_payload
+from fedsegnet.compression.codec import pack_payload, unpack_payload
+from fedsegnet.errors import ConfigError
 
 
 def _update(seed=0, scale=0.01):
@@ -224,6 +226,58 @@ def test_malformed_payload_is_rejected_with_the_reason(case, match):
 def test_payload_not_a_dict():
     with pytest.raises(PayloadError, match="payload must be a dict"):
         decode_payload([1, 2, 3])
+
+
+def _empty_sparse(shape):
+    """A payload of one sparse tensor that sends nothing but declares ``shape``."""
+    record = {
+        "shape": list(shape), "dtype": "float32", "mode": "sparse", "count": 0, "index_coding": "varint",
+        "index": np.zeros(0, np.uint8), "bits": 8, "block": 256, "values": np.zeros(0, np.uint8),
+        "scales": np.zeros(0, np.float32),
+    }  # fmt: skip
+    return pack_payload({"w": record}, 256)
+
+
+def test_huge_declared_shape_is_refused_before_allocating():
+    payload = _empty_sparse([2**31 - 1, 2**31 - 1, 2**31 - 1])  # 72 bytes of arrays, 2**93 values declared
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadError, match="more than the decoder's bound of 268435456 .*largest: w"):
+            decode_payload(payload)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_max_values_is_the_bound_without_a_reference():
+    assert decode_payload(_empty_sparse([10, 100]), max_values=1000)["w"].shape == (10, 100)
+    with pytest.raises(PayloadError, match="declares 1001 values, more than the decoder's bound of 1000"):
+        decode_payload(_empty_sparse([1001]), max_values=1000)
+    # with a reference, its shapes are the bound, whatever max_values says
+    assert decode_payload(_empty_sparse([1001]), reference={"w": (1001,)}, max_values=10)["w"].shape == (1001,)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "10", True])
+def test_bad_max_values_names_the_argument(bad):
+    with pytest.raises(ConfigError, match="max_values"):
+        decode_payload(_empty_sparse([4]), max_values=bad)
+
+
+def test_code_times_huge_scale_is_rejected_naming_the_tensor():
+    update, _ = _payload()
+    payload, _ = SparseQuantCodec(ratio=0.05, bits=8).encode(update)
+    payload["scales"][:] = 3e38  # finite scales; 127 steps of one overflow float32
+    with pytest.raises(PayloadError, match="enc.conv.weight: 8-bit codes times scales overflow float32"):
+        decode_payload(payload, reference=update)
+
+
+def test_float32_value_declared_float16_is_rejected_naming_the_tensor():
+    update = {"w": torch.full((8,), 1e6), "b": torch.zeros(4)}
+    payload, _ = SparseQuantCodec(ratio=1.0, dense_bits=32).encode(update)
+    payload["table"][payload["names"].index("w"), 1] = 2  # dtype code of float16: max 65504
+    with pytest.raises(PayloadError, match="w: decoded values overflow to Inf as float16"):
+        decode_payload(payload, reference=update)
 
 
 # --------------------------------------------------------------------------- error feedback

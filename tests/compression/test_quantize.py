@@ -90,3 +90,17 @@ def test_nan_in_float_values_is_rejected():
     codes[2] = np.nan
     with pytest.raises(PayloadError, match="NaN or Inf"):
         dequantize(codes, scales, 10, 16)
+
+
+def test_code_times_a_huge_finite_scale_is_rejected():
+    codes, scales = quantize(_vals(100), 8, 64)
+    scales = np.full_like(scales, 3e38)  # finite, but 127 steps of it overflow float32
+    with pytest.raises(PayloadError, match="dec.w: 8-bit codes times scales overflow float32"):
+        dequantize(codes, scales, 100, 8, 64, name="dec.w")
+
+
+def test_a_huge_block_is_not_expanded():
+    # one scale for 3 values, declared with a block of 2**40: the decoder never builds 2**40 scales
+    codes, scales = quantize(_vals(3), 8, 0)
+    out = dequantize(codes, scales, 3, 8, 2**40)
+    np.testing.assert_allclose(out.numpy(), dequantize(codes, scales, 3, 8, 0).numpy())

@@ -9,6 +9,7 @@
 
 from fedsegnet.compression.codec import (
     CODECS,
+    MAX_PAYLOAD_VALUES,
     PAYLOAD_FORMAT,
     PAYLOAD_VERSION,
     SparseQuantCodec,
@@ -24,7 +25,7 @@ from fedsegnet.compression.quantize import dequantize, quantize
 from fedsegnet.compression.sparsify import sampled_threshold, select_topk
 
 __all__ = [
-    "CODECS", "PAYLOAD_FORMAT", "PAYLOAD_VERSION", "SparseQuantCodec", "build_codec", "decode_payload",
+    "CODECS", "MAX_PAYLOAD_VALUES", "PAYLOAD_FORMAT", "PAYLOAD_VERSION", "SparseQuantCodec", "build_codec", "decode_payload",
     "is_payload", "payload_nbytes", "update_norm", "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices",
     "dequantize", "quantize", "sampled_threshold", "select_topk", "atomic_torch_save",
 ]  # fmt: skip

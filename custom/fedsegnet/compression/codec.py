@@ -24,6 +24,12 @@ per tensor field (which, for a model of many small tensors, outweighs the data a
 
 :func:`decode_payload` checks every field against the format (and, given reference shapes, against
 the model) and raises :class:`PayloadError` naming the tensor and the problem.
+
+What the decoder guarantees, whatever bytes it is given: it returns a finite update of bounded
+size or raises :class:`PayloadError`. The bound is checked on the declared sizes before anything is
+allocated: with reference shapes, exactly the reference's names and shapes; without, at most
+``max_values`` values over all tensors (:data:`MAX_PAYLOAD_VALUES` by default). Working memory is
+linear in the values declared (tens of bytes per value at most) plus the payload's own size.
 """
 
 from __future__ import annotations
@@ -35,11 +41,16 @@ import numpy as np
 import torch
 
 from fedsegnet.compression.index_coding import INDEX_CODINGS, PayloadError, decode_indices, encode_indices
-from fedsegnet.compression.quantize import check_bits, dequantize, quantize
+from fedsegnet.compression.quantize import QUANT_BITS, check_bits, dequantize, quantize
 from fedsegnet.compression.sparsify import SCOPES, SELECTIONS, select_topk
+from fedsegnet.errors import check_int
 
 PAYLOAD_FORMAT = "fedsegnet.payload"
 PAYLOAD_VERSION = 1
+MAX_PAYLOAD_VALUES = 2**28
+"""Most values (over all tensors) a payload decoded without reference shapes may declare:
+268,435,456, i.e. 1 GiB as float32, four times the largest registered network (UNETR, about 92
+million parameters). :func:`decode_payload` takes ``max_values`` to change it."""
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -201,9 +212,15 @@ class SparseQuantCodec:
         new_residual = {n: flats[n].view(shapes[n]) for n in flats}
         return payload, new_residual
 
-    def decode(self, payload: Mapping, reference: Mapping | None = None, as_numpy: bool = True) -> dict:
+    def decode(
+        self,
+        payload: Mapping,
+        reference: Mapping | None = None,
+        as_numpy: bool = True,
+        max_values: int = MAX_PAYLOAD_VALUES,
+    ) -> dict:
         """Decode a payload (any codec settings; they travel in the payload). See :func:`decode_payload`."""
-        return decode_payload(payload, reference=reference, as_numpy=as_numpy)
+        return decode_payload(payload, reference=reference, as_numpy=as_numpy, max_values=max_values)
 
 
 def is_payload(data) -> bool:
@@ -251,7 +268,7 @@ def _array(payload: Mapping, field: str, dtype, ndim: int = 1) -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(dtype) or arr.ndim != ndim:
         got = f"{arr.dtype.name} array of {arr.ndim} dims" if isinstance(arr, np.ndarray) else type(arr).__name__
         raise PayloadError(f"payload: field {field!r} must be a {ndim}-D {np.dtype(dtype).name} array, got {got}")
-    return arr
+    return np.ascontiguousarray(arr)  # a strided view cannot be reinterpreted as floats
 
 
 def unpack_payload(payload: Mapping) -> dict[str, dict]:
@@ -281,8 +298,8 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
         raise PayloadError(f"payload: field 'table' has shape {table.shape}, expected ({len(names)}, {len(_TABLE_COLUMNS)})")
     shapes, index = _array(payload, "shapes", np.int32).astype(np.int64), _array(payload, "index", np.uint8)
     values, scales = _array(payload, "values", np.uint8), _array(payload, "scales", np.float32)
-    if (table[:, 5:] < 0).any() or (shapes < 0).any():
-        raise PayloadError("payload: negative sizes in fields 'table' or 'shapes'")
+    if (table[:, [2, 5, 6, 7]] < 0).any() or (shapes < 0).any():
+        raise PayloadError("payload: negative counts or sizes in fields 'table' or 'shapes'")
     for field, arr, need in (
         ("shapes", shapes, int(table[:, 7].sum())),
         ("index", index, int(table[:, 5].sum())),
@@ -298,8 +315,11 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
             raise PayloadError(f"{name}: dtype code {dtype} (valid: 0..{len(_DTYPES) - 1})")
         if mode == 0 and not 0 <= coding < len(INDEX_CODINGS):
             raise PayloadError(f"{name}: index coding code {coding} (valid: 0..{len(INDEX_CODINGS) - 1})")
+        if bits not in QUANT_BITS:
+            raise PayloadError(f"{name}: value bits {bits} (valid: {', '.join(map(str, QUANT_BITS))})")
         shape = shapes[o_shape : o_shape + ndim].tolist()
-        n_vals = count if mode == 0 else math.prod(shape)
+        numel = math.prod(shape)  # a Python int: no overflow, nothing allocated
+        n_vals = count if mode == 0 else numel
         n_scales = 0 if bits in (16, 32) or n_vals == 0 else (1 if block == 0 else -(-n_vals // int(block)))
         raw = values[o_val : o_val + n_val]
         if bits in (16, 32):
@@ -308,7 +328,7 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
                 raise PayloadError(f"{name}: {n_val} value bytes is not a whole number of float{bits} values")
             raw = raw.view(np.float16 if bits == 16 else np.float32)
         records[name] = {
-            "shape": shape, "dtype": _DTYPES[dtype], "mode": _MODES[mode], "count": count,
+            "shape": shape, "numel": numel, "dtype": _DTYPES[dtype], "mode": _MODES[mode], "count": count,
             "index_coding": INDEX_CODINGS[coding] if mode == 0 else None, "index": index[o_idx : o_idx + n_idx],
             "bits": bits, "block": int(block), "values": raw, "scales": scales[o_scale : o_scale + n_scales],
         }  # fmt: skip
@@ -318,22 +338,39 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     return records
 
 
-def decode_payload(payload: Mapping, reference: Mapping | None = None, as_numpy: bool = True) -> dict:
-    """Decode and check a payload.
+def decode_payload(
+    payload: Mapping,
+    reference: Mapping | None = None,
+    as_numpy: bool = True,
+    max_values: int = MAX_PAYLOAD_VALUES,
+) -> dict:
+    """Decode and check a payload: a finite update of bounded size, or :class:`PayloadError`.
+
+    Every declared size is checked before anything is allocated: against ``reference`` when given
+    (exactly its names and shapes), else against ``max_values``.
 
     Args:
         payload: what :meth:`SparseQuantCodec.encode` returned (possibly after serialisation).
         reference: ``{name: shape or array}`` the payload must match exactly (same names, same
-            shapes), e.g. the global model. Defaults to None (no check).
-        as_numpy: return numpy arrays (else torch tensors). Defaults to True.
+            shapes), e.g. the global model. Defaults to None (no check; ``max_values`` bounds it).
+        as_numpy: return numpy arrays (else torch tensors; bfloat16 is always a tensor). Defaults
+            to True.
+        max_values: most values the payload may declare over all its tensors when no
+            ``reference`` is given (with one, the reference's shapes are the bound). Defaults to
+            :data:`MAX_PAYLOAD_VALUES`.
 
     Returns:
-        ``{name: float array of the recorded shape and dtype}``, with zeros where nothing was sent.
+        ``{name: float array of the recorded shape and dtype}``, with zeros where nothing was sent;
+        every value finite in its declared dtype.
 
     Raises:
         PayloadError: unknown format or version, missing or malformed fields, wrong shapes or
-            names against ``reference``, truncated arrays, indices out of range, NaN/Inf.
+            names against ``reference``, more than ``max_values`` values declared, truncated
+            arrays, indices out of range, NaN/Inf in scales or values, or values that overflow to
+            Inf (a code times a huge scale, or a float32 value declared float16).
+        ConfigError: ``max_values`` is not an integer >= 0.
     """
+    max_values = check_int("max_values", max_values, 0)
     records = unpack_payload(payload)
     if reference is not None:
         missing = sorted(set(reference) - set(records))
@@ -343,26 +380,48 @@ def decode_payload(payload: Mapping, reference: Mapping | None = None, as_numpy:
                 f"payload: tensor names differ from the model's: {len(missing)} missing {missing[:3]}, "
                 f"{len(extra)} unexpected {extra[:3]}"
             )
+        for name, rec in records.items():
+            ref_shape = [int(v) for v in getattr(reference[name], "shape", reference[name])]
+            if rec["shape"] != ref_shape:
+                raise PayloadError(f"{name}: shape {rec['shape']} differs from the model's {ref_shape}")
+    else:
+        total = sum(rec["numel"] for rec in records.values())
+        if total > max_values:
+            largest = max(records, key=lambda n: records[n]["numel"])
+            raise PayloadError(
+                f"payload: declares {total} values, more than the decoder's bound of {max_values} "
+                f"(largest: {largest} of shape {records[largest]['shape']})"
+            )
     out = {}
     for name, rec in records.items():
-        shape, numel, count = rec["shape"], math.prod(rec["shape"]), rec["count"]
-        if reference is not None:
-            ref = reference[name]
-            ref_shape = list(getattr(ref, "shape", ref))
-            if shape != ref_shape:
-                raise PayloadError(f"{name}: shape {shape} differs from the model's {ref_shape}")
+        numel, count = rec["numel"], rec["count"]
         if rec["mode"] == "dense":
             if count != numel:
                 raise PayloadError(f"{name}: dense record has count {count} for {numel} values")
-            flat = dequantize(rec["values"], rec["scales"], numel, rec["bits"], rec["block"], name)
+            flat = dequantize(rec["values"], rec["scales"], numel, rec["bits"], rec["block"], name).numpy()
         else:
             idx = decode_indices(rec["index_coding"], rec["index"], count, numel, name)
             vals = dequantize(rec["values"], rec["scales"], count, rec["bits"], rec["block"], name)
-            flat = torch.zeros(numel, dtype=torch.float32)
-            flat[torch.from_numpy(idx)] = vals
-        t = flat.view(shape).to(getattr(torch, rec["dtype"]))
-        out[name] = t.numpy() if as_numpy and rec["dtype"] != "bfloat16" else t
+            flat = np.zeros(numel, dtype=np.float32)
+            flat[idx] = vals.numpy()
+        out[name] = _as_declared(flat.reshape(rec["shape"]), rec["dtype"], name, as_numpy)
     return out
+
+
+def _as_declared(values: np.ndarray, dtype: str, name: str, as_numpy: bool):
+    """``values`` (finite float32) cast to the declared ``dtype``; PayloadError when the cast overflows."""
+    if dtype == "bfloat16":  # numpy has no bfloat16
+        t = torch.from_numpy(values).to(torch.bfloat16)
+        finite = bool(torch.isfinite(t).all())
+    else:
+        with np.errstate(over="ignore"):
+            t = values.astype(dtype, copy=False)
+        finite = t.size == 0 or bool(np.isfinite(t.min()) and np.isfinite(t.max()))
+        if not as_numpy:
+            t = torch.from_numpy(t)
+    if not finite:
+        raise PayloadError(f"{name}: decoded values overflow to Inf as {dtype} (the declared dtype)")
+    return t
 
 
 def payload_nbytes(payload: Mapping) -> int:

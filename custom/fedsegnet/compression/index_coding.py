@@ -67,12 +67,19 @@ def varint_encode(values: np.ndarray) -> np.ndarray:
     return out
 
 
-def varint_decode(data: np.ndarray, count: int, name: str = "tensor") -> np.ndarray:
+def varint_decode(data: np.ndarray, count: int, name: str = "tensor", max_bytes: int | None = None) -> np.ndarray:
     """Decode ``count`` LEB128 varints from ``data``.
 
+    Args:
+        data: the stream (1-D ``uint8``).
+        count: how many varints it must hold.
+        name: tensor name used in error messages. Defaults to ``"tensor"``.
+        max_bytes: longest stream accepted, checked before anything proportional to it is
+            allocated. Defaults to None (no bound).
+
     Raises:
-        PayloadError: the stream is truncated, holds a different number of values, or a value is
-            longer than 10 bytes.
+        PayloadError: the stream is truncated, longer than ``max_bytes``, holds a different number
+            of values, or a value is longer than 10 bytes.
     """
     b = _as_bytes(data, name)
     if count == 0:
@@ -81,6 +88,8 @@ def varint_decode(data: np.ndarray, count: int, name: str = "tensor") -> np.ndar
         return np.zeros(0, dtype=np.uint64)
     if b.size == 0 or b[-1] & 0x80:
         raise PayloadError(f"{name}: index stream is truncated (its last varint is unfinished)")
+    if max_bytes is not None and b.size > max_bytes:
+        raise PayloadError(f"{name}: index stream has {b.size} bytes, more than {count} positions can take ({max_bytes})")
     ends = np.flatnonzero((b & 0x80) == 0)
     if ends.size != count:
         raise PayloadError(f"{name}: index stream holds {ends.size} positions, the payload says {count}")
@@ -176,17 +185,19 @@ def decode_indices(coding: str, data, count: int, numel: int, name: str = "tenso
     if not isinstance(count, (int, np.integer)) or count < 0 or count > numel:
         raise PayloadError(f"{name}: count {count!r} is not an integer in [0, {numel}]")
     count = int(count)
+    # every gap is below numel, so a varint of this tensor takes at most this many bytes
+    max_stream = count * max(1, -(-max(int(numel) - 1, 0).bit_length() // 7))
     if coding == "deflate":
         inflater = zlib.decompressobj()
-        try:  # at most 10 bytes per varint: a larger output is not a valid stream (or a zip bomb)
-            b = np.frombuffer(inflater.decompress(b.tobytes(), _MAX_VARINT_BYTES * count + 1), dtype=np.uint8)
+        try:  # a larger output is not a valid stream (or a zip bomb): stop one byte past the bound
+            b = np.frombuffer(inflater.decompress(b.tobytes(), max_stream + 1), dtype=np.uint8)
         except zlib.error as e:
             raise PayloadError(f"{name}: deflate index stream is corrupt ({e})") from None
         if not inflater.eof or inflater.unconsumed_tail:
             raise PayloadError(f"{name}: deflate index stream is truncated or longer than {count} positions allow")
         coding = "varint"
     if coding == "varint":
-        gaps = varint_decode(b, count, name)
+        gaps = varint_decode(b, count, name, max_bytes=max_stream)
         if gaps.size and int(gaps.max()) >= numel:
             raise PayloadError(f"{name}: index out of range (a gap of {int(gaps.max())} in a tensor of {numel} values)")
         idx = np.cumsum(gaps.astype(np.int64) + 1) - 1

@@ -94,13 +94,14 @@ def dequantize(codes, scales, count: int, bits: int = 8, block: int = 256, name:
         name: tensor name for error messages. Defaults to ``"tensor"``.
 
     Returns:
-        1-D ``float32`` tensor of ``count`` values.
+        1-D ``float32`` tensor of ``count`` values, every one finite.
 
     Raises:
         PayloadError: unknown ``bits``, wrong array types or lengths, non-finite values or scales,
-            codes outside ``[0, 2q]``.
+            codes outside ``[0, 2q]``, or a code times its scale overflowing float32 (a finite but
+            huge scale).
     """
-    if bits not in QUANT_BITS:
+    if isinstance(bits, bool) or bits not in QUANT_BITS:
         raise PayloadError(f"{name}: unknown value bits {bits!r} (valid: {', '.join(map(str, QUANT_BITS))})")
     if not isinstance(codes, np.ndarray) or codes.ndim != 1:
         raise PayloadError(f"{name}: values must be a 1-D array, got {type(codes).__name__}")
@@ -110,10 +111,10 @@ def dequantize(codes, scales, count: int, bits: int = 8, block: int = 256, name:
             raise PayloadError(
                 f"{name}: expected {count} {np.dtype(want).name} values, got {codes.size} {codes.dtype.name}"
             )
-        out = torch.from_numpy(codes.astype(np.float32))
-        if not torch.isfinite(out).all():
+        out = codes.astype(np.float32)
+        if not _all_finite(out):
             raise PayloadError(f"{name}: values contain NaN or Inf")
-        return out
+        return torch.from_numpy(out)
     need = count if bits == 8 else (count + 1) // 2
     if codes.dtype != np.uint8 or codes.size != need:
         raise PayloadError(f"{name}: expected {need} uint8 bytes of {bits}-bit codes, got {codes.size} {codes.dtype.name}")
@@ -131,9 +132,20 @@ def dequantize(codes, scales, count: int, bits: int = 8, block: int = 256, name:
         codes = c[:count]
     if count and int(codes.max()) > 2 * q:
         raise PayloadError(f"{name}: {bits}-bit code {int(codes.max())} out of range [0, {2 * q}]")
-    x = torch.from_numpy(codes.astype(np.float32)) - q
+    x = codes.astype(np.float32)
+    x -= q
     if count == 0:
-        return x
-    size = count if block <= 0 else block
-    s = torch.from_numpy(scales).repeat_interleave(size)[:count]
-    return x * s
+        return torch.from_numpy(x)
+    with np.errstate(over="ignore"):
+        if nb == 1:  # one scale: never expand it to ``block`` values (a payload may declare any block)
+            x *= scales[0]
+        else:  # nb > 1 means block < count: the expansion holds fewer than 2 * count values
+            x *= np.repeat(scales, block)[:count]
+    if not _all_finite(x):
+        raise PayloadError(f"{name}: {bits}-bit codes times scales overflow float32 (largest scale {float(np.abs(scales).max()):.3g})")
+    return torch.from_numpy(x)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """True when every value of the float array ``x`` is finite (NaN propagates through min/max; no copy)."""
+    return x.size == 0 or bool(np.isfinite(x.min()) and np.isfinite(x.max()))
