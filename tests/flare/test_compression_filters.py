@@ -18,7 +18,8 @@ from nvflare.fuel.utils import fobs
 from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
 
 from fedsegnet.compression import decode_payload
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.compression.codec import unpack_payload
+from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.compression import (
     GlobalModelDecoder,
     GlobalModelEncoder,
@@ -149,6 +150,13 @@ def _bad_payload(case, tmp_path):
         p["index"] = np.full_like(p["index"], 0x7F)  # huge gaps: positions past the tensor
     elif case == "not_payload":
         p = {"format": "fedsegnet.payload", "version": 1, "names": "x"}
+    elif case == "huge_scale":  # finite scales, but a code times one overflows float32
+        p["scales"][:] = 3e38
+    elif case == "float16_overflow":  # a dense float32 value declared float16
+        update = _update()
+        update["conv.bias"] = np.full(16, 1e6, np.float32)  # fine as float32, past float16's 65504
+        p = from_shareable(UpdateEncoder(ratio=1.0, dense_bits=32).process(_result(update), site_ctx)).data
+        p["table"][p["names"].index("conv.bias"), 1] = 2  # dtype code of float16
     return p
 
 
@@ -161,6 +169,8 @@ def _bad_payload(case, tmp_path):
         ("nan", "NaN or Inf"),
         ("index", "out of range|holds|corrupt"),
         ("not_payload", "field 'names'"),
+        ("huge_scale", "conv.weight: 8-bit codes times scales overflow float32"),
+        ("float16_overflow", "conv.bias: decoded values overflow to Inf as float16"),
     ],
 )
 def test_malformed_payload_is_rejected_naming_site_and_reason(case, reason, tmp_path, caplog):
@@ -172,6 +182,16 @@ def test_malformed_payload_is_rejected_naming_site_and_reason(case, reason, tmp_
     assert "site-2" in message and "round 3" in message
     assert re.search(reason, message), message
     assert "update of site site-2 (round 3) rejected" in caplog.text
+
+
+def test_without_a_global_model_the_server_bounds_what_a_payload_declares(tmp_path):
+    payload = from_shareable(UpdateEncoder(**ARGS).process(_result(_update()), _ctx(_Engine(tmp_path / "s"), "site-2"))).data
+    payload["shapes"][:5] = 2**31 - 1  # conv.weight declared with 2**155 values, nothing else changed
+    ctx = _ctx(_Engine(tmp_path / "server"), "server", peer="site-2", **{AppConstants.CURRENT_ROUND: 3})
+    bad = DXO(DataKind.WEIGHT_DIFF, data=payload, meta={CodecMeta.ENCODED: True}).to_shareable()
+    out = UpdateDecoder(max_values=10**6).process(bad, ctx)
+    assert out.get_return_code() == ReturnCode.BAD_TASK_DATA
+    assert re.search(r"site site-2 .*more than the decoder's bound of 1000000 \(largest: conv.weight", out.get_header(ERROR_HEADER))
 
 
 def test_plain_update_passes_unless_encoding_is_required(tmp_path):
@@ -188,6 +208,10 @@ def test_bad_filter_arguments():
         GlobalModelSync(bits=3)
     with pytest.raises(ValueError, match="direction"):
         MessageBytes(direction="sideways")
+    for decoder in (UpdateDecoder, GlobalModelDecoder):
+        for bad in (0, "many", 2.5):
+            with pytest.raises(ConfigError, match="max_values"):
+                decoder(max_values=bad)
 
 
 # ------------------------------------------------------------------------------------ downlink
@@ -311,3 +335,79 @@ def test_message_bytes_reports_the_serialized_size(tmp_path):
     assert event == MESSAGE_BYTES_EVENT
     assert props[BytesProp.NBYTES] == len(fobs.dumps(msg)) > sum(v.nbytes for v in _model().values())
     assert props[BytesProp.SITE] == "site-1" and props[BytesProp.ROUND] == 2 and props[BytesProp.DIRECTION] == "down"
+
+
+def _synced_site(tmp_path):
+    """A site that holds round 0's global model, and the server's round-1 difference for it."""
+    sync = GlobalModelSync(ratio=0.05, bits=8, dense_below=256)
+    engine = _Engine(tmp_path / "server", {"global_model_sync": sync})
+    encoder, decoder, site_engine = GlobalModelEncoder(), GlobalModelDecoder(), _Engine(tmp_path / "site-1")
+    _, version = _receive(decoder, site_engine, "site-1", _send(encoder, engine, "site-1", _task(_model(0), 0)))
+    _ack(sync, engine, "site-1", version)
+    diff_msg = _send(encoder, engine, "site-1", _task(_model(1), 1))
+    assert from_shareable(diff_msg).get_meta_prop(CodecMeta.DOWNLINK)["mode"] == "diff"
+    return decoder, site_engine, diff_msg
+
+
+def _with_data(message, data):
+    dxo = from_shareable(message)
+    return DXO(dxo.data_kind, data=data, meta=dxo.meta).update_shareable(Shareable(copy.deepcopy(dict(message))))
+
+
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("huge_scale", "conv.weight: 8-bit codes times scales overflow float32"),
+        ("nan_scale", "scales contain NaN or Inf"),
+        ("shape", "attn.weight: shape \\[32, 128\\] differs from the model's \\[64, 64\\]"),
+        ("float16", "decoded values overflow to Inf as float16"),
+        ("sum_overflow", "conv.bias: the rebuilt weights contain NaN or Inf"),
+        ("not_payload", "field 'format'"),
+    ],
+)
+def test_bad_difference_fails_the_task_and_leaves_the_held_model(case, reason, tmp_path):
+    decoder, site_engine, diff_msg = _synced_site(tmp_path)
+    base_file = tmp_path / "site-1" / "job-1" / "fedsegnet_downlink_base.pt"
+    before, held, version = base_file.read_bytes(), copy.deepcopy(decoder._base), decoder._version
+    p = copy.deepcopy(from_shareable(diff_msg).data)
+    row = lambda name: p["names"].index(name)  # noqa: E731
+    if case == "huge_scale":
+        p["scales"][:] = 3e38
+    elif case == "nan_scale":
+        p["scales"][-1] = np.nan
+    elif case == "shape":
+        start = int(p["table"][: row("attn.weight"), 7].sum())
+        p["shapes"][start : start + 2] = [32, 128]
+    elif case == "float16":  # an 8-bit dense tensor whose values pass 65504 once declared float16
+        p["table"][row("conv.bias"), 1] = 2
+        unpack_payload(p)["conv.bias"]["scales"][:] = 1e4  # a view into p["scales"]
+    elif case == "sum_overflow":  # a finite difference that overflows when added to the held weights
+        unpack_payload(p)["conv.bias"]["scales"][:] = 1e36  # codes up to 127: differences up to 1.27e38
+        diff = decode_payload(p)["conv.bias"]
+        assert np.isfinite(diff).all()
+        decoder._base["conv.bias"] = np.where(diff >= 0, 3e38, -3e38).astype(np.float32)
+        held = copy.deepcopy(decoder._base)
+    elif case == "not_payload":
+        p = {"conv.weight": np.zeros(3)}
+    with pytest.raises(FedSegNetError) as err:
+        _receive(decoder, site_engine, "site-1", _with_data(diff_msg, p))
+    message = str(err.value)
+    assert "\n" not in message and re.search(reason, message), message
+    assert message.startswith("site site-1: bad global model payload from the server (diff message for version")
+    assert f"the held global model (version {version!r}) is unchanged" in message
+    assert base_file.read_bytes() == before  # the stored base model: byte for byte
+    assert decoder._version == version and all(np.array_equal(decoder._base[k], held[k]) for k in held)
+    if case != "sum_overflow":  # the good difference still applies to the held copy afterwards
+        data, _ = _receive(decoder, site_engine, "site-1", diff_msg)
+        assert set(data) == set(_model())
+
+
+def test_first_model_declaring_too_many_values_is_refused_before_allocating(tmp_path):
+    sync = GlobalModelSync(block=0)  # one scale per tensor: the scales do not give the shapes away
+    engine = _Engine(tmp_path / "server", {"global_model_sync": sync})
+    msg = _send(GlobalModelEncoder(), engine, "site-1", _task(_model(0), 0))
+    p = copy.deepcopy(from_shareable(msg).data)
+    p["shapes"][:5] = 2**31 - 1
+    with pytest.raises(FedSegNetError, match="full message .*more than the decoder's bound of 100000 .*conv.weight"):
+        _receive(GlobalModelDecoder(max_values=100_000), _Engine(tmp_path / "site-1"), "site-1", _with_data(msg, p))
+    assert not (tmp_path / "site-1" / "job-1" / "fedsegnet_downlink_base.pt").exists()

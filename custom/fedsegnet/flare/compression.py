@@ -53,6 +53,7 @@ from nvflare.fuel.utils import fobs
 
 from fedsegnet.aggregation.gate import shared_reference
 from fedsegnet.compression import (
+    MAX_PAYLOAD_VALUES,
     ErrorFeedback,
     PayloadError,
     SparseQuantCodec,
@@ -61,7 +62,7 @@ from fedsegnet.compression import (
     is_payload,
     update_norm,
 )
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.errors import FedSegNetError, check_int
 from fedsegnet.flare.constants import (
     ERROR_HEADER,
     MESSAGE_BYTES_EVENT,
@@ -250,13 +251,23 @@ def _global_weights(fl_ctx: FLContext):
 class UpdateDecoder(Filter):
     """Server task-result filter: decode a site's payload before the aggregator; reject a bad one.
 
+    The payload is decoded against the global model's names and shapes (less the keys the site
+    declares personal), so it can neither declare more values than the model has nor decode to
+    anything but a finite update of the model's shapes.
+
     Args:
         require_encoded: reject plain (unencoded) updates too. Defaults to False (they pass as they are).
+        max_values: most values a payload may declare when no global model is at hand to check it
+            against. Defaults to :data:`~fedsegnet.compression.MAX_PAYLOAD_VALUES`.
+
+    Raises:
+        ConfigError: ``max_values`` is not an integer >= 1.
     """
 
-    def __init__(self, require_encoded: bool = False):
+    def __init__(self, require_encoded: bool = False, max_values: int = MAX_PAYLOAD_VALUES):
         super().__init__()
         self.require_encoded = require_encoded
+        self.max_values = check_int("max_values", max_values, 1)
 
     def _reject(self, fl_ctx: FLContext, site: str, rnd, reason: str) -> Shareable:
         message = f"update of site {site} (round {rnd}) rejected: {reason}"
@@ -284,7 +295,7 @@ class UpdateDecoder(Filter):
             if reason:
                 return self._reject(fl_ctx, site, rnd, reason)
         try:
-            update = decode_payload(dxo.data, reference=reference)
+            update = decode_payload(dxo.data, reference=reference, max_values=self.max_values)
         except PayloadError as e:
             return self._reject(fl_ctx, site, rnd, str(e))
         except Exception as e:  # a payload crafted to crash the decoder is a bad payload too
@@ -420,14 +431,25 @@ class GlobalModelEncoder(Filter):
 class GlobalModelDecoder(Filter):
     """Site task-data filter: rebuild the global model from a difference and the held copy.
 
+    A difference is decoded against the held copy's names and shapes, the first (quantized) model
+    against ``max_values``; the result must be finite. A bad message from the server fails the task
+    with one line naming the payload and the tensor, and leaves the held copy (in memory and in
+    ``base_file``) as it was.
+
     Args:
         base_file: file in the site's job folder holding the last global model received. Defaults
             to ``"fedsegnet_downlink_base.pt"``.
+        max_values: most values the first (quantized) model may declare; a difference is bounded by
+            the held copy's shapes instead. Defaults to :data:`~fedsegnet.compression.MAX_PAYLOAD_VALUES`.
+
+    Raises:
+        ConfigError: ``max_values`` is not an integer >= 1.
     """
 
-    def __init__(self, base_file: str = "fedsegnet_downlink_base.pt"):
+    def __init__(self, base_file: str = "fedsegnet_downlink_base.pt", max_values: int = MAX_PAYLOAD_VALUES):
         super().__init__()
         self.base_file = base_file
+        self.max_values = check_int("max_values", max_values, 1)
         self._base = None
         self._version = None
 
@@ -443,12 +465,32 @@ class GlobalModelDecoder(Filter):
         except Exception as e:
             self.log_warning(fl_ctx, f"cannot read the held global model {path} ({e}); the server will send full weights")
 
-    def _decode(self, payload, site: str, reference=None) -> dict:
-        try:
-            return decode_payload(payload, reference=reference)
-        except PayloadError as e:
-            self._version = None
-            raise FedSegNetError(f"site {site}: bad global model payload from the server: {e}") from None
+    def _rebuild(self, dxo: DXO, info: dict) -> dict:
+        """The new global model from the server's message (a new dict; the held copy is not touched).
+
+        Raises:
+            PayloadError: the payload is malformed, does not match the held copy, or the result
+                is not finite (the message names the tensor).
+        """
+        if info.get("mode") == "diff":
+            diff = decode_payload(dxo.data, reference=self._base)
+            with np.errstate(over="ignore", invalid="ignore"):
+                new = {k: self._base[k] + diff[k] for k in self._base}
+        elif is_payload(dxo.data):  # the first model of the run, quantized
+            new = decode_payload(dxo.data, max_values=self.max_values)
+        else:
+            if not isinstance(dxo.data, dict):
+                raise PayloadError(f"full weights must be a dict of arrays, got {type(dxo.data).__name__}")
+            new = {}
+            for k, v in dxo.data.items():
+                try:
+                    new[k] = np.array(v, dtype=np.float32, copy=True)
+                except (TypeError, ValueError) as e:
+                    raise PayloadError(f"{k}: not an array of numbers ({e})") from None
+        for k, v in new.items():
+            if v.size and not (np.isfinite(v.min()) and np.isfinite(v.max())):
+                raise PayloadError(f"{k}: the rebuilt weights contain NaN or Inf")
+        return new
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         try:
@@ -459,23 +501,27 @@ class GlobalModelDecoder(Filter):
         if not info or dxo.data_kind != DataKind.WEIGHTS:
             return shareable
         site = fl_ctx.get_identity_name()
+        if not isinstance(info, dict):
+            raise FedSegNetError(f"site {site}: the server's downlink info is not a dict ({type(info).__name__})")
         path = _run_dir(fl_ctx) / self.base_file
         if info.get("mode") == "diff":
             if self._version != info.get("base") and path.exists():
                 self._load(path, fl_ctx)
-            if self._version != info.get("base"):
+            if self._base is None or self._version != info.get("base"):
                 raise FedSegNetError(
                     f"site {site}: the server sent the global model as a difference from version "
                     f"{info.get('base')!r}, but this site holds {self._version!r}; it reports holding none, "
                     f"so the server sends full weights next round"
                 )
-            diff = self._decode(dxo.data, site, reference=self._base)
-            self._base = {k: self._base[k] + diff[k] for k in self._base}
-        elif is_payload(dxo.data):  # the first model of the run, quantized
-            self._base = self._decode(dxo.data, site)
-        else:
-            self._base = {k: np.array(v, dtype=np.float32, copy=True) for k, v in dxo.data.items()}
-        self._version = info.get("version")
+        try:
+            new = self._rebuild(dxo, info)
+        except PayloadError as e:
+            held = f"the held global model (version {self._version!r}) is unchanged" if self._base is not None else "no global model is held"
+            raise FedSegNetError(
+                f"site {site}: bad global model payload from the server ({info.get('mode')} message for version "
+                f"{info.get('version')!r}): {e}; {held}"
+            ) from None
+        self._base, self._version = new, info.get("version")
         self._save(path)
         fl_ctx.set_prop(CodecMeta.GLOBAL_VERSION_PROP, self._version, private=True, sticky=False)
         meta = {k: v for k, v in dxo.meta.items() if k != CodecMeta.DOWNLINK}
