@@ -59,3 +59,15 @@ class DataError(FedSegNetError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"site {site!r}: {len(self.problems)} data problem(s):\n{lines}")
+
+
+class UsageError(FedSegNetError):
+    """Command-line flags that do not go together (or do not fit what they name); the message names the flags."""
+
+
+class OutputError(FedSegNetError):
+    """A destination is refused (it exists, is not the tool's own, or is an input) or cannot be written; names it."""
+
+
+class RunError(FedSegNetError):
+    """A run itself failed or timed out (the simulator, a POC system, a job); names its log."""
