@@ -8,8 +8,17 @@
     fedsegnet job policy WORKSPACE/local
     fedsegnet job simulate JOB -w WS -n 2 [--data-root DATA]
 
-Only this module prints. Errors of the FedSegNet family are shown as one message (exit code 2);
-anything else keeps its traceback.
+Only this module prints. Errors of the FedSegNet family (and file-system errors) are shown as
+one line, and the exit code says what kind of problem it was:
+
+    0  done
+    1  a run itself failed (the simulator or a POC job did not complete, or timed out)
+    2  usage: a bad flag, a bad setting (ConfigError) or flags that do not go together
+    3  data or files: an input that is missing or broken (DataError), or a refused destination
+
+Anything else keeps its traceback. Nothing is overwritten: a destination that exists is refused
+unless ``--overwrite`` is given, and even then only an output fedsegnet wrote is replaced; sources
+and input scans are never written (:mod:`fedsegnet.outputs`).
 """
 
 from __future__ import annotations
@@ -22,12 +31,23 @@ import sys
 import time
 from pathlib import Path
 
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.errors import ConfigError, FedSegNetError, RunError, UsageError
+
+EXIT_RUN_FAILED, EXIT_USAGE, EXIT_DATA = 1, 2, 3
+EXIT_CODES_HELP = """exit codes:
+  0  done
+  1  a run failed (simulator, POC job) or timed out
+  2  usage: a bad flag or setting, or flags that do not go together
+  3  data or files: a missing or broken input, or a refused destination
+
+nothing is overwritten: an existing destination is refused unless --overwrite is given, and even
+then only an output fedsegnet wrote is replaced; sources and input scans are never written."""
 
 
 # ---------------------------------------------------------------------------------------------- data
 def _cmd_data_synth(args) -> int:
     from fedsegnet.data.synth import parse_corrupt, parse_site_style, synthesize
+    from fedsegnet.outputs import claim_dir
 
     styles: dict[str, dict] = {}
     for spec in args.style or []:
@@ -38,6 +58,7 @@ def _cmd_data_synth(args) -> int:
     for spec in args.orientation or []:
         site, _, codes = spec.partition(":")
         orientation[site] = codes
+    claim_dir(args.out, "data synth", overwrite=args.overwrite)
     summary = synthesize(
         args.out,
         sites=args.sites,
@@ -70,6 +91,7 @@ def _cmd_data_split(args) -> int:
     from tqdm import tqdm
 
     from fedsegnet.data.split import read_dataset, split_cases, write_split
+    from fedsegnet.outputs import claim_dir
 
     labels = None
     if args.labels:
@@ -77,7 +99,7 @@ def _cmd_data_split(args) -> int:
         for item in args.labels.split(","):
             key, sep, name = item.partition(":")
             if not sep or not key.strip().isdigit():
-                raise FedSegNetError(f"--labels {args.labels!r}: expected ID:NAME,ID:NAME (e.g. 0:background,1:liver)")
+                raise UsageError(f"--labels {args.labels!r}: expected ID:NAME,ID:NAME (e.g. 0:background,1:liver)")
             labels[int(key)] = name.strip()
     source = read_dataset(args.dataset, args.layout, labels, progress=lambda xs: tqdm(xs, desc="reading labels", unit="file"))
     assignment, test = split_cases(
@@ -85,6 +107,7 @@ def _cmd_data_split(args) -> int:
         val_fraction=args.val_fraction, alpha=args.alpha, by_column=args.by_column, by_pattern=args.by_pattern,
         seed=args.seed,
     )  # fmt: skip
+    claim_dir(args.out, "data split", overwrite=args.overwrite, protect=[args.dataset])
     summary = write_split(source, assignment, test, args.out)
     print(f"{source.name} ({source.layout}, {len(source.cases)} cases) -> {args.out}")
     for site, s in summary["sites"].items():
@@ -97,7 +120,11 @@ def _cmd_data_baseline(args) -> int:
     from fedsegnet.data.synth import threshold_baseline
 
     root = Path(args.data)
+    if not root.is_dir():
+        raise FedSegNetError(f"--data {args.data}: no such folder")
     sites = sorted(p for p in root.iterdir() if p.is_dir() and p.name != "test")
+    if not sites or not (root / "test").is_dir():
+        raise FedSegNetError(f"--data {args.data}: expected site folders and test/ (as `fedsegnet data synth` writes)")
     result = threshold_baseline(sites, root / "test")
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -150,11 +177,16 @@ def _cmd_infer(args) -> int:
     import numpy as np
 
     from fedsegnet.networks.spec import class_names_of, load_model_file
-    from fedsegnet.training.infer import infer_folder, predict_case, save_labels
+    from fedsegnet.training.infer import check_output_file, infer_folder, predict_case, save_labels
     from fedsegnet.training.site import pick_device
 
     if bool(args.image) == bool(args.image_dir):
-        raise FedSegNetError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
+        raise UsageError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
+    device = pick_device(args.device, "--device")
+    if args.image:
+        check_output_file(args.out, args.image, overwrite=args.overwrite)
+    elif not Path(args.image_dir).is_dir():
+        raise FedSegNetError(f"--image-dir {args.image_dir}: no such folder")
     model, spec = load_model_file(args.model)
     if args.personal:
         from fedsegnet.training.personal import apply_personal_state
@@ -162,11 +194,10 @@ def _cmd_infer(args) -> int:
         state = apply_personal_state(model, args.personal)
         print(f"personalised for {state['site']} ({state['method']}, round {state['round']}): {args.personal}")
     if args.preset and args.preset != spec.get("preset"):
-        raise FedSegNetError(
+        raise UsageError(
             f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
             f"{spec.get('preset')!r} (network {spec.get('network')!r}); leave --preset out to use the model's own"
         )
-    device = pick_device(args.device)
     if args.image:
         labels, ref = predict_case(model, spec, args.image, device=device)
         out = save_labels(labels, ref, args.out)
@@ -176,14 +207,21 @@ def _cmd_infer(args) -> int:
         return 0
     from tqdm import tqdm
 
-    written = infer_folder(model, spec, args.image_dir, args.out, device=device, progress=lambda xs: tqdm(xs, desc="cases", unit="case"))
+    written = infer_folder(model, spec, args.image_dir, args.out, device=device, overwrite=args.overwrite,
+                           progress=lambda xs: tqdm(xs, desc="cases", unit="case"))  # fmt: skip
     print(f"wrote {len(written)} segmentation(s) to {args.out}")
     return 0
 
 
 def _cmd_report(args) -> int:
-    from fedsegnet.report import build_report
+    from fedsegnet.outputs import claim_dir
+    from fedsegnet.report import build_report, find_run
+    from fedsegnet.training.site import pick_device
 
+    if args.device:
+        pick_device(args.device, "--device")
+    find_run(args.run)  # a run folder without records is refused before anything is written
+    claim_dir(args.out, "report", overwrite=args.overwrite, protect=[args.run] + ([args.data] if args.data else []))
     page = build_report(args.run, args.out, data_dir=args.data, device=args.device)
     print(f"report written to {page} (figures and report.json beside it)")
     return 0
@@ -206,7 +244,7 @@ def _parse_values(pairs: list[str]) -> dict:
 def _cmd_job_set(args) -> int:
     from fedsegnet.flare.jobs import configure_job
 
-    dst = configure_job(args.job, args.out, **_parse_values(args.values))
+    dst = configure_job(args.job, args.out, overwrite=args.overwrite, **_parse_values(args.values))
     print(f"job written to {dst}")
     return 0
 
@@ -214,7 +252,7 @@ def _cmd_job_set(args) -> int:
 def _cmd_job_pack(args) -> int:
     from fedsegnet.flare.jobs import pack_job
 
-    dst = pack_job(args.job, args.out, **_parse_values(args.values))
+    dst = pack_job(args.job, args.out, overwrite=args.overwrite, **_parse_values(args.values))
     print(f"job with the fedsegnet code in app/custom written to {dst}")
     return 0
 
@@ -222,14 +260,18 @@ def _cmd_job_pack(args) -> int:
 def _cmd_job_policy(args) -> int:
     from fedsegnet.flare.policy import write_site_policy
 
-    print(f"site policy written to {write_site_policy(args.local_dir)}")
+    try:
+        path = write_site_policy(args.local_dir)
+    except ValueError as e:  # the existing resources.json is not a JSON object; names it
+        raise FedSegNetError(str(e)) from None
+    print(f"site policy written to {path} (entries already there kept)")
     return 0
 
 
 def _cmd_job_simulate(args) -> int:
     from fedsegnet.flare.jobs import SimResults, SimulatorRun
 
-    run = SimulatorRun(args.job, args.workspace, args.n_clients, args.threads, data_root=args.data_root)
+    run = SimulatorRun(args.job, args.workspace, args.n_clients, args.threads, data_root=args.data_root, overwrite=args.overwrite)
     print(f"simulating {args.job} with {args.n_clients} site(s); log: {run.log_file}")
     with run:
         rc = run.wait(timeout=args.timeout or None)
@@ -244,8 +286,8 @@ def _cmd_job_resume(args) -> int:
 
     check_job_id(args.from_job, "--from")
     if "resume_from" not in job_args(args.job):
-        raise FedSegNetError(f"{args.job}: the job has no job arg 'resume_from' (it cannot resume)")
-    dst = configure_job(args.job, args.out, **{**_parse_values(args.values), "resume_from": args.from_job})
+        raise UsageError(f"{args.job}: the job has no job arg 'resume_from' (it cannot resume)")
+    dst = configure_job(args.job, args.out, overwrite=args.overwrite, **{**_parse_values(args.values), "resume_from": args.from_job})
     print(f"job continuing {args.from_job} written to {dst}; submit it to the same server")
     return 0
 
@@ -256,14 +298,14 @@ def _poc_sites(args) -> list[str]:
 
 
 def _prepared_poc(args):
-    """A POC system from the `prepare`/`run` flags, prepared (its workspace replaced)."""
+    """A POC system from the `prepare`/`run` flags, prepared (an existing workspace only with --overwrite)."""
     from fedsegnet.flare.poc import PocSystem
 
     poc = PocSystem(
         args.workspace, _poc_sites(args), data_root=args.data_root, fed_learn_port=args.fed_learn_port,
         admin_port=args.admin_port,
     )  # fmt: skip
-    return poc.prepare(privacy_policy=args.privacy)
+    return poc.prepare(privacy_policy=args.privacy, overwrite=args.overwrite)
 
 
 def _cmd_poc_prepare(args) -> int:
@@ -313,6 +355,13 @@ def _wait_and_report(poc, job_id: str, rounds, timeout: float, download: str | N
     return 0 if status == "FINISHED:COMPLETED" else 1
 
 
+def _claim_download(args) -> None:
+    """Claim the --download folder before a job is submitted (a refused one fails fast)."""
+    from fedsegnet.outputs import claim_dir
+
+    claim_dir(args.download, "poc download", overwrite=args.overwrite, protect=[args.job], flag="--download")
+
+
 def _submit(poc, job: str, values: dict) -> tuple[str, int | None]:
     from fedsegnet.flare.jobs import configure_job, job_args
 
@@ -327,6 +376,8 @@ def _cmd_poc_submit(args) -> int:
     from fedsegnet.flare.poc import PocSystem
 
     poc = PocSystem.load(args.workspace)
+    if args.download:
+        _claim_download(args)
     job_id, rounds = _submit(poc, args.job, _parse_values(args.values))
     print(f"submitted {args.job} as job {job_id}")
     if not (args.wait or args.download):
@@ -345,6 +396,8 @@ def _cmd_poc_stop(args) -> int:
 
 
 def _cmd_poc_run(args) -> int:
+    if args.download:
+        _claim_download(args)
     poc = _prepared_poc(args)
     print(f"[1/3] POC prepared in {poc.workspace}; starting server and {', '.join(poc.sites)}")
     with poc:
@@ -384,7 +437,10 @@ def _cmd_demo(args) -> int:
     from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, repo_jobs_dir, wait_with_progress
     from fedsegnet.training.site import evaluate_model_file
 
+    from fedsegnet.outputs import claim_dir
+
     t0 = time.perf_counter()
+    claim_dir(args.workdir, "demo", overwrite=args.overwrite, flag="--workdir")  # replaced as a whole when it is one
     work = Path(args.workdir).resolve()
     data, job, ws = work / "data", work / "job" / args.job, work / "workspace"
     print(f"[1/4] synthetic data: {args.sites} sites x {args.cases} cases, {args.size}^3 voxels -> {data}")
@@ -407,10 +463,6 @@ def _cmd_demo(args) -> int:
 
         recipe = FedSegNetRecipe if args.job == "fedsegnet" else FedSegNetFedAvgRecipe
         recipe(name=args.job, **job_args).export(str(job.parent))
-    if ws.exists():
-        import shutil
-
-        shutil.rmtree(ws)
     print(
         f"[2/4] nvflare simulator, job {args.job}: {args.rounds} rounds x {args.local_steps} local steps, "
         f"preset {args.preset}"
@@ -456,9 +508,19 @@ def _cmd_demo(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedsegnet", description="Federated 3D segmentation on NVIDIA FLARE")
+    p = argparse.ArgumentParser(
+        prog="fedsegnet", description="Federated 3D segmentation on NVIDIA FLARE", epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def _overwrite(q, what="--out"):
+        q.add_argument(
+            "--overwrite", action="store_true",
+            help=f"replace {what} when fedsegnet wrote it before (an existing one is refused otherwise; "
+                 "folders fedsegnet did not write and the inputs are never touched)",
+        )  # fmt: skip
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("synth", help="write synthetic multi-site NIfTI data")
@@ -475,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-kind", help="weaker labels per site, e.g. site-2:box,site-3:tag,site-4:partial:1 (true masks not written)")
     s.add_argument("--scenario", choices=("default", "organs"), default="default", help="organs: a different host organ per site, per-site test sets")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _overwrite(s)
     s.set_defaults(func=_cmd_data_synth)
     sp = data.add_parser("split", help="per-site datalists from a dataset folder (MSD, ACDC, image/label pairs); no copying")
     sp.add_argument("dataset")
@@ -489,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--val-fraction", type=float, default=0.2)
     sp.add_argument("--labels", help="class names for the pairs layout, e.g. 0:background,1:liver,2:tumour")
     sp.add_argument("--seed", type=int, default=0)
+    _overwrite(sp)
     sp.set_defaults(func=_cmd_data_split)
     b = data.add_parser("baseline", help="Dice of a per-class intensity-threshold baseline")
     b.add_argument("--data", required=True, help="folder with site-*/ and test/")
@@ -511,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", help="check that the model was trained with this preset")
     i.add_argument("--device", help="torch device (default: cuda when available)")
     i.add_argument("--personal", metavar="SITE_STATE", help="a site's personal state: segment with that site's personalised model")
+    _overwrite(i)
     i.set_defaults(func=_cmd_infer)
 
     r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")
@@ -518,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True)
     r.add_argument("--data", help="held-out test folder (dataset.json): per-class table and slices of a test case")
     r.add_argument("--device", help="torch device for --data (default: cuda when available)")
+    _overwrite(r)
     r.set_defaults(func=_cmd_report)
 
     d = sub.add_parser("demo", help="synthetic sites -> nvflare simulator -> held-out evaluation")
@@ -536,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--torch-threads", type=int, default=1, help="torch threads per site")
     d.add_argument("--timeout", type=float, default=1800)
+    _overwrite(d, "--workdir")
     d.set_defaults(func=_cmd_demo)
 
     j = sub.add_parser("job", help="job folders").add_subparsers(dest="job_command", required=True)
@@ -543,13 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
     js.add_argument("job")
     js.add_argument("--out", required=True)
     js.add_argument("values", nargs="*")
+    _overwrite(js)
     js.set_defaults(func=_cmd_job_set)
     jk = j.add_parser("pack", help="like `set`, and carry the fedsegnet code in the job (app/custom)")
     jk.add_argument("job")
     jk.add_argument("--out", required=True)
     jk.add_argument("values", nargs="*")
+    _overwrite(jk)
     jk.set_defaults(func=_cmd_job_pack)
-    jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json")
+    jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json (entries there are kept)")
     jp.add_argument("local_dir")
     jp.set_defaults(func=_cmd_job_policy)
     jr = j.add_parser("simulate", help="run a job in nvflare simulator (writes the site policy first)")
@@ -559,12 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     jr.add_argument("-t", "--threads", type=int, default=None)
     jr.add_argument("--data-root")
     jr.add_argument("--timeout", type=float, default=0)
+    _overwrite(jr, "the workspace")
     jr.set_defaults(func=_cmd_job_simulate)
     ju = j.add_parser("resume", help="copy a job folder set to continue an interrupted job of the same server")
     ju.add_argument("job")
     ju.add_argument("--from", dest="from_job", required=True, help="id of the interrupted job")
     ju.add_argument("--out", required=True)
     ju.add_argument("values", nargs="*")
+    _overwrite(ju)
     ju.set_defaults(func=_cmd_job_resume)
 
     poc = sub.add_parser("poc", help="FLARE POC mode on this machine").add_subparsers(dest="poc_command", required=True)
@@ -580,9 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--admin-port", type=int, default=8003)
         q.add_argument("--privacy", help="a site privacy policy (e.g. poc/privacy.json) placed at every site")
 
-    pp = poc.add_parser("prepare", help="startup kits for a server, N sites and an admin (replaces the workspace)")
+    pp = poc.add_parser("prepare", help="startup kits for a server, N sites and an admin (a new workspace)")
     _ws(pp)
     _layout(pp)
+    _overwrite(pp, "the workspace")
     pp.set_defaults(func=_cmd_poc_prepare)
     ps = poc.add_parser("start", help="start server and sites; wait until all sites are connected")
     _ws(ps)
@@ -598,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
     pj.add_argument("--wait", action="store_true", help="wait for the job, printing each round")
     pj.add_argument("--download", help="download the result here when it finished (implies --wait)")
     pj.add_argument("--timeout", type=float, default=3600)
+    _overwrite(pj, "--download")
     pj.set_defaults(func=_cmd_poc_submit)
     pk = poc.add_parser("stop", help="stop the server and sites this workspace started (by their pids)")
     _ws(pk)
@@ -609,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("values", nargs="*")
     pr.add_argument("--download", help="where the result goes (default: <workspace>/results)")
     pr.add_argument("--timeout", type=float, default=3600)
+    _overwrite(pr, "the workspace and --download")
     pr.set_defaults(func=_cmd_poc_run)
     return p
 
@@ -626,7 +700,19 @@ def main(argv=None) -> int:
         return args.func(args)
     except FedSegNetError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
+    except OSError as e:  # a file the command reads or writes (the message names it)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DATA
+
+
+def exit_code(error: FedSegNetError) -> int:
+    """The exit code for an error: 2 usage/settings, 1 a failed run, 3 data and files (see the module docstring)."""
+    if isinstance(error, (ConfigError, UsageError)):
+        return EXIT_USAGE
+    if isinstance(error, RunError):
+        return EXIT_RUN_FAILED
+    return EXIT_DATA
 
 
 if __name__ == "__main__":

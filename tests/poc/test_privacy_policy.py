@@ -32,9 +32,9 @@ def test_poc_prepare_replaces_a_hand_placed_policy(tmp_path, poc_home, poc_sites
     system.prepare()
     placed = system.kit("site-1") / "local" / "privacy.json"
     placed.write_text(POLICY.read_text())
-    system.prepare()
+    system.prepare(overwrite=True)
     assert not placed.exists(), "nvflare poc prepare kept a hand-placed privacy.json"
-    system.prepare(privacy_policy=POLICY)
+    system.prepare(privacy_policy=POLICY, overwrite=True)
     assert json.loads(placed.read_text())["default_scope"] == "compressed"
 
 

@@ -11,8 +11,10 @@ label values are whole numbers within the declared classes (for a ``partial`` si
 classes it annotates). Weaker labels (:mod:`fedsegnet.data.weak`): a box file must read, name
 declared classes, have ordered corners and lie inside the volume (world boxes are converted through
 the image's affine first); tags must name declared classes. Shapes and affines come from the
-headers (nibabel proxies) before any voxel data is read. The split ``training`` must not be empty
-when it is checked.
+headers (nibabel proxies) before any voxel data is read, and a header declaring more than
+:data:`MAX_VOXELS` voxels is refused before its data is read (:func:`check_voxel_bound`; a broken or
+hostile header would otherwise make numpy try to allocate it). The split ``training`` must not be
+empty when it is checked.
 """
 
 from __future__ import annotations
@@ -25,9 +27,45 @@ import nibabel as nib
 import numpy as np
 
 from fedsegnet.data.datalist import SPLITS, SiteDatalist
-from fedsegnet.errors import ConfigError, DataError
+from fedsegnet.errors import ConfigError, DataError, FedSegNetError
 
 logger = logging.getLogger(__name__)
+
+MAX_VOXELS = 1024**3
+"""Most voxels (spatial x channels) a volume's header may declare: 1024^3, about 4 GiB as float32.
+The largest public CT volumes (whole-body, 512 x 512 x ~2000) hold about a half of it."""
+
+
+def voxel_bound_problem(shape, max_voxels: int = MAX_VOXELS) -> str | None:
+    """What is wrong with a header's ``shape``, or None when it is within ``max_voxels``.
+
+    Args:
+        shape: the shape the header declares.
+        max_voxels: the bound. Defaults to :data:`MAX_VOXELS`.
+    """
+    dims = tuple(int(d) for d in shape)
+    if any(d <= 0 for d in dims):
+        return f"header declares shape {dims}, with an empty axis"
+    n = int(np.prod(dims, dtype=object))
+    if n > max_voxels:
+        return f"header declares shape {dims} = {n:,} voxels, more than the {max_voxels:,} FedSegNet reads (MAX_VOXELS)"
+    return None
+
+
+def check_voxel_bound(path, shape, max_voxels: int = MAX_VOXELS) -> None:
+    """Refuse a volume whose header declares more than ``max_voxels`` voxels, before its data is read.
+
+    Args:
+        path: the file (named in the message).
+        shape: the shape its header declares.
+        max_voxels: the bound. Defaults to :data:`MAX_VOXELS`.
+
+    Raises:
+        FedSegNetError: naming the file and the shape.
+    """
+    problem = voxel_bound_problem(shape, max_voxels)
+    if problem:
+        raise FedSegNetError(f"{path}: {problem}")
 
 
 def _rel(root, path: str) -> str:
@@ -44,10 +82,15 @@ def _open(path: str, what: str, problems: list[str]):
         problems.append(f"{what}: file not found")
         return None
     try:
-        return nib.load(path)
+        img = nib.load(path)
     except Exception as exc:  # nibabel raises several types for unreadable files
         problems.append(f"{what}: cannot read as NIfTI ({type(exc).__name__}: {exc})")
         return None
+    problem = voxel_bound_problem(img.shape)
+    if problem:
+        problems.append(f"{what}: {problem}")
+        return None
+    return img
 
 
 def _read(img, what: str, problems: list[str]):

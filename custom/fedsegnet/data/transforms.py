@@ -44,6 +44,7 @@ from monai.transforms import (
 )
 
 from fedsegnet.config import INTENSITY_MODES, Preset
+from fedsegnet.data.preflight import check_voxel_bound
 from fedsegnet.data.weak import box_masks, read_boxes, tag_vector
 from fedsegnet.errors import ConfigError
 
@@ -304,8 +305,31 @@ def safe_cache_rate(cases: Sequence[dict], preset: Preset, max_cache_bytes: int 
     return max(0.0, min(rate, fitted))
 
 
+def check_case_headers(cases: Sequence[dict]) -> None:
+    """Refuse a case whose image or label header declares more voxels than
+    :data:`fedsegnet.data.preflight.MAX_VOXELS`, before MONAI reads any voxel data.
+
+    Files that do not open are left to preflight (and to the loader's own error).
+
+    Raises:
+        FedSegNetError: naming the file and the declared shape.
+    """
+    for case in cases:
+        for key in KEYS:
+            value = case.get(key)
+            for path in value if isinstance(value, (list, tuple)) else [value]:
+                if not isinstance(path, (str, os.PathLike)):
+                    continue
+                try:
+                    shape = nib.load(str(path)).shape
+                except Exception:  # unreadable: preflight's business
+                    continue
+                check_voxel_bound(path, shape)
+
+
 def _dataset(cases: Sequence[dict], transform: Compose, preset: Preset, cache: bool, max_cache_bytes) -> Dataset:
     data = [dict(c) for c in cases]  # never hand the caller's dicts to MONAI
+    check_case_headers(data)
     rate = safe_cache_rate(data, preset, max_cache_bytes) if cache else 0.0
     if rate > 0.0:
         return CacheDataset(

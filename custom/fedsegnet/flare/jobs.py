@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
+from fedsegnet.outputs import MARKER, claim_dir, read_marker
 from fedsegnet.report import read_records
 
 CONFIG_FILES = ("config_fed_server.json", "config_fed_client.json")
@@ -32,17 +33,36 @@ def repo_jobs_dir() -> Path | None:
 
 
 def _config_paths(job_dir: Path) -> list[Path]:
+    if not job_dir.is_dir():
+        raise FedSegNetError(f"{job_dir}: no such job folder")
     paths = sorted(job_dir.glob("*/config/config_fed_*.json"))
     if not paths:
         raise FedSegNetError(f"{job_dir}: not a FLARE job folder (no */config/config_fed_*.json)")
     return paths
 
 
+def read_config(path: Path) -> dict:
+    """A job config file as a dict.
+
+    Raises:
+        FedSegNetError: the file is not valid JSON (names the file and the line) or not a JSON object.
+    """
+    try:
+        config = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise FedSegNetError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise FedSegNetError(f"{path}: cannot be read ({e})") from None
+    if not isinstance(config, dict):
+        raise FedSegNetError(f"{path}: must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
 def job_args(job_dir: str | Path) -> dict:
     """The job args (top-level config variables) of a job folder, merged over its configs."""
     args = {}
     for path in _config_paths(Path(job_dir)):
-        config = json.loads(path.read_text())
+        config = read_config(path)
         args.update({k: v for k, v in config.items() if k not in _STRUCTURE_KEYS})
     return args
 
@@ -55,14 +75,17 @@ def _job_arg_choices() -> dict:
     return {"aggregation": METHODS, "preset": tuple(sorted(PRESETS)), "compression_scope": ("tensor", "global")}
 
 
-def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
+def configure_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, **values) -> Path:
     """Copy the job folder ``src`` to ``dst`` and set job args in every config that declares them.
 
     ``min_clients`` is also written to ``meta.json``.
 
     Args:
         src: job folder to copy.
-        dst: destination folder (replaced if it exists).
+        dst: destination folder: created; an existing folder is refused unless it is empty, or
+            ``overwrite`` is given and it is a job folder this function wrote (it carries
+            :data:`fedsegnet.outputs.MARKER`). Never ``src``, a folder holding it, or one inside it.
+        overwrite: replace ``dst`` when it is a job folder written before. Defaults to False.
         **values: job args to set, e.g. ``num_rounds=3, preset="tiny"``.
 
     Returns:
@@ -72,6 +95,8 @@ def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
         ConfigError: a value names no job arg of ``src``, or a job arg with fixed choices
             (``aggregation``, ``preset``, ``compression_scope``) gets another value (the message
             lists the valid ones).
+        OutputError: ``dst`` is refused (see ``dst``); nothing was written.
+        FedSegNetError: ``src`` is not a job folder, or one of its configs is not valid JSON.
     """
     src, dst = Path(src), Path(dst)
     known = job_args(src)
@@ -81,24 +106,23 @@ def configure_job(src: str | Path, dst: str | Path, **values) -> Path:
             raise ConfigError(key, value, f"not a job arg of {src}", options=sorted(known))
         if key in choices and value not in choices[key]:
             raise ConfigError(key, value, "unknown value", options=list(choices[key]))
-    if dst.exists():
-        shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    claim_dir(dst, "job", overwrite=overwrite, protect=[src], inside_ok=False)
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
     for path in _config_paths(dst):
-        config = json.loads(path.read_text())
+        config = read_config(path)
         for key, value in values.items():
             if key in config:
                 config[key] = list(value) if isinstance(value, tuple) else value
         path.write_text(json.dumps(config, indent=2) + "\n")
     meta_path = dst / "meta.json"
     if "min_clients" in values and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+        meta = read_config(meta_path)
         meta["min_clients"] = values["min_clients"]
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     return dst
 
 
-def pack_job(src: str | Path, dst: str | Path, **values) -> Path:
+def pack_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, **values) -> Path:
     """Like :func:`configure_job`, and put the ``fedsegnet`` package into every app's ``custom/`` folder.
 
     For deployments that allow custom code in jobs (sites need not install the wheel): FLARE adds
@@ -107,15 +131,19 @@ def pack_job(src: str | Path, dst: str | Path, **values) -> Path:
 
     Args:
         src: job folder.
-        dst: destination folder (replaced if it exists).
+        dst: destination folder (see :func:`configure_job`: never an existing folder fedsegnet did not write).
+        overwrite: replace ``dst`` when it is a job folder written before. Defaults to False.
         **values: job args to set (see :func:`configure_job`).
 
     Returns:
         ``dst`` as a Path.
+
+    Raises:
+        ConfigError, OutputError, FedSegNetError: see :func:`configure_job`.
     """
     import fedsegnet
 
-    dst = configure_job(src, dst, **values)
+    dst = configure_job(src, dst, overwrite=overwrite, **values)
     package = Path(fedsegnet.__file__).resolve().parent
     for app in sorted({p.parent.parent for p in _config_paths(dst)}):
         target = app / "custom" / "fedsegnet"
@@ -136,21 +164,44 @@ class SimulatorRun:
         data_root: exported as ``FEDSEGNET_DATA_ROOT`` to the sites. Defaults to None (inherit).
         log_file: where the simulator's output goes. Defaults to ``<workspace>.simulator.log`` beside
             the workspace (the simulator empties its workspace when it starts).
+        overwrite: start in a workspace an earlier run left (it carries
+            :data:`fedsegnet.outputs.MARKER` in its ``local/``), replacing it. Defaults to False.
+
+    The simulator deletes everything in its workspace but ``local/`` and ``startup/`` when it
+    starts, so :meth:`start` refuses a workspace holding anything else (unless ``overwrite`` and it
+    is one a run left), and a log file that a run of this class did not write.
+
+    Raises:
+        OutputError: from :meth:`start`, naming the refused workspace or log file.
     """
 
-    def __init__(self, job_dir, workspace, n_clients: int, threads: int | None = None, data_root=None, log_file=None):
+    def __init__(
+        self, job_dir, workspace, n_clients: int, threads: int | None = None, data_root=None, log_file=None,
+        overwrite: bool = False,
+    ):  # fmt: skip
         self.job_dir = Path(job_dir)
         self.workspace = Path(workspace)
         self.n_clients = int(n_clients)
         self.threads = int(threads or n_clients)
         self.data_root = data_root
         self.log_file = Path(log_file) if log_file else self.workspace.with_name(self.workspace.name + ".simulator.log")
+        self.overwrite = bool(overwrite)
         self.proc = None
         self._log = None
 
     def start(self) -> "SimulatorRun":
-        self.workspace.mkdir(parents=True, exist_ok=True)
-        write_site_policy(self.workspace / "local")
+        ours = read_marker(self.workspace, "local") is not None
+        if self.log_file.exists() and not (self.overwrite and ours):
+            raise OutputError(
+                f"simulator log {self.log_file}: exists; choose another workspace, or give --overwrite to replace "
+                "a run fedsegnet started there"
+            )
+        claim_dir(self.workspace, "job simulate", overwrite=self.overwrite, protect=[self.job_dir], flag="workspace",
+                  keep=("local", "startup"), marker_dir="local")  # fmt: skip
+        try:
+            write_site_policy(self.workspace / "local")
+        except ValueError as e:  # a resources.json that is not a JSON object
+            raise FedSegNetError(str(e)) from None
         env = dict(os.environ)
         if self.data_root is not None:
             env[DATA_ROOT_ENV] = str(Path(self.data_root).resolve())
@@ -171,7 +222,7 @@ class SimulatorRun:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise FedSegNetError(f"simulator did not finish within {timeout} s; log: {self.log_file}") from None
+            raise RunError(f"simulator did not finish within {timeout} s; log: {self.log_file}") from None
         finally:
             if self.proc.poll() is not None and self._log:
                 self._log.close()
@@ -246,7 +297,7 @@ def wait_with_progress(run: SimulatorRun, results: SimResults, timeout: float, o
     while run.poll() is None:
         if time.monotonic() > deadline:
             run.stop()
-            raise FedSegNetError(f"simulator did not finish within {timeout:.0f} s; log: {run.log_file}")
+            raise RunError(f"simulator did not finish within {timeout:.0f} s; log: {run.log_file}")
         records = results.read_records() if results.records.exists() else []
         for rec in records[seen:]:
             if on_round:

@@ -4,6 +4,9 @@
 
 - writes a provisioning project (server, N sites, one project admin) and runs ``nvflare poc prepare``
   on it, so every participant gets a real startup kit with certificates (mutual TLS on loopback);
+  ``nvflare poc prepare`` deletes the workspace it prepares, so an existing workspace is replaced
+  only with ``overwrite`` and only when it holds this module's state file (a POC workspace
+  FedSegNet prepared); any other existing folder is refused (:mod:`fedsegnet.outputs`);
 - admits FedSegNet's components in each participant's ``local/resources.json`` and, when asked,
   places a site privacy policy (``local/privacy.json``) *after* preparation: ``nvflare poc prepare``
   deletes and recreates the whole workspace, so a policy placed before it is lost;
@@ -26,11 +29,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
-from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
 from fedsegnet.report import shallowest_file
@@ -109,7 +113,8 @@ class PocSystem:
     """A FLARE POC deployment on this machine: one server, N sites, one project admin.
 
     Args:
-        workspace: POC workspace folder (``nvflare poc prepare`` replaces it).
+        workspace: POC workspace folder (:meth:`prepare` creates it; it replaces only a POC workspace
+            FedSegNet prepared, and only when asked).
         sites: site names. Defaults to ``("site-1", "site-2")``.
         data_root: folder with one data folder per site (``<data_root>/<site>/dataset.json``), given to
             each site as ``FEDSEGNET_DATA_ROOT``. A dict ``{site: folder}`` gives each site its own root.
@@ -191,38 +196,86 @@ class PocSystem:
         path = Path(workspace).resolve() / STATE_FILE
         if not path.exists():
             raise FedSegNetError(f"{path} not found: prepare the workspace first (`fedsegnet poc prepare`)")
-        state = json.loads(path.read_text())
-        system = cls(
-            workspace, state["sites"], state.get("data_root"), state["fed_learn_port"], state["admin_port"],
-            state.get("site_env"), state.get("client_outcome_wait", 60),
-        )  # fmt: skip
-        system.pids = {k: int(v) for k, v in state.get("pids", {}).items()}
+        try:
+            state = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FedSegNetError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise FedSegNetError(f"{path}: cannot be read ({e})") from None
+        try:
+            system = cls(
+                workspace, state["sites"], state.get("data_root"), state["fed_learn_port"], state["admin_port"],
+                state.get("site_env"), state.get("client_outcome_wait", 60),
+            )  # fmt: skip
+            system.pids = {k: int(v) for k, v in state.get("pids", {}).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            problem = f"field {e.args[0]!r} missing" if isinstance(e, KeyError) else str(e)
+            raise FedSegNetError(f"{path}: not a FedSegNet POC state file ({problem})") from None
         return system
 
     # ------------------------------------------------------------------ prepare
-    def prepare(self, privacy_policy: str | Path | dict | None = None) -> "PocSystem":
-        """Provision the POC workspace (replacing it) and write the site policies.
+    def check_workspace(self, overwrite: bool = False) -> None:
+        """Refuse a workspace that :meth:`prepare` may not replace.
+
+        Args:
+            overwrite: allow replacing a POC workspace FedSegNet prepared. Defaults to False.
+
+        Raises:
+            OutputError: the workspace exists and is not an empty folder, and ``overwrite`` is not
+                given or it holds no ``fedsegnet_poc.json`` (it is not a POC workspace of FedSegNet's).
+        """
+        ws = self.workspace
+        if not (ws.exists() or ws.is_symlink()):
+            return
+        if not ws.is_dir():
+            raise OutputError(f"POC workspace {ws}: exists and is not a folder; it is left alone")
+        if not any(ws.iterdir()):
+            return
+        if not overwrite:
+            raise OutputError(
+                f"POC workspace {ws}: exists; choose a new -w/--workspace, or give --overwrite to replace a POC workspace "
+                "fedsegnet prepared"
+            )
+        if not (ws / STATE_FILE).is_file():
+            raise OutputError(
+                f"POC workspace {ws}: exists and is not a POC workspace fedsegnet prepared (no {STATE_FILE}); "
+                "it is left alone, even with --overwrite"
+            )
+
+    def prepare(self, privacy_policy: str | Path | dict | None = None, overwrite: bool = False) -> "PocSystem":
+        """Provision the POC workspace and write the site policies.
 
         Args:
             privacy_policy: a site privacy policy (``privacy.json`` path or its content) copied into
                 every site's ``local/`` after preparation. Defaults to None.
+            overwrite: replace an existing workspace when it is a POC workspace FedSegNet prepared
+                (it holds ``fedsegnet_poc.json``). Defaults to False: an existing, non-empty
+                workspace is refused.
 
         Raises:
-            FedSegNetError: ``nvflare poc prepare`` failed (its output is in the message) or processes
-                of this workspace are still running.
+            OutputError: the workspace is refused (see :meth:`check_workspace`); nothing was written.
+            RunError: ``nvflare poc prepare`` failed (its output is in the message).
+            FedSegNetError: processes of this workspace are still running.
         """
+        self.check_workspace(overwrite)
         if any(self.running().values()):
             raise FedSegNetError(f"{self.workspace}: POC processes still running; stop them first (`fedsegnet poc stop`)")
+        if (self.workspace / STATE_FILE).is_file():
+            running = PocSystem.load(self.workspace).running()
+            if any(running.values()):
+                names = ", ".join(n for n, alive in running.items() if alive)
+                raise FedSegNetError(f"{self.workspace}: POC processes still running ({names}); stop them first (`fedsegnet poc stop`)")
         import yaml
 
         self.workspace.parent.mkdir(parents=True, exist_ok=True)
-        project_file = self.workspace.parent / f"{self.workspace.name}.project.yml"
-        project_file.write_text(yaml.safe_dump(poc_project(self.sites, self.fed_learn_port, self.admin_port), sort_keys=False))
-        env = dict(os.environ, NVFLARE_POC_WORKSPACE=str(self.workspace))
-        cmd = [sys.executable, "-m", "nvflare.cli", "poc", "prepare", "-i", str(project_file), "--force"]
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        with tempfile.TemporaryDirectory(prefix="fedsegnet-poc-") as tmp:
+            project_file = Path(tmp) / "project.yml"
+            project_file.write_text(yaml.safe_dump(poc_project(self.sites, self.fed_learn_port, self.admin_port), sort_keys=False))
+            env = dict(os.environ, NVFLARE_POC_WORKSPACE=str(self.workspace))
+            cmd = [sys.executable, "-m", "nvflare.cli", "poc", "prepare", "-i", str(project_file), "--force"]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if done.returncode != 0 or not self.kit("server").is_dir():
-            raise FedSegNetError(
+            raise RunError(
                 f"`nvflare poc prepare` failed (exit {done.returncode}) for {self.workspace}:\n{done.stdout}\n{done.stderr}"
             )
         for name in ["server", *self.sites]:
@@ -365,7 +418,7 @@ class PocSystem:
         while time.monotonic() < deadline:
             for name, alive in self.running().items():
                 if not alive:
-                    raise FedSegNetError(f"{name} exited while starting; see {self.kit(name) / 'console.log'}:\n{self._tail(name)}")
+                    raise RunError(f"{name} exited while starting; see {self.kit(name) / 'console.log'}:\n{self._tail(name)}")
             try:
                 with self.session(timeout=10) as s:
                     connected = self.connected_sites(s)
@@ -375,7 +428,7 @@ class PocSystem:
             except Exception as e:  # the server is still starting
                 last = f"admin API: {e}"
             time.sleep(2)
-        raise FedSegNetError(f"POC system not ready within {timeout:.0f} s ({last}); server log:\n{self._tail('server')}")
+        raise RunError(f"POC system not ready within {timeout:.0f} s ({last}); server log:\n{self._tail('server')}")
 
     def _tail(self, name: str, lines: int = 20) -> str:
         for path in (self.log(name), self.kit(name) / "console.log"):
@@ -433,15 +486,22 @@ class PocSystem:
                 if status and status.startswith("FINISHED"):
                     return status
                 if time.monotonic() > deadline:
-                    raise FedSegNetError(f"job {job_id} not finished within {timeout:.0f} s (status {status})")
+                    raise RunError(f"job {job_id} not finished within {timeout:.0f} s (status {status})")
                 time.sleep(poll)
 
     def download(self, job_id: str, destination: str | Path) -> Path:
-        """Download a finished job's result (server workspace) through the admin API; returns its folder."""
+        """Download a finished job's result (server workspace) through the admin API; returns its folder.
+
+        Raises:
+            OutputError: ``<destination>/<job_id>`` exists already (it is left alone).
+            RunError: the admin API returned no result folder.
+        """
+        if (Path(destination) / job_id).exists():
+            raise OutputError(f"--download {destination}: {Path(destination) / job_id} exists; it is left alone")
         with self.session() as s:
             location = s.download_job_result(job_id, str(Path(destination).resolve()))
         if not location or not Path(location).exists():
-            raise FedSegNetError(f"job {job_id}: download returned no result folder ({location!r})")
+            raise RunError(f"job {job_id}: download returned no result folder ({location!r})")
         return Path(location)
 
     def __enter__(self):

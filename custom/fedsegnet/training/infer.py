@@ -11,6 +11,12 @@ slice at a time, and states its tie rule, which makes RAS- and LPS-stored copies
 voxel for voxel (tested). The channels of one case (multi-sequence MRI) come as several 3D files in
 the order the model was trained, or as one 4D file with the channels last (MSD Task01_BrainTumour).
 The written values are the model spec's ``label_values`` (BraTS: 0, 1, 2, 4), else the class ids.
+
+Nothing is overwritten: an output file or folder that exists is refused unless asked, and even
+then only a label map this module wrote (its NIfTI header's ``descrip`` is :data:`DESCRIP`) or a
+folder it made is replaced; input scans are never written (:mod:`fedsegnet.outputs`). A header
+declaring more than :data:`fedsegnet.data.preflight.MAX_VOXELS` voxels is refused before any data
+is read.
 """
 
 from __future__ import annotations
@@ -25,11 +31,15 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.data.preflight import check_voxel_bound
+from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.outputs import claim_dir, claim_file
 
 logger = logging.getLogger(__name__)
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DESCRIP = b"fedsegnet infer"
+"""What a written label map's NIfTI ``descrip`` field says (how ``overwrite`` recognises its own files)."""
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -47,6 +57,7 @@ def _open(path: Path) -> nib.Nifti1Image:
         img.shape  # noqa: B018 (a broken header fails here)
     except Exception as e:  # nibabel raises several kinds for a missing or broken file
         raise FedSegNetError(f"{path}: cannot be read as NIfTI: {e}") from None
+    check_voxel_bound(path, img.shape)
     return img
 
 
@@ -182,12 +193,67 @@ def to_input_grid(pred: np.ndarray, model_affine: np.ndarray, input_affine: np.n
     return out
 
 
+def written_by_infer(path: str | Path) -> bool:
+    """Whether ``path`` is a label map this module wrote (its header's ``descrip`` is :data:`DESCRIP`)."""
+    try:
+        descrip = bytes(np.asarray(nib.load(str(path)).header["descrip"]).tobytes()).rstrip(b"\0")
+    except Exception:  # not a NIfTI file: not ours
+        return False
+    return descrip == DESCRIP
+
+
+def check_output_file(out: str | Path, images: Sequence[str | Path] = (), overwrite: bool = False) -> Path:
+    """Claim ``out`` for one case's label map before any work is done.
+
+    Args:
+        out: the output file (``.nii.gz`` or ``.nii``).
+        images: the case's input files (never written). Defaults to ().
+        overwrite: replace ``out`` when it is a label map this module wrote. Defaults to False.
+
+    Returns:
+        ``out`` as a Path (its folder exists and is writable).
+
+    Raises:
+        ConfigError: ``out`` does not end in ``.nii.gz`` or ``.nii``.
+        OutputError: ``out`` is an input, exists (and is not ours, or ``overwrite`` is not given),
+            or cannot be written.
+    """
+    if not str(out).endswith(NIFTI_SUFFIXES):
+        raise ConfigError("--out", str(out), "a label map is written as NIfTI: the name must end in .nii.gz or .nii")
+    return claim_file(out, overwrite=overwrite, owned=written_by_infer, protect=list(images))
+
+
+def check_output_dir(out_dir: str | Path, folder: str | Path, overwrite: bool = False) -> Path:
+    """Claim ``out_dir`` for the label maps of every case of ``folder``.
+
+    Args:
+        out_dir: the output folder (created, with :data:`fedsegnet.outputs.MARKER`).
+        folder: the input folder (never written; ``out_dir`` may lie inside it).
+        overwrite: replace ``out_dir`` when an earlier ``infer`` made it. Defaults to False.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FedSegNetError: ``folder`` is not a folder.
+        OutputError: ``out_dir`` is ``folder`` or holds it, exists (and is not ours, or
+            ``overwrite`` is not given), or cannot be created.
+    """
+    if not Path(folder).is_dir():
+        raise FedSegNetError(f"--image-dir {folder}: no such folder")
+    return claim_dir(out_dir, "infer", overwrite=overwrite, protect=[folder])
+
+
 def save_labels(labels: np.ndarray, reference: nib.Nifti1Image, out: str | Path) -> Path:
-    """Write ``labels`` with the reference image's affine and header (uint8, scaling removed)."""
+    """Write ``labels`` with the reference image's affine and header (uint8, scaling removed, ``descrip``
+    set to :data:`DESCRIP`). The caller has claimed ``out`` (:func:`check_output_file`)."""
     out = Path(out)
+    if not str(out).endswith(NIFTI_SUFFIXES):
+        raise ConfigError("out", str(out), "a label map is written as NIfTI: the name must end in .nii.gz or .nii")
     out.parent.mkdir(parents=True, exist_ok=True)
     header = reference.header.copy()
     header.set_data_dtype(np.uint8)
+    header["descrip"] = DESCRIP
     img = nib.Nifti1Image(labels.astype(np.uint8), reference.affine, header)
     img.set_qform(reference.get_qform(), int(reference.header["qform_code"]))
     img.set_sform(reference.get_sform(), int(reference.header["sform_code"]))
@@ -204,9 +270,11 @@ def cases_in_folder(folder: str | Path, in_channels: int) -> dict[str, list[Path
     without that suffix is a case when it is 4D with the model's channels last (MSD).
 
     Raises:
-        FedSegNetError: no NIfTI file, or a case with missing or extra channels (named).
+        FedSegNetError: no such folder, no NIfTI file, or a case with missing or extra channels (named).
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise FedSegNetError(f"{folder}: no such folder")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
     if not files:
         raise FedSegNetError(f"{folder}: no .nii or .nii.gz files")
@@ -241,17 +309,25 @@ def infer_folder(
     *,
     device: str | torch.device = "cpu",
     progress: Callable | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment every case of ``folder`` into ``out_dir/<case>.nii.gz``.
 
     Args:
+        device: where inference runs. Defaults to ``"cpu"``.
         progress: wraps the case iterable (e.g. ``tqdm``). Defaults to None.
+        overwrite: replace ``out_dir`` when an earlier run made it (see :func:`check_output_dir`).
+            Defaults to False.
 
     Returns:
         The written files. A case that fails stops the run with an error naming it; files already
         written stay.
+
+    Raises:
+        FedSegNetError, OutputError: see :func:`check_output_dir` and :func:`cases_in_folder`.
     """
     cases = cases_in_folder(folder, spec["in_channels"])
+    check_output_dir(out_dir, folder, overwrite=overwrite)
     items = list(cases.items())
     written = []
     for case, files in progress(items) if progress else items:

@@ -26,7 +26,7 @@ from fedsegnet.data.transforms import (
     case_spacing,
     infinite_batches,
 )
-from fedsegnet.errors import DataError, FedSegNetError
+from fedsegnet.errors import ConfigError, DataError, FedSegNetError
 from fedsegnet.networks import build_network
 from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement, weak_label_agreement
 from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
@@ -48,11 +48,38 @@ def site_seed(seed: int, site: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(site.encode("utf-8"))) % (2**31 - 1)
 
 
-def pick_device(device: str | None = None) -> torch.device:
-    """``device`` if given, else CUDA when available, else CPU."""
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(device: str | torch.device | None = None, field: str = "device") -> torch.device:
+    """``device`` if given and usable on this machine, else CUDA when available, else CPU.
+
+    Args:
+        device: a torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...). Defaults to None (pick).
+        field: the setting that named ``device``, for the message. Defaults to ``"device"``.
+
+    Raises:
+        ConfigError: ``device`` is not a torch device or is not present here (e.g. ``cuda:7`` on a
+            machine with one GPU, or any CUDA device without CUDA); names ``field`` and the
+            devices there are.
+    """
+    if not device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(field, str(device), f"not a torch device ({e})") from None
+    if dev.type == "cpu":
+        return dev
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if dev.type == "cuda":
+        if not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count():
+            raise ConfigError(field, str(device), "no such CUDA device on this machine", options=available)
+        return dev
+    try:
+        torch.zeros(1, device=dev)
+    except Exception as e:  # torch raises several kinds for a device type it was not built with
+        raise ConfigError(field, str(device), f"not usable on this machine ({type(e).__name__})", options=available) from None
+    return dev
 
 
 def build_model_for(config: TrainConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
