@@ -77,7 +77,7 @@ def test_gate_accepts_clean_updates_and_names_each_problem():
     assert d["site-1"].accepted and d["site-6"].accepted and d["site-1"].reason == ""
     assert not d["site-2"].accepted and "b: shape [4]" in d["site-2"].reason
     assert not d["site-3"].accepted and "w: holds NaN" in d["site-3"].reason
-    assert not d["site-4"].accepted and "the median norm" in d["site-4"].reason
+    assert not d["site-4"].accepted and "the reference norm" in d["site-4"].reason
     assert not d["site-5"].accepted and "1 missing ['b']" in d["site-5"].reason
     assert d["site-1"].norm == pytest.approx(update_norm(ups["site-1"]))
 

@@ -41,9 +41,11 @@ def _update(seed, scale=1.0, density=1.0):
     return out
 
 
-def _result(update, n_train=10, agreement=0.8, local=0.8, rnd=2):
+def _result(update, n_train=10, agreement=0.8, local=0.8, rnd=2, personal=None):
     meta = {UpdateMeta.N_TRAIN: n_train, UpdateMeta.LABEL_AGREEMENT: agreement, UpdateMeta.VAL_DICE_LOCAL: local,
             UpdateMeta.LABEL_KIND: "voxel", MetaKey.INITIAL_METRICS: 0.5}  # as LearnerExecutor sends it  # fmt: skip
+    if personal is not None:
+        meta[UpdateMeta.PERSONAL_KEYS] = list(personal)
     s = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
     s.set_header(AppConstants.CURRENT_ROUND, rnd)
     return s
@@ -119,7 +121,7 @@ def test_sparse_updates_are_kept_sparse(tmp_path):
 def test_baseline_methods(tmp_path, method):
     agg = AAMAggregator(method=method)
     ups = {f"site-{i}": _update(i) for i in range(1, 4)}
-    n = {"site-1": 5, "site-2": 10, "site-3": 20}
+    n = {"site-1": 5, "site-2": 8, "site-3": 10}  # within the peer bound (2 x the others' lower median)
     _feed(tmp_path, agg, {s: _result(u, n_train=n[s]) for s, u in ups.items()})
     out = from_shareable(agg.aggregate(_server(tmp_path, agg, "site-1"))).data
     expected = aggregate_mean(list(ups.values()), list(n.values())) if method == "mean" else aggregate_median(list(ups.values()))
@@ -182,3 +184,134 @@ def test_aam_state_is_saved_with_the_global_model_and_restored(tmp_path):
     restored.handle_event(EventType.START_RUN, ctx2)
     restored.load_model(ctx2)
     assert fresh.state_dict() == agg.state_dict() and fresh.aam.rounds == 2
+
+
+# ------------------------------------------------------------------------------ attacks by one site or k colluding sites
+def _norm(update):
+    return float(np.sqrt(sum(float(np.sum(np.square(v))) for v in update.values())))
+
+
+def _round(tmp_path, agg, results):
+    accepted = _feed(tmp_path, agg, results)
+    ctx = _server(tmp_path, agg, "site-1")
+    out = from_shareable(agg.aggregate(ctx)).data
+    return accepted, out, ctx.get_prop("fedsegnet.aam_record")
+
+
+@pytest.mark.parametrize("colluders", [1, 2])
+@pytest.mark.parametrize("method", ["aam", "mean", "median"])
+def test_declared_personal_keys_cannot_drop_an_honest_site(tmp_path, method, colluders):
+    """Sites that arrive first declaring "w" personal (sending only "b") are refused; the honest site carries the round."""
+    agg = AAMAggregator(method=method)
+    results = {f"site-{i}": _result({"b": _update(i)["b"]}, personal=["w"]) for i in range(1, colluders + 1)}
+    honest = f"site-{colluders + 1}"
+    results[honest] = _result(_update(9))
+    accepted, out, record = _round(tmp_path, agg, results)
+    assert accepted[honest] and not any(accepted[s] for s in results if s != honest)
+    assert "the job keeps 0 at the sites" in record["sites"]["site-1"]["gate"]
+    assert set(out) == set(SHAPES)
+    np.testing.assert_allclose(out["w"], _update(9)["w"], rtol=1e-5)  # the honest update alone, not dropped
+    assert record["sites"][honest]["accepted"] and record["sites"][honest]["weight"] in (1.0, None)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(SHAPES["w"]))
+        self.b = torch.nn.Parameter(torch.zeros(SHAPES["b"]))
+
+
+class _Holder:  # what the job's persistor offers: the network it built
+    model = _Net()
+
+    def handle_event(self, event_type, fl_ctx):
+        pass
+
+
+def test_the_job_decides_the_personal_keys_and_a_site_declaring_another_set_is_refused(tmp_path):
+    agg = AAMAggregator(personal_keys=["b"])
+    honest = {f"site-{i}": _result({"w": _update(i)["w"]}, personal=["b"]) for i in (1, 2, 3)}
+    results = {
+        "site-0": _result({"b": _update(0)["b"]}, personal=["w"]),  # arrives first, declares another set
+        "site-4": _result(_update(4), personal=[]),  # declares nothing and sends the job's personal key
+        "site-5": _result(_update(5), personal=["b"]),  # declares the set but sends "b" anyway
+        **honest,
+    }
+    engine_extra = {"persistor": _Holder()}
+    accepted = {site: agg.accept(r, _server(tmp_path, agg, site, extra=engine_extra)) for site, r in results.items()}
+    assert accepted == {"site-0": False, "site-4": False, "site-5": False, "site-1": True, "site-2": True, "site-3": True}
+    ctx = _server(tmp_path, agg, "site-1", extra=engine_extra)
+    out = from_shareable(agg.aggregate(ctx)).data
+    record = ctx.get_prop("fedsegnet.aam_record")
+    assert set(out) == {"w"} and "sends 1 key(s) the job keeps" in record["sites"]["site-5"]["gate"]
+    assert sum(record["sites"][s]["weight"] for s in honest) == pytest.approx(1.0)
+
+
+def test_a_job_that_keeps_keys_needs_the_network_and_refuses_without_it(tmp_path):
+    agg = AAMAggregator(personalization="fedbn")
+    assert not agg.accept(_result(_update(1)), _server(tmp_path, agg, "site-1"))  # no persistor: refused, no crash
+    with pytest.raises(ValueError, match="personalization"):
+        AAMAggregator(personalization="bogus")
+
+
+@pytest.mark.parametrize("factor", [10.0, 1000.0])
+@pytest.mark.parametrize("warm_rounds", [0, 3])
+def test_two_sites_a_scaled_update_moves_the_model_no_more_than_an_honest_one(tmp_path, factor, warm_rounds):
+    """Round 0 (no history) and after honest rounds: x10 and x1000 of one of two sites."""
+    agg = AAMAggregator()
+    for r in range(warm_rounds):
+        _round(tmp_path, agg, {"site-1": _result(_update(10 + r)), "site-2": _result(_update(20 + r))})
+    honest, own = _update(1), _update(2)
+    accepted, out, record = _round(tmp_path, agg, {"site-1": _result(honest), "site-2": _result({k: factor * v for k, v in own.items()})})
+    w = {s: record["sites"][s]["weight"] for s in ("site-1", "site-2") if record["sites"][s]["accepted"]}
+    assert w.get("site-2", 0.0) <= w["site-1"]  # the larger update is never favoured
+    assert _norm(out) <= 1.1 * max(_norm(honest), _norm(own))  # moved no more than an honest update would
+
+
+def test_a_lone_scaled_update_is_bounded_by_the_history_after_a_restart(tmp_path):
+    agg = AAMAggregator()
+    for r in range(3):
+        _round(tmp_path, agg, {"site-1": _result(_update(10 + r)), "site-2": _result(_update(20 + r))})
+    restarted = AAMAggregator()
+    restarted.load_state_dict(json.loads(json.dumps(agg.state_dict())))  # as the persistor saves and restores it
+    honest = _update(1)
+    _, out, _ = _round(tmp_path, restarted, {"site-2": _result({k: 10 * v for k, v in _update(2).items()})})
+    assert _norm(out) <= 2.05 * _norm(honest)  # at most clip_norm x the history's reference norm
+
+
+@pytest.mark.parametrize("method", ["aam", "mean"])
+def test_an_overclaimed_case_count_is_bounded_by_the_peers(tmp_path, method):
+    agg = AAMAggregator(method=method)
+    results = {f"site-{i}": _result(_update(i), n_train=10) for i in (1, 2, 3)}
+    results["site-4"] = _result(_update(4), n_train=1e9)
+    _, _, record = _round(tmp_path, agg, results)
+    w = {s: r["weight"] for s, r in record["sites"].items()}
+    assert w["site-4"] <= 2 / 5 + 1e-6 and min(w[s] for s in ("site-1", "site-2", "site-3")) >= 1 / 5 - 1e-6
+
+
+def test_two_colluders_overclaiming_cases_cannot_starve_the_third(tmp_path):
+    agg = AAMAggregator()
+    results = {"site-1": _result(_update(1), n_train=1e9), "site-2": _result(_update(2), n_train=1e9),
+               "site-3": _result(_update(3), n_train=10)}  # fmt: skip
+    _, _, record = _round(tmp_path, agg, results)
+    assert record["sites"]["site-3"]["weight"] >= 0.2 - 1e-6
+
+
+def _spread_update(seed, spread=1.5):
+    """An honest update: the common direction plus much site noise (honest cosines about 0.3-0.5, as sparse updates)."""
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(0)
+    return {k: (base.normal(size=s) + spread * rng.normal(size=s)).astype(np.float32) for k, s in SHAPES.items()}
+
+
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_a_random_update_of_ordinary_norm_is_down_weighted(tmp_path, k):
+    agg = AAMAggregator()
+    honest = {f"site-{i}": _spread_update(i) for i in range(1, k)}
+    rng = np.random.default_rng(99)
+    noise = {n: (rng.normal(size=v.shape) * float(v.std())).astype(np.float32) for n, v in honest["site-1"].items()}
+    _, out, record = _round(tmp_path, agg, {**{s: _result(u) for s, u in honest.items()}, f"site-{k}": _result(noise)})
+    assert record["sites"][f"site-{k}"]["weight"] <= 0.03
+    mean = aggregate_mean(list(honest.values()))
+    cos = sum(float(np.sum(out[n] * mean[n])) for n in SHAPES) / (_norm(out) * _norm(mean))
+    assert cos > 0.95

@@ -3,7 +3,8 @@
 - :mod:`.aam`: the Adaptive Aggregation Mechanism (signals, weights with floor/cap/temperature,
   weighted combination, state that survives restarts).
 - :mod:`.robust`: coordinate-wise median and trimmed mean (Yin et al., ICML 2018), weighted mean.
-- :mod:`.gate`: the hard gate every update passes before aggregation (names, shapes, NaN/Inf, norm).
+- :mod:`.gate`: the hard gate every update passes before aggregation (names, shapes, NaN/Inf, norm),
+  and the reference norm a round's updates are measured against.
 - :mod:`.compact`: updates kept sparse as they arrived, densified one tensor at a time.
 """
 
@@ -14,10 +15,11 @@ from fedsegnet.aggregation.aam import (
     SiteReport,
     bounded_weights,
     divergence_signals,
+    peer_bounded_counts,
     weighted_sum,
 )
 from fedsegnet.aggregation.compact import CompactUpdate
-from fedsegnet.aggregation.gate import GateDecision, gate_updates, shared_reference
+from fedsegnet.aggregation.gate import GateDecision, gate_updates, reference_norm, shared_reference
 from fedsegnet.aggregation.robust import (
     aggregate_mean,
     aggregate_median,
@@ -31,5 +33,6 @@ METHODS = ("aam", "mean", "median", "trimmed_mean")
 __all__ = [
     "LABEL_KIND_TRUST", "METHODS", "AdaptiveAggregation", "AggregationResult", "CompactUpdate", "GateDecision",
     "SiteReport", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
-    "divergence_signals", "gate_updates", "shared_reference", "update_norm", "weighted_sum",
+    "divergence_signals", "gate_updates", "peer_bounded_counts", "reference_norm", "shared_reference", "update_norm",
+    "weighted_sum",
 ]  # fmt: skip

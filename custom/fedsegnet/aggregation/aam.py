@@ -16,37 +16,50 @@ Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
   validation split, smoothed like ``q_i``; its gain over the received global model is recorded. A site
   whose own model cannot fit its own validation labels holds labels that contradict each other.
 * **divergence**, computed here from the updates themselves: cosine distance ``c_i`` of the
-  update to a robust centre (coordinate-wise trimmed mean or median of the round's updates; its
-  similarity ``g_i = 1 - c_i`` enters the score) and the norm ratio ``r_i = ||u_i|| / median_j ||u_j||``.
+  update to a robust centre of the *other* sites' updates (leave-one-out coordinate-wise trimmed
+  mean or median; its similarity ``g_i = 1 - c_i`` enters the score: an update of random direction
+  is near-orthogonal to every other update, while honest updates correlate with each other), and
+  the norm ratio ``r_i = ||u_i|| / rho`` to the round's reference norm ``rho``
+  (:func:`~fedsegnet.aggregation.gate.reference_norm`: the median norm with 3 or more sites, the
+  smaller one with 2, clamped around the history of earlier rounds' reference norms, which is kept
+  in the state).
 
 Score and weight (``relu(x) = max(x, 0)``; only a site that falls clearly behind the others loses weight)::
 
     s_i = -[ a * relu(1 - q_i / q_med - m) + b * relu(1 - p_i / p_med - m)
-             + d * relu(1 - g_i / g_med - m_c) + e * relu(|log r_i| - log m_r) ]
+             + d * relu(1 - g_i / g_med - m_c) + e * relu(log r_i - log m_r) ]
     w_i ∝ kappa_i * n_i * exp(s_i / T)
 
-with ``n_i`` the site's (clamped) training-case count, ``T`` the temperature, then bounded to
-``[floor, cap]`` and normalised (mass above the cap and below the floor is moved between the other
-sites in proportion to their weights). The penalties are one-sided and start beyond a tolerance
+with ``n_i`` the site's training-case count (clamped to ``[1, max_cases]`` and to
+``peer_cases_ratio`` times the lower median of the other sites' counts) and ``T`` the temperature.
+The prior shares ``kappa_i * n_i`` (what a site reports) are bounded to at most ``cap`` first, the
+weights after the scores to at least ``floor``, and normalised (mass above the cap or below the
+floor is moved between the other sites in proportion to their weights): the cap limits what
+reporting buys, never how far a measured penalty can take a weight down. The penalties are one-sided and start beyond a tolerance
 (``m`` and ``m_c`` as shares of the median, so that intrinsically harder data, where every Dice is
 lower, and sparse updates, whose similarities are all low, are judged on their own scale; ``m_r``
-as a norm ratio): sites within the ordinary
+as a norm ratio, applied upward only: a larger update never gains weight, and a smaller one is not
+penalised, so that a site shrinking its own update cannot push an honest one down): sites within the ordinary
 spread keep their FedAvg weights, so round-to-round noise in the signals does not concentrate the
 weight on a lucky site, and sites that are merely *different* (another scanner, smaller
 structures: the ``noniid`` case) are not treated as bad unless they fall far behind. With all
 coefficients 0 the weights are FedAvg's (sample counts). A missing signal counts as the median
 (neutral). Before the weighted mean, each update is scaled down to at most ``clip_norm`` times the
-median norm, so a scaled (x10) update that slips under the gate adds no more than an ordinary one.
+reference norm ``rho``, so a scaled (x10) update that slips under the gate adds no more than an
+ordinary one, also with two sites (where the median norm is the mean of the two and a scaled
+update would set it) and in a round where one update arrives alone (``rho`` is then held near the
+history).
 
 What a dishonest site can fake, and what limits it: ``n_i``, the label kind, ``q_i`` and ``p_i``
-are self-reported. They are clamped (counts to ``[1, max_cases]``, Dice to ``[0, 1]``, unknown
-kinds to the lowest trust); quality and performance can only lower a weight (claiming more than
-the others gains nothing), and every weight is capped at ``cap``: overclaiming cases buys at most
-the cap. Quality and performance are ignored while their median is below ``min_signal`` (an
+are self-reported. They are clamped (counts to ``[1, max_cases]`` and to ``peer_cases_ratio`` x
+the lower median of the others' counts, Dice to ``[0, 1]``, unknown kinds to the lowest trust);
+quality and performance can only lower a weight (claiming more than the others gains nothing),
+and every weight is capped at ``cap``: overclaiming cases buys at most ``peer_cases_ratio`` times
+an ordinary site's prior. Quality and performance are ignored while their median is below ``min_signal`` (an
 untrained global model makes them noise). The divergence terms are
 measured by the server on the update itself and cannot be faked; an update that is far from the
-others in direction or size is down-weighted, clipped to ``clip_norm`` x the median norm, or
-dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
+others in direction or larger than the others is down-weighted, clipped to ``clip_norm`` x the
+reference norm, or dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
 centre can only move the model a little per round, which is the limit any robust rule has.
 
 All functions are deterministic (no randomness), take plain mappings, and never modify their
@@ -67,7 +80,7 @@ import numpy as np
 import torch
 
 from fedsegnet.aggregation.compact import CompactUpdate
-from fedsegnet.aggregation.gate import gate_updates
+from fedsegnet.aggregation.gate import GateDecision, gate_updates, reference_norm
 from fedsegnet.compression import update_norm
 
 logger = logging.getLogger(__name__)
@@ -76,7 +89,8 @@ LABEL_KIND_TRUST = {"voxel": 1.0, "partial": 0.7, "box": 0.5, "tag": 0.3}
 """Prior trust per label kind; an unknown kind gets the lowest of these."""
 
 CENTRES = ("trimmed_mean", "median")
-STATE_VERSION = 1
+STATE_VERSION = 2
+"""Version 2 adds the history of reference norms; a version-1 state loads with an empty one."""
 
 
 @dataclass
@@ -145,6 +159,35 @@ def _number(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def peer_bounded_counts(counts: Mapping[str, float], ratio: float = 2.0) -> dict[str, float]:
+    """Bound each site's (self-reported) case count by what the other sites report.
+
+    Every count is cut to at most ``ratio`` times the *lower* median of the other sites' counts
+    (with an even number of others, the smaller of the two middle values), so that one site, or
+    fewer than half of the others, cannot raise the bound that applies to them by overclaiming.
+
+    Args:
+        counts: ``{site: count}`` (already clamped to ``[1, max_cases]``); not modified.
+        ratio: the bound as a multiple of the others' lower median, >= 1; 0 turns the bound off.
+            Defaults to 2.0.
+
+    Returns:
+        ``{site: bounded count}`` in the order of ``counts``; unchanged with fewer than 2 sites.
+
+    Raises:
+        ValueError: ``ratio`` neither 0 nor >= 1.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (ratio == 0 or ratio >= 1):
+        raise ValueError(f"ratio={ratio!r}: must be 0 (off) or >= 1")
+    if not ratio or len(counts) < 2:
+        return dict(counts)
+    out = {}
+    for site, n in counts.items():
+        others = sorted(float(v) for s, v in counts.items() if s != site)
+        out[site] = min(float(n), float(ratio) * others[(len(others) - 1) // 2])
+    return out
+
+
 # ------------------------------------------------------------------------------------------ signals
 @functools.lru_cache(maxsize=4096)
 def _sample_positions(name: str, size: int, share: float) -> np.ndarray:
@@ -158,10 +201,51 @@ def _sample_positions(name: str, size: int, share: float) -> np.ndarray:
     return positions
 
 
+def _leave_one_out_centres(stacked: torch.Tensor, centre: str, beta: float) -> list[torch.Tensor]:
+    """Per site, the robust centre of the *other* rows of ``stacked`` (K x n, K >= 2), from one sort."""
+    k = stacked.shape[0]
+    values, index = torch.sort(stacked.T.contiguous(), dim=1)  # (n, K) sorted per coordinate
+    n = values.shape[0]
+    rank = torch.empty_like(index)
+    rank.scatter_(1, index, torch.arange(k).expand(n, k).contiguous())  # rank[c, i]: position of row i
+    others = k - 1
+    out = []
+    if centre == "median":
+        m1, m2 = (others - 1) // 2, others // 2  # middle positions among the others
+        for i in range(k):
+            r = rank[:, i]
+            f1, f2 = m1 + (m1 >= r).long(), m2 + (m2 >= r).long()  # the same positions in the full sort
+            out.append((values.gather(1, f1[:, None]) + values.gather(1, f2[:, None]))[:, 0] * 0.5)
+        return out
+    cut = int(math.floor(beta * others))
+    lo_keep, hi_keep = cut, others - cut  # kept positions [lo_keep, hi_keep) among the others
+    prefix = torch.cat([torch.zeros(n, 1, dtype=values.dtype), torch.cumsum(values, dim=1)], dim=1)
+    for i in range(k):
+        r = rank[:, i]
+        inside = (r >= lo_keep) & (r <= hi_keep)  # the removed value sits in the kept span: one more from above
+        lo = torch.where(r < lo_keep, lo_keep + 1, lo_keep)
+        hi = torch.where(r <= hi_keep, hi_keep + 1, hi_keep)
+        total = prefix.gather(1, hi[:, None])[:, 0] - prefix.gather(1, lo[:, None])[:, 0]
+        total = total - torch.where(inside, values.gather(1, r[:, None])[:, 0], torch.zeros((), dtype=values.dtype))
+        out.append(total / (hi_keep - lo_keep))
+    return out
+
+
 def divergence_signals(
-    updates: Mapping[str, Mapping], centre: str = "trimmed_mean", beta: float = 0.25, sample_size: int = 250_000
+    updates: Mapping[str, Mapping],
+    centre: str = "trimmed_mean",
+    beta: float = 0.25,
+    sample_size: int = 250_000,
+    reference: float | None = None,
+    leave_one_out: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Cosine distance of each update to a robust centre, and its norm ratio to the median norm.
+    """Cosine distance of each update to a robust centre of the others, and its norm ratio to the reference norm.
+
+    With ``leave_one_out`` (the default) each update is compared with the centre of the *other*
+    updates: an update cannot pull its own reference towards itself (with 4 sites, Gaussian noise
+    of ordinary norm kept a similarity of 0.14-0.19 to a centre that included it, against 0.4-0.6
+    for honest updates; against the others' centre it is near 0). With 2 updates each one's centre
+    is the other one, so both get the same similarity (two sites cannot tell who points wrong).
 
     The centre and the cosines are computed on a fixed sample of coordinates (the same positions
     for every site and round, seeded by tensor name, about ``sample_size`` in all, spread over the
@@ -175,6 +259,10 @@ def divergence_signals(
             or ``"median"``. Defaults to ``"trimmed_mean"``.
         beta: trimmed share per end for ``"trimmed_mean"``, in [0, 0.5). Defaults to 0.25.
         sample_size: coordinates used for the centre and the cosines (0 = all). Defaults to 250_000.
+        reference: the norm the ratios are taken to. Defaults to None
+            (:func:`~fedsegnet.aggregation.gate.reference_norm` of these updates, no history).
+        leave_one_out: compare each update with the centre of the others (else with the centre of
+            all, itself included). Defaults to True.
 
     Returns:
         ``{site: {"cos_dist": in [0, 2], "norm": float, "norm_ratio": float}}``. With one update,
@@ -198,7 +286,7 @@ def divergence_signals(
     share = 1.0 if not sample_size or total <= sample_size else sample_size / total
     dots = np.zeros(k)
     sq = np.zeros(k)
-    centre_sq = 0.0
+    centre_sq = np.zeros(k)
     cut = int(math.floor(beta * k)) if centre == "trimmed_mean" else 0
     for name, size in sizes.items():
         positions = _sample_positions(name, size, share)
@@ -207,25 +295,29 @@ def divergence_signals(
             u = updates[s]
             rows.append(u.gather(name, positions) if isinstance(u, CompactUpdate) else np.asarray(u[name], dtype=np.float32).reshape(-1)[positions])
         stacked = torch.from_numpy(np.stack(rows)).double()
-        if k > 1:
+        sq += (stacked**2).sum(dim=1).numpy()
+        if k == 1:
+            continue
+        if leave_one_out:
+            for i, c in enumerate(_leave_one_out_centres(stacked, centre, beta)):
+                dots[i] += float(stacked[i] @ c)
+                centre_sq[i] += float(c @ c)
+        else:
             ordered = torch.sort(stacked.T.contiguous(), dim=1).values  # K values per coordinate, sorted in a row
             c = (ordered[:, (k - 1) // 2] + ordered[:, k // 2]) * 0.5 if centre == "median" else ordered[:, cut : k - cut].mean(dim=1)
-        else:
-            c = stacked[0]
-        dots += (stacked @ c).numpy()
-        sq += (stacked**2).sum(dim=1).numpy()
-        centre_sq += float(c @ c)
+            dots += (stacked @ c).numpy()
+            centre_sq += float(c @ c)
     norms = np.array([u.norm() if isinstance(u, CompactUpdate) else update_norm(u) for u in (updates[s] for s in sites)])
     sample_norms = np.sqrt(sq)
-    median_norm = float(np.median(norms))
+    ref = reference_norm(norms.tolist()) if reference is None else float(reference)
     out = {}
     for i, s in enumerate(sites):
-        denom = sample_norms[i] * math.sqrt(centre_sq)
+        denom = sample_norms[i] * math.sqrt(centre_sq[i])
         cos = float(dots[i] / denom) if denom > 0 and k > 1 else 1.0
         out[s] = {
             "cos_dist": float(min(2.0, max(0.0, 1.0 - cos))),
             "norm": float(norms[i]),
-            "norm_ratio": float(norms[i] / median_norm) if median_norm > 0 else 1.0,
+            "norm_ratio": float(norms[i] / ref) if ref and ref > 0 else 1.0,
         }
     return out
 
@@ -318,16 +410,25 @@ class AdaptiveAggregation:
             honest similarities vary a lot). Defaults to 0.7.
         min_signal: quality and performance count only once their median reaches this Dice (before,
             the global model predicts too little for them to mean anything). Defaults to 0.1.
-        norm_margin: ``m_r``, norm ratio (either way) that is tolerated. Defaults to 1.5.
+        norm_margin: ``m_r``, norm ratio above the reference norm that is tolerated (smaller
+            updates are never penalised). Defaults to 1.5.
         floor: lowest weight of an accepted site. Defaults to 0.02.
-        cap: highest weight of any site. Defaults to 0.6.
+        cap: highest prior share (case count x label-kind trust) of any site, applied before the
+            scores. Defaults to 0.6.
         smoothing: weight of the newest agreement in the moving average, in (0, 1]. Defaults to 0.5.
-        clip_norm: scale updates down to at most this many times the median norm (0 = off).
+        clip_norm: scale updates down to at most this many times the reference norm (0 = off).
             Defaults to 2.0.
         centre: robust centre of the divergence signal, ``"trimmed_mean"`` or ``"median"``.
             Defaults to ``"trimmed_mean"``.
-        max_norm_ratio: the gate drops updates above this many times the median norm. Defaults to 10.0.
+        max_norm_ratio: the gate drops updates above this many times the reference norm. Defaults to 10.0.
         max_cases: clamp of the self-reported case count. Defaults to 100_000.
+        peer_cases_ratio: a site's case count counts at most this many times the lower median of
+            the other accepted sites' counts (0 = no peer bound; see :func:`peer_bounded_counts`).
+            Defaults to 2.0.
+        norm_window: rounds of reference norms whose median anchors this round's reference norm.
+            Defaults to 5.
+        norm_growth: the reference norm stays within this factor of that median (a lone update,
+            or sites that grow their norms together, move it by at most this much). Defaults to 2.0.
         kind_trust: label kind -> prior trust. Defaults to None (:data:`LABEL_KIND_TRUST`).
         history: rounds of per-site weights kept in the state. Defaults to 100.
         sample_size: coordinates used for the divergence signal (see :func:`divergence_signals`;
@@ -358,6 +459,9 @@ class AdaptiveAggregation:
         kind_trust: Mapping[str, float] | None = None,
         history: int = 100,
         sample_size: int = 250_000,
+        peer_cases_ratio: float = 2.0,
+        norm_window: int = 5,
+        norm_growth: float = 2.0,
     ):
         checks = {
             "temperature": temperature > 0,
@@ -377,6 +481,9 @@ class AdaptiveAggregation:
             "max_cases": max_cases >= 1,
             "history": history >= 0,
             "sample_size": sample_size >= 0,
+            "peer_cases_ratio": peer_cases_ratio == 0 or peer_cases_ratio >= 1,
+            "norm_window": isinstance(norm_window, int) and not isinstance(norm_window, bool) and norm_window >= 1,
+            "norm_growth": norm_growth > 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -402,8 +509,12 @@ class AdaptiveAggregation:
         self.kind_trust = dict(LABEL_KIND_TRUST if kind_trust is None else kind_trust)
         self.history = int(history)
         self.sample_size = int(sample_size)
+        self.peer_cases_ratio = float(peer_cases_ratio)
+        self.norm_window = int(norm_window)
+        self.norm_growth = float(norm_growth)
         self._sites: dict[str, _SiteState] = {}
         self._history: list[dict] = []
+        self._norms: list[float] = []  # reference norms of earlier rounds, oldest first
         self.rounds = 0
 
     # ------------------------------------------------------------------------------ state
@@ -414,6 +525,7 @@ class AdaptiveAggregation:
             "rounds": self.rounds,
             "sites": {s: asdict(v) for s, v in sorted(self._sites.items())},
             "history": [dict(h) for h in self._history],
+            "norms": list(self._norms),
         }
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -422,16 +534,48 @@ class AdaptiveAggregation:
         Raises:
             ValueError: the state is not a FedSegNet AAM state of a known version (field named).
         """
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
+        if not isinstance(state, Mapping) or state.get("version") not in (1, STATE_VERSION):
             got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"AAM state: field 'version' is {got!r}, expected {STATE_VERSION}")
+            raise ValueError(f"AAM state: field 'version' is {got!r}, expected 1 or {STATE_VERSION}")
         try:
             sites = {str(s): _SiteState(**v) for s, v in dict(state["sites"]).items()}
             history = [dict(h) for h in state.get("history", [])]
             rounds = int(state["rounds"])
+            norms = [float(n) for n in state.get("norms", [])]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"AAM state: malformed ({type(e).__name__}: {e})") from None
-        self._sites, self._history, self.rounds = sites, history, rounds
+        if not all(math.isfinite(n) and n >= 0 for n in norms):
+            raise ValueError("AAM state: field 'norms' holds a negative or non-finite value")
+        self._sites, self._history, self.rounds, self._norms = sites, history, rounds, norms
+
+    @property
+    def norm_history(self) -> list[float]:
+        """Reference norms of the rounds so far, oldest first (a copy)."""
+        return list(self._norms)
+
+    def gate(self, updates: Mapping[str, Mapping], reference: Mapping, update_state: bool = True) -> tuple[dict[str, GateDecision], float | None]:
+        """The hard gate with this mechanism's norm history, and the round's reference norm.
+
+        Args:
+            updates: ``{site: {name: array}}``; not modified.
+            reference: ``{name: array or shape}`` the updates must match.
+            update_state: append the reference norm of the accepted updates to the history.
+                Defaults to True.
+
+        Returns:
+            ``({site: GateDecision}, rho)``: ``rho`` is the reference norm of the accepted updates
+            (:func:`~fedsegnet.aggregation.gate.reference_norm`), None when none was accepted and
+            there is no history.
+        """
+        decisions = gate_updates(
+            updates, reference, max_norm_ratio=self.max_norm_ratio, history=self._norms, growth=self.norm_growth,
+            window=self.norm_window,
+        )  # fmt: skip
+        norms = [d.norm for d in decisions.values() if d.accepted]
+        rho = reference_norm(norms, self._norms, self.norm_growth, self.norm_window)
+        if update_state and norms and rho is not None and rho > 0:
+            self._norms = (self._norms + [rho])[-max(self.norm_window, self.history, 1) :]
+        return decisions, rho
 
     @property
     def site_quality(self) -> dict[str, float | None]:
@@ -495,15 +639,18 @@ class AdaptiveAggregation:
         scores = {}
         for s in sites:
             ratio = divergence.get(s, {}).get("norm_ratio") or 1.0
-            pn = max(0.0, abs(math.log(max(ratio, 1e-12))) - math.log(self.norm_margin))
+            pn = max(0.0, math.log(max(ratio, 1e-12)) - math.log(self.norm_margin))  # upward only
             scores[s] = -(
                 self.quality_coef * pq[s] + self.performance_coef * pp[s] + self.divergence_coef * pc[s] + self.norm_coef * pn
             )
         top = max(scores.values())
         priors = {s: self._prior(reports[s]) for s in sites}
         prior_total = sum(priors.values())
-        raw = [priors[s] * math.exp((scores[s] - top) / self.temperature) for s in sites]
-        w = bounded_weights(raw, self.floor, self.cap)
+        # the cap bounds the self-reported part (the prior shares); the measured penalties then act in
+        # full: with two sites, a capped honest site would otherwise leave 1 - cap to a penalised one
+        shares = bounded_weights([priors[s] for s in sites], 0.0, self.cap)
+        raw = [shares[i] * math.exp((scores[s] - top) / self.temperature) for i, s in enumerate(sites)]
+        w = bounded_weights(raw, self.floor, 1.0)
         out = {}
         for i, s in enumerate(sites):
             g, p = reports[s].val_dice_global, reports[s].val_dice_local
@@ -540,7 +687,7 @@ class AdaptiveAggregation:
         Returns:
             :class:`AggregationResult`; ``update`` is None when the gate accepted no update.
         """
-        decisions = gate_updates(updates, reference, max_norm_ratio=self.max_norm_ratio)
+        decisions, rho = self.gate(updates, reference)
         records: dict[str, dict] = {}
         clamped: dict[str, SiteReport] = {}
         for site in updates:
@@ -563,16 +710,23 @@ class AdaptiveAggregation:
         if not accepted:
             self.rounds += 1
             return AggregationResult(None, records, round)
-        div = divergence_signals({s: updates[s] for s in accepted}, centre=self.centre, sample_size=self.sample_size)
+        bounded = peer_bounded_counts({s: clamped[s].n_train for s in accepted}, self.peer_cases_ratio)
+        for s in accepted:
+            if bounded[s] < clamped[s].n_train:
+                records[s]["notes"].append(f"n_train={clamped[s].n_train:g} -> {bounded[s]:g} (peer_cases_ratio x the others' median)")
+                clamped[s] = SiteReport(**{**asdict(clamped[s]), "n_train": bounded[s]})
+                records[s]["n_train"] = bounded[s]
+        div = divergence_signals(
+            {s: updates[s] for s in accepted}, centre=self.centre, sample_size=self.sample_size, reference=rho
+        )
         weights = self.weights({s: clamped[s] for s in accepted}, div)
-        median_norm = float(np.median([div[s]["norm"] for s in accepted]))
         factors = []
         for s in accepted:
             norm = div[s]["norm"]
             clip = 1.0
-            if self.clip_norm and norm > self.clip_norm * median_norm > 0:
-                clip = self.clip_norm * median_norm / norm
-            records[s].update(weights[s], norm=norm, clip=clip)
+            if self.clip_norm and rho and norm > self.clip_norm * rho > 0:
+                clip = self.clip_norm * rho / norm
+            records[s].update(weights[s], norm=norm, clip=clip, reference_norm=rho)
             factors.append(weights[s]["weight"] * clip)
         combined = weighted_sum([updates[s] for s in accepted], factors)
         self.rounds += 1

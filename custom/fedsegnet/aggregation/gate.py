@@ -2,8 +2,10 @@
 
 An update is dropped, with the reason, when it does not have exactly the global model's tensor
 names, when a tensor's shape differs, when it holds NaN or Inf, or when its norm exceeds
-``max_norm_ratio`` times the median norm of the round's updates (a scaled or random update). With
-fewer than 3 updates the norm rule cannot tell which one is out of line and is not applied.
+``max_norm_ratio`` times the round's reference norm (:func:`reference_norm`: the median norm of
+the round's updates with 3 or more of them, the smaller norm with 2, clamped to within a factor
+``growth`` of the history of earlier rounds' reference norms). Without history, 2 updates are not
+compared (the rule would drop the larger of an honest and a shrunken update) and 1 is not checked.
 """
 
 from __future__ import annotations
@@ -58,16 +60,64 @@ def shared_reference(reference: Mapping, personal) -> tuple[dict | None, str]:
     return {k: v for k, v in reference.items() if k not in kept}, ""
 
 
+def reference_norm(norms, history=(), growth: float = 2.0, window: int = 5) -> float | None:
+    """The norm an ordinary update of this round has, robust to one site scaling its update.
+
+    With 3 or more norms: their median (one site, or fewer than half, cannot move it beyond the
+    honest ones). With 2: the smaller one (a site that scales its update up only makes itself the
+    larger; one that scales it down can shrink the reference, which slows the round but moves the
+    model less, never more). With 1: that norm. When earlier rounds left reference norms
+    (``history``), the result is clamped to ``[h / growth, h * growth]`` with ``h`` the median of
+    the last ``window`` of them (``[h / growth, h]`` for a lone update, which cannot raise it):
+    sites that grow their norms together move the reference by at most a factor ``growth`` per
+    ``window`` rounds.
+
+    Args:
+        norms: the round's update norms (finite, >= 0); not modified.
+        history: earlier rounds' reference norms, oldest first. Defaults to () (none).
+        growth: the clamp factor around the history, > 1. Defaults to 2.0.
+        window: how many of the latest history values the clamp uses, >= 1. Defaults to 5.
+
+    Returns:
+        The reference norm (float), or None when there are neither norms nor history.
+
+    Raises:
+        ValueError: ``growth`` <= 1 or ``window`` < 1.
+    """
+    if not growth > 1:
+        raise ValueError(f"growth={growth!r}: must be > 1")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window={window!r}: must be an int >= 1")
+    values = sorted(float(n) for n in norms)
+    past = [float(h) for h in list(history)[-window:] if math.isfinite(float(h)) and float(h) > 0]
+    h = float(np.median(past)) if past else None
+    if not values:
+        return h
+    ref = float(np.median(values)) if len(values) >= 3 else values[0]
+    if h is not None:  # a lone update may not raise the reference at all
+        ref = min(max(ref, h / growth), h if len(values) == 1 else h * growth)
+    return ref
+
+
 def gate_updates(
-    updates: Mapping[str, Mapping], reference: Mapping, max_norm_ratio: float = 10.0
+    updates: Mapping[str, Mapping],
+    reference: Mapping,
+    max_norm_ratio: float = 10.0,
+    history=(),
+    growth: float = 2.0,
+    window: int = 5,
 ) -> dict[str, GateDecision]:
     """Check every site's update against the global model and against the others.
 
     Args:
         updates: ``{site: {name: array or tensor}}``; not modified.
         reference: ``{name: array or shape}``: the global model's names and shapes.
-        max_norm_ratio: drop updates whose norm exceeds this many times the median norm of the
-            updates that passed the other checks (applied with 3 or more of them). Defaults to 10.0.
+        max_norm_ratio: drop updates whose norm exceeds this many times the reference norm
+            (:func:`reference_norm`) of the updates that passed the other checks; applied with 3 or
+            more of them, or with any number once ``history`` holds a value. Defaults to 10.0.
+        history: earlier rounds' reference norms (see :func:`reference_norm`). Defaults to ().
+        growth: clamp factor around the history. Defaults to 2.0.
+        window: history values the clamp uses. Defaults to 5.
 
     Returns:
         ``{site: GateDecision}``, one per site of ``updates``.
@@ -104,11 +154,13 @@ def gate_updates(
             decisions[site] = GateDecision(site, False, reason, math.nan)
         else:
             norms[site] = update.norm() if isinstance(update, CompactUpdate) else update_norm(update)
-    median = float(np.median(list(norms.values()))) if norms else math.nan
+    history = list(history)
+    ref = reference_norm(list(norms.values()), history, growth, window) if norms else None
+    check = ref is not None and ref > 0 and (len(norms) >= 3 or bool(history))
     for site, norm in norms.items():
-        if len(norms) >= 3 and median > 0 and norm > max_norm_ratio * median:
+        if check and norm > max_norm_ratio * ref:
             decisions[site] = GateDecision(
-                site, False, f"norm {norm:.4g} is {norm / median:.1f}x the median norm {median:.4g} (limit {max_norm_ratio}x)", norm
+                site, False, f"norm {norm:.4g} is {norm / ref:.1f}x the reference norm {ref:.4g} (limit {max_norm_ratio}x)", norm
             )
         else:
             decisions[site] = GateDecision(site, True, "", norm)

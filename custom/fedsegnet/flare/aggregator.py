@@ -13,6 +13,12 @@ ends: the robust centre and the divergence signals need all of them, which an in
 cannot give. Updates with the wrong names or shapes or with NaN/Inf are refused at ``accept``
 (logged with the site and the reason); the norm rule of the gate runs when the round is complete.
 
+The keys that stay at the sites (personalisation) are the job's, computed here from the server's
+own job args ``personalization`` and ``personal_keys`` and the network the persistor built
+(:func:`personal_key_names`, the function the sites use), never from what a site declares: a site
+that declares or sends another set is refused, and the other sites' updates are judged on their
+own. ``jobs/fedavg`` gets the same rule through :class:`SharedKeysWeightedAggregator`.
+
 Per round: one log line per site (signals, weight, gate decision); the record is handed to
 ``RoundRecorder`` (event :data:`~fedsegnet.flare.constants.AAM_RECORD_EVENT`), which writes it
 into ``fedsegnet_rounds.jsonl`` and TensorBoard. The AAM state (signal history) is saved with the
@@ -22,13 +28,13 @@ global model by ``SegModelPersistor`` and restored from it.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 
 import numpy as np
 from nvflare.apis.dxo import DataKind, from_shareable
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
@@ -40,8 +46,10 @@ from fedsegnet.aggregation import (
     aggregate_median,
     aggregate_trimmed_mean,
     gate_updates,
+    peer_bounded_counts,
     shared_reference,
 )
+from fedsegnet.config import PERSONALIZATION, PersonalConfig
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, UpdateMeta
 
 _REPORT_KEYS = {
@@ -57,7 +65,64 @@ _REPORT_KEYS = {
 _AAM_ARGS = (
     "temperature", "quality_coef", "performance_coef", "divergence_coef", "norm_coef", "margin", "cos_margin",
     "min_signal", "norm_margin", "floor", "cap", "smoothing", "clip_norm", "centre", "max_norm_ratio", "max_cases",
+    "peer_cases_ratio", "norm_window", "norm_growth",
 )  # fmt: skip
+
+
+class JobPersonalKeys:
+    """The parameter names the job keeps at the sites, computed on the server from its own job args.
+
+    Args:
+        personalization: the job's method (:data:`fedsegnet.config.PERSONALIZATION`).
+        personal_keys: the job's extra fnmatch patterns.
+        persistor_id: the component holding the network (its ``model``), needed unless the job
+            keeps nothing at the sites.
+
+    Raises:
+        ConfigError: an unknown method or bad patterns (named).
+    """
+
+    def __init__(self, personalization: str = "none", personal_keys=(), persistor_id: str = "persistor"):
+        self.config = PersonalConfig(method=personalization, personal_keys=tuple(personal_keys or ()))
+        self.persistor_id = persistor_id
+        self._keys: frozenset | None = None if self.config.method in ("fedbn", "dca") or self.config.personal_keys else frozenset()
+
+    def get(self, fl_ctx: FLContext | None) -> tuple[frozenset | None, str]:
+        """``(keys, "")``, or ``(None, reason)`` when the network is not available or does not fit."""
+        if self._keys is not None:
+            return self._keys, ""
+        from fedsegnet.training.personal import personal_key_names
+
+        engine = fl_ctx.get_engine() if fl_ctx is not None else None
+        holder = engine.get_component(self.persistor_id) if engine is not None else None
+        model = getattr(holder, "model", None)
+        if model is None:
+            return None, f"the job keeps personal keys but component {self.persistor_id!r} holds no network to find them in"
+        try:
+            self._keys = frozenset(personal_key_names(model, self.config))
+        except Exception as e:  # a job whose personalisation does not fit its network
+            return None, f"personalization={self.config.method!r}, personal_keys={list(self.config.personal_keys)}: {e}"
+        return self._keys, ""
+
+
+def check_personal_keys(declared, expected: frozenset, keys) -> str:
+    """Why an update does not keep exactly the job's personal keys at the site ("" when it does).
+
+    Args:
+        declared: what the site's meta declares (``UpdateMeta.PERSONAL_KEYS``; None: nothing).
+        expected: the job's personal key names.
+        keys: the names the update holds.
+    """
+    declared = declared or []
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(k, str) for k in declared):
+        return "the declared personal keys are not a list of parameter names"
+    if set(declared) != set(expected):
+        return (f"declares {len(set(declared))} personal key(s), the job keeps {len(expected)} at the sites "
+                f"(e.g. {sorted(set(declared) ^ set(expected))[:3]} differ)")  # fmt: skip
+    sent = sorted(set(keys) & set(expected))
+    if sent:
+        return f"sends {len(sent)} key(s) the job keeps at the sites: {sent[:3]}"
+    return ""
 
 
 def _global_weights(fl_ctx: FLContext | None) -> dict | None:
@@ -74,9 +139,18 @@ class AAMAggregator(ModelAggregator):
             ``"trimmed_mean"`` (coordinate-wise). Every method passes the hard gate first.
             Defaults to ``"aam"``.
         temperature, quality_coef, performance_coef, divergence_coef, norm_coef, margin, cos_margin,
-            min_signal, norm_margin, floor, cap, smoothing, clip_norm, centre, max_norm_ratio, max_cases: see
-            :class:`fedsegnet.aggregation.AdaptiveAggregation` (same defaults).
+            min_signal, norm_margin, floor, cap, smoothing, clip_norm, centre, max_norm_ratio, max_cases,
+            peer_cases_ratio, norm_window, norm_growth: see
+            :class:`fedsegnet.aggregation.AdaptiveAggregation` (same defaults). The gate (with the
+            history of reference norms) runs for every method, the peer bound of case counts for
+            ``"aam"`` and ``"mean"``; clipping and weights are AAM's.
         trimmed_beta: share trimmed at each end for ``"trimmed_mean"``. Defaults to 0.25.
+        personalization: the job's personalisation method, as the sites' job arg of that name
+            (the keys it keeps at the sites are computed here, never taken from a site).
+            Defaults to ``"none"``.
+        personal_keys: the sites' extra personal-key patterns, as their job arg. Defaults to ().
+        persistor_id: the component whose ``model`` the personal keys are found in. Defaults to
+            ``"persistor"``.
     """
 
     def __init__(
@@ -99,19 +173,29 @@ class AAMAggregator(ModelAggregator):
         max_norm_ratio: float = 10.0,
         max_cases: float = 100_000,
         trimmed_beta: float = 0.25,
+        peer_cases_ratio: float = 2.0,
+        norm_window: int = 5,
+        norm_growth: float = 2.0,
+        personalization: str = "none",
+        personal_keys=(),
+        persistor_id: str = "persistor",
     ):
         super().__init__()
         if method not in METHODS:
             raise ValueError(f"method={method!r}: unknown (valid: {', '.join(METHODS)})")
+        if personalization not in PERSONALIZATION:
+            raise ValueError(f"personalization={personalization!r}: unknown (valid: {', '.join(PERSONALIZATION)})")
         aam_args = {k: v for k, v in locals().items() if k in _AAM_ARGS}
-        for name, value in {"method": method, "trimmed_beta": trimmed_beta, **aam_args}.items():
+        given = {"method": method, "trimmed_beta": trimmed_beta, "personalization": personalization,
+                 "personal_keys": list(personal_keys or ()), "persistor_id": persistor_id, **aam_args}  # fmt: skip
+        for name, value in given.items():
             setattr(self, name, value)  # each constructor argument kept under its own name (FLARE's job export reads them)
         self.aam = AdaptiveAggregation(**aam_args)
+        self.job_personal = JobPersonalKeys(personalization, personal_keys, persistor_id)
         self._lock = threading.Lock()
         self._updates: dict[str, CompactUpdate] = {}
         self._reports: dict[str, dict] = {}
         self._refused: dict[str, str] = {}
-        self._personal: dict[str, frozenset] = {}  # site -> names of the keys it keeps to itself
         self._round = None
 
     # ----------------------------------------------------------------------------- state (persistor)
@@ -169,9 +253,14 @@ class AAMAggregator(ModelAggregator):
                 update = CompactUpdate(params)
             except Exception as e:
                 reason = f"unreadable parameters ({type(e).__name__}: {e})"
-        personal = meta.get(UpdateMeta.PERSONAL_KEYS) or []
-        if not reason:  # keys the site keeps to itself are not in its update
-            shapes, reason = shared_reference(reference if reference is not None else {k: update.shape(k) for k in update}, personal)
+        expected = None
+        if not reason:  # the keys the job keeps at the sites: the server's own rule, never the site's word
+            expected, reason = self.job_personal.get(self.fl_ctx)
+        if not reason:
+            reason = check_personal_keys(meta.get(UpdateMeta.PERSONAL_KEYS), expected, update)
+        if not reason:
+            full = reference if reference is not None else {k: update.shape(k) for k in update}
+            shapes, reason = shared_reference(full, sorted(expected & set(full)))
         if not reason:
             decision = gate_updates({site: update}, shapes, max_norm_ratio=self.max_norm_ratio)[site]
             reason = decision.reason
@@ -183,7 +272,6 @@ class AAMAggregator(ModelAggregator):
                 self._log("error", f"update of site {site} refused: {reason}; the round goes on without it")
                 return False
             self._updates[site] = update
-            self._personal[site] = frozenset(personal)
             self._reports[site] = {key: meta.get(meta_key) for key, meta_key in _REPORT_KEYS.items()}
             if self._round is None:
                 self._round = model.current_round
@@ -194,8 +282,7 @@ class AAMAggregator(ModelAggregator):
         """Combine the round's accepted updates; an empty ``DIFF`` (no change) when none passed."""
         with self._lock:
             updates, reports, refused, rnd = self._updates, self._reports, self._refused, self._round
-            personal = self._personal
-            self._updates, self._reports, self._refused, self._round, self._personal = {}, {}, {}, None, {}
+            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
         fl_ctx = self.fl_ctx
         if rnd is None and fl_ctx is not None:
             rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -203,10 +290,9 @@ class AAMAggregator(ModelAggregator):
         if reference is None and updates:
             first = next(iter(updates.values()))
             reference = {k: first.shape(k) for k in first}
-        if updates and any(personal.values()):
-            # personalisation: the round aggregates the keys the sites share; a site that keeps
-            # another set than most is refused by the gate (missing or extra keys)
-            kept_local = Counter(personal.values()).most_common(1)[0][0]
+        kept_local = frozenset()
+        if updates:  # personalisation: the round aggregates the keys the job shares (updates were checked at accept)
+            kept_local = self.job_personal.get(fl_ctx)[0] or frozenset()
             reference = {k: v for k, v in reference.items() if k not in kept_local}
         record = {"round": rnd, "method": self.method, "sites": {s: {"accepted": False, "gate": r, "weight": 0.0} for s, r in refused.items()}}
         combined = None
@@ -216,14 +302,16 @@ class AAMAggregator(ModelAggregator):
                 combined = result.update
                 record["sites"].update(result.sites)
             else:
-                decisions = gate_updates(updates, reference, max_norm_ratio=self.max_norm_ratio)
+                decisions, _ = self.aam.gate(updates, reference)
                 kept = [s for s in updates if decisions[s].accepted]
                 for s, d in decisions.items():
                     record["sites"][s] = {"accepted": d.accepted, "gate": d.reason or "accepted", "norm": d.norm, "weight": 0.0, **reports[s]}
                 if kept:
                     ups = [updates[s] for s in kept]
                     if self.method == "mean":
-                        n = np.array([max(1.0, float(reports[s].get("n_train") or 1)) for s in kept])
+                        raw = {s: min(self.max_cases, max(1.0, _count(reports[s].get("n_train")))) for s in kept}
+                        bounded = peer_bounded_counts(raw, self.peer_cases_ratio)
+                        n = np.array([bounded[s] for s in kept])
                         combined = aggregate_mean(ups, n)
                         for s, w in zip(kept, n / n.sum()):
                             record["sites"][s]["weight"] = float(w)
@@ -234,9 +322,9 @@ class AAMAggregator(ModelAggregator):
                     if self.method != "mean":
                         for s in kept:
                             record["sites"][s]["weight"] = None  # no per-site weight in a coordinate-wise rule
-        for site, keys in personal.items():
-            if keys and site in record["sites"]:
-                record["sites"][site]["personal_keys"] = len(keys)  # kept at the site (names declared, never sent)
+        if kept_local:
+            for site in updates:
+                record["sites"][site]["personal_keys"] = len(kept_local)  # kept at the sites (the job's set, never sent)
         for site, r in sorted(record["sites"].items()):
             self._log("info", _site_line(rnd, site, r))
         if combined is None:
@@ -247,7 +335,7 @@ class AAMAggregator(ModelAggregator):
 
     def reset_stats(self):
         with self._lock:
-            self._updates, self._reports, self._refused, self._round, self._personal = {}, {}, {}, None, {}
+            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
 
     # ----------------------------------------------------------------------------- helpers
     def _log(self, level: str, message: str):
@@ -260,6 +348,53 @@ class AAMAggregator(ModelAggregator):
             return
         fl_ctx.set_prop(AAM_RECORD_PROP, record, private=True, sticky=False)
         self.fire_event(AAM_RECORD_EVENT, fl_ctx)
+
+
+def _count(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return 1.0
+    return value if np.isfinite(value) else 1.0
+
+
+class SharedKeysWeightedAggregator(InTimeAccumulateWeightedAggregator):
+    """FLARE's ``InTimeAccumulateWeightedAggregator`` (``jobs/fedavg``) that takes only the keys the job shares.
+
+    The keys that stay at the sites come from the server's own job args (as in
+    :class:`AAMAggregator`); a contribution that declares or sends another set is refused (logged)
+    before FLARE's aggregator sees it, so it can neither update a key the sites keep nor change
+    what the others' updates are judged against. Everything else is FLARE's.
+
+    Args:
+        expected_data_kind: as FLARE's. Defaults to ``"WEIGHT_DIFF"``.
+        personalization: the job's personalisation method. Defaults to ``"none"``.
+        personal_keys: the job's extra personal-key patterns. Defaults to ().
+        persistor_id: the component holding the network. Defaults to ``"persistor"``.
+    """
+
+    def __init__(self, expected_data_kind: str = DataKind.WEIGHT_DIFF, personalization: str = "none", personal_keys=(),
+                 persistor_id: str = "persistor"):  # fmt: skip
+        super().__init__(expected_data_kind=expected_data_kind)
+        if personalization not in PERSONALIZATION:
+            raise ValueError(f"personalization={personalization!r}: unknown (valid: {', '.join(PERSONALIZATION)})")
+        self.personalization, self.personal_keys, self.persistor_id = personalization, list(personal_keys or ()), persistor_id
+        self.job_personal = JobPersonalKeys(personalization, personal_keys, persistor_id)
+
+    def accept(self, shareable: Shareable, fl_ctx: FLContext) -> bool:
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name(default="?") if peer is not None else "?"
+        expected, reason = self.job_personal.get(fl_ctx)
+        if not reason:
+            try:
+                dxo = from_shareable(shareable)
+                reason = check_personal_keys(dxo.get_meta_prop(UpdateMeta.PERSONAL_KEYS), expected, dxo.data or {})
+            except Exception as e:
+                reason = f"not a DXO ({type(e).__name__}: {e})"
+        if reason:
+            self.log_error(fl_ctx, f"update of site {site} refused: {reason}; the round goes on without it")
+            return False
+        return super().accept(shareable, fl_ctx)
 
 
 def _site_line(rnd, site: str, r: dict) -> str:
