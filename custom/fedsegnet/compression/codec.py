@@ -225,7 +225,7 @@ class SparseQuantCodec:
 
 def is_payload(data) -> bool:
     """True when ``data`` looks like a FedSegNet payload (has the format marker)."""
-    return isinstance(data, Mapping) and data.get("format") == PAYLOAD_FORMAT
+    return isinstance(data, Mapping) and isinstance(data.get("format"), str) and data["format"] == PAYLOAD_FORMAT
 
 
 _MODES = ("sparse", "dense")
@@ -271,6 +271,12 @@ def _array(payload: Mapping, field: str, dtype, ndim: int = 1) -> np.ndarray:
     return np.ascontiguousarray(arr)  # a strided view cannot be reinterpreted as floats
 
 
+def _short(value) -> str:
+    """``repr(value)`` on one line, at most 60 characters (a field's value in an error message)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def unpack_payload(payload: Mapping) -> dict[str, dict]:
     """Split a payload into per-tensor records, checking the format, version and buffer sizes.
 
@@ -280,11 +286,11 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     """
     if not isinstance(payload, Mapping):
         raise PayloadError(f"payload must be a dict, got {type(payload).__name__}")
-    if payload.get("format") != PAYLOAD_FORMAT:
-        raise PayloadError(f"payload: field 'format' is {payload.get('format')!r}, expected {PAYLOAD_FORMAT!r}")
+    if not is_payload(payload):
+        raise PayloadError(f"payload: field 'format' is {_short(payload.get('format'))}, expected {PAYLOAD_FORMAT!r}")
     version = payload.get("version")
-    if version != PAYLOAD_VERSION:
-        raise PayloadError(f"payload: unknown version {version!r} (this FedSegNet reads version {PAYLOAD_VERSION})")
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version != PAYLOAD_VERSION:
+        raise PayloadError(f"payload: unknown version {_short(version)} (this FedSegNet reads version {PAYLOAD_VERSION})")
     names = payload.get("names")
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise PayloadError("payload: field 'names' must be a list of tensor names")
@@ -292,7 +298,7 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
         raise PayloadError("payload: field 'names' repeats a tensor name")
     block = payload.get("block")
     if not isinstance(block, (int, np.integer)) or isinstance(block, bool) or block < 0:
-        raise PayloadError(f"payload: field 'block' must be an int >= 0, got {block!r}")
+        raise PayloadError(f"payload: field 'block' must be an int >= 0, got {_short(block)}")
     table = _array(payload, "table", np.int32, 2).astype(np.int64)
     if table.shape != (len(names), len(_TABLE_COLUMNS)):
         raise PayloadError(f"payload: field 'table' has shape {table.shape}, expected ({len(names)}, {len(_TABLE_COLUMNS)})")
