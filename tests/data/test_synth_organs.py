@@ -206,9 +206,9 @@ def test_cli_scenario_flag(tmp_path, capsys):
     assert main([*args, "--scenario", "organs"]) == 0
     printed = capsys.readouterr().out
     assert f"site-1: {HOSTS[0]} host" in printed and f"site-2: {HOSTS[1]} host" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["site-1", "site-2"]
+    assert sorted(p.name for p in out.iterdir()) == [".fedsegnet-output.json", "site-1", "site-2"]
     assert len(load_datalist(out / "site-2").test) == 1
-    assert main([*args, "--scenario", "organs", "--json"]) == 0
+    assert main([*args, "--scenario", "organs", "--json", "--overwrite"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["scenario"] == "organs" and summary["sites"]["site-2"]["host"] == HOSTS[1]
     with pytest.raises(SystemExit):
