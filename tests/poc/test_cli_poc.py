@@ -33,7 +33,7 @@ def test_poc_prepare_status_stop(tmp_path, poc_home, capsys):
 
 
 def test_poc_commands_need_a_prepared_workspace(tmp_path, capsys):
-    assert main(["poc", "start", "-w", str(tmp_path / "nothing")]) == 2
+    assert main(["poc", "start", "-w", str(tmp_path / "nothing")]) == 3  # a missing file: exit code 3
     assert "fedsegnet_poc.json not found" in capsys.readouterr().err
 
 
