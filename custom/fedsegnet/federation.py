@@ -25,14 +25,16 @@ from fedsegnet.aggregation import (
     aggregate_mean,
     aggregate_median,
     aggregate_trimmed_mean,
+    peer_bounded_counts,
     shared_reference,
     update_norm,
 )
-from fedsegnet.config import TrainConfig
+from fedsegnet.config import PersonalConfig, TrainConfig
 from fedsegnet.data.datalist import load_datalist
 from fedsegnet.data.transforms import build_eval_dataset
 from fedsegnet.training.evaluate import evaluate
 from fedsegnet.training.loop import state_dict_for_exchange
+from fedsegnet.training.personal import personal_key_names
 from fedsegnet.training.site import SiteTrainer, build_model_for, eval_cases, pick_device, site_label_map
 
 logger = logging.getLogger(__name__)
@@ -149,8 +151,9 @@ def run_federation(
     torch.manual_seed(config.seed)
     model = build_model_for(config, in_channels, num_classes)
     global_weights = {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
-    # every site keeps the same personal keys (one network, one PersonalConfig)
-    shapes, _ = shared_reference({k: v.shape for k, v in global_weights.items()}, first.personal_keys)
+    # the keys that stay at the sites: the server's own rule (its network and the job's PersonalConfig), as in the FLARE job
+    kept = personal_key_names(model, personal or PersonalConfig())
+    shapes, _ = shared_reference({k: v.shape for k, v in global_weights.items()}, kept)
     mechanism = aam if aam is not None else AdaptiveAggregation()
     feedback = {site: ErrorFeedback(codec, name=site) for site in trainers} if codec is not None else {}
     records = []
@@ -180,7 +183,8 @@ def run_federation(
         else:
             ups = list(received.values())
             if aggregation == "mean":
-                combined = aggregate_mean(ups, [t.n_train for t in trainers.values()])
+                counts = peer_bounded_counts({s: float(r["n_train"]) for s, r in reports.items()}, mechanism.peer_cases_ratio)
+                combined = aggregate_mean(ups, [counts[s] for s in received])
             elif aggregation == "median":
                 combined = aggregate_median(ups)
             else:

@@ -15,7 +15,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.apis.event_type import EventType
 
 from fedsegnet.aggregation import aggregate_mean, aggregate_median
-from fedsegnet.flare.aggregator import AAMAggregator
+from fedsegnet.flare.aggregator import AAMAggregator, SharedKeysWeightedAggregator
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, ROUND_RECORDS_FILE, UpdateMeta
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
@@ -315,3 +315,25 @@ def test_a_random_update_of_ordinary_norm_is_down_weighted(tmp_path, k):
     mean = aggregate_mean(list(honest.values()))
     cos = sum(float(np.sum(out[n] * mean[n])) for n in SHAPES) / (_norm(out) * _norm(mean))
     assert cos > 0.95
+
+
+def test_fedavg_jobs_weighted_aggregator_takes_only_the_jobs_shared_keys(tmp_path):
+    """jobs/fedavg: FLARE's weighted aggregator behind the same rule; a site cannot update a key the sites keep."""
+    agg = SharedKeysWeightedAggregator(personal_keys=["b"])
+    extra = {"persistor": _Holder()}
+    honest = _update(1)
+    results = {
+        "site-0": _result({"b": _update(0)["b"]}, personal=["w"]),  # declares another set
+        "site-2": _result(_update(2), personal=["b"]),  # sends the key the sites keep
+        "site-1": _result({"w": honest["w"]}, personal=["b"]),
+    }
+    for r in results.values():
+        r.add_cookie(AppConstants.CONTRIBUTION_ROUND, 2)  # as ScatterAndGather marks a task's result
+    agg.handle_event(EventType.START_RUN, _server(tmp_path, agg, "site-1", extra=extra))  # as FLARE starts it
+    accepted = {site: agg.accept(r, _server(tmp_path, agg, site, extra=extra)) for site, r in results.items()}
+    assert accepted == {"site-0": False, "site-2": False, "site-1": True}
+    out = from_shareable(agg.aggregate(_server(tmp_path, agg, "site-1", extra=extra))).data
+    assert set(out) == {"w"}
+    np.testing.assert_allclose(out["w"], honest["w"], rtol=1e-5)
+    with pytest.raises(ValueError, match="personalization"):
+        SharedKeysWeightedAggregator(personalization="bogus")

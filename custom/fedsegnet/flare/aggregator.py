@@ -373,7 +373,7 @@ class SharedKeysWeightedAggregator(InTimeAccumulateWeightedAggregator):
         persistor_id: the component holding the network. Defaults to ``"persistor"``.
     """
 
-    def __init__(self, expected_data_kind: str = DataKind.WEIGHT_DIFF, personalization: str = "none", personal_keys=(),
+    def __init__(self, expected_data_kind: str = "WEIGHT_DIFF", personalization: str = "none", personal_keys=(),
                  persistor_id: str = "persistor"):  # fmt: skip
         super().__init__(expected_data_kind=expected_data_kind)
         if personalization not in PERSONALIZATION:
