@@ -90,13 +90,14 @@ def main(argv=None) -> int:
     job = configure_job(
         REPO / "jobs" / "fedsegnet", work / "fedsegnet_soak", num_rounds=args.rounds, min_clients=args.sites,
         preset="tiny", local_steps=args.local_steps, seed=0, torch_threads=1, val_max_cases=2,
+        overwrite=True,  # a --workdir reused: only this benchmark's own (marked) job copy is replaced
     )  # fmt: skip
     poc = PocSystem(
         work / "poc", [f"site-{i + 1}" for i in range(args.sites)], data_root=data,
         fed_learn_port=free_port(), admin_port=free_port(),
     )  # fmt: skip
     t0 = time.perf_counter()
-    poc.prepare()
+    poc.prepare(overwrite=True)  # replaces only a POC workspace fedsegnet prepared
     with poc:
         poc.start()
         job_id = poc.submit(job)

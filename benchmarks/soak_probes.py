@@ -55,7 +55,7 @@ def sessions(work: Path):
 
     synthesize(work / "data", sites=2, cases=4, size=32, seed=0, test_cases=1)
     poc = PocSystem(work / "poc", ["site-1", "site-2"], data_root=work / "data", fed_learn_port=free_port(), admin_port=free_port())
-    poc.prepare()
+    poc.prepare(overwrite=True)  # replaces only a POC workspace fedsegnet prepared
     with poc:
         poc.start()
         server = psutil.Process(poc.pids["server"])

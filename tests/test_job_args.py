@@ -212,3 +212,18 @@ def test_recipe_refuses_a_bad_value_before_building(tmp_path):
         FedSegNetRecipe(up_bits=3)
     assert main(["--job", "fedsegnet", "--rounds", "0", "--write-job", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_configs_that_disagree_are_refused_until_set(tmp_path, capsys):
+    """Server and sites must build the same model: a hand edit of one config is caught."""
+    job = configure_job(JOBS / "fedavg", tmp_path / "job")
+    path = job / "app" / "config" / "config_fed_client.json"
+    config = json.loads(path.read_text())
+    config["preset"] = "tiny"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"preset='cpu': .* disagrees with itself \(preset: 'tiny' in app/config/config_fed_client.json but 'cpu' in app/config/config_fed_server.json\)"):
+        configure_job(job, tmp_path / "copy", num_rounds=3)
+    assert cli_main(["job", "args", str(job)]) == 2
+    assert "preset: 'tiny' in app/config/config_fed_client.json but 'cpu'" in capsys.readouterr().err
+    fixed = configure_job(job, tmp_path / "fixed", preset="tiny")  # setting it writes every config
+    assert job_args(fixed)["preset"] == "tiny" and not __import__("fedsegnet.flare.jobs", fromlist=["x"]).job_arg_conflicts(fixed)

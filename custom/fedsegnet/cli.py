@@ -233,7 +233,9 @@ def _parse_values(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise FedSegNetError(f"job arg {pair!r}: expected KEY=VALUE")
+            from fedsegnet.errors import UsageError
+
+            raise UsageError(f"job arg {pair!r}: expected KEY=VALUE")
         try:
             values[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -255,6 +257,35 @@ def _cmd_job_pack(args) -> int:
     dst = pack_job(args.job, args.out, overwrite=args.overwrite, **_parse_values(args.values))
     print(f"job with the fedsegnet code in app/custom written to {dst}")
     return 0
+
+
+def _cmd_job_args(args) -> int:
+    from fedsegnet.config import JOB_ARGS
+    from fedsegnet.errors import ConfigError
+    from fedsegnet.flare.jobs import job_arg_conflicts, job_args
+
+    current = job_args(args.job)
+    rows = [("job arg", "value", "default", "allowed", "what it does")]
+    problems = list(job_arg_conflicts(args.job).values())
+    for name, value in current.items():
+        decl = JOB_ARGS.get(name)
+        if decl is None:
+            rows.append((name, json.dumps(value), "?", "not declared", ""))
+            problems.append(f"{name}: not a declared job arg")
+            continue
+        try:
+            decl.check(value)
+        except ConfigError as e:
+            problems.append(str(e))
+        mark = "" if value == decl.default or (value == [] and decl.default == []) else " *"
+        rows.append((name, json.dumps(value) + mark, json.dumps(decl.default), decl.describe(), decl.help))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    print(f"({len(current)} job args of {args.job}; * = differs from the default; set with `fedsegnet job set {args.job} --out DIR KEY=VALUE`)")
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _cmd_job_policy(args) -> int:
@@ -618,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     jk.add_argument("values", nargs="*")
     _overwrite(jk)
     jk.set_defaults(func=_cmd_job_pack)
+    ja = j.add_parser("args", help="list a job's args: value, default, allowed values, what each does")
+    ja.add_argument("job", help="job folder, e.g. jobs/fedsegnet")
+    ja.set_defaults(func=_cmd_job_args)
     jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json (entries there are kept)")
     jp.add_argument("local_dir")
     jp.set_defaults(func=_cmd_job_policy)

@@ -619,6 +619,7 @@ JOB_ARGS: dict[str, JobArg] = _args(
     JobArg("aam_temperature", "float", 0.05, "AAM softmax temperature (smaller: sharper)", low=0, low_open=True),
     JobArg("aam_floor", "float", 0.02, "lowest AAM weight of an accepted site", low=0, high=0.99),
     JobArg("aam_cap", "float", 0.6, "highest AAM weight of any site", low=0, high=1, low_open=True),
+    JobArg("aam_peer_cases_ratio", "float", 2.0, "a site's case count counts at most this many times the lower median of the others' (0 = no peer bound)", low=0),
     # --- compression (sites: up_*, server: down_*; both: the rest)
     JobArg("up_ratio", "float", 0.1, "share of each tensor's values a site sends", low=0, high=1, low_open=True),
     JobArg("up_bits", "choice", 4, "bits per value a site sends", options="bits"),

@@ -62,6 +62,7 @@ from fedsegnet.compression import (
     is_payload,
     update_norm,
 )
+from fedsegnet.config import check_job_args
 from fedsegnet.errors import FedSegNetError, check_int
 from fedsegnet.flare.constants import (
     ERROR_HEADER,
@@ -96,6 +97,10 @@ def _round_of(shareable: Shareable, fl_ctx: FLContext):
 def _generator(seed: int, *parts) -> torch.Generator:
     key = ":".join(str(p) for p in (seed, *parts))
     return torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
+
+
+# codec constructor argument -> the job arg it takes (checked against fedsegnet.config.JOB_ARGS)
+_CODEC_JOB_ARGS = {"block": "compression_block", "scope": "compression_scope", "dense_bits": "dense_bits"}
 
 
 class _CodecArgs:
@@ -148,6 +153,10 @@ class UpdateEncoder(Filter, _CodecArgs):
         resume_from: str = "",
     ):
         Filter.__init__(self)
+        check_job_args(
+            dict(ratio=ratio, bits=bits, block=block, scope=scope, dense_bits=dense_bits, seed=seed, resume_from=resume_from),
+            names=dict(_CODEC_JOB_ARGS, ratio="up_ratio", bits="up_bits"),
+        )
         self._set_codec_args(
             ratio=ratio, bits=bits, block=block, scope=scope, selection=selection, dense_below=dense_below,
             dense_bits=dense_bits, stochastic=stochastic, index_coding=index_coding, sample_size=sample_size,
@@ -333,6 +342,10 @@ class GlobalModelSync(FLComponent, _CodecArgs):
         first_bits: int = 8,
     ):
         FLComponent.__init__(self)
+        check_job_args(
+            dict(ratio=ratio, bits=bits, block=block, scope=scope, dense_bits=dense_bits, seed=seed, first_bits=first_bits),
+            names=dict(_CODEC_JOB_ARGS, ratio="down_ratio", bits="down_bits", first_bits="down_first_bits"),
+        )
         self._set_codec_args(
             ratio=ratio, bits=bits, block=block, scope=scope, selection=selection, dense_below=dense_below,
             dense_bits=dense_bits, stochastic=stochastic, index_coding=index_coding, sample_size=sample_size,

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedsegnet.config import check_job, check_job_args
 from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
@@ -67,12 +68,47 @@ def job_args(job_dir: str | Path) -> dict:
     return args
 
 
-def _job_arg_choices() -> dict:
-    """Job args with a fixed set of values, checked before a job is written (not when FLARE starts it)."""
-    from fedsegnet.aggregation import METHODS
-    from fedsegnet.config import PRESETS
+def job_arg_conflicts(job_dir: str | Path) -> dict[str, str]:
+    """Job args that two configs of a job folder set to different values (a hand edit; ``job set``
+    always writes every config that declares an arg): ``{arg: line naming both values and files}``."""
+    seen: dict[str, tuple[str, object]] = {}
+    out = {}
+    for path in _config_paths(Path(job_dir)):
+        for key, value in read_config(path).items():
+            if key in _STRUCTURE_KEYS:
+                continue
+            where = f"{path.parent.parent.name}/config/{path.name}"
+            if key in seen and seen[key][1] != value:
+                out[key] = f"{key}: {seen[key][1]!r} in {seen[key][0]} but {value!r} in {where}"
+            seen.setdefault(key, (where, value))
+    return out
 
-    return {"aggregation": METHODS, "preset": tuple(sorted(PRESETS)), "compression_scope": ("tensor", "global")}
+
+def check_job_values(src: str | Path, values: dict) -> dict:
+    """Check ``values`` for the job folder ``src`` before anything is written.
+
+    Every value must name a job arg of ``src`` and pass its declaration
+    (:data:`fedsegnet.config.JOB_ARGS`); then the whole job, with the new values over its current
+    ones, passes :func:`fedsegnet.config.check_job` (so a bad value already in the job's config,
+    e.g. hand-edited, is refused too).
+
+    Returns:
+        the values to write, in their canonical form (``patch_size`` as a list).
+
+    Raises:
+        ConfigError: naming the arg, the value and what is allowed.
+    """
+    known = job_args(src)
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(key, value, f"not a job arg of {src}", options=sorted(known))
+    checked = check_job_args(values)
+    conflicts = {k: line for k, line in job_arg_conflicts(src).items() if k not in checked}
+    if conflicts:
+        key, line = next(iter(conflicts.items()))
+        raise ConfigError(key, known[key], f"{src} disagrees with itself ({line}); set {key} with `fedsegnet job set` to write every config")
+    check_job({**known, **checked})
+    return checked
 
 
 def configure_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, **values) -> Path:
@@ -99,13 +135,7 @@ def configure_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, 
         FedSegNetError: ``src`` is not a job folder, or one of its configs is not valid JSON.
     """
     src, dst = Path(src), Path(dst)
-    known = job_args(src)
-    choices = _job_arg_choices()
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(key, value, f"not a job arg of {src}", options=sorted(known))
-        if key in choices and value not in choices[key]:
-            raise ConfigError(key, value, "unknown value", options=list(choices[key]))
+    values = check_job_values(src, values)
     claim_dir(dst, "job", overwrite=overwrite, protect=[src], inside_ok=False)
     shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(MARKER))
     for path in _config_paths(dst):
