@@ -154,3 +154,14 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
 def test_check_spec_accepts_every_preset():
     for preset in PRESETS.values():
         check_spec(model_spec(preset, in_channels=4, num_classes=4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_weights_with_nan_or_inf_are_refused(tmp_path, bad):
+    spec = _spec()
+    state = state_dict_for_exchange(build_from_spec(spec))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    broken = dict(state, **{key: state[key].clone().flatten().index_fill(0, torch.tensor([0]), bad).reshape(state[key].shape)})
+    with pytest.raises(FedSegNetError, match=f"model\\['{key}'\\] holds NaN or Inf") as err:
+        load_model_file(_save(tmp_path / "nan.pt", spec, broken))
+    _one_line_naming(err, tmp_path / "nan.pt", key)

@@ -291,6 +291,9 @@ def _check_weights(state, shapes: dict, source: str, network: str) -> None:
             f"{source}: weights do not fit network {network!r} of the spec: {len(wrong)} shape(s) differ, "
             f"first model[{k!r}] {list(got[k])} where the spec implies {list(shapes[k])}"
         )
+    for key, value in state.items():  # a model with NaN/Inf weights segments nothing and says nothing
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FedSegNetError(f"{source}: model[{_short(key)}] holds NaN or Inf")
 
 
 def load_model_file(path: str | Path, spec: dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -312,7 +315,7 @@ def load_model_file(path: str | Path, spec: dict | None = None) -> tuple[torch.n
             PyTorch file (garbage, truncated) or not loadable with ``weights_only=True``; it
             carries no spec and none was given; the spec is malformed or out of range; its network
             would be larger than :data:`MAX_MODEL_VALUES`; or its weights do not fit the spec's
-            network (names, shapes).
+            network (names, shapes) or hold NaN/Inf.
     """
     path = Path(path)
     source = f"model file {path}"
