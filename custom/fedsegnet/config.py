@@ -420,6 +420,7 @@ class PersonalConfig:
 # ------------------------------------------------------------------------------------------- job args
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """What a FLARE job id looks like (``resume_from``): letters, digits, ``-``, ``_``, ``.``; no path separators."""
+NOT_A_JOB_ID = "not a job id (letters, digits, '-', '_', '.'; e.g. the id `nvflare job list` shows)"
 
 ARG_KINDS = ("int", "float", "bool", "choice", "str", "names", "triple", "job_id")
 
@@ -546,7 +547,7 @@ class JobArg:
         if value == "":
             return ""
         if not isinstance(value, str) or not JOB_ID_PATTERN.match(value) or value in (".", ".."):
-            raise ConfigError(self.name, value, "not a job id (letters, digits, '-', '_', '.'; e.g. the id `nvflare job list` shows)")
+            raise ConfigError(self.name, value, NOT_A_JOB_ID)
         return value
 
 

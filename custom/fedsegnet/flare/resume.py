@@ -27,8 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsegnet.config import JOB_ID_PATTERN
-from fedsegnet.errors import FedSegNetError
+from fedsegnet.config import JOB_ID_PATTERN, NOT_A_JOB_ID
+from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.constants import ROUND_RECORDS_FILE
 
 ROUND_KEY = "fedsegnet_round"
@@ -38,9 +38,9 @@ _JOB_ID = JOB_ID_PATTERN
 
 
 def check_job_id(value: str, field: str = "resume_from") -> str:
-    """``value`` if it can be a FLARE job id (no path separators); raises FedSegNetError naming ``field``."""
+    """``value`` if it can be a FLARE job id (no path separators); raises ConfigError naming ``field``."""
     if not isinstance(value, str) or not _JOB_ID.match(value) or value in (".", ".."):
-        raise FedSegNetError(f"{field}={value!r}: not a job id (letters, digits, '-', '_', '.'; e.g. the id `nvflare job list` shows)")
+        raise ConfigError(field, value, NOT_A_JOB_ID)
     return value
 
 
