@@ -224,3 +224,30 @@ def test_infer_folder_keeps_an_unrelated_out_folder(tmp_path, model_path):
     for overwrite in ([], ["--overwrite"]):
         rc = main(["infer", "--model", str(model_path), "--image-dir", str(scans), "--out", str(folder), *overwrite])
         assert rc == EXIT_DATA and _intact(folder) and not (folder / "case_0.nii.gz").exists()
+
+
+def test_job_set_overwrite_keeps_a_file_the_user_added(tmp_path, capsys):
+    from fedsegnet.cli import main
+
+    out = tmp_path / "job"
+    assert main(["job", "set", str(REPO / "jobs" / "fedavg"), "--out", str(out), "num_rounds=3"]) == 0
+    assert main(["job", "set", str(REPO / "jobs" / "fedavg"), "--out", str(out), "--overwrite", "num_rounds=4"]) == 0
+    (out / "app" / "README_site.txt").write_text("our site's notes")
+    capsys.readouterr()
+    assert main(["job", "set", str(REPO / "jobs" / "fedavg"), "--out", str(out), "--overwrite", "num_rounds=5"]) == 3
+    assert "app/README_site.txt" in capsys.readouterr().err
+    assert (out / "app" / "README_site.txt").read_text() == "our site's notes"
+    assert json.loads((out / "app" / "config" / "config_fed_server.json").read_text())["num_rounds"] == 4
+
+
+def test_a_command_refused_before_writing_leaves_no_folder_behind(tmp_path, capsys):
+    from fedsegnet.cli import main
+
+    out = tmp_path / "synth"
+    assert main(["data", "synth", "--out", str(out), "--sites", "0"]) == 2
+    assert "sites=0" in capsys.readouterr().err
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()  # an existing empty folder is the user's: it stays, even when the command fails
+    assert main(["data", "synth", "--out", str(kept), "--sites", "0"]) == 2
+    assert kept.is_dir() and not any(kept.iterdir())

@@ -103,3 +103,30 @@ def test_an_uncreatable_destination_is_one_error(tmp_path):
     with pytest.raises(OutputError, match="cannot be created"):
         claim_file(tmp_path / "file" / "seg.nii.gz")
     assert issubclass(OutputError, FedSegNetError)
+
+
+def test_a_finished_folder_is_replaced_only_while_it_holds_nothing_else(tmp_path):
+    """seal_dir lists what the command wrote; a file added later keeps the folder from being replaced."""
+    from fedsegnet.outputs import seal_dir
+
+    out = claim_dir(tmp_path / "out", "report")
+    (out / "fig.png").write_bytes(b"png")
+    (out / "sub").mkdir()
+    (out / "sub" / "page.html").write_text("<html>")
+    seal_dir(out)
+    assert read_marker(out)["files"] == ["fig.png", "sub/page.html"]
+    (out / "sub" / "my_notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds 1 file\(s\) `fedsegnet report` did not write \(first: sub/my_notes.txt\)"):
+        claim_dir(out, "report", overwrite=True)
+    assert (out / "sub" / "my_notes.txt").read_text() == "mine" and (out / "fig.png").exists()
+    (out / "sub" / "my_notes.txt").unlink()
+    claim_dir(out, "report", overwrite=True)  # nothing but its own files: replaced
+    assert not (out / "fig.png").exists() and read_marker(out)["command"] == "report"
+
+
+def test_a_folder_of_a_command_that_failed_midway_is_replaced_whole(tmp_path):
+    out = claim_dir(tmp_path / "out", "data synth")
+    (out / "site-1").mkdir()
+    (out / "site-1" / "partial.nii.gz").write_bytes(b"x")  # never sealed: the command did not finish
+    claim_dir(out, "data synth", overwrite=True)
+    assert not (out / "site-1").exists()

@@ -730,12 +730,20 @@ def main(argv=None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from fedsegnet.outputs import forget_claims, release_claims, seal_claimed
+
+    forget_claims()  # only this command's own folders are sealed when it succeeds
     try:
-        return args.func(args)
+        rc = args.func(args)
+        if rc == 0:
+            seal_claimed()  # the command is done: --overwrite may later replace exactly what it wrote
+        return rc
     except FedSegNetError as e:
+        release_claims()  # a folder it created and left empty goes again
         print(f"error: {e}", file=sys.stderr)
         return exit_code(e)
     except OSError as e:  # a file the command reads or writes (the message names it)
+        release_claims()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DATA
 

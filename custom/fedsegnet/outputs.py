@@ -8,7 +8,9 @@ Every command that writes claims its destination first, through :func:`claim_dir
 - an existing empty folder is taken (there is nothing in it to lose) and marked;
 - anything else that exists is refused with an :class:`~fedsegnet.errors.OutputError` naming it,
   unless ``overwrite`` is given; even then only a folder carrying the marker of the same command
-  (a file: one that ``owned(path)`` recognises as the tool's own) is replaced;
+  (a file: one that ``owned(path)`` recognises as the tool's own) is replaced, and a folder whose
+  command finished (:func:`seal_dir` listed its files in the marker) only while it holds nothing
+  else: a file added to it later keeps it from being replaced;
 - protected paths (a command's source job, its input scans, their folders) are never written: the
   destination may not be one of them or a folder above one, with or without ``overwrite``; for a
   copy (``inside_ok=False``) it may not lie inside one either.
@@ -57,6 +59,76 @@ def write_marker(folder: str | Path, command: str, marker_dir: str | None = None
     path = Path(folder) / (marker_dir or "") / MARKER
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"command": command, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+    return path
+
+
+def _files_in(folder: Path) -> list[str]:
+    """Every file under ``folder`` (relative POSIX paths, sorted), the marker excluded."""
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != MARKER
+    )
+
+
+_CLAIMED: list[tuple[Path, str | None, bool]] = []  # (folder, marker_dir, created) claimed in this process, not sealed yet
+
+
+def forget_claims() -> None:
+    """Forget the folders claimed so far in this process without sealing them."""
+    _CLAIMED.clear()
+
+
+def seal_claimed() -> list[Path]:
+    """:func:`seal_dir` every folder claimed in this process since the last call (the CLI calls it
+    when a command succeeded; a command that failed leaves its folders unsealed, replaceable whole).
+
+    Returns:
+        the folders sealed.
+    """
+    done = []
+    while _CLAIMED:
+        folder, marker_dir, _ = _CLAIMED.pop(0)
+        if read_marker(folder, marker_dir) is not None:
+            seal_dir(folder, marker_dir)
+            done.append(folder)
+    return done
+
+
+def release_claims() -> list[Path]:
+    """Undo the claims of a command that failed before it wrote anything: the marker of a folder
+    that holds nothing else is removed, and the folder too when the claim created it (the CLI
+    calls it on an error).
+
+    Returns:
+        the folders removed.
+    """
+    removed = []
+    while _CLAIMED:
+        folder, marker_dir, created = _CLAIMED.pop()
+        marker = folder / (marker_dir or "") / MARKER
+        if folder.is_dir() and not _files_in(folder) and marker.is_file():
+            marker.unlink()
+            if created:  # an existing (empty) folder was the user's: it stays
+                for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+                    sub.rmdir()
+                folder.rmdir()
+                removed.append(folder)
+    return removed
+
+
+def seal_dir(folder: str | Path, marker_dir: str | None = None) -> Path:
+    """Record in the marker of ``folder`` every file it holds now (call when the command is done).
+
+    ``--overwrite`` then replaces the folder only while it holds nothing but those files: a file
+    put into it later (by the user, or another program) keeps the whole folder from being replaced.
+
+    Returns:
+        the marker's path.
+    """
+    folder = Path(folder)
+    path = folder / (marker_dir or "") / MARKER
+    marker = read_marker(folder, marker_dir) or {"command": "?", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    marker["files"] = _files_in(folder)
+    path.write_text(json.dumps(marker) + "\n")
     return path
 
 
@@ -132,10 +204,19 @@ def claim_dir(
                 raise OutputError(
                     f"{flag} {dest}: was written by `fedsegnet {marker['command']}`, not `fedsegnet {command}`; it is left alone"
                 )
+            if isinstance(marker.get("files"), list):
+                foreign = sorted(set(_files_in(path)) - set(marker["files"]))
+                if foreign:
+                    raise OutputError(
+                        f"{flag} {dest}: holds {len(foreign)} file(s) `fedsegnet {command}` did not write "
+                        f"(first: {foreign[0]}); it is left alone, even with --overwrite: move them out first"
+                    )
             shutil.rmtree(_resolved(path))
+    existed = path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         write_marker(path, command, marker_dir)
+        _CLAIMED.append((path, marker_dir, not existed))
     except OSError as e:
         raise OutputError(f"{flag} {dest}: cannot be created ({e.strerror or e})") from None
     return path

@@ -20,7 +20,7 @@ from fedsegnet.config import check_job, check_job_args
 from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
 from fedsegnet.flare.policy import write_site_policy
-from fedsegnet.outputs import MARKER, claim_dir, read_marker
+from fedsegnet.outputs import MARKER, claim_dir, read_marker, seal_dir
 from fedsegnet.report import read_records
 
 CONFIG_FILES = ("config_fed_server.json", "config_fed_client.json")
@@ -128,9 +128,8 @@ def configure_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, 
         ``dst`` as a Path.
 
     Raises:
-        ConfigError: a value names no job arg of ``src``, or a job arg with fixed choices
-            (``aggregation``, ``preset``, ``compression_scope``) gets another value (the message
-            lists the valid ones).
+        ConfigError: a value names no job arg of ``src`` or fails its declaration in
+            :data:`fedsegnet.config.JOB_ARGS` (see :func:`check_job_values`); nothing was written.
         OutputError: ``dst`` is refused (see ``dst``); nothing was written.
         FedSegNetError: ``src`` is not a job folder, or one of its configs is not valid JSON.
     """
@@ -149,6 +148,7 @@ def configure_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, 
         meta = read_config(meta_path)
         meta["min_clients"] = values["min_clients"]
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    seal_dir(dst)
     return dst
 
 
@@ -180,6 +180,7 @@ def pack_job(src: str | Path, dst: str | Path, *, overwrite: bool = False, **val
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    seal_dir(dst)
     return dst
 
 
