@@ -135,10 +135,13 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     keys = sorted({(r["scenario"], r["method"]) for r in rows}, key=lambda k: (SCENARIOS.index(k[0]), METHODS.index(k[1])))
     for scenario, method in keys:
-        d = [r["dice"] for r in rows if r["scenario"] == scenario and r["method"] == method and r["dice"] is not None]
+        cell = sorted((r for r in rows if r["scenario"] == scenario and r["method"] == method and r["dice"] is not None),
+                      key=lambda r: r["seed"])  # fmt: skip
+        d = [r["dice"] for r in cell]
         out.append({
             "scenario": scenario, "method": method, "dice_mean": statistics.fmean(d) if d else None,
             "dice_sd": statistics.stdev(d) if len(d) > 1 else 0.0, "n_seeds": len(d),
+            "seed_list": ",".join(str(r["seed"]) for r in cell),
         })  # fmt: skip
     return out
 
@@ -194,7 +197,13 @@ def markdown(summary: list[dict], args, goal_lines: list[str]) -> str:
         cells = []
         for mt in methods:
             r = m.get((sc, mt))
-            cells.append("" if r is None or r["dice_mean"] is None else f"{100 * r['dice_mean']:.1f} ± {100 * r['dice_sd']:.1f}")
+            if r is None or r["dice_mean"] is None:
+                cells.append("")
+                continue
+            cell = f"{100 * r['dice_mean']:.1f}" + ("" if r["n_seeds"] == 1 else f" ± {100 * r['dice_sd']:.1f}")
+            if r["n_seeds"] != len(args.seeds):  # a cell measured on fewer seeds says so
+                cell += f" ({r['n_seeds']} seed{'s' if r['n_seeds'] > 1 else ''}: {r['seed_list']})"
+            cells.append(cell)
         lines.append(f"| {sc} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n\nGoals:\n\n" + "\n".join(f"- {g}" for g in goal_lines) + "\n"
 
@@ -220,8 +229,31 @@ def main(argv=None) -> int:
         "(only valid when the code of those methods has not changed since)",
     )  # fmt: skip
     p.add_argument("--markdown", help="write the table here")
+    p.add_argument(
+        "--tables-from", nargs="+", metavar="JSON", help="run nothing: build the table from the rows of earlier --json "
+        "files of this benchmark (runs split over several invocations); cells on fewer seeds than --seeds say so",
+    )  # fmt: skip
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
+    if args.tables_from:
+        rows = [r for f in args.tables_from for r in json.loads(Path(f).read_text())["rows"]]
+        seen = {}
+        for r in rows:  # one row per (seed, scenario, method): the last file wins
+            seen[r["seed"], r["scenario"], r["method"]] = r
+        rows = list(seen.values())
+        args.seeds = sorted({r["seed"] for r in rows})
+        summary = summarize(rows)
+        goal_lines = goals(summary)
+        table = markdown(summary, args, goal_lines)
+        print(table)
+        if args.json:
+            Path(args.json).write_text(json.dumps({
+                "config": {k: getattr(args, k) for k in ("rounds", "local_steps", "cases", "size", "test_cases", "preset", "seeds", "fedprox_mu")},
+                "sources": args.tables_from, "summary": summary, "goals": goal_lines, "rows": rows,
+            }, indent=1))  # fmt: skip
+        if args.markdown:
+            Path(args.markdown).write_text(table)
+        return 0
     scenarios = list(SCENARIOS) if args.scenarios == "all" else args.scenarios.split(",")
     methods = args.methods.split(",")
     bad = [s for s in scenarios if s not in SCENARIOS] + [m for m in methods if m not in METHODS]

@@ -297,8 +297,8 @@ def test_two_colluders_overclaiming_cases_cannot_starve_the_third(tmp_path):
     assert record["sites"]["site-3"]["weight"] >= 0.2 - 1e-6
 
 
-def _spread_update(seed, spread=1.5):
-    """An honest update: the common direction plus much site noise (honest cosines about 0.3-0.5, as sparse updates)."""
+def _spread_update(seed, spread=1.0):
+    """An honest update: the common direction plus as much site noise (pairwise cosines about 0.5, as in early rounds)."""
     rng = np.random.default_rng(seed)
     base = np.random.default_rng(0)
     return {k: (base.normal(size=s) + spread * rng.normal(size=s)).astype(np.float32) for k, s in SHAPES.items()}

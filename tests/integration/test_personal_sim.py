@@ -22,7 +22,7 @@ METHODS = {
     "finetune": {"personalization": "finetune", "personal_steps": 2},
     "dca": {"personalization": "dca", "network": "dca_unetr"},
     "dca_pbl": {"personalization": "dca", "network": "dca_unetr", "boundary_weight": 1.0},
-    # the uncompressed FedAvg job, FLARE's own weighted aggregator: it sums the shared keys it gets
+    # the uncompressed FedAvg job: FLARE's weighted aggregator behind the job's key rule (SharedKeysWeightedAggregator)
     "dca_fedavg_job": {"personalization": "dca", "network": "dca_unetr", "job": "fedavg"},
 }
 

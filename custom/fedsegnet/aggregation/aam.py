@@ -22,12 +22,15 @@ Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
   the norm ratio ``r_i = ||u_i|| / rho`` to the round's reference norm ``rho``
   (:func:`~fedsegnet.aggregation.gate.reference_norm`: the median norm with 3 or more sites, the
   smaller one with 2, clamped around the history of earlier rounds' reference norms, which is kept
-  in the state).
+  in the state). The similarity enters as ``g_i / g_med`` (relative to the round's median),
+  smoothed like ``q_i`` over the rounds where it is informative: 3 or more sites and a median
+  similarity of at least ``min_similarity``. Late in training, sparse updates of different sites
+  barely overlap (similarities near 0 for everyone); the value from the earlier rounds is kept.
 
 Score and weight (``relu(x) = max(x, 0)``; only a site that falls clearly behind the others loses weight)::
 
     s_i = -[ a * relu(1 - q_i / q_med - m) + b * relu(1 - p_i / p_med - m)
-             + d * relu(1 - g_i / g_med - m_c) + e * relu(log r_i - log m_r) ]
+             + d * relu(1 - EMA(g_i / g_med) - m_c) + e * relu(log r_i - log m_r) ]
     w_i ∝ kappa_i * n_i * exp(s_i / T)
 
 with ``n_i`` the site's training-case count (clamped to ``[1, max_cases]`` and to
@@ -376,6 +379,7 @@ class _SiteState:
     performance: float | None = None  # smoothed local validation Dice
     rounds: int = 0  # rounds with an accepted update
     last_weight: float | None = None
+    direction: float | None = None  # smoothed similarity / the round's median similarity (informative rounds only)
 
 
 @dataclass
@@ -429,6 +433,12 @@ class AdaptiveAggregation:
             Defaults to 5.
         norm_growth: the reference norm stays within this factor of that median (a lone update,
             or sites that grow their norms together, move it by at most this much). Defaults to 2.0.
+        leave_one_out: compare each update's direction with the centre of the *other* updates
+            (else with a centre that includes it). Defaults to True.
+        min_similarity: the direction signal is measured only in rounds whose median similarity
+            reaches this (while honest updates still agree; later, sparse updates of different
+            sites barely overlap and a site's similarity says nothing); a site's smoothed relative
+            similarity from those rounds is kept for the others. Defaults to 0.2.
         kind_trust: label kind -> prior trust. Defaults to None (:data:`LABEL_KIND_TRUST`).
         history: rounds of per-site weights kept in the state. Defaults to 100.
         sample_size: coordinates used for the divergence signal (see :func:`divergence_signals`;
@@ -462,6 +472,8 @@ class AdaptiveAggregation:
         peer_cases_ratio: float = 2.0,
         norm_window: int = 5,
         norm_growth: float = 2.0,
+        leave_one_out: bool = True,
+        min_similarity: float = 0.2,
     ):
         checks = {
             "temperature": temperature > 0,
@@ -484,6 +496,7 @@ class AdaptiveAggregation:
             "peer_cases_ratio": peer_cases_ratio == 0 or peer_cases_ratio >= 1,
             "norm_window": isinstance(norm_window, int) and not isinstance(norm_window, bool) and norm_window >= 1,
             "norm_growth": norm_growth > 1,
+            "min_similarity": 0 <= min_similarity < 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -512,6 +525,8 @@ class AdaptiveAggregation:
         self.peer_cases_ratio = float(peer_cases_ratio)
         self.norm_window = int(norm_window)
         self.norm_growth = float(norm_growth)
+        self.leave_one_out = bool(leave_one_out)
+        self.min_similarity = float(min_similarity)
         self._sites: dict[str, _SiteState] = {}
         self._history: list[dict] = []
         self._norms: list[float] = []  # reference norms of earlier rounds, oldest first
@@ -615,7 +630,7 @@ class AdaptiveAggregation:
             quality[s] = smooth(state.quality, reports[s].agreement)
             perf[s] = smooth(state.performance, reports[s].val_dice_local)
             if update_state:
-                self._sites[s] = _SiteState(quality[s], perf[s], state.rounds + 1, state.last_weight)
+                self._sites[s] = _SiteState(quality[s], perf[s], state.rounds + 1, state.last_weight, state.direction)
         cos = {s: divergence.get(s, {}).get("cos_dist") for s in sites}
 
         def shortfall(values, margin):  # relative shortfall below the round's median, beyond a tolerance
@@ -629,13 +644,21 @@ class AdaptiveAggregation:
         for kind in {reports[s].label_kind for s in sites}:  # quality scales differ between label kinds
             pq.update(shortfall({s: quality[s] for s in sites if reports[s].label_kind == kind}, self.margin))
         pp = shortfall(perf, self.margin)
-        # direction: the update's cosine similarity to the centre, relative to the round's median similarity
+        # direction: the update's cosine similarity to the (others') centre relative to the round's median
+        # similarity, smoothed over the rounds where it means something: while honest updates agree (median
+        # similarity >= min_similarity); later (sparse updates of different sites barely overlap) it is kept
         sim = {s: None if v is None else 1.0 - v for s, v in cos.items()}
         known_sim = [v for v in sim.values() if v is not None]
         med_sim = float(np.median(known_sim)) if known_sim else 0.0
-        pc = {
-            s: 0.0 if v is None or med_sim <= 0 else max(0.0, 1.0 - v / med_sim - self.cos_margin) for s, v in sim.items()
-        }
+        informative = len(known_sim) >= 3 and med_sim >= self.min_similarity
+        direction = {}
+        for s in sites:
+            old = self._sites[s].direction if s in self._sites else None
+            new = None if not informative or sim[s] is None else sim[s] / med_sim
+            direction[s] = smooth(old, new)
+            if update_state and s in self._sites:
+                self._sites[s].direction = direction[s]
+        pc = {s: 0.0 if v is None else max(0.0, 1.0 - v - self.cos_margin) for s, v in direction.items()}
         scores = {}
         for s in sites:
             ratio = divergence.get(s, {}).get("norm_ratio") or 1.0
@@ -717,7 +740,8 @@ class AdaptiveAggregation:
                 clamped[s] = SiteReport(**{**asdict(clamped[s]), "n_train": bounded[s]})
                 records[s]["n_train"] = bounded[s]
         div = divergence_signals(
-            {s: updates[s] for s in accepted}, centre=self.centre, sample_size=self.sample_size, reference=rho
+            {s: updates[s] for s in accepted}, centre=self.centre, sample_size=self.sample_size, reference=rho,
+            leave_one_out=self.leave_one_out,
         )
         weights = self.weights({s: clamped[s] for s in accepted}, div)
         factors = []
