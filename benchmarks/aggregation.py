@@ -29,6 +29,9 @@ over foreground classes (organ, lesion) on the test set; the table gives mean ±
 Re-run:
     python benchmarks/aggregation.py --quick --json docs/results/aggregation_quick.json
     python benchmarks/aggregation.py --json docs/results/aggregation.json --markdown docs/results/aggregation.md
+
+Runs split over several invocations (e.g. one per seed) are put into one table with
+``--tables-from a.json b.json ... --json docs/results/aggregation.json --markdown docs/results/aggregation.md``.
 """
 
 from __future__ import annotations

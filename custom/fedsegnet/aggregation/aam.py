@@ -47,9 +47,9 @@ spread keep their FedAvg weights, so round-to-round noise in the signals does no
 weight on a lucky site, and sites that are merely *different* (another scanner, smaller
 structures: the ``noniid`` case) are not treated as bad unless they fall far behind. With all
 coefficients 0 the weights are FedAvg's (sample counts). A missing signal counts as the median
-(neutral). Before the weighted mean, each update is scaled down to at most ``clip_norm`` times the
-reference norm ``rho``, so a scaled (x10) update that slips under the gate adds no more than an
-ordinary one, also with two sites (where the median norm is the mean of the two and a scaled
+(neutral). Before the weights, an update above ``clip_norm`` times the reference norm ``rho`` is
+scaled to ``rho`` (its direction is used, its size is not), so a scaled (x10) update that slips
+under the gate adds no more than an ordinary one, also with two sites (where the median norm is the mean of the two and a scaled
 update would set it) and in a round where one update arrives alone (``rho`` is then held near the
 history).
 
@@ -61,8 +61,8 @@ and every weight is capped at ``cap``: overclaiming cases buys at most ``peer_ca
 an ordinary site's prior. Quality and performance are ignored while their median is below ``min_signal`` (an
 untrained global model makes them noise). The divergence terms are
 measured by the server on the update itself and cannot be faked; an update that is far from the
-others in direction or larger than the others is down-weighted, clipped to ``clip_norm`` x the
-reference norm, or dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
+others in direction is down-weighted, one larger than the others is scaled to the reference norm
+or dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
 centre can only move the model a little per round, which is the limit any robust rule has.
 
 All functions are deterministic (no randomness), take plain mappings, and never modify their
@@ -420,8 +420,9 @@ class AdaptiveAggregation:
         cap: highest prior share (case count x label-kind trust) of any site, applied before the
             scores. Defaults to 0.6.
         smoothing: weight of the newest agreement in the moving average, in (0, 1]. Defaults to 0.5.
-        clip_norm: scale updates down to at most this many times the reference norm (0 = off).
-            Defaults to 2.0.
+        clip_norm: an update above this many times the reference norm is scaled to the reference
+            norm before it is weighed and added (0 = off; the norm term then down-weights it).
+            Defaults to 1.5.
         centre: robust centre of the divergence signal, ``"trimmed_mean"`` or ``"median"``.
             Defaults to ``"trimmed_mean"``.
         max_norm_ratio: the gate drops updates above this many times the reference norm. Defaults to 10.0.
@@ -462,7 +463,7 @@ class AdaptiveAggregation:
         floor: float = 0.02,
         cap: float = 0.6,
         smoothing: float = 0.5,
-        clip_norm: float = 2.0,
+        clip_norm: float = 1.5,
         centre: str = "trimmed_mean",
         max_norm_ratio: float = 10.0,
         max_cases: float = 100_000,
@@ -743,15 +744,17 @@ class AdaptiveAggregation:
             {s: updates[s] for s in accepted}, centre=self.centre, sample_size=self.sample_size, reference=rho,
             leave_one_out=self.leave_one_out,
         )
-        weights = self.weights({s: clamped[s] for s in accepted}, div)
+        clips = {}
+        for s in accepted:  # an update above clip_norm x rho is scaled to rho: its direction counts, its size does not
+            norm = div[s]["norm"]
+            clips[s] = rho / norm if self.clip_norm and rho and norm > self.clip_norm * rho > 0 else 1.0
+        # the norm term judges what is aggregated (a scaled-down update is ordinary); it bites only with clipping off
+        scaled = {s: {**div[s], "norm_ratio": div[s]["norm_ratio"] * clips[s]} for s in accepted}
+        weights = self.weights({s: clamped[s] for s in accepted}, scaled)
         factors = []
         for s in accepted:
-            norm = div[s]["norm"]
-            clip = 1.0
-            if self.clip_norm and rho and norm > self.clip_norm * rho > 0:
-                clip = self.clip_norm * rho / norm
-            records[s].update(weights[s], norm=norm, clip=clip, reference_norm=rho)
-            factors.append(weights[s]["weight"] * clip)
+            records[s].update(weights[s], norm=div[s]["norm"], clip=clips[s], reference_norm=rho, norm_ratio=div[s]["norm_ratio"])
+            factors.append(weights[s]["weight"] * clips[s])
         combined = weighted_sum([updates[s] for s in accepted], factors)
         self.rounds += 1
         if self.history:

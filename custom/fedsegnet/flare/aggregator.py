@@ -168,7 +168,7 @@ class AAMAggregator(ModelAggregator):
         floor: float = 0.02,
         cap: float = 0.6,
         smoothing: float = 0.5,
-        clip_norm: float = 2.0,
+        clip_norm: float = 1.5,
         centre: str = "trimmed_mean",
         max_norm_ratio: float = 10.0,
         max_cases: float = 100_000,
