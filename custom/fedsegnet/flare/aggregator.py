@@ -65,7 +65,7 @@ _REPORT_KEYS = {
 _AAM_ARGS = (
     "temperature", "quality_coef", "performance_coef", "divergence_coef", "norm_coef", "margin", "cos_margin",
     "min_signal", "norm_margin", "floor", "cap", "smoothing", "clip_norm", "centre", "max_norm_ratio", "max_cases",
-    "peer_cases_ratio", "norm_window", "norm_growth",
+    "peer_cases_ratio", "norm_window", "norm_growth", "leave_one_out", "min_similarity",
 )  # fmt: skip
 
 
@@ -140,7 +140,7 @@ class AAMAggregator(ModelAggregator):
             Defaults to ``"aam"``.
         temperature, quality_coef, performance_coef, divergence_coef, norm_coef, margin, cos_margin,
             min_signal, norm_margin, floor, cap, smoothing, clip_norm, centre, max_norm_ratio, max_cases,
-            peer_cases_ratio, norm_window, norm_growth: see
+            peer_cases_ratio, norm_window, norm_growth, leave_one_out, min_similarity: see
             :class:`fedsegnet.aggregation.AdaptiveAggregation` (same defaults). The gate (with the
             history of reference norms) runs for every method, the peer bound of case counts for
             ``"aam"`` and ``"mean"``; clipping and weights are AAM's.
@@ -176,6 +176,8 @@ class AAMAggregator(ModelAggregator):
         peer_cases_ratio: float = 2.0,
         norm_window: int = 5,
         norm_growth: float = 2.0,
+        leave_one_out: bool = True,
+        min_similarity: float = 0.2,
         personalization: str = "none",
         personal_keys=(),
         persistor_id: str = "persistor",
