@@ -34,7 +34,7 @@ method's, ``ratio_total`` the same for uplink + downlink (``ratio_total_after_fi
 downlink of rounds >= 1 only: what a long run tends to). ``seconds`` is the simulator's wall time
 per run (without the held-out evaluation). Quality: mean foreground Dice of the final
 global model (``FL_global_model.pt``) on a held-out test set the sites never see (``<data>/test``),
-evaluated with :func:`fedsegnet.training.site.evaluate_model_file` (what ``fedsegnet eval`` runs);
+evaluated with :func:`fedsegnet.training.evaluate_file.evaluate_model_file` (what ``fedsegnet eval`` runs);
 mean ± sd over seeds (sd 0 with one seed), and its difference from ``none`` in Dice points.
 
 FLARE's cross-site evaluation workflow is removed from every job (``--cross-site`` keeps it): it
@@ -211,7 +211,7 @@ def run_one(name: str, seed: int, data_root: Path, run_dir: Path, args) -> dict:
     """One simulator run of method ``name`` with seed ``seed``; never raises for a failed run."""
     from fedsegnet.errors import FedSegNetError
     from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, wait_with_progress
-    from fedsegnet.training.site import evaluate_model_file
+    from fedsegnet.training.evaluate_file import evaluate_model_file
 
     method = METHODS[name]
     job_args = dict(

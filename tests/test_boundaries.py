@@ -1,4 +1,4 @@
-"""DESIGN.md's rule: only fedsegnet/flare imports nvflare; the algorithm packages never import the adapters."""
+"""DESIGN.md's rules: only fedsegnet/flare imports nvflare; layers only import downwards (:data:`LAYERS`)."""
 
 import ast
 import subprocess
@@ -51,5 +51,96 @@ def test_core_import_does_not_load_nvflare():
         "import sys, fedsegnet.training.site, fedsegnet.data.synth, fedsegnet.networks;"
         "print(any(m == 'nvflare' or m.startswith('nvflare.') for m in sys.modules))"
     )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+LAYERS = (
+    ("", "errors", "outputs", "memory"),
+    ("compression",),
+    ("aggregation",),
+    ("networks",),
+    ("config",),
+    ("data",),
+    ("training",),
+    ("federation", "report"),
+    ("flare",),
+    ("cli",),
+)
+"""The package's layers, lowest first (``""`` is the package itself, ``fedsegnet/__init__.py``).
+A module may import from its own layer and the layers below it, never from a layer above: the
+shared bottom (errors, output folders, memory probes); the update codec; the server round (which
+measures updates with the codec); the networks; job settings and presets (which name the networks,
+aggregation methods and codec bits their job args accept); site data (read under a preset);
+local training, evaluation, inference and model files; the in-process federation and the run
+report; the FLARE adapters; the command line."""
+
+LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+
+
+def _module_name(path: Path) -> str:
+    parts = ("fedsegnet",) + path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path) -> list[tuple[int, str]]:
+    """``(line, module)`` of every fedsegnet module ``path`` imports, at module level or inside a
+    function; relative imports resolved, ``from fedsegnet import x`` read as ``fedsegnet.x``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names = {f"{base}.{a.name}" for a in node.names} if base == "fedsegnet" else {base}
+            found += [(node.lineno, name) for name in sorted(names)]
+    return [(line, name) for line, name in found if name == "fedsegnet" or name.startswith("fedsegnet.")]
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _all_modules():
+    return sorted(PKG.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _all_modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_module_has_a_layer(path):
+    layer = _layer(_module_name(path))
+    assert layer in LAYER_OF, f"{path.relative_to(PKG)}: {layer!r} is in no layer of LAYERS; place it there"
+
+
+@pytest.mark.parametrize("path", _all_modules(), ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_only_downwards(path):
+    own = LAYER_OF.get(_layer(_module_name(path)))
+    bad = []
+    for line, module in _imported_modules(path):
+        rank = LAYER_OF.get(_layer(module))
+        if own is not None and rank is not None and rank > own:
+            bad.append(f"line {line}: {module} (layer {rank})")
+    assert not bad, f"{path.relative_to(PKG)} (layer {own}) imports from a higher layer of LAYERS: {bad}"
+
+
+def test_layer_check_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
+    pkg = tmp_path / "fedsegnet"
+    (pkg / "networks").mkdir(parents=True)
+    module = pkg / "networks" / "m.py"
+    module.write_text("def f():\n    from fedsegnet.training import loop\n\nfrom ..config import X\nfrom fedsegnet import cli\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    assert sorted(m for _, m in _imported_modules(module)) == ["fedsegnet.cli", "fedsegnet.config", "fedsegnet.training"]
+
+
+def test_config_import_does_not_load_torch():
+    """Job args are checked (``fedsegnet job ...``) without torch: config imports the registries
+    it lists options from only when the options are asked for."""
+    code = "import sys, fedsegnet.config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

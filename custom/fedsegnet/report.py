@@ -285,9 +285,10 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     import nibabel as nib
 
     from fedsegnet.data.datalist import load_datalist
-    from fedsegnet.networks.spec import load_model_file, preset_from_spec
+    from fedsegnet.training.spec import load_model_file, preset_from_spec
     from fedsegnet.training.infer import predict_case
-    from fedsegnet.training.site import evaluate_model_file, pick_device, site_label_map
+    from fedsegnet.training.evaluate_file import evaluate_model_file
+    from fedsegnet.training.site import pick_device, site_label_map
 
     device = pick_device(device)
     result, spec = evaluate_model_file(model_path, data_dir, device=device)

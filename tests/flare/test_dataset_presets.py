@@ -6,7 +6,7 @@ import pytest
 from fedsegnet.config import get_preset
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.persistor import SegModelPersistor
-from fedsegnet.networks.spec import class_names_of, preset_from_spec
+from fedsegnet.training.spec import class_names_of, preset_from_spec
 
 
 def test_persistor_takes_channels_and_classes_from_a_dataset_preset():

@@ -11,9 +11,9 @@ import pytest
 
 from fedsegnet.data.split import read_dataset, split_cases, write_split
 from fedsegnet.flare.jobs import configure_job
-from fedsegnet.networks.spec import load_model_file
+from fedsegnet.training.spec import load_model_file
 from fedsegnet.training.infer import predict_case
-from fedsegnet.training.site import evaluate_model_file
+from fedsegnet.training.evaluate_file import evaluate_model_file
 
 from ..data.test_split import make_brats
 from .conftest import JOBS, run_two_sites

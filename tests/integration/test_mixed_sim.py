@@ -4,7 +4,7 @@ import pytest
 
 from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
-from fedsegnet.networks.spec import load_model_file
+from fedsegnet.training.spec import load_model_file
 
 from .conftest import JOBS
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fedsegnet.networks.spec import load_model_file
+from fedsegnet.training.spec import load_model_file
 
 pytestmark = pytest.mark.slow
 

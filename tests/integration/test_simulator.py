@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedsegnet.flare.jobs import configure_job
-from fedsegnet.networks.spec import build_from_spec, load_model_file
+from fedsegnet.training.spec import build_from_spec, load_model_file
 
 from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites
 

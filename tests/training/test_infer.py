@@ -11,7 +11,7 @@ import torch
 from fedsegnet.cli import main
 from fedsegnet.config import build_train_config
 from fedsegnet.errors import FedSegNetError
-from fedsegnet.networks.spec import build_from_spec, load_model_file, model_spec
+from fedsegnet.training.spec import build_from_spec, load_model_file, model_spec
 from fedsegnet.training.infer import cases_in_folder, check_inputs, predict_case, save_labels
 from fedsegnet.training.loop import state_dict_for_exchange
 

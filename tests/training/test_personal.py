@@ -189,7 +189,7 @@ def test_state_dict_for_exchange_is_what_personal_keys_name():
 
 # ------------------------------------------------------------------------------ a user at one site
 def _global_file(path, network="dca_unetr"):
-    from fedsegnet.networks.spec import build_from_spec, model_spec
+    from fedsegnet.training.spec import build_from_spec, model_spec
 
     spec = model_spec(build_train_config(preset="tiny", network=network).preset, in_channels=1, num_classes=3)
     torch.manual_seed(0)
@@ -201,7 +201,7 @@ def test_eval_personal_scores_the_sites_personalised_model(organs, tmp_path, cap
     import json
 
     from fedsegnet.cli import main
-    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.spec import load_model_file
     from fedsegnet.training.personal import apply_personal_state
 
     model_path = _global_file(tmp_path / "FL_global_model.pt")
@@ -225,7 +225,7 @@ def test_eval_personal_scores_the_sites_personalised_model(organs, tmp_path, cap
 
 
 def test_personal_state_of_another_network_or_missing_file_is_named(organs, tmp_path):
-    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.spec import load_model_file
     from fedsegnet.training.personal import apply_personal_state
 
     t = _trainer(organs / "site-1", PersonalConfig(method="dca"), tmp_path / "personal")
@@ -242,7 +242,7 @@ def test_infer_personal_segments_with_the_sites_model(organs, tmp_path, capsys):
 
     from fedsegnet.cli import main
     from fedsegnet.data.datalist import load_datalist
-    from fedsegnet.networks.spec import load_model_file
+    from fedsegnet.training.spec import load_model_file
 
     model_path = _global_file(tmp_path / "FL_global_model.pt")
     t = _trainer(organs / "site-1", PersonalConfig(method="dca"), tmp_path / "personal")

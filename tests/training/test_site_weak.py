@@ -8,7 +8,7 @@ import torch
 
 from fedsegnet.config import build_train_config
 from fedsegnet.data.synth import synthesize
-from fedsegnet.training.evaluate import weak_label_agreement
+from fedsegnet.training.signals import weak_label_agreement
 from fedsegnet.training.site import SiteTrainer
 from fedsegnet.training.weak_losses import WeakSupervisionLoss
 

@@ -23,7 +23,7 @@ from fedsegnet.errors import FedSegNetError
 from fedsegnet.flare.aggregator import aggregation_for
 from fedsegnet.flare.constants import AAM_STATE_KEY, ROUND_RECORDS_FILE
 from fedsegnet.flare.resume import ROUND_KEY, copy_records, find_resume_point
-from fedsegnet.networks.spec import model_spec
+from fedsegnet.training.spec import model_spec
 
 
 def _same(value) -> str:

@@ -122,7 +122,7 @@ def predict_case(
     """Segment one case.
 
     Args:
-        model: the trained network (``fedsegnet.networks.spec.load_model_file``).
+        model: the trained network (``fedsegnet.training.spec.load_model_file``).
         spec: its model spec (channels, classes, patch size, spacing, intensity).
         images: one NIfTI file per channel.
         device: where inference runs. Defaults to ``"cpu"``.
@@ -138,7 +138,7 @@ def predict_case(
         FedSegNetError: see :func:`check_inputs`.
     """
     from fedsegnet.data.transforms import eval_transforms
-    from fedsegnet.networks.spec import preset_from_spec
+    from fedsegnet.training.spec import preset_from_spec
 
     opened = check_inputs(images, spec["in_channels"])
     preset = preset_from_spec(spec)

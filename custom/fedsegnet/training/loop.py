@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
@@ -21,6 +20,7 @@ import torch.nn as nn
 
 from fedsegnet.errors import ConfigError
 from fedsegnet.training.errors import TrainingError, WeightsError
+from fedsegnet.training.progress import show_progress
 
 logger = logging.getLogger(__name__)
 
@@ -62,16 +62,6 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.op
         raise ConfigError("weight_decay", weight_decay, "must be a finite number >= 0")
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=float(lr), weight_decay=float(weight_decay))
-
-
-def _show_progress(progress) -> bool:
-    if progress == "force":
-        return True
-    if progress in (False, None):
-        return False
-    if progress is True:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    raise ConfigError("progress", progress, "must be a bool or 'force'", options=(False, True, "force"))
 
 
 def _batch_stream(batches: Iterable) -> Callable[[], dict]:
@@ -187,7 +177,7 @@ def train_steps(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError("steps", steps, "must be an integer >= 1")
-    show = _show_progress(progress)
+    show = show_progress(progress)
     device = torch.device(device)
     use_amp = bool(amp) and device.type == "cuda"
     if use_amp and scaler is None:

@@ -1,8 +1,11 @@
 """One site's local work, without FLARE: data contract -> loaders -> model -> train rounds, evaluation.
 
-:class:`SiteTrainer` is what the FLARE Learner wraps (``fedsegnet.flare.learner``), what the
-benchmarks time, and what ``fedsegnet eval`` uses for a single model. It owns the site's model,
-optimiser and loaders; weights come in and go out as plain ``dict[str, numpy.ndarray]``.
+:class:`SiteTrainer` is what the FLARE Learner wraps (``fedsegnet.flare.learner``) and what the
+benchmarks time. It owns the site's model, optimiser and loaders; weights come in and go out as
+plain ``dict[str, numpy.ndarray]``. Its personalisation (personal keys, Ditto, fine-tuning) is
+:class:`~fedsegnet.training.personal_trainer.PersonalTraining`; the helpers here (:func:`pick_device`,
+:func:`site_label_map`, :func:`eval_cases`, ...) also serve ``fedsegnet eval``
+(:mod:`fedsegnet.training.evaluate_file`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from fedsegnet.data.transforms import (
     case_spacing,
     infinite_batches,
 )
-from fedsegnet.errors import ConfigError, DataError, FedSegNetError
+from fedsegnet.errors import ConfigError, DataError
 from fedsegnet.networks import build_network
-from fedsegnet.training.evaluate import EvalResult, evaluate, label_agreement, weak_label_agreement
-from fedsegnet.training.boundary_loss import PerturbedBoundaryLoss
+from fedsegnet.training.evaluate import EvalResult, evaluate
 from fedsegnet.training.losses import build_loss
-from fedsegnet.training.personal import PersonalStore, personal_key_names, personalise, proximal_term
+from fedsegnet.training.personal import personalise
+from fedsegnet.training.personal_trainer import PersonalTraining
+from fedsegnet.training.signals import label_agreement, weak_label_agreement
 from fedsegnet.training.weak_losses import WeakSupervisionLoss
 from fedsegnet.training.loop import (
     load_exchanged_weights,
@@ -128,7 +132,7 @@ def eval_cases(cases: list[dict], dataset):
         yield {"image": item["image"], "label": item["label"], "spacing": case_spacing(item), "name": name}
 
 
-class SiteTrainer:
+class SiteTrainer(PersonalTraining):
     """Local training and evaluation of one site.
 
     Args:
@@ -161,7 +165,7 @@ class SiteTrainer:
     classes on its label-0 voxels. Validation uses only cases with voxel labels (a box or tag site
     without such cases reports None). The AAM agreement signal is the received global model's Dice
     against the site's labels (a ``partial`` site: its annotated classes only), or for box and tag
-    sites :func:`~fedsegnet.training.evaluate.weak_label_agreement`.
+    sites :func:`~fedsegnet.training.signals.weak_label_agreement`.
 
     Raises:
         DataError: when the site's data contract or files fail the checks; lists every problem.
@@ -227,39 +231,6 @@ class SiteTrainer:
         self._eval_sets = {}
         self.rounds_done = 0
         self._init_personal(personal or PersonalConfig(), personal_dir)
-
-    def _init_personal(self, personal: PersonalConfig, personal_dir) -> None:
-        self.personal = personal
-        self.personal_keys = personal_key_names(self.model, personal)
-        self.store = PersonalStore(Path(personal_dir) / f"{self.site}.pt", site=self.site) if personal_dir else None
-        self._personal: dict[str, torch.Tensor] = {}  # this site's values of its personal keys
-        self._personal_model: dict[str, torch.Tensor] | None = None  # ditto's / the fine-tuned model
-        self.personal_net = None  # ditto's personal network (built on first use)
-        self._personal_opt = None
-        self.ditto_helper = None  # FLARE's PTDittoHelper when run by the FLARE Learner (fedsegnet.flare.ditto)
-        self._helper_loaded = False
-        self.boundary_loss = None
-        if personal.boundary_weight > 0:
-            if self.datalist.label_kind in ("box", "tag"):
-                logger.warning("%s: boundary loss off: a %s site has no label boundaries", self.site, self.datalist.label_kind)
-            else:
-                self.boundary_loss = PerturbedBoundaryLoss(
-                    band_width=personal.boundary_band, perturbation=personal.boundary_perturbation,
-                    weight=personal.boundary_weight, num_classes=self.num_classes,
-                )  # fmt: skip
-        state = self.store.load() if self.store is not None else None
-        if state is not None:
-            stored = set(state.get("keys") or {})
-            if stored != set(self.personal_keys) or state.get("method") != personal.method:
-                raise FedSegNetError(
-                    f"site {self.site!r}: {self.store.path} holds the personal state of method "
-                    f"{state.get('method')!r} with {len(stored)} personal key(s); this job uses {personal.method!r} "
-                    f"with {len(self.personal_keys)}: move the file away to start the personal part afresh"
-                )
-            self._personal = dict(state["keys"])
-            self._personal_model = state.get("model")
-            self.rounds_done = int(state.get("round", -1)) + 1
-            logger.info("%s: personal state of round %s restored from %s", self.site, state.get("round"), self.store.path)
 
     @property
     def n_train(self) -> int:
@@ -381,95 +352,6 @@ class SiteTrainer:
             extra_loss=self.boundary_loss,
         )
 
-    def _personal_network(self, weights: dict, fresh_optimizer: bool = False):
-        """The site's second network (Ditto's model, the fine-tuned one) loaded with ``weights``."""
-        if self.personal_net is None:
-            self.personal_net = copy.deepcopy(self.model)
-        if self._personal_opt is None or fresh_optimizer:
-            p = self.config.preset
-            self._personal_opt = make_optimizer(self.personal_net, lr=p.lr, weight_decay=p.weight_decay)
-        load_exchanged_weights(self.personal_net, weights, strict=True)
-        return self.personal_net
-
-    def train_ditto(self, round: int, should_stop=None, steps: int | None = None) -> dict:
-        """Train the site's Ditto model for one round: the site's loss plus
-        ``ditto_lambda / 2 * ||w - w_global||^2`` towards the received global model.
-
-        The personal model starts as the first global model the site receives and is the site's
-        alone from then on (restored from the personal state after a restart). Call after
-        :meth:`train_round` has received the round's global model.
-
-        Args:
-            round: the federation's round.
-            should_stop: abort check between steps. Defaults to None.
-            steps: optimiser steps. Defaults to None (``personal_steps``, or ``local_steps`` when 0).
-
-        Returns:
-            The loop statistics of the personal model's training.
-        """
-        if self._global_model is None:
-            raise FedSegNetError(f"site {self.site!r}: Ditto's personal model trains after a global model arrives")
-        reference, helper = self._global_model, self.ditto_helper
-        if helper is not None:  # FLARE's helper holds the model, restores it and adds its proximal term
-            if not self._helper_loaded:
-                helper.load_model(reference.state_dict())  # its saved personal model, else the global one
-                self._helper_loaded = True
-            net, optimizer = helper.model, helper.optimizer
-            prox = lambda m: helper.prox_criterion(m, reference)  # noqa: E731
-        else:
-            net = self._personal_network(self._personal_model or state_dict_for_exchange(reference))
-            optimizer, lam = self._personal_opt, self.personal.ditto_lambda
-            prox = lambda m: proximal_term(m, reference, lam)  # noqa: E731
-        steps = steps or self.personal.personal_steps or self.config.local_steps
-        stats = self._train(net, optimizer, steps, round, should_stop, prox, desc=f"{self.site} ditto round {round}")
-        self._personal_model = state_dict_for_exchange(net)
-        if helper is not None:
-            helper.epoch_global = round
-            metric = self.evaluate(weights=self._personal_model).dice_mean
-            helper.update_metric_save_model(metric if metric is not None else 0.0)
-        return stats
-
-    def finetune(self, global_weights: dict, steps: int | None = None, round: int | None = None, should_stop=None) -> dict:
-        """Fine-tune ``global_weights`` on the site's training data (the ``finetune`` method).
-
-        The result is the site's personal model (saved with the personal state). The site's own
-        training model is left as it was.
-
-        Args:
-            global_weights: the (final) global model.
-            steps: optimiser steps. Defaults to None (``personal_steps``, or ``local_steps`` when 0).
-            round: recorded with the personal state. Defaults to None (rounds done).
-            should_stop: abort check between steps. Defaults to None.
-
-        Returns:
-            The loop statistics.
-        """
-        net = self._personal_network(personalise(global_weights, self._personal), fresh_optimizer=True)
-        steps = steps or self.personal.personal_steps or self.config.local_steps
-        round = self.rounds_done if round is None else int(round)
-        stats = self._train(net, self._personal_opt, steps, round, should_stop, None, desc=f"{self.site} fine-tune")
-        self._personal_model = state_dict_for_exchange(net)
-        self._save_personal(round)
-        return stats
-
-    def with_personal_keys(self, weights: dict) -> dict:
-        """``weights`` with this site's values of its personal keys laid over them (a new dict)."""
-        return personalise(weights, self._personal)
-
-    def personal_weights(self, global_weights: dict) -> dict:
-        """The site's personalised model for ``global_weights``.
-
-        ``ditto`` and ``finetune``: the site's personal model (the global one until it exists);
-        otherwise the global weights with the site's personal keys laid over them.
-        """
-        if self.personal.method in ("ditto", "finetune") and self._personal_model is not None:
-            return dict(self._personal_model)
-        return personalise(global_weights, self._personal)
-
-    def _save_personal(self, round: int) -> None:
-        if self.store is not None and (self._personal or self._personal_model is not None):
-            self.store.save(method=self.personal.method, round=round, keys=self._personal, model=self._personal_model)
-
     def _weak_extras(self, round: int, needs_teacher: bool):
         """``loss_extras`` for a weak-label site: the batch's tags and the global model's logits."""
         teacher = self._global_model
@@ -528,72 +410,3 @@ class SiteTrainer:
         finally:
             if saved is not None:
                 self.model.load_state_dict(saved)
-
-
-def evaluate_model_file(
-    model_path: str | Path,
-    data_dir: str | Path,
-    *,
-    split: str | None = None,
-    device: str | None = None,
-    progress: bool = False,
-    personal: str | Path | None = None,
-) -> tuple[EvalResult, dict]:
-    """Evaluate a saved global model (or one site's personalised version of it) on a ``dataset.json`` folder.
-
-    Args:
-        model_path: FLARE's saved ``.pt`` (with the FedSegNet model spec).
-        data_dir: folder with ``dataset.json``.
-        split: which list to evaluate. Defaults to None: ``test`` if it has labelled cases, else
-            ``validation``, else ``training``.
-        device: torch device. Defaults to None (CUDA when available).
-        progress: tqdm bar. Defaults to False.
-        personal: a site's personal state file (``fedsegnet_personal/<site>.pt``) to lay over the
-            global model (:func:`~fedsegnet.training.personal.apply_personal_state`). Defaults to None.
-
-    Returns:
-        ``(result, spec)``; with ``personal`` the spec gains ``"personal"`` (the state's summary).
-
-    Raises:
-        FedSegNetError: unreadable model, data that fails preflight, or a model/data mismatch in
-            channels or classes (named).
-    """
-    from fedsegnet.networks.spec import load_model_file, preset_from_spec
-
-    model, spec = load_model_file(model_path)
-    if personal is not None:
-        from fedsegnet.training.personal import apply_personal_state
-
-        spec = {**spec, "personal": apply_personal_state(model, personal)}
-    datalist = load_datalist(data_dir)
-    if split is None:
-        split = next((s for s in ("test", "validation", "training") if getattr(datalist, s)), "test")
-    cases = list(getattr(datalist, split))
-    problems = []
-    if not cases:
-        problems.append(f"{Path(data_dir) / 'dataset.json'}: split {split!r} has no labelled cases")
-    problems += model_fit_problems(datalist, spec["num_classes"], spec["in_channels"], f"the model {model_path}")
-    preset = preset_from_spec(spec)
-    label_map = None
-    try:
-        label_map = site_label_map(datalist, preset)
-    except DataError as e:
-        problems += e.problems
-    if problems:
-        raise DataError(datalist.name or str(data_dir), problems)
-    preflight(datalist, check_splits=(split,))
-    dev = pick_device(device)
-    result = evaluate(
-        model.to(dev),
-        eval_cases(cases, build_eval_dataset(cases, preset, label_map=label_map)),
-        num_classes=datalist.num_classes,
-        roi_size=preset.patch_size,
-        sw_batch_size=preset.sw_batch_size,
-        overlap=preset.sw_overlap,
-        device=dev,
-        amp=preset.amp,
-        class_names=label_map.class_names,
-        regions=label_map.regions,
-        progress=progress,
-    )
-    return result, spec

@@ -7,8 +7,8 @@ import torch
 
 from fedsegnet.config import PRESETS
 from fedsegnet.errors import FedSegNetError
-from fedsegnet.networks import spec as spec_module
-from fedsegnet.networks.spec import MAX_MODEL_VALUES, build_from_spec, check_spec, load_model_file, model_spec
+from fedsegnet.training import spec as spec_module
+from fedsegnet.training.spec import MAX_MODEL_VALUES, build_from_spec, check_spec, load_model_file, model_spec
 from fedsegnet.training.loop import state_dict_for_exchange
 
 

@@ -22,6 +22,8 @@ from torch.overrides import TorchFunctionMode
 
 from fedsegnet.config import INTENSITY_MODES, PRESETS, Preset
 from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.networks import NETWORKS, build_network
+from fedsegnet.training.loop import load_exchanged_weights, strip_prefixes
 
 SPEC_VERSION = 1
 MAX_IN_CHANNELS = 64
@@ -112,8 +114,6 @@ def preset_from_spec(spec: dict) -> Preset:
 
 def build_from_spec(spec: dict) -> torch.nn.Module:
     """Build the (untrained) network a spec describes."""
-    from fedsegnet.networks import build_network
-
     preset = preset_from_spec(spec)
     return build_network(
         preset.network,
@@ -181,8 +181,6 @@ def check_spec(spec, source: str = "model spec") -> None:
             past :data:`MAX_KWARG_INT` (:data:`SMALL_KWARGS` for theirs) or a list or dict longer
             than :data:`MAX_KWARG_ITEMS`.
     """
-    from fedsegnet.networks.registry import NETWORKS
-
     if not isinstance(spec, Mapping):
         raise FedSegNetError(f"{source}: the model spec must be a dict, got {type(spec).__name__}")
     network = spec.get("network")
@@ -249,8 +247,6 @@ def spec_shapes(spec: dict, source: str = "model spec") -> dict[str, tuple[int, 
         FedSegNetError: the network cannot be built from the spec (the message names the field the
             constructor names), or it has more than :data:`MAX_MODEL_VALUES` values.
     """
-    from fedsegnet.training.loop import strip_prefixes
-
     try:
         with _MetaParameters():
             net = build_from_spec(spec)
@@ -271,8 +267,6 @@ def spec_shapes(spec: dict, source: str = "model spec") -> dict[str, tuple[int, 
 
 
 def _check_weights(state, shapes: dict, source: str, network: str) -> None:
-    from fedsegnet.training.loop import strip_prefixes
-
     got = {}
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -341,8 +335,6 @@ def load_model_file(path: str | Path, spec: dict | None = None) -> tuple[torch.n
             f"{source}: carries no FedSegNet model spec (train_conf['fedsegnet']); "
             f"pass the preset/classes it was trained with"
         )
-    from fedsegnet.training.loop import load_exchanged_weights
-
     check_spec(spec, source)
     if not isinstance(state, Mapping):
         raise FedSegNetError(f"{source}: model: the weights must be a dict of tensors, got {type(state).__name__}")
