@@ -1,8 +1,8 @@
 """Communication methods compared in real ``nvflare simulator`` runs: bytes per round and held-out Dice.
 
-Every method is a job folder derived from ``jobs/fedsegnet`` (:func:`~fedsegnet.flare.jobs.configure_job`
+Every method is a job folder derived from ``jobs/fedsegnet`` (:func:`~fedsegnet.flare.ops.jobs.configure_job`
 plus edits of the filter lists in the copy's ``app/config/config_fed_{server,client}.json``), run by
-:class:`~fedsegnet.flare.jobs.SimulatorRun` on the same synthetic sites with the same seeds (seed
+:class:`~fedsegnet.flare.ops.jobs.SimulatorRun` on the same synthetic sites with the same seeds (seed
 ``s`` makes the data with ``synthesize(seed=s)`` and runs the job with ``seed=s``). The methods
 (:data:`METHODS`):
 
@@ -157,7 +157,7 @@ def prepare_workspace_policy(ws: Path):
 
     ``SimulatorRun.start`` writes the FedSegNet policy again and keeps entries already there.
     """
-    from fedsegnet.flare.policy import write_site_policy
+    from fedsegnet.flare.ops.policy import write_site_policy
 
     path = write_site_policy(ws / "local")
     resources = json.loads(path.read_text())
@@ -210,7 +210,7 @@ def first_error_line(log_file, limit: int = 400) -> str | None:
 def run_one(name: str, seed: int, data_root: Path, run_dir: Path, args) -> dict:
     """One simulator run of method ``name`` with seed ``seed``; never raises for a failed run."""
     from fedsegnet.errors import FedSegNetError
-    from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, wait_with_progress
+    from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job, wait_with_progress
     from fedsegnet.training.evaluate_file import evaluate_model_file
 
     method = METHODS[name]

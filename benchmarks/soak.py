@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from fedsegnet.data.synth import synthesize
-    from fedsegnet.flare.jobs import configure_job
-    from fedsegnet.flare.poc import PocSystem, find_in_result, free_port
+    from fedsegnet.flare.ops.jobs import configure_job
+    from fedsegnet.flare.ops.poc import PocSystem, find_in_result, free_port
     from fedsegnet.report import read_records
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fedsegnet-soak-")).resolve()

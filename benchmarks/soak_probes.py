@@ -51,7 +51,7 @@ def sessions(work: Path):
     import psutil
 
     from fedsegnet.data.synth import synthesize
-    from fedsegnet.flare.poc import PocSystem, free_port
+    from fedsegnet.flare.ops.poc import PocSystem, free_port
 
     synthesize(work / "data", sites=2, cases=4, size=32, seed=0, test_cases=1)
     poc = PocSystem(work / "poc", ["site-1", "site-2"], data_root=work / "data", fed_learn_port=free_port(), admin_port=free_port())

@@ -17,8 +17,8 @@ from fedsegnet.cli import main
 from fedsegnet.data.preflight import MAX_VOXELS, check_voxel_bound
 from fedsegnet.data.transforms import check_case_headers
 from fedsegnet.errors import ConfigError, FedSegNetError, RunError
-from fedsegnet.flare.jobs import job_args
-from fedsegnet.flare.poc import STATE_FILE, PocSystem
+from fedsegnet.flare.ops.jobs import job_args
+from fedsegnet.flare.ops.poc import STATE_FILE, PocSystem
 from fedsegnet.training.site import pick_device
 from tests.training.test_infer import _model_file, _volume
 

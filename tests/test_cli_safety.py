@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fedsegnet.cli import main
-from fedsegnet.flare.poc import STATE_FILE
+from fedsegnet.flare.ops.poc import STATE_FILE
 from fedsegnet.outputs import MARKER
 from fedsegnet.report import RECORDS
 from tests.training.test_infer import _model_file, _volume

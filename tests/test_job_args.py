@@ -14,7 +14,7 @@ import pytest
 from fedsegnet.cli import main as cli_main
 from fedsegnet.config import JOB_ARGS, build_train_config, check_job_args
 from fedsegnet.errors import ConfigError
-from fedsegnet.flare.jobs import CONFIG_FILES, configure_job, job_args, repo_jobs_dir
+from fedsegnet.flare.ops.jobs import CONFIG_FILES, configure_job, job_args, repo_jobs_dir
 
 JOBS = repo_jobs_dir()
 JOB_NAMES = ("fedsegnet", "fedavg")
@@ -226,4 +226,4 @@ def test_configs_that_disagree_are_refused_until_set(tmp_path, capsys):
     assert cli_main(["job", "args", str(job)]) == 2
     assert "preset: 'tiny' in app/config/config_fed_client.json but 'cpu'" in capsys.readouterr().err
     fixed = configure_job(job, tmp_path / "fixed", preset="tiny")  # setting it writes every config
-    assert job_args(fixed)["preset"] == "tiny" and not __import__("fedsegnet.flare.jobs", fromlist=["x"]).job_arg_conflicts(fixed)
+    assert job_args(fixed)["preset"] == "tiny" and not __import__("fedsegnet.flare.ops.jobs", fromlist=["x"]).job_arg_conflicts(fixed)

@@ -244,7 +244,7 @@ def _parse_values(pairs: list[str]) -> dict:
 
 
 def _cmd_job_set(args) -> int:
-    from fedsegnet.flare.jobs import configure_job
+    from fedsegnet.flare.ops.jobs import configure_job
 
     dst = configure_job(args.job, args.out, overwrite=args.overwrite, **_parse_values(args.values))
     print(f"job written to {dst}")
@@ -252,7 +252,7 @@ def _cmd_job_set(args) -> int:
 
 
 def _cmd_job_pack(args) -> int:
-    from fedsegnet.flare.jobs import pack_job
+    from fedsegnet.flare.ops.jobs import pack_job
 
     dst = pack_job(args.job, args.out, overwrite=args.overwrite, **_parse_values(args.values))
     print(f"job with the fedsegnet code in app/custom written to {dst}")
@@ -262,7 +262,7 @@ def _cmd_job_pack(args) -> int:
 def _cmd_job_args(args) -> int:
     from fedsegnet.config import JOB_ARGS
     from fedsegnet.errors import ConfigError
-    from fedsegnet.flare.jobs import job_arg_conflicts, job_args
+    from fedsegnet.flare.ops.jobs import job_arg_conflicts, job_args
 
     current = job_args(args.job)
     rows = [("job arg", "value", "default", "allowed", "what it does")]
@@ -289,7 +289,7 @@ def _cmd_job_args(args) -> int:
 
 
 def _cmd_job_policy(args) -> int:
-    from fedsegnet.flare.policy import write_site_policy
+    from fedsegnet.flare.ops.policy import write_site_policy
 
     try:
         path = write_site_policy(args.local_dir)
@@ -300,7 +300,7 @@ def _cmd_job_policy(args) -> int:
 
 
 def _cmd_job_simulate(args) -> int:
-    from fedsegnet.flare.jobs import SimResults, SimulatorRun
+    from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun
 
     run = SimulatorRun(args.job, args.workspace, args.n_clients, args.threads, data_root=args.data_root, overwrite=args.overwrite)
     print(f"simulating {args.job} with {args.n_clients} site(s); log: {run.log_file}")
@@ -312,7 +312,7 @@ def _cmd_job_simulate(args) -> int:
 
 
 def _cmd_job_resume(args) -> int:
-    from fedsegnet.flare.jobs import configure_job, job_args
+    from fedsegnet.flare.ops.jobs import configure_job, job_args
     from fedsegnet.flare.resume import check_job_id
 
     check_job_id(args.from_job, "--from")
@@ -330,7 +330,7 @@ def _poc_sites(args) -> list[str]:
 
 def _prepared_poc(args):
     """A POC system from the `prepare`/`run` flags, prepared (an existing workspace only with --overwrite)."""
-    from fedsegnet.flare.poc import PocSystem
+    from fedsegnet.flare.ops.poc import PocSystem
 
     poc = PocSystem(
         args.workspace, _poc_sites(args), data_root=args.data_root, fed_learn_port=args.fed_learn_port,
@@ -349,7 +349,7 @@ def _cmd_poc_prepare(args) -> int:
 
 
 def _cmd_poc_start(args) -> int:
-    from fedsegnet.flare.poc import PocSystem
+    from fedsegnet.flare.ops.poc import PocSystem
 
     poc = PocSystem.load(args.workspace)
     poc.start(timeout=args.timeout)
@@ -359,7 +359,7 @@ def _cmd_poc_start(args) -> int:
 
 
 def _cmd_poc_status(args) -> int:
-    from fedsegnet.flare.poc import PocSystem
+    from fedsegnet.flare.ops.poc import PocSystem
 
     poc = PocSystem.load(args.workspace)
     running = poc.running()
@@ -394,7 +394,7 @@ def _claim_download(args) -> None:
 
 
 def _submit(poc, job: str, values: dict) -> tuple[str, int | None]:
-    from fedsegnet.flare.jobs import configure_job, job_args
+    from fedsegnet.flare.ops.jobs import configure_job, job_args
 
     path = Path(job)
     if values:
@@ -404,7 +404,7 @@ def _submit(poc, job: str, values: dict) -> tuple[str, int | None]:
 
 
 def _cmd_poc_submit(args) -> int:
-    from fedsegnet.flare.poc import PocSystem
+    from fedsegnet.flare.ops.poc import PocSystem
 
     poc = PocSystem.load(args.workspace)
     if args.download:
@@ -417,7 +417,7 @@ def _cmd_poc_submit(args) -> int:
 
 
 def _cmd_poc_stop(args) -> int:
-    from fedsegnet.flare.poc import PocSystem
+    from fedsegnet.flare.ops.poc import PocSystem
 
     poc = PocSystem.load(args.workspace)
     names = sorted(n for n, alive in poc.running().items() if alive)
@@ -465,7 +465,7 @@ def round_lines(rec: dict, rounds: int) -> list[str]:
 
 def _cmd_demo(args) -> int:
     from fedsegnet.data.synth import synthesize
-    from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job, repo_jobs_dir, wait_with_progress
+    from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job, repo_jobs_dir, wait_with_progress
     from fedsegnet.training.site import evaluate_model_file
 
     from fedsegnet.outputs import claim_dir

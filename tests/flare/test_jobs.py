@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from fedsegnet.errors import ConfigError
-from fedsegnet.flare.jobs import configure_job, job_args
-from fedsegnet.flare.policy import FEDSEGNET_ALLOW_LIST, write_site_policy
+from fedsegnet.flare.ops.jobs import configure_job, job_args
+from fedsegnet.flare.ops.policy import FEDSEGNET_ALLOW_LIST, write_site_policy
 
 from ..integration.conftest import JOBS
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fedsegnet.data.synth import synthesize
-from fedsegnet.flare.jobs import SimResults, SimulatorRun
+from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fedsegnet.data.split import read_dataset, split_cases, write_split
-from fedsegnet.flare.jobs import configure_job
+from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.training.spec import load_model_file
 from fedsegnet.training.infer import predict_case
 from fedsegnet.training.evaluate_file import evaluate_model_file

@@ -11,7 +11,7 @@ from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
 
 from fedsegnet.compression import SparseQuantCodec
 from fedsegnet.flare.constants import CodecMeta
-from fedsegnet.flare.jobs import configure_job
+from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.training.spec import build_from_spec, load_model_file
 
 from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites

@@ -3,7 +3,7 @@
 import pytest
 
 from fedsegnet.data.synth import synthesize
-from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
+from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 from fedsegnet.training.spec import load_model_file
 
 from .conftest import JOBS

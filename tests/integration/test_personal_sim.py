@@ -7,7 +7,7 @@ import torch
 from fedsegnet.config import build_train_config
 from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.constants import PERSONAL_DIR
-from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
+from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 from fedsegnet.training.spec import load_model_file
 from fedsegnet.training.personal import PersonalStore
 from fedsegnet.training.site import build_model_for

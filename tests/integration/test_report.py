@@ -8,7 +8,7 @@ import pytest
 
 from fedsegnet.cli import main
 from fedsegnet.errors import FedSegNetError
-from fedsegnet.flare.jobs import configure_job
+from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.report import build_report
 
 from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsegnet.flare.jobs import configure_job
+from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.training.spec import build_from_spec, load_model_file
 
 from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites

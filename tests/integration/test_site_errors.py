@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fedsegnet.flare.jobs import SimResults, SimulatorRun, configure_job
+from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 
 from .conftest import JOBS, TINY_JOB_ARGS
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from fedsegnet.data.synth import synthesize
-from fedsegnet.flare.jobs import configure_job
-from fedsegnet.flare.poc import PocSystem, free_port
+from fedsegnet.flare.ops.jobs import configure_job
+from fedsegnet.flare.ops.poc import PocSystem, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 JOBS = REPO / "jobs"

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from fedsegnet.cli import main
-from fedsegnet.flare.jobs import job_args
-from fedsegnet.flare.poc import STATE_FILE, PocSystem, free_port, poc_project
+from fedsegnet.flare.ops.jobs import job_args
+from fedsegnet.flare.ops.poc import STATE_FILE, PocSystem, free_port, poc_project
 
 from .conftest import JOBS
 

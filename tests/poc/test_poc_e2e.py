@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from fedsegnet.flare.poc import find_in_result
+from fedsegnet.flare.ops.poc import find_in_result
 from fedsegnet.report import read_records
 
 from .conftest import running_poc, tiny_job

@@ -9,8 +9,8 @@ import time
 import pytest
 import torch
 
-from fedsegnet.flare.jobs import configure_job
-from fedsegnet.flare.poc import find_in_result
+from fedsegnet.flare.ops.jobs import configure_job
+from fedsegnet.flare.ops.poc import find_in_result
 from fedsegnet.report import read_records
 
 from .conftest import running_poc, tiny_job

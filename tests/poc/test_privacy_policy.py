@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsegnet.flare.poc import PocSystem, find_in_result, free_port
+from fedsegnet.flare.ops.poc import PocSystem, find_in_result, free_port
 from fedsegnet.report import read_records
 
 from .conftest import REPO, running_poc, tiny_job

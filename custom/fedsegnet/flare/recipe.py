@@ -334,7 +334,7 @@ def main(argv=None) -> int:
     if args.env == "sim":
         from nvflare.recipe.sim_env import SimEnv
 
-        from fedsegnet.flare.policy import write_site_policy
+        from fedsegnet.flare.ops.policy import write_site_policy
 
         root = os.path.abspath(args.workspace)
         write_site_policy(os.path.join(root, args.name, "local"))

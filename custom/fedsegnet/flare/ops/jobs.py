@@ -19,7 +19,7 @@ from pathlib import Path
 from fedsegnet.config import check_job, check_job_args
 from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
-from fedsegnet.flare.policy import write_site_policy
+from fedsegnet.flare.ops.policy import write_site_policy
 from fedsegnet.outputs import MARKER, claim_dir, read_marker, seal_dir
 from fedsegnet.report import read_records
 
@@ -29,7 +29,7 @@ _STRUCTURE_KEYS = {"format_version", "workflows", "components", "executors", "ta
 
 def repo_jobs_dir() -> Path | None:
     """``jobs/`` of a source checkout (editable install), or None when fedsegnet runs from a wheel."""
-    candidate = Path(__file__).resolve().parents[3] / "jobs"
+    candidate = Path(__file__).resolve().parents[4] / "jobs"
     return candidate if candidate.is_dir() else None
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError
 from fedsegnet.flare.constants import DATA_ROOT_ENV, ROUND_RECORDS_FILE
-from fedsegnet.flare.policy import write_site_policy
+from fedsegnet.flare.ops.policy import write_site_policy
 from fedsegnet.report import shallowest_file
 
 logger = logging.getLogger(__name__)
