@@ -14,7 +14,6 @@ from fedsegnet.data.synth import (
     corrupt_label,
     parse_corrupt,
     parse_site_style,
-    reorient_nifti,
     site_style,
     synthesize,
 )
@@ -284,32 +283,6 @@ def test_orientation_lps_equals_ras_after_canonical(small_synth, small_synth_lps
             np.testing.assert_allclose(canon.affine, ras.affine, atol=1e-6)
     rel = "site-1/imagesTr/site-1_000.nii.gz"  # other sites untouched
     assert (small_synth / rel).read_bytes() == (small_synth_lps / rel).read_bytes()
-
-
-@pytest.mark.parametrize("codes", ["LPS", "PIR", ("A", "S", "L")])
-def test_reorient_nifti_preserves_world_coordinates(small_synth, tmp_path, codes):
-    src = small_synth / "site-1" / "labelsTr" / "site-1_000.nii.gz"
-    dst = reorient_nifti(src, tmp_path / "x" / "out.nii.gz", codes)
-    a, b = nib.load(str(src)), nib.load(str(dst))
-    assert nib.aff2axcodes(b.affine) == tuple(codes)
-    assert b.get_data_dtype() == a.get_data_dtype()
-    da, db = np.asarray(a.dataobj), np.asarray(b.dataobj)
-    # the voxel at world point w has the same value in both files
-    ijk = np.array([3, 7, 11, 1.0])
-    world = a.affine @ ijk
-    ijk_b = np.rint(np.linalg.inv(b.affine) @ world).astype(int)[:3]
-    assert da[3, 7, 11] == db[tuple(ijk_b)]
-    back = reorient_nifti(dst, tmp_path / "back.nii.gz", "RAS")
-    np.testing.assert_array_equal(np.asarray(nib.load(str(back)).dataobj), da)
-    np.testing.assert_allclose(nib.load(str(back)).affine, a.affine, atol=1e-6)
-
-
-def test_reorient_nifti_bad_codes(small_synth, tmp_path):
-    src = small_synth / "site-1" / "labelsTr" / "site-1_000.nii.gz"
-    for bad in ("RAX", "RRS", "RA"):
-        with pytest.raises(ConfigError) as err:
-            reorient_nifti(src, tmp_path / "o.nii.gz", bad)
-        assert err.value.field == "axcodes"
 
 
 def test_progress_bar(tmp_path, capsys):

@@ -8,7 +8,8 @@ import pytest
 
 from fedsegnet.cli import build_parser, main
 from fedsegnet.data.datalist import load_datalist
-from fedsegnet.data.synth import HOSTS, LABELS, SCENARIOS, _make_case, site_style, synthesize
+from fedsegnet.data.synth import HOSTS, LABELS, SCENARIOS, site_style, synthesize
+from fedsegnet.data.synth.phantom import make_case
 from fedsegnet.errors import ConfigError
 
 # 4 sites (one per host type), 3 cases each (2 training + 1 validation), 2 own test cases each.
@@ -137,19 +138,19 @@ def test_default_scenario_unchanged(tmp_path):
     # reference values recorded from the generator before the organs scenario existed (commit 9cf9a10);
     # small tolerances only absorb last-bit float differences between CPUs: a changed rng order or
     # geometry moves them by far more
-    case = _make_case(np.random.default_rng([0, 1, 0]), 24, site_style(1, 0), 1)
+    case = make_case(np.random.default_rng([0, 1, 0]), 24, site_style(1, 0), 1)
     np.testing.assert_allclose(np.bincount(case["label"].ravel(), minlength=3), [12882, 866, 76], atol=3)
     image = case["image"].astype(np.float64)
     assert image.sum() == pytest.approx(3009.909, abs=0.01) and (image**2).sum() == pytest.approx(2263.95, abs=0.01)
     np.testing.assert_allclose(case["image"].reshape(-1)[[0, 1000, 5000, 7000]], [0.36093, 0.55973, 1.28144, 0.10361], atol=1e-4)
-    # scenario="default" writes the same bytes as leaving it out, and the arrays of _make_case
+    # scenario="default" writes the same bytes as leaving it out, and the arrays of make_case
     synthesize(tmp_path / "a", **TINY)
     summary = synthesize(tmp_path / "b", scenario="default", **TINY)
     files = _files(tmp_path / "a")
     assert files == _files(tmp_path / "b") and (tmp_path / "a" / "test").is_dir()
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    expected = _make_case(np.random.default_rng([0, 2, 1]), 24, site_style(2, 0), 1)
+    expected = make_case(np.random.default_rng([0, 2, 1]), 24, site_style(2, 0), 1)
     np.testing.assert_array_equal(_load(tmp_path / "b/site-2/imagesTr/site-2_001.nii.gz"), expected["image"][0])
     np.testing.assert_array_equal(_load(tmp_path / "b/site-2/labelsTr/site-2_001.nii.gz"), expected["label"])
     assert summary["scenario"] == "default" and summary["test"]["n_cases"] == 1

@@ -6,14 +6,16 @@
   :func:`build_eval_dataset`, :func:`case_spacing`, :func:`infinite_batches` (imports torch/MONAI,
   loaded on first use).
 - :mod:`~fedsegnet.data.synth`: :func:`synthesize` (the embedded synthetic multi-site dataset),
-  :func:`parse_corrupt`, :func:`parse_site_style`, :func:`reorient_nifti`.
+  :func:`parse_corrupt`, :func:`parse_site_style`.
+- :mod:`~fedsegnet.data.orientation`: :func:`reorient_nifti` (voxel orientation of NIfTI files).
 - :mod:`~fedsegnet.data.baseline`: :func:`threshold_baseline`.
 """
 
 from fedsegnet.data.baseline import threshold_baseline
 from fedsegnet.data.datalist import LABEL_KINDS, SiteDatalist, load_datalist, split_training, write_datalist
 from fedsegnet.data.preflight import preflight
-from fedsegnet.data.synth import CORRUPTION_KINDS, parse_corrupt, parse_site_style, reorient_nifti, synthesize
+from fedsegnet.data.orientation import reorient_nifti
+from fedsegnet.data.synth import CORRUPTION_KINDS, parse_corrupt, parse_site_style, synthesize
 
 _TRANSFORMS = (
     "build_eval_dataset",
