@@ -551,6 +551,12 @@ class JobArg:
         return value
 
 
+# The option sources and build_train_config import from the layers below config (networks,
+# aggregation, compression) inside the function, when the options are asked for: those layers import
+# torch/MONAI, and importing config (the job-arg schema of ``fedsegnet job ...``) does not
+# (tests/test_boundaries.py checks that, and that these imports go downwards).
+
+
 def _network_names() -> tuple:
     from fedsegnet.networks.registry import NETWORKS  # local import: networks import torch/monai
 
@@ -558,13 +564,13 @@ def _network_names() -> tuple:
 
 
 def _aggregation_methods() -> tuple:
-    from fedsegnet.aggregation import METHODS
+    from fedsegnet.aggregation import METHODS  # local import: aggregation imports torch
 
     return tuple(METHODS)
 
 
 def _quant_bits() -> tuple:
-    from fedsegnet.compression.quantize import QUANT_BITS
+    from fedsegnet.compression.quantize import QUANT_BITS  # local import: compression imports torch
 
     return tuple(QUANT_BITS)
 

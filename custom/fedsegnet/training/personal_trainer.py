@@ -35,6 +35,15 @@ class PersonalTraining:
     """
 
     def _init_personal(self, personal: PersonalConfig, personal_dir) -> None:
+        """Set up the personal keys, the boundary loss and the personal state (restored when stored).
+
+        Args:
+            personal: how the site personalises the model.
+            personal_dir: folder of the site's personal state file ``<site>.pt``, or None (memory only).
+
+        Raises:
+            FedSegNetError: the stored state is of another method or another set of personal keys.
+        """
         self.personal = personal
         self.personal_keys = personal_key_names(self.model, personal)
         self.store = PersonalStore(Path(personal_dir) / f"{self.site}.pt", site=self.site) if personal_dir else None
