@@ -9,7 +9,7 @@ from fedsegnet.errors import ConfigError
 from fedsegnet.flare.ops.jobs import configure_job, job_args
 from fedsegnet.flare.ops.policy import FEDSEGNET_ALLOW_LIST, write_site_policy
 
-from ..integration.conftest import JOBS
+from ...integration.conftest import JOBS
 
 
 def test_job_args_of_fedavg():

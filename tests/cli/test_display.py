@@ -1,6 +1,6 @@
 """The demo's per-round lines show Dice, bytes, AAM weights and drops, and site errors."""
 
-from fedsegnet.cli import round_lines
+from fedsegnet.cli.display import round_lines
 
 
 def test_round_lines_show_weights_drops_and_errors():

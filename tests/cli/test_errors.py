@@ -22,7 +22,7 @@ from fedsegnet.flare.ops.poc import STATE_FILE, PocSystem
 from fedsegnet.training.site import pick_device
 from tests.training.test_infer import _model_file, _volume
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_exit_codes_by_kind(tmp_path, capsys, monkeypatch):
     def failed_run(args):
         raise RunError("simulator did not finish within 1 s; log: x.log")
 
-    monkeypatch.setattr(cli, "_cmd_job_simulate", failed_run)
+    monkeypatch.setattr(cli.job, "_cmd_simulate", failed_run)
     assert main(["job", "simulate", "jobs/fedavg", "-w", str(tmp_path / "ws")]) == 1
     assert cli.exit_code(FedSegNetError("x")) == 3 and cli.exit_code(ConfigError("f", 1, "bad")) == 2
 

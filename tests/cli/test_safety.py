@@ -14,7 +14,7 @@ from fedsegnet.outputs import MARKER
 from fedsegnet.report import RECORDS
 from tests.training.test_infer import _model_file, _volume
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXIT_DATA = 3
 
 

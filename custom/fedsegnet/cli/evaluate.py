@@ -1,0 +1,118 @@
+"""``fedsegnet eval | infer | report``: use a saved model (held-out Dice/HD95, segmentations) and report a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fedsegnet.cli.args import add_overwrite
+from fedsegnet.cli.display import print_eval_table
+from fedsegnet.errors import FedSegNetError, UsageError
+
+
+def register(sub) -> None:
+    """Add the ``eval``, ``infer`` and ``report`` commands.
+
+    Args:
+        sub: the top-level sub-parsers (``add_subparsers()`` of the ``fedsegnet`` parser).
+    """
+    e = sub.add_parser("eval", help="evaluate a saved global model on a dataset.json folder")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", choices=("test", "validation", "training"))
+    e.add_argument("--json", action="store_true")
+    e.add_argument("--personal", metavar="SITE_STATE",
+                   help="a site's personal state (<site job workspace>/fedsegnet_personal/<site>.pt): evaluate that site's personalised model")
+    e.set_defaults(func=_cmd_eval)
+
+    i = sub.add_parser("infer", help="segment NIfTI image(s) with a saved model; output on the input's grid")
+    i.add_argument("--model", required=True, help="a saved global model (FL_global_model.pt)")
+    i.add_argument("--image", nargs="+", help="one case: one file per channel, in training order")
+    i.add_argument("--image-dir", help="every case in a folder (several channels: <case>_0000.nii.gz, <case>_0001...)")
+    i.add_argument("--out", required=True, help="output file (--image) or folder (--image-dir)")
+    i.add_argument("--preset", help="check that the model was trained with this preset")
+    i.add_argument("--device", help="torch device (default: cuda when available)")
+    i.add_argument("--personal", metavar="SITE_STATE", help="a site's personal state: segment with that site's personalised model")
+    add_overwrite(i)
+    i.set_defaults(func=_cmd_infer)
+
+    r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")
+    r.add_argument("run", help="simulator workspace, downloaded job result, or server job folder")
+    r.add_argument("--out", required=True)
+    r.add_argument("--data", help="held-out test folder (dataset.json): per-class table and slices of a test case")
+    r.add_argument("--device", help="torch device for --data (default: cuda when available)")
+    add_overwrite(r)
+    r.set_defaults(func=_cmd_report)
+
+
+def _cmd_eval(args) -> int:
+    from fedsegnet.training.evaluate_file import evaluate_model_file
+
+    result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty(),
+                                       personal=args.personal)  # fmt: skip
+    summary = result.to_dict()
+    if args.json:
+        keys = ("dice_mean", "hd95_mean", "per_class", "n_cases", "per_region", "region_dice_mean")
+        print(json.dumps({k: summary[k] for k in keys if k in summary}))
+    else:
+        title = f"{args.model} on {args.data} ({spec['network']}, preset {spec['preset']})"
+        if "personal" in spec:
+            p = spec["personal"]
+            title += f", personalised for {p['site']} ({p['method']}, round {p['round']}: {args.personal})"
+        print_eval_table(summary, title)
+    return 0
+
+
+def _cmd_infer(args) -> int:
+    import numpy as np
+
+    from fedsegnet.training.spec import class_names_of, load_model_file
+    from fedsegnet.training.infer import check_output_file, infer_folder, predict_case, save_labels
+    from fedsegnet.training.site import pick_device
+
+    if bool(args.image) == bool(args.image_dir):
+        raise UsageError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
+    device = pick_device(args.device, "--device")
+    if args.image:
+        check_output_file(args.out, args.image, overwrite=args.overwrite)
+    elif not Path(args.image_dir).is_dir():
+        raise FedSegNetError(f"--image-dir {args.image_dir}: no such folder")
+    model, spec = load_model_file(args.model)
+    if args.personal:
+        from fedsegnet.training.personal import apply_personal_state
+
+        state = apply_personal_state(model, args.personal)
+        print(f"personalised for {state['site']} ({state['method']}, round {state['round']}): {args.personal}")
+    if args.preset and args.preset != spec.get("preset"):
+        raise UsageError(
+            f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
+            f"{spec.get('preset')!r} (network {spec.get('network')!r}); leave --preset out to use the model's own"
+        )
+    if args.image:
+        labels, ref = predict_case(model, spec, args.image, device=device)
+        out = save_labels(labels, ref, args.out)
+        names = dict(zip(spec.get("label_values") or range(spec["num_classes"]), class_names_of(spec)))
+        counts = ", ".join(f"{v} {names.get(int(v), '?')}: {int(n)}" for v, n in zip(*np.unique(labels, return_counts=True)))
+        print(f"wrote {out} (shape {labels.shape}; voxels per label value: {counts})")
+        return 0
+    from tqdm import tqdm
+
+    written = infer_folder(model, spec, args.image_dir, args.out, device=device, overwrite=args.overwrite,
+                           progress=lambda xs: tqdm(xs, desc="cases", unit="case"))  # fmt: skip
+    print(f"wrote {len(written)} segmentation(s) to {args.out}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from fedsegnet.outputs import claim_dir
+    from fedsegnet.report import build_report, find_run
+    from fedsegnet.training.site import pick_device
+
+    if args.device:
+        pick_device(args.device, "--device")
+    find_run(args.run)  # a run folder without records is refused before anything is written
+    claim_dir(args.out, "report", overwrite=args.overwrite, protect=[args.run] + ([args.data] if args.data else []))
+    page = build_report(args.run, args.out, data_dir=args.data, device=args.device)
+    print(f"report written to {page} (figures and report.json beside it)")
+    return 0
