@@ -5,6 +5,8 @@
 - :mod:`.index_coding`: lossless position encodings (varint gaps, bitmap, raw), smallest per tensor.
 - :mod:`.codec`: :class:`SparseQuantCodec` and the versioned payload format; :func:`decode_payload`.
 - :mod:`.error_feedback`: :class:`ErrorFeedback`, the persisted residual of one sender.
+- :mod:`.downlink`: :class:`GlobalModelDownlink` (the server's reference, versions and per-site
+  messages, with server-side error feedback) and :func:`rebuild_global_model` (the site side).
 """
 
 from fedsegnet.compression.codec import (
@@ -17,8 +19,10 @@ from fedsegnet.compression.codec import (
     decode_payload,
     is_payload,
     payload_nbytes,
+    seeded_generator,
     update_norm,
 )
+from fedsegnet.compression.downlink import GlobalModelDownlink, rebuild_global_model
 from fedsegnet.compression.error_feedback import ErrorFeedback, atomic_torch_save
 from fedsegnet.compression.index_coding import PayloadError, decode_indices, encode_indices
 from fedsegnet.compression.quantize import dequantize, quantize
@@ -26,6 +30,6 @@ from fedsegnet.compression.sparsify import sampled_threshold, select_topk
 
 __all__ = [
     "CODECS", "MAX_PAYLOAD_VALUES", "PAYLOAD_FORMAT", "PAYLOAD_VERSION", "SparseQuantCodec", "build_codec", "decode_payload",
-    "is_payload", "payload_nbytes", "update_norm", "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices",
-    "dequantize", "quantize", "sampled_threshold", "select_topk", "atomic_torch_save",
+    "is_payload", "payload_nbytes", "seeded_generator", "update_norm", "GlobalModelDownlink", "rebuild_global_model",
+    "ErrorFeedback", "PayloadError", "decode_indices", "encode_indices", "dequantize", "quantize", "sampled_threshold", "select_topk", "atomic_torch_save",
 ]  # fmt: skip

@@ -35,6 +35,7 @@ linear in the values declared (tens of bytes per value at most) plus the payload
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -63,6 +64,16 @@ def as_flat_tensor(value, name: str = "tensor") -> torch.Tensor:
     else:
         raise TypeError(f"{name}: expected a tensor or numpy array, got {type(value).__name__}")
     return t.to(device="cpu", dtype=torch.float32).reshape(-1)
+
+
+def seeded_generator(seed: int, *parts) -> torch.Generator:
+    """A ``torch.Generator`` seeded from ``seed`` and labels (e.g. site, round, direction).
+
+    The seed is the CRC-32 of ``"seed:part:part..."``, so each (seed, labels) pair has its own
+    reproducible random stream.
+    """
+    key = ":".join(str(p) for p in (seed, *parts))
+    return torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
 
 
 def update_norm(tensors: Mapping) -> float:

@@ -12,16 +12,17 @@ Uplink (site -> server), on the ``train`` task:
 
 Downlink (server -> site), on the ``train`` task:
 
-- :class:`GlobalModelSync` (server component) keeps the model the in-sync sites hold (the
-  *reference* ``R``) and which version each site holds. Per round it encodes ``G - R`` once,
-  moves ``R`` by what it sent (so what it did not send is sent later: server-side error feedback)
-  and serves each site either that difference (site holds the previous version) or the full
-  reference (a new or restarted site, or one whose last round failed).
+- :class:`GlobalModelSync` (server component) records which version each site holds (from its
+  result header) and asks :class:`~fedsegnet.compression.GlobalModelDownlink` for each site's
+  message: the round's encoded difference ``G - R`` (site holds the previous version) or the full
+  reference (a new or restarted site, or one whose last round failed), with server-side error
+  feedback (:mod:`fedsegnet.compression.downlink`).
 - :class:`GlobalModelEncoder` (server task-data filter) asks the sync for the site's message; it
   runs once per site on task data FLARE shares between sites, so it never modifies that data: it
   builds a new DXO and sets it on the site's own copy of the Shareable.
 - :class:`GlobalModelDecoder` (site task-data filter) rebuilds full weights from its held copy
-  (saved in the site's job folder) plus the difference, and tells the server its version in the
+  (saved in the site's job folder) plus the difference
+  (:func:`~fedsegnet.compression.rebuild_global_model`), and tells the server its version in the
   next result header. A site that does not hold the base version fails that task with a message
   saying so; the server then sends it full weights.
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +55,14 @@ from fedsegnet.aggregation.gate import shared_reference
 from fedsegnet.compression import (
     MAX_PAYLOAD_VALUES,
     ErrorFeedback,
+    GlobalModelDownlink,
     PayloadError,
     SparseQuantCodec,
     atomic_torch_save,
     decode_payload,
     is_payload,
-    update_norm,
+    rebuild_global_model,
+    seeded_generator,
 )
 from fedsegnet.config import check_job_args
 from fedsegnet.errors import FedSegNetError, check_int
@@ -92,11 +94,6 @@ def _round_of(shareable: Shareable, fl_ctx: FLContext):
     if rnd is None:
         rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
     return None if rnd is None else int(rnd)
-
-
-def _generator(seed: int, *parts) -> torch.Generator:
-    key = ":".join(str(p) for p in (seed, *parts))
-    return torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
 
 
 # codec constructor argument -> the job arg it takes (checked against fedsegnet.config.JOB_ARGS)
@@ -230,7 +227,7 @@ class UpdateEncoder(Filter, _CodecArgs):
             ef = self._feedback(fl_ctx, rnd)
             if rnd is None:
                 rnd = f"call-{ef.rounds}"
-            payload = ef.compress(dxo.data, generator=_generator(self.seed, site, rnd, "up"))
+            payload = ef.compress(dxo.data, generator=seeded_generator(self.seed, site, rnd, "up"))
             self._save(rnd)
         except (ValueError, OSError) as e:
             message = f"site {site}: cannot encode the update: {e}"
@@ -315,7 +312,11 @@ class UpdateDecoder(Filter):
 
 # -------------------------------------------------------------------------------------- downlink
 class GlobalModelSync(FLComponent, _CodecArgs):
-    """Server component: what each site holds of the global model, and the downlink messages.
+    """Server component: which version each site holds, and its downlink message.
+
+    The algorithm (the reference, versions, server-side error feedback) is
+    :class:`~fedsegnet.compression.GlobalModelDownlink`; this component feeds it the version each
+    site confirmed in its last result header (none: the site gets full weights).
 
     Args: the codec arguments of :class:`UpdateEncoder` (defaults alike), plus
         seed: seed of sampling and stochastic rounding. Defaults to 0.
@@ -352,14 +353,9 @@ class GlobalModelSync(FLComponent, _CodecArgs):
         )  # fmt: skip
         self.seed = seed
         self.first_bits = first_bits
-        self._first_codec = SparseQuantCodec(ratio=1.0, dense_bits=first_bits, block=block)
+        # a new instance label per server process: a restarted server's versions never match the old ones
+        self.downlink = GlobalModelDownlink(self.codec, first_bits=first_bits, seed=seed, instance=uuid.uuid4().hex)
         self._lock = threading.Lock()
-        self._round = None
-        self._reference = None  # {name: float32 tensor}: what in-sync sites hold
-        self._full = None  # what full messages of this round carry: the reference (numpy) or its payload
-        self._diff = None  # this round's payload (base -> version)
-        self._base = None
-        self._version = None
         self._holds: dict[str, str] = {}
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -373,41 +369,10 @@ class GlobalModelSync(FLComponent, _CodecArgs):
                 else:
                     self._holds.pop(site, None)
 
-    def _new_round(self, weights: dict, rnd, fl_ctx: FLContext):
-        target = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
-        same = self._reference is not None and set(target) == set(self._reference) and all(
-            target[k].shape == self._reference[k].shape for k in target
-        )
-        if same:
-            diff = {k: target[k] - self._reference[k] for k in target}
-            payload, unsent = self.codec.encode(diff, generator=_generator(self.seed, "server", rnd, "down"))
-            # move R by exactly what the sites add (they decode the same payload), not by diff - unsent
-            sent = decode_payload(payload, as_numpy=False)
-            self._reference = {k: self._reference[k] + sent[k] for k in target}
-            self._diff, self._base = payload, self._version
-            self.log_info(
-                fl_ctx, f"round {rnd}: global model difference encoded; unsent remainder norm {update_norm(unsent):.4g}"
-            )
-            self._full = {k: v.numpy() for k, v in self._reference.items()}
-        else:  # the first model of the run: everyone starts from its (quantized) encoding
-            self._diff, self._base = None, None
-            if self.first_bits < 32:
-                self._full, _ = self._first_codec.encode(target)
-                self._reference = decode_payload(self._full, as_numpy=False)
-            else:
-                self._reference = {k: v.clone() for k, v in target.items()}
-                self._full = {k: v.numpy() for k, v in self._reference.items()}
-        self._version = f"{rnd}-{uuid.uuid4().hex[:12]}"
-        self._round = rnd
-
     def message_for(self, site: str, weights: dict, rnd, fl_ctx: FLContext) -> tuple[dict, dict]:
         """``(data, downlink_info)`` for ``site`` in round ``rnd``; ``weights`` is the global model (read only)."""
         with self._lock:
-            if rnd != self._round or self._full is None:
-                self._new_round(weights, rnd, fl_ctx)
-            if self._diff is not None and self._holds.get(site) == self._base:
-                return self._diff, {"mode": "diff", "base": self._base, "version": self._version}
-            return self._full, {"mode": "full", "base": None, "version": self._version}
+            return self.downlink.message(weights, rnd, self._holds.get(site))
 
 
 class GlobalModelEncoder(Filter):
@@ -478,33 +443,6 @@ class GlobalModelDecoder(Filter):
         except Exception as e:
             self.log_warning(fl_ctx, f"cannot read the held global model {path} ({e}); the server will send full weights")
 
-    def _rebuild(self, dxo: DXO, info: dict) -> dict:
-        """The new global model from the server's message (a new dict; the held copy is not touched).
-
-        Raises:
-            PayloadError: the payload is malformed, does not match the held copy, or the result
-                is not finite (the message names the tensor).
-        """
-        if info.get("mode") == "diff":
-            diff = decode_payload(dxo.data, reference=self._base)
-            with np.errstate(over="ignore", invalid="ignore"):
-                new = {k: self._base[k] + diff[k] for k in self._base}
-        elif is_payload(dxo.data):  # the first model of the run, quantized
-            new = decode_payload(dxo.data, max_values=self.max_values)
-        else:
-            if not isinstance(dxo.data, dict):
-                raise PayloadError(f"full weights must be a dict of arrays, got {type(dxo.data).__name__}")
-            new = {}
-            for k, v in dxo.data.items():
-                try:
-                    new[k] = np.array(v, dtype=np.float32, copy=True)
-                except (TypeError, ValueError) as e:
-                    raise PayloadError(f"{k}: not an array of numbers ({e})") from None
-        for k, v in new.items():
-            if v.size and not (np.isfinite(v.min()) and np.isfinite(v.max())):
-                raise PayloadError(f"{k}: the rebuilt weights contain NaN or Inf")
-        return new
-
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         try:
             dxo = from_shareable(shareable)
@@ -527,7 +465,7 @@ class GlobalModelDecoder(Filter):
                     f"so the server sends full weights next round"
                 )
         try:
-            new = self._rebuild(dxo, info)
+            new = rebuild_global_model(dxo.data, info, self._base, max_values=self.max_values)
         except PayloadError as e:
             held = f"the held global model (version {self._version!r}) is unchanged" if self._base is not None else "no global model is held"
             raise FedSegNetError(
