@@ -64,22 +64,34 @@ def quantize(
     nb = _nblocks(n, block)
     if n == 0:
         return np.zeros(0, np.uint8), np.zeros(0, np.float32)
+    # numpy, one thread: the same IEEE float32 arithmetic as torch's kernels (so the same codes),
+    # with fewer passes and no thread barrier per operation
     size = n if block <= 0 else block
-    pad = nb * size - n
-    vp = torch.nn.functional.pad(v, (0, pad)).view(nb, size)
-    scales = vp.abs().amax(dim=1) / q
-    safe = torch.where(scales > 0, scales, torch.ones_like(scales))
+    x = v.cpu().numpy()
+    if nb * size != n:
+        padded = np.zeros(nb * size, np.float32)
+        padded[:n] = x
+        x = padded
+    vp = x.reshape(nb, size)
+    scales = np.maximum(vp.max(axis=1), -vp.min(axis=1))  # max |v| per block, no |v| copy
+    scales /= np.float32(q)
+    np.abs(scales, out=scales)  # -0.0 (a block of negative zeros) as +0.0, as torch's abs().amax()
+    safe = np.where(scales > 0, scales, np.float32(1))
     x = vp / safe[:, None]
     if stochastic:
-        x = torch.floor(x + torch.rand(x.shape, generator=generator, dtype=x.dtype))
+        x += torch.rand(x.shape, generator=generator, dtype=torch.float32).numpy()
+        np.floor(x, out=x)
     else:
-        x = torch.round(x)
-    codes = (x.clamp_(-q, q) + q).to(torch.uint8).reshape(-1)[:n].numpy()
+        np.rint(x, out=x)  # round half to even, as torch.round
+    np.clip(x, -q, q, out=x)
+    x += np.float32(q)
+    with np.errstate(invalid="ignore"):  # NaN in the update: its block's scale is NaN, the decoder refuses it
+        codes = x.reshape(-1)[:n].astype(np.uint8)
     if bits == 4:
         if n % 2:
             codes = np.concatenate([codes, np.zeros(1, np.uint8)])
         codes = codes[0::2] | (codes[1::2] << 4)
-    return np.ascontiguousarray(codes), scales.numpy()
+    return np.ascontiguousarray(codes), scales
 
 
 def dequantize(codes, scales, count: int, bits: int = 8, block: int = 256, name: str = "tensor") -> torch.Tensor:
