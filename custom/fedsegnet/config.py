@@ -448,6 +448,8 @@ class JobArg:
             :data:`_OPTION_SOURCES` that returns them (registries filled at import). Defaults to ().
         null: what ``null`` (None) means when it is allowed (``"the preset's"``); empty: not
             allowed. Defaults to "".
+        off: a number allowed outside ``[low, high]`` that switches the feature off (``0``).
+            Defaults to None (none).
     """
 
     name: str
@@ -459,6 +461,7 @@ class JobArg:
     low_open: bool = False
     options: tuple | str = ()
     null: str = ""
+    off: float | None = None
 
     def __post_init__(self):
         if self.kind not in ARG_KINDS:
@@ -479,7 +482,7 @@ class JobArg:
                 bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
             if self.high is not None:
                 bounds.append(f"<= {self.high:g}")
-            text = f"{what} {' and '.join(bounds)}".strip()
+            text = f"{what} {' and '.join(bounds)}".strip() + (f" or {self.off:g} (off)" if self.off is not None else "")
         elif self.kind == "choice":
             text = "one of " + ", ".join(map(str, self.allowed()))
         elif self.kind == "bool":
@@ -512,6 +515,8 @@ class JobArg:
             number = integral or (isinstance(value, float) and math.isfinite(value))
             if not (integral if self.kind == "int" else number):
                 raise bad
+            if self.off is not None and value == self.off:
+                return int(value) if self.kind == "int" else float(value)
             if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
                 raise bad
             if self.high is not None and value > self.high:
@@ -626,7 +631,7 @@ JOB_ARGS: dict[str, JobArg] = _args(
     JobArg("aam_temperature", "float", 0.05, "AAM softmax temperature (smaller: sharper)", low=0, low_open=True),
     JobArg("aam_floor", "float", 0.02, "lowest AAM weight of an accepted site", low=0, high=0.99),
     JobArg("aam_cap", "float", 0.6, "highest AAM weight of any site", low=0, high=1, low_open=True),
-    JobArg("aam_peer_cases_ratio", "float", 2.0, "a site's case count counts at most this many times the lower median of the others' (0 = no peer bound)", low=0),
+    JobArg("aam_peer_cases_ratio", "float", 2.0, "a site's case count counts at most this many times the lower median of the others'", low=1, off=0),
     # --- compression (sites: up_*, server: down_*; both: the rest)
     JobArg("up_ratio", "float", 0.1, "share of each tensor's values a site sends", low=0, high=1, low_open=True),
     JobArg("up_bits", "choice", 4, "bits per value a site sends", options="bits"),

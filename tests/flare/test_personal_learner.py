@@ -30,6 +30,16 @@ def organs(tmp_path_factory):
     return root
 
 
+class _ModelHolder:
+    """Stands in for the server's persistor: the component that holds the job's network."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def handle_event(self, event_type, fl_ctx):
+        pass
+
+
 def _global(network, seed=9):
     config = build_train_config(preset="tiny", network=network, seed=seed)
     return {k: v.numpy() for k, v in state_dict_for_exchange(build_model_for(config, 1, 3)).items()}
@@ -65,10 +75,13 @@ def test_personal_keys_never_leave_the_site_and_the_server_aggregates_the_rest(o
     sent = from_shareable(fobs.loads(wire))
     assert not personal & set(decode_payload(sent.data))
     # the server decodes against the shared keys and aggregates only those
-    server = _ctx(_Engine(tmp_path / "server"), "server", peer="site-1",
+    # the server knows the kept keys from its own job args and network (the persistor's), never from the site
+    persistor = _ModelHolder(build_model_for(build_train_config(preset="tiny", network=NETWORK[method], seed=9), 1, 3))
+    server = _ctx(_Engine(tmp_path / "server", {"persistor": persistor}), "server", peer="site-1",
                   **{AppConstants.GLOBAL_MODEL: make_model_learnable(global_w, {}), AppConstants.CURRENT_ROUND: 0})  # fmt: skip
     decoded = UpdateDecoder().process(fobs.loads(wire), server)
-    agg = AAMAggregator()
+    assert not AAMAggregator().accept(decoded, server)  # a job that keeps nothing at the sites refuses it
+    agg = AAMAggregator(personalization=method)
     assert agg.accept(decoded, server)
     combined = agg.aggregate_model().params
     assert combined and not personal & set(combined)

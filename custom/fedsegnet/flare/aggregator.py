@@ -39,7 +39,6 @@ from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
 from fedsegnet.aggregation import (
-    METHODS,
     AdaptiveAggregation,
     CompactUpdate,
     aggregate_mean,
@@ -49,7 +48,7 @@ from fedsegnet.aggregation import (
     peer_bounded_counts,
     shared_reference,
 )
-from fedsegnet.config import PERSONALIZATION, PersonalConfig
+from fedsegnet.config import PersonalConfig, check_job_args
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, UpdateMeta
 
 _REPORT_KEYS = {
@@ -183,10 +182,10 @@ class AAMAggregator(ModelAggregator):
         persistor_id: str = "persistor",
     ):
         super().__init__()
-        if method not in METHODS:
-            raise ValueError(f"method={method!r}: unknown (valid: {', '.join(METHODS)})")
-        if personalization not in PERSONALIZATION:
-            raise ValueError(f"personalization={personalization!r}: unknown (valid: {', '.join(PERSONALIZATION)})")
+        check_job_args(
+            dict(aggregation=method, aam_temperature=temperature, aam_floor=floor, aam_cap=cap,
+                 aam_peer_cases_ratio=peer_cases_ratio, personalization=personalization, personal_keys=list(personal_keys or ()))
+        )  # fmt: skip
         aam_args = {k: v for k, v in locals().items() if k in _AAM_ARGS}
         given = {"method": method, "trimmed_beta": trimmed_beta, "personalization": personalization,
                  "personal_keys": list(personal_keys or ()), "persistor_id": persistor_id, **aam_args}  # fmt: skip
@@ -378,8 +377,7 @@ class SharedKeysWeightedAggregator(InTimeAccumulateWeightedAggregator):
     def __init__(self, expected_data_kind: str = "WEIGHT_DIFF", personalization: str = "none", personal_keys=(),
                  persistor_id: str = "persistor"):  # fmt: skip
         super().__init__(expected_data_kind=expected_data_kind)
-        if personalization not in PERSONALIZATION:
-            raise ValueError(f"personalization={personalization!r}: unknown (valid: {', '.join(PERSONALIZATION)})")
+        check_job_args(dict(personalization=personalization, personal_keys=list(personal_keys or ())))
         self.personalization, self.personal_keys, self.persistor_id = personalization, list(personal_keys or ()), persistor_id
         self.job_personal = JobPersonalKeys(personalization, personal_keys, persistor_id)
 

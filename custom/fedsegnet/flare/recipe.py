@@ -16,7 +16,6 @@ import argparse
 import os
 import sys
 
-from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
 from nvflare.app_common.executors.learner_executor import LearnerExecutor
 from nvflare.app_common.shareablegenerators.full_model_shareable_generator import FullModelShareableGenerator
 from nvflare.app_common.widgets.convert_to_fed_event import ConvertToFedEvent
@@ -30,6 +29,8 @@ from nvflare.job_config.api import FedJob
 from nvflare.job_config.defs import FilterType
 from nvflare.recipe.spec import Recipe
 
+from fedsegnet.config import JOB_ARGS, check_job_args
+from fedsegnet.errors import ConfigError
 from fedsegnet.flare.compression import (
     GlobalModelDecoder,
     GlobalModelEncoder,
@@ -38,7 +39,7 @@ from fedsegnet.flare.compression import (
     UpdateDecoder,
     UpdateEncoder,
 )
-from fedsegnet.flare.aggregator import AAMAggregator
+from fedsegnet.flare.aggregator import AAMAggregator, SharedKeysWeightedAggregator
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
@@ -90,6 +91,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_temperature: AAM softmax temperature. Defaults to 0.05.
         aam_floor: lowest AAM weight of an accepted site. Defaults to 0.02.
         aam_cap: highest AAM weight. Defaults to 0.6.
+        aam_peer_cases_ratio: a site's case count counts at most this many times the lower median
+            of the others' (0 = no peer bound). Defaults to 2.0.
         wait_after_min_clients: seconds a round waits for the other sites once ``min_clients``
             updates are in. Defaults to 10.
         cse_submit_timeout: seconds cross-site evaluation waits for a site's local model. Defaults to 600.
@@ -135,6 +138,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_temperature: float = 0.05,
         aam_floor: float = 0.02,
         aam_cap: float = 0.6,
+        aam_peer_cases_ratio: float = 2.0,
         wait_after_min_clients: int = 10,
         cse_submit_timeout: int = 600,
         cse_validation_timeout: int = 6000,
@@ -147,6 +151,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         boundary_band: int = 2,
         boundary_perturbation: float = 0.1,
     ):
+        given = dict(locals())
+        check_job_args({k: v for k, v in given.items() if k in JOB_ARGS and not (k == "aggregation" and v is None)})
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
         job.to_server(
@@ -186,11 +192,17 @@ class FedSegNetFedAvgRecipe(Recipe):
             id="persistor",
         )
         job.to_server(FullModelShareableGenerator(), id="shareable_generator")
+        # the keys that stay at the sites: the server computes them from the same job args as the sites
+        shared = dict(personalization=personalization, personal_keys=list(personal_keys))
         if aggregation is None:
-            job.to_server(InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF"), id="aggregator")
+            job.to_server(SharedKeysWeightedAggregator(expected_data_kind="WEIGHT_DIFF", **shared), id="aggregator")
         else:
             job.to_server(
-                AAMAggregator(method=aggregation, temperature=aam_temperature, floor=aam_floor, cap=aam_cap), id="aggregator"
+                AAMAggregator(
+                    method=aggregation, temperature=aam_temperature, floor=aam_floor, cap=aam_cap,
+                    peer_cases_ratio=aam_peer_cases_ratio, **shared,
+                ),  # fmt: skip
+                id="aggregator",
             )
         job.to_server(IntimeModelSelector(key_metric="val_dice"), id="model_selector")
         job.to_server(PTFileModelLocator(pt_persistor_id="persistor"), id="model_locator")
@@ -301,15 +313,8 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = _parse(argv if argv is not None else sys.argv[1:])
-    extra = {}
-    if args.job == "fedsegnet":
-        extra = dict(up_ratio=args.up_ratio, up_bits=args.up_bits, down_ratio=args.down_ratio, down_bits=args.down_bits)
-        if args.aggregation:
-            extra["aggregation"] = args.aggregation
-    args.name = args.name or args.job
-    recipe = (FedSegNetRecipe if args.job == "fedsegnet" else FedSegNetFedAvgRecipe)(
+def _build_recipe(args, extra: dict) -> FedSegNetFedAvgRecipe:
+    return (FedSegNetRecipe if args.job == "fedsegnet" else FedSegNetFedAvgRecipe)(
         **extra,
         name=args.name,
         num_rounds=args.rounds,
@@ -327,6 +332,21 @@ def main(argv=None) -> int:
         personalization=args.personalization,
         boundary_weight=args.boundary_weight,
     )
+
+
+def main(argv=None) -> int:
+    args = _parse(argv if argv is not None else sys.argv[1:])
+    extra = {}
+    if args.job == "fedsegnet":
+        extra = dict(up_ratio=args.up_ratio, up_bits=args.up_bits, down_ratio=args.down_ratio, down_bits=args.down_bits)
+        if args.aggregation:
+            extra["aggregation"] = args.aggregation
+    args.name = args.name or args.job
+    try:
+        recipe = _build_recipe(args, extra)
+    except ConfigError as e:  # a bad value, named, before anything is written or started
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.export_to:
         recipe.export(args.export_to)
         print(f"job written to {os.path.join(args.export_to, args.name)}")
