@@ -11,8 +11,8 @@ Three encodings, chosen per tensor by size (:func:`encode_indices` picks the sma
   varint gaps of top-k positions are far from uniform bytes, and DEFLATE's Huffman stage brings
   them close to their entropy. The encoder uses zlib's ``Z_RLE`` strategy (Huffman codes plus runs
   of equal bytes, no general string matching): on top-k gaps it is smaller than the default
-  level-6 search (which finds few repeats worth a match) and about 5 times faster. Any DEFLATE
-  stream decodes.
+  level-6 search (which finds few repeats worth a match) and faster (it searches for none). Any
+  DEFLATE stream decodes.
 
 Every encoding is a 1-D ``uint8`` array, so a payload serialises as plain byte arrays. Decoding
 checks everything a malformed payload can get wrong and raises :class:`PayloadError` saying what.
