@@ -17,7 +17,9 @@
 
 Methods: ``fedavg`` (sample-count weights), ``aam``, ``fedprox`` (FedAvg weights, FLARE's
 ``PTFedProxLoss`` at the sites, ``--fedprox-mu``), ``median``, ``trimmed_mean`` (beta 0.25). Every
-method sends the same compressed updates as ``jobs/fedsegnet`` (top-10%, 4-bit, error feedback).
+method sends the same compressed updates as ``jobs/fedsegnet`` (top-10%, 4-bit, error feedback)
+and goes through the job's server round (:class:`fedsegnet.aggregation.ServerRound`: the same gate
+for every method, then its rule).
 
 The runs use :func:`fedsegnet.federation.run_federation`: the sites' ``SiteTrainer`` and the
 server's aggregation code in one process (no FLARE messaging; 60 simulator runs would spend most
@@ -50,6 +52,8 @@ DEFAULT_SCENARIOS = ("iid", "noniid", "corrupt", "byzantine", "byzantine_random"
 TWO_SITES = {"iid_2sites": None, "byzantine_2sites": "site-2"}
 """Two-site scenarios: the faulty site (x10), if any."""
 METHODS = ("fedavg", "aam", "fedprox", "median", "trimmed_mean")
+AGGREGATION_OF = {"fedavg": "mean", "fedprox": "mean"}
+"""Benchmark methods that run a server-round method under another name; the others are their own."""
 SIZES = {
     "full": {"seeds": [0, 1, 2], "rounds": 8, "local_steps": 30, "cases": 8, "size": 48, "test_cases": 6},
     "quick": {"seeds": [0], "rounds": 5, "local_steps": 20, "cases": 6, "size": 40, "test_cases": 4},
@@ -100,7 +104,7 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
         faults = {TWO_SITES[scenario]: "scale"}
     n_sites = 2 if scenario in TWO_SITES else 4
     watched = TWO_SITES.get(scenario) or (FAULTY_SITE if n_sites == 4 else "site-2")
-    aggregation = {"fedavg": "mean", "fedprox": "mean"}.get(method, method)
+    aggregation = AGGREGATION_OF.get(method, method)  # a name of fedsegnet.aggregation.METHODS
     result = run_federation(
         {f"site-{i}": data / f"site-{i}" for i in range(1, n_sites + 1)},
         config,

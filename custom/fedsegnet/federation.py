@@ -3,7 +3,7 @@
 Benchmarks compare aggregation methods over many seeds and scenarios; a FLARE simulator run per
 cell would spend most of its time starting processes. This loop runs the same code the FLARE job
 runs (``SiteTrainer.train_round`` and ``evaluate`` at each site, the uplink codec with error
-feedback, :class:`~fedsegnet.aggregation.AdaptiveAggregation` or a robust rule at the server,
+feedback, the server round of the FLARE aggregator, :class:`~fedsegnet.aggregation.ServerRound`,
 ``global += update``) without FLARE's messaging; the FLARE wiring itself is exercised by the
 simulator tests. Faults (a site sending a scaled or random update) are applied to what the server
 receives, as a malicious or broken site would send them.
@@ -19,16 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedsegnet.aggregation import (
-    AdaptiveAggregation,
-    CompactUpdate,
-    aggregate_mean,
-    aggregate_median,
-    aggregate_trimmed_mean,
-    peer_bounded_counts,
-    shared_reference,
-    update_norm,
-)
+from fedsegnet.aggregation import METHODS, AdaptiveAggregation, CompactUpdate, ServerRound, update_norm
 from fedsegnet.config import PersonalConfig, TrainConfig
 from fedsegnet.data.datalist import load_datalist
 from fedsegnet.data.transforms import build_eval_dataset
@@ -39,7 +30,6 @@ from fedsegnet.training.site import SiteTrainer, build_model_for, eval_cases, pi
 
 logger = logging.getLogger(__name__)
 
-AGGREGATIONS = ("aam", "mean", "median", "trimmed_mean")
 FAULTS = ("scale", "random")
 
 
@@ -87,6 +77,7 @@ def run_federation(
     test_dir: str | Path | None = None,
     aggregation: str = "aam",
     aam: AdaptiveAggregation | None = None,
+    trimmed_beta: float = 0.25,
     codec=None,
     proximal_loss: Callable | None = None,
     faults: Mapping[str, str] | None = None,
@@ -104,9 +95,13 @@ def run_federation(
         rounds: federated rounds, >= 1.
         test_dir: folder whose ``test`` (else ``validation``) cases the final model is evaluated
             on; never used for training. Defaults to None (no test evaluation).
-        aggregation: ``"aam"``, ``"mean"`` (FedAvg: sample-count weights), ``"median"`` or
-            ``"trimmed_mean"``. Defaults to ``"aam"``.
-        aam: the mechanism for ``"aam"``. Defaults to None (``AdaptiveAggregation()``).
+        aggregation: one of :data:`fedsegnet.aggregation.METHODS`: ``"aam"``, ``"mean"`` (FedAvg:
+            sample-count weights), ``"median"`` or ``"trimmed_mean"``; every method passes the
+            server's gate first, as in the FLARE job. Defaults to ``"aam"``.
+        aam: the mechanism (gate settings and norm history for every method, weights for
+            ``"aam"``). Defaults to None (``AdaptiveAggregation()``).
+        trimmed_beta: share trimmed at each end for ``"trimmed_mean"``, as the FLARE aggregator's
+            argument. Defaults to 0.25.
         codec: uplink codec (e.g. ``SparseQuantCodec()``), used with per-site error feedback as
             in the FLARE job. Defaults to None (dense float32 updates).
         proximal_loss: ``proximal_loss(local, global) -> scalar`` for every site (FedProx).
@@ -127,13 +122,13 @@ def run_federation(
         ``personal``, ``sites_test`` scores each site's personalised model (``finetune``: the final
         global model fine-tuned there) on the site's own ``test`` split (sites without one are
         left out);
-        a round record holds per site the signals, weight and gate decision (for ``aam``), the
-        validation Dice of the received global model and the update norm.
+        a round record holds per site what the FLARE aggregator records (accepted, gate reason,
+        weight, signals for ``aam``), the training loss and the update norm.
     """
     from fedsegnet.compression import ErrorFeedback, decode_payload
 
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation={aggregation!r}: unknown (valid: {', '.join(AGGREGATIONS)})")
+    if aggregation not in METHODS:
+        raise ValueError(f"aggregation={aggregation!r}: unknown (valid: {', '.join(METHODS)})")
     if int(rounds) < 1:
         raise ValueError(f"rounds={rounds!r}: must be >= 1")
     faults = dict(faults or {})
@@ -153,8 +148,9 @@ def run_federation(
     global_weights = {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
     # the keys that stay at the sites: the server's own rule (its network and the job's PersonalConfig), as in the FLARE job
     kept = personal_key_names(model, personal or PersonalConfig())
-    shapes, _ = shared_reference({k: v.shape for k, v in global_weights.items()}, kept)
-    mechanism = aam if aam is not None else AdaptiveAggregation()
+    server = ServerRound(aggregation, aam if aam is not None else AdaptiveAggregation(), trimmed_beta)
+    full_shapes = {k: tuple(v.shape) for k, v in global_weights.items()}
+    shapes = server.shared_shapes(full_shapes, kept)
     feedback = {site: ErrorFeedback(codec, name=site) for site in trainers} if codec is not None else {}
     records = []
     want_signals = aggregation == "aam"  # the sites' validation Dice feed only AAM
@@ -175,27 +171,18 @@ def run_federation(
                 "agreement": stats.get("agreement"), "val_dice_global": val_global, "val_dice_local": val_local,
             }  # fmt: skip
             sites_rec[site] = {"loss": stats["loss_mean"], "norm": received[site].norm(), **reports[site]}
-        if aggregation == "aam":
-            result = mechanism.aggregate(received, reports, shapes, round=rnd)
-            combined = result.update
-            for site, r in result.sites.items():
-                sites_rec[site].update({k: r.get(k) for k in ("weight", "gate", "quality", "cos_dist", "norm_ratio", "score", "clip")})
-        else:
-            ups = list(received.values())
-            if aggregation == "mean":
-                counts = peer_bounded_counts({s: float(r["n_train"]) for s, r in reports.items()}, mechanism.peer_cases_ratio)
-                combined = aggregate_mean(ups, [counts[s] for s in received])
-            elif aggregation == "median":
-                combined = aggregate_median(ups)
-            else:
-                combined = aggregate_trimmed_mean(ups, beta=0.25)
+        result = server.round(received, reports, full_shapes, round=rnd, expected_personal=kept)
+        combined = result.update
+        for site, r in result.record["sites"].items():
+            sites_rec[site].update(r)
         if combined is not None:
             global_weights = {k: (v + combined[k]).astype(np.float32) if k in combined else v for k, v in global_weights.items()}
-        record = {"round": rnd, "sites": sites_rec, "update_norm": None if combined is None else update_norm(combined)}
+        record = {"round": rnd, "method": aggregation, "sites": sites_rec, "update_norm": None if combined is None else update_norm(combined)}
         records.append(record)
         logger.info(
             "round %d: %s", rnd,
-            ", ".join(f"{s} w={r.get('weight', float('nan')):.3f}" for s, r in sites_rec.items()),
+            ", ".join(f"{s} w={'n/a' if r.get('weight') is None else format(r['weight'], '.3f')} ({r.get('gate')})"
+                      for s, r in sites_rec.items()),
         )  # fmt: skip
         if on_round is not None:
             on_round(record)

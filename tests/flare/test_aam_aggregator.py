@@ -337,3 +337,46 @@ def test_fedavg_jobs_weighted_aggregator_takes_only_the_jobs_shared_keys(tmp_pat
     np.testing.assert_allclose(out["w"], honest["w"], rtol=1e-5)
     with pytest.raises(ValueError, match="personalization"):
         SharedKeysWeightedAggregator(personalization="bogus")
+
+
+def _stripped(record):
+    """The record with floats compared at 1e-6 (the two paths run the same arithmetic)."""
+    return json.loads(json.dumps(record, default=float))
+
+
+@pytest.mark.parametrize("method", ["aam", "mean", "median", "trimmed_mean"])
+def test_the_flare_aggregator_and_the_in_process_round_give_the_same_update_and_record(tmp_path, method):
+    """Two rounds, a scaled, a NaN and a random update: FLARE objects through AAMAggregator, plain dicts through ServerRound."""
+    from fedsegnet.aggregation import AdaptiveAggregation, CompactUpdate, ServerRound
+
+    agg = AAMAggregator(method=method, trimmed_beta=0.2)
+    server = ServerRound(method, AdaptiveAggregation(), trimmed_beta=0.2)
+    nan = {k: np.full(s, np.nan, np.float32) for k, s in SHAPES.items()}
+    for rnd in (2, 3):
+        ups = {f"site-{i}": _update(10 * rnd + i, density=0.3) for i in range(1, 6)}
+        ups["site-5"] = {k: 20 * v for k, v in ups["site-5"].items()}  # scaled: dropped by the norm rule or clipped
+        ups["site-6"] = nan  # refused on arrival (FLARE) / by the gate (in process)
+        ups["site-4"] = {k: np.random.default_rng(rnd).normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+        reports = {s: {"n_train": 5 + i, "label_kind": "voxel", "agreement": 0.8, "val_dice_global": None, "val_dice_local": 0.7}
+                   for i, s in enumerate(ups)}  # fmt: skip
+        for s, u in ups.items():
+            r = reports[s]
+            agg.accept(_result(u, n_train=r["n_train"], agreement=r["agreement"], local=r["val_dice_local"], rnd=rnd),
+                       _server(tmp_path, agg, s))  # fmt: skip
+        ctx = _server(tmp_path, agg, "site-1")
+        flare_out = from_shareable(agg.aggregate(ctx)).data
+        flare_record = ctx.get_prop("fedsegnet.aam_record")
+        mine = server.round({s: CompactUpdate(u) for s, u in ups.items()}, reports, _global(), round=rnd)
+        assert set(flare_out) == set(mine.update) == set(SHAPES)
+        for k in SHAPES:
+            np.testing.assert_array_equal(flare_out[k], mine.update[k])
+        a, b = _stripped(flare_record), _stripped(mine.record)
+        assert a["round"] == b["round"] == rnd and a["method"] == b["method"] == method
+        assert a["sites"]["site-6"]["accepted"] is b["sites"]["site-6"]["accepted"] is False
+        assert "NaN or Inf" in a["sites"]["site-6"]["gate"] and "NaN or Inf" in b["sites"]["site-6"]["gate"]
+        del a["sites"]["site-6"], b["sites"]["site-6"]  # refused at accept (no signals) vs by the round's gate
+        assert a == b
+    theirs = server.state_dict()
+    for h in theirs["history"]:
+        h["weights"].pop("site-6")  # the update refused at accept never reaches the FLARE round
+    assert agg.state_dict() == theirs

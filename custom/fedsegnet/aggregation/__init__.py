@@ -6,6 +6,8 @@
 - :mod:`.gate`: the hard gate every update passes before aggregation (names, shapes, NaN/Inf, norm),
   and the reference norm a round's updates are measured against.
 - :mod:`.compact`: updates kept sparse as they arrived, densified one tensor at a time.
+- :mod:`.server_round`: one server round (shared keys, gate, method, combination, record) that the
+  FLARE aggregator and the in-process federation both run; :data:`METHODS`.
 """
 
 from fedsegnet.aggregation.aam import (
@@ -19,20 +21,18 @@ from fedsegnet.aggregation.aam import (
     weighted_sum,
 )
 from fedsegnet.aggregation.compact import CompactUpdate
-from fedsegnet.aggregation.gate import GateDecision, gate_updates, reference_norm, shared_reference
+from fedsegnet.aggregation.gate import GateDecision, check_update, gate_updates, reference_norm, shared_reference
 from fedsegnet.aggregation.robust import (
     aggregate_mean,
     aggregate_median,
     aggregate_trimmed_mean,
 )
+from fedsegnet.aggregation.server_round import METHODS, RoundResult, ServerRound, check_personal_keys
 from fedsegnet.compression import update_norm  # the norm the gate uses, here for callers of this package
-
-METHODS = ("aam", "mean", "median", "trimmed_mean")
-"""Aggregation methods the FLARE aggregator and the benchmarks accept (``mean`` = FedAvg weights)."""
 
 __all__ = [
     "LABEL_KIND_TRUST", "METHODS", "AdaptiveAggregation", "AggregationResult", "CompactUpdate", "GateDecision",
-    "SiteReport", "aggregate_mean", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
+    "RoundResult", "ServerRound", "SiteReport", "aggregate_mean", "check_personal_keys", "check_update", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
     "divergence_signals", "gate_updates", "peer_bounded_counts", "reference_norm", "shared_reference", "update_norm",
     "weighted_sum",
 ]  # fmt: skip

@@ -569,7 +569,9 @@ class AdaptiveAggregation:
         """Reference norms of the rounds so far, oldest first (a copy)."""
         return list(self._norms)
 
-    def gate(self, updates: Mapping[str, Mapping], reference: Mapping, update_state: bool = True) -> tuple[dict[str, GateDecision], float | None]:
+    def gate(
+        self, updates: Mapping[str, Mapping], reference: Mapping, update_state: bool = True, checked=()
+    ) -> tuple[dict[str, GateDecision], float | None]:
         """The hard gate with this mechanism's norm history, and the round's reference norm.
 
         Args:
@@ -577,6 +579,8 @@ class AdaptiveAggregation:
             reference: ``{name: array or shape}`` the updates must match.
             update_state: append the reference norm of the accepted updates to the history.
                 Defaults to True.
+            checked: sites whose updates passed :func:`~fedsegnet.aggregation.gate.check_update`
+                already (at accept): only the norm rule is applied to them. Defaults to ().
 
         Returns:
             ``({site: GateDecision}, rho)``: ``rho`` is the reference norm of the accepted updates
@@ -585,7 +589,7 @@ class AdaptiveAggregation:
         """
         decisions = gate_updates(
             updates, reference, max_norm_ratio=self.max_norm_ratio, history=self._norms, growth=self.norm_growth,
-            window=self.norm_window,
+            window=self.norm_window, checked=checked,
         )  # fmt: skip
         norms = [d.norm for d in decisions.values() if d.accepted]
         rho = reference_norm(norms, self._norms, self.norm_growth, self.norm_window)
@@ -712,6 +716,28 @@ class AdaptiveAggregation:
             :class:`AggregationResult`; ``update`` is None when the gate accepted no update.
         """
         decisions, rho = self.gate(updates, reference)
+        return self.combine(updates, reports, decisions, rho, round=round)
+
+    def combine(
+        self,
+        updates: Mapping[str, Mapping],
+        reports: Mapping[str, Mapping | SiteReport],
+        decisions: Mapping[str, GateDecision],
+        rho: float | None,
+        round: int | None = None,
+    ) -> AggregationResult:
+        """Weigh and combine one round's updates once :meth:`gate` has decided on them.
+
+        Args:
+            updates: ``{site: {name: array}}``; not modified.
+            reports: ``{site: SiteReport or dict of its fields}``, raw values are clamped here.
+            decisions: :meth:`gate`'s ``{site: GateDecision}`` for the same sites.
+            rho: :meth:`gate`'s reference norm.
+            round: round number for the record. Defaults to None.
+
+        Returns:
+            :class:`AggregationResult`; ``update`` is None when the gate accepted no update.
+        """
         records: dict[str, dict] = {}
         clamped: dict[str, SiteReport] = {}
         for site in updates:

@@ -99,6 +99,44 @@ def reference_norm(norms, history=(), growth: float = 2.0, window: int = 5) -> f
     return ref
 
 
+def check_update(update: Mapping, shapes: Mapping[str, tuple]) -> str:
+    """Why one update cannot be aggregated on its own (names, shapes, NaN/Inf); "" when it can.
+
+    The per-update part of the gate (the norm rule needs the round's other updates). A
+    :class:`CompactUpdate` is checked on its stored values, nothing densified.
+
+    Args:
+        update: ``{name: array or tensor}``; not modified.
+        shapes: ``{name: shape tuple}`` the update must match.
+
+    Returns:
+        The reason (naming the tensor at fault), or "" when the update passes.
+    """
+    missing, extra = sorted(set(shapes) - set(update)), sorted(set(update) - set(shapes))
+    if missing or extra:
+        return f"tensor names differ from the global model's: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
+    if isinstance(update, CompactUpdate):
+        wrong = next((n for n in update if update.shape(n) != shapes[n]), None)
+        if wrong is not None:
+            return f"{wrong}: shape {list(update.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
+        if not update.is_finite():
+            bad = next(n for n in update if not np.isfinite(update[n]).all())
+            return f"{bad}: holds NaN or Inf"
+        return ""
+    for name, value in update.items():
+        arr = np.asarray(value)
+        if tuple(arr.shape) != shapes[name]:
+            return f"{name}: shape {list(arr.shape)} differs from the global model's {list(shapes[name])}"
+        if not np.isfinite(arr).all():
+            return f"{name}: holds NaN or Inf"
+    return ""
+
+
+def reference_shapes(reference: Mapping) -> dict[str, tuple]:
+    """``{name: shape tuple}`` of a reference given as arrays, tensors or shapes."""
+    return {k: tuple(getattr(v, "shape", v)) for k, v in reference.items()}
+
+
 def gate_updates(
     updates: Mapping[str, Mapping],
     reference: Mapping,
@@ -106,6 +144,7 @@ def gate_updates(
     history=(),
     growth: float = 2.0,
     window: int = 5,
+    checked=(),
 ) -> dict[str, GateDecision]:
     """Check every site's update against the global model and against the others.
 
@@ -118,6 +157,8 @@ def gate_updates(
         history: earlier rounds' reference norms (see :func:`reference_norm`). Defaults to ().
         growth: clamp factor around the history. Defaults to 2.0.
         window: history values the clamp uses. Defaults to 5.
+        checked: sites whose updates already passed :func:`check_update` against the same
+            reference (at accept); only the norm rule is applied to them. Defaults to ().
 
     Returns:
         ``{site: GateDecision}``, one per site of ``updates``.
@@ -127,29 +168,11 @@ def gate_updates(
     """
     if isinstance(max_norm_ratio, bool) or not isinstance(max_norm_ratio, (int, float)) or not max_norm_ratio > 1:
         raise ValueError(f"max_norm_ratio={max_norm_ratio!r}: must be a number > 1")
-    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in reference.items()}
+    shapes = reference_shapes(reference)
+    checked = set(checked)
     decisions, norms = {}, {}
     for site, update in updates.items():
-        missing, extra = sorted(set(shapes) - set(update)), sorted(set(update) - set(shapes))
-        reason = ""
-        if missing or extra:
-            reason = f"tensor names differ from the global model's: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
-        elif isinstance(update, CompactUpdate):  # checks on the stored values, nothing densified
-            wrong = next((n for n in update if update.shape(n) != shapes[n]), None)
-            if wrong is not None:
-                reason = f"{wrong}: shape {list(update.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
-            elif not update.is_finite():
-                bad = next(n for n in update if not np.isfinite(update[n]).all())
-                reason = f"{bad}: holds NaN or Inf"
-        else:
-            for name, value in update.items():
-                arr = np.asarray(value)
-                if tuple(arr.shape) != shapes[name]:
-                    reason = f"{name}: shape {list(arr.shape)} differs from the global model's {list(shapes[name])}"
-                    break
-                if not np.isfinite(arr).all():
-                    reason = f"{name}: holds NaN or Inf"
-                    break
+        reason = "" if site in checked else check_update(update, shapes)
         if reason:
             decisions[site] = GateDecision(site, False, reason, math.nan)
         else:

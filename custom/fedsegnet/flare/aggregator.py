@@ -3,8 +3,9 @@
 Why ``ModelAggregator``: it is FLARE's ``Aggregator`` (``accept``/``aggregate``/``reset``, what
 ``ScatterAndGather`` calls in ``jobs/fedsegnet``) with the ``FLModel`` interface
 (``accept_model``/``aggregate_model``/``reset_stats``) that FLARE's ``FedAvg`` controller and its
-Recipe API take as ``aggregator=``. One class serves both workflows; the math lives in
-:mod:`fedsegnet.aggregation`.
+Recipe API take as ``aggregator=``. One class serves both workflows; the round itself (gate,
+shared keys, method, clipping, combination, record) is :class:`fedsegnet.aggregation.ServerRound`,
+the one the in-process federation runs.
 
 Each accepted update is kept as it arrived (:class:`~fedsegnet.aggregation.CompactUpdate`: the
 decoded top-k update stays sparse, about 30% of a dense copy at ratio 0.1); aggregation reads one
@@ -38,16 +39,7 @@ from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import In
 from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
 from nvflare.app_common.app_constant import AppConstants
 
-from fedsegnet.aggregation import (
-    AdaptiveAggregation,
-    CompactUpdate,
-    aggregate_mean,
-    aggregate_median,
-    aggregate_trimmed_mean,
-    gate_updates,
-    peer_bounded_counts,
-    shared_reference,
-)
+from fedsegnet.aggregation import AdaptiveAggregation, CompactUpdate, ServerRound, check_personal_keys
 from fedsegnet.config import PersonalConfig, check_job_args
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, UpdateMeta
 
@@ -102,26 +94,6 @@ class JobPersonalKeys:
         except Exception as e:  # a job whose personalisation does not fit its network
             return None, f"personalization={self.config.method!r}, personal_keys={list(self.config.personal_keys)}: {e}"
         return self._keys, ""
-
-
-def check_personal_keys(declared, expected: frozenset, keys) -> str:
-    """Why an update does not keep exactly the job's personal keys at the site ("" when it does).
-
-    Args:
-        declared: what the site's meta declares (``UpdateMeta.PERSONAL_KEYS``; None: nothing).
-        expected: the job's personal key names.
-        keys: the names the update holds.
-    """
-    declared = declared or []
-    if not isinstance(declared, (list, tuple)) or not all(isinstance(k, str) for k in declared):
-        return "the declared personal keys are not a list of parameter names"
-    if set(declared) != set(expected):
-        return (f"declares {len(set(declared))} personal key(s), the job keeps {len(expected)} at the sites "
-                f"(e.g. {sorted(set(declared) ^ set(expected))[:3]} differ)")  # fmt: skip
-    sent = sorted(set(keys) & set(expected))
-    if sent:
-        return f"sends {len(sent)} key(s) the job keeps at the sites: {sent[:3]}"
-    return ""
 
 
 def _global_weights(fl_ctx: FLContext | None) -> dict | None:
@@ -192,11 +164,13 @@ class AAMAggregator(ModelAggregator):
         for name, value in given.items():
             setattr(self, name, value)  # each constructor argument kept under its own name (FLARE's job export reads them)
         self.aam = AdaptiveAggregation(**aam_args)
+        self.server = ServerRound(method, self.aam, trimmed_beta)  # the round the in-process federation runs too
         self.job_personal = JobPersonalKeys(personalization, personal_keys, persistor_id)
         self._lock = threading.Lock()
         self._updates: dict[str, CompactUpdate] = {}
         self._reports: dict[str, dict] = {}
         self._refused: dict[str, str] = {}
+        self._checked: dict[str, dict] = {}
         self._round = None
 
     # ----------------------------------------------------------------------------- state (persistor)
@@ -257,14 +231,11 @@ class AAMAggregator(ModelAggregator):
         expected = None
         if not reason:  # the keys the job keeps at the sites: the server's own rule, never the site's word
             expected, reason = self.job_personal.get(self.fl_ctx)
-        if not reason:
-            reason = check_personal_keys(meta.get(UpdateMeta.PERSONAL_KEYS), expected, update)
-        if not reason:
+        full = shapes = None
+        if not reason:  # personal keys, names, shapes, NaN/Inf: the round's own checks, once per update
             full = reference if reference is not None else {k: update.shape(k) for k in update}
-            shapes, reason = shared_reference(full, sorted(expected & set(full)))
-        if not reason:
-            decision = gate_updates({site: update}, shapes, max_norm_ratio=self.max_norm_ratio)[site]
-            reason = decision.reason
+            reason = self.server.check(update, full, expected, declared=meta.get(UpdateMeta.PERSONAL_KEYS))
+            shapes = self.server.shared_shapes(full, expected) if reference is not None else None
         with self._lock:
             if not reason and site in self._updates:
                 reason = "a second update in the same round"
@@ -273,6 +244,8 @@ class AAMAggregator(ModelAggregator):
                 self._log("error", f"update of site {site} refused: {reason}; the round goes on without it")
                 return False
             self._updates[site] = update
+            if shapes is not None:  # checked against the global model: the round applies only the norm rule
+                self._checked[site] = shapes
             self._reports[site] = {key: meta.get(meta_key) for key, meta_key in _REPORT_KEYS.items()}
             if self._round is None:
                 self._round = model.current_round
@@ -282,8 +255,8 @@ class AAMAggregator(ModelAggregator):
     def aggregate_model(self) -> FLModel:
         """Combine the round's accepted updates; an empty ``DIFF`` (no change) when none passed."""
         with self._lock:
-            updates, reports, refused, rnd = self._updates, self._reports, self._refused, self._round
-            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
+            updates, reports, refused, checked, rnd = self._updates, self._reports, self._refused, self._checked, self._round
+            self._updates, self._reports, self._refused, self._checked, self._round = {}, {}, {}, {}, None
         fl_ctx = self.fl_ctx
         if rnd is None and fl_ctx is not None:
             rnd = fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
@@ -291,41 +264,11 @@ class AAMAggregator(ModelAggregator):
         if reference is None and updates:
             first = next(iter(updates.values()))
             reference = {k: first.shape(k) for k in first}
-        kept_local = frozenset()
-        if updates:  # personalisation: the round aggregates the keys the job shares (updates were checked at accept)
-            kept_local = self.job_personal.get(fl_ctx)[0] or frozenset()
-            reference = {k: v for k, v in reference.items() if k not in kept_local}
-        record = {"round": rnd, "method": self.method, "sites": {s: {"accepted": False, "gate": r, "weight": 0.0} for s, r in refused.items()}}
-        combined = None
-        if updates:
-            if self.method == "aam":
-                result = self.aam.aggregate(updates, reports, reference, round=rnd)
-                combined = result.update
-                record["sites"].update(result.sites)
-            else:
-                decisions, _ = self.aam.gate(updates, reference)
-                kept = [s for s in updates if decisions[s].accepted]
-                for s, d in decisions.items():
-                    record["sites"][s] = {"accepted": d.accepted, "gate": d.reason or "accepted", "norm": d.norm, "weight": 0.0, **reports[s]}
-                if kept:
-                    ups = [updates[s] for s in kept]
-                    if self.method == "mean":
-                        raw = {s: min(self.max_cases, max(1.0, _count(reports[s].get("n_train")))) for s in kept}
-                        bounded = peer_bounded_counts(raw, self.peer_cases_ratio)
-                        n = np.array([bounded[s] for s in kept])
-                        combined = aggregate_mean(ups, n)
-                        for s, w in zip(kept, n / n.sum()):
-                            record["sites"][s]["weight"] = float(w)
-                    elif self.method == "median":
-                        combined = aggregate_median(ups)
-                    else:
-                        combined = aggregate_trimmed_mean(ups, beta=self.trimmed_beta)
-                    if self.method != "mean":
-                        for s in kept:
-                            record["sites"][s]["weight"] = None  # no per-site weight in a coordinate-wise rule
-        if kept_local:
-            for site in updates:
-                record["sites"][site]["personal_keys"] = len(kept_local)  # kept at the sites (the job's set, never sent)
+        # personalisation: the round aggregates the keys the job shares (the updates were checked at accept)
+        expected = (self.job_personal.get(fl_ctx)[0] or frozenset()) if updates else frozenset()
+        result = self.server.round(updates, reports, reference or {}, round=rnd, expected_personal=expected,
+                                   refused=refused, checked=checked)  # fmt: skip
+        record, combined = result.record, result.update
         for site, r in sorted(record["sites"].items()):
             self._log("info", _site_line(rnd, site, r))
         if combined is None:
@@ -336,7 +279,7 @@ class AAMAggregator(ModelAggregator):
 
     def reset_stats(self):
         with self._lock:
-            self._updates, self._reports, self._refused, self._round = {}, {}, {}, None
+            self._updates, self._reports, self._refused, self._checked, self._round = {}, {}, {}, {}, None
 
     # ----------------------------------------------------------------------------- helpers
     def _log(self, level: str, message: str):
@@ -349,14 +292,6 @@ class AAMAggregator(ModelAggregator):
             return
         fl_ctx.set_prop(AAM_RECORD_PROP, record, private=True, sticky=False)
         self.fire_event(AAM_RECORD_EVENT, fl_ctx)
-
-
-def _count(value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return 1.0
-    return value if np.isfinite(value) else 1.0
 
 
 class SharedKeysWeightedAggregator(InTimeAccumulateWeightedAggregator):
