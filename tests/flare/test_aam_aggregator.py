@@ -380,3 +380,33 @@ def test_the_flare_aggregator_and_the_in_process_round_give_the_same_update_and_
     for h in theirs["history"]:
         h["weights"].pop("site-6")  # the update refused at accept never reaches the FLARE round
     assert agg.state_dict() == theirs
+
+
+@pytest.mark.parametrize("method", ["aam", "median"])
+def test_the_decoders_sparse_form_aggregates_to_what_the_dense_one_gives(tmp_path, method):
+    """Site payloads over the wire, decoded sparse (kept as sent) or dense: the same round, fewer bytes held."""
+    from nvflare.fuel.utils import fobs
+
+    from fedsegnet.compression.codec import SparseTensor
+    from fedsegnet.flare.compression import UpdateDecoder, UpdateEncoder
+
+    from .test_compression_filters import _ctx as site_ctx
+
+    sent = {}
+    for i in range(1, 5):
+        enc = UpdateEncoder(ratio=0.1, bits=4, dense_below=8)
+        sent[f"site-{i}"] = fobs.dumps(enc.process(_result(_update(i)), site_ctx(_Engine(tmp_path / f"s{i}"), f"site-{i}")))
+    outs, held = [], []
+    for sparse in (False, True):
+        agg = AAMAggregator(method=method)
+        for site, wire in sent.items():
+            ctx = _server(tmp_path, agg, site)
+            decoded = UpdateDecoder(sparse=sparse).process(fobs.loads(wire), ctx)
+            assert isinstance(from_shareable(decoded).data["w"], SparseTensor) is sparse
+            assert agg.accept(decoded, ctx)
+        held.append(sum(u.nbytes for u in agg._updates.values()))
+        ctx = _server(tmp_path, agg, "site-1")
+        outs.append((from_shareable(agg.aggregate(ctx)).data, _stripped(ctx.get_prop("fedsegnet.aam_record"))))
+    for k in SHAPES:
+        np.testing.assert_array_equal(outs[0][0][k], outs[1][0][k])
+    assert outs[0][1] == outs[1][1] and held[1] < 0.35 * sum(4 * np.prod(s) for s in SHAPES.values()) * 4

@@ -4,7 +4,10 @@ A top-k update decoded by the server is mostly zeros (90% at the default ratio 0
 updates dense until the round ends costs K full models; :class:`CompactUpdate` keeps each mostly-zero
 tensor as (flat positions, values), 12 bytes per sent value, and gives a dense ``float32`` copy of one
 tensor when it is read. The robust centres and the weighted combination read one tensor of every
-update at a time, so the peak is K copies of the largest tensor, not K models.
+update at a time, so the peak is K copies of the largest tensor, not K models. The decoder's sparse
+form (:func:`~fedsegnet.compression.decode_payload` with ``sparse=True``: a
+:class:`~fedsegnet.compression.codec.SparseTensor` per top-k tensor) is kept as it comes, without a
+dense pass.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
+
+from fedsegnet.compression.codec import SparseTensor
 
 
 def _as_numpy(value) -> np.ndarray:
@@ -26,8 +31,11 @@ class CompactUpdate(Mapping):
     """A read-only ``{name: float32 array}`` mapping that stores mostly-zero tensors sparsely.
 
     Args:
-        update: ``{name: array or tensor}``; not modified. Dense tensors are kept by reference when
-            they are already ``float32`` numpy arrays (no copy), else converted once.
+        update: ``{name: array, tensor or SparseTensor}``; not modified. Dense tensors are kept by
+            reference when they are already ``float32`` numpy arrays (no copy), else converted
+            once; a :class:`~fedsegnet.compression.codec.SparseTensor` (sorted unique positions)
+            keeps its positions and values (by reference when int64 and float32) unless it is
+            denser than ``max_density``.
         max_density: tensors with at most this share of non-zeros are stored as positions and
             values. Defaults to 0.5 (where a sparse copy is smaller than a dense one).
 
@@ -43,8 +51,16 @@ class CompactUpdate(Mapping):
         self._sparse: dict[str, tuple[tuple[int, ...], np.ndarray, np.ndarray]] = {}
         self._order: list[str] = []
         for name, value in update.items():
-            arr = _as_numpy(value)
             self._order.append(name)
+            if isinstance(value, SparseTensor):
+                size = int(np.prod(value.shape, dtype=np.int64))
+                if value.index.size <= max_density * size:
+                    index = np.asarray(value.index, dtype=np.int64)
+                    self._sparse[name] = (value.shape, index, np.asarray(value.values, dtype=np.float32))
+                else:
+                    self._dense[name] = value.to_dense()
+                continue
+            arr = _as_numpy(value)
             flat = arr.reshape(-1)
             floating = np.issubdtype(arr.dtype, np.floating)
             if arr.size and floating and np.count_nonzero(flat) <= max_density * arr.size:

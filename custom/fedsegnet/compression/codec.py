@@ -358,11 +358,38 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     return records
 
 
+class SparseTensor:
+    """One decoded top-k tensor as it was sent: flat positions and values, never densified.
+
+    Args:
+        shape: the tensor's shape.
+        index: 1-D ``int64`` flat positions, sorted and unique, in ``[0, prod(shape))``.
+        values: 1-D ``float32`` values at those positions (finite; already rounded to the
+            declared dtype).
+    """
+
+    __slots__ = ("shape", "index", "values")
+
+    def __init__(self, shape, index: np.ndarray, values: np.ndarray):
+        self.shape = tuple(int(v) for v in shape)
+        self.index, self.values = index, values
+
+    def to_dense(self) -> np.ndarray:
+        """The dense ``float32`` array, zeros where nothing was sent."""
+        flat = np.zeros(math.prod(self.shape), dtype=np.float32)
+        flat[self.index] = self.values
+        return flat.reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return f"SparseTensor(shape={list(self.shape)}, count={self.index.size})"
+
+
 def decode_payload(
     payload: Mapping,
     reference: Mapping | None = None,
     as_numpy: bool = True,
     max_values: int = MAX_PAYLOAD_VALUES,
+    sparse: bool = False,
 ) -> dict:
     """Decode and check a payload: a finite update of bounded size, or :class:`PayloadError`.
 
@@ -378,10 +405,14 @@ def decode_payload(
         max_values: most values the payload may declare over all its tensors when no
             ``reference`` is given (with one, the reference's shapes are the bound). Defaults to
             :data:`MAX_PAYLOAD_VALUES`.
+        sparse: return each top-k tensor as a :class:`SparseTensor` (its positions and values,
+            what :class:`~fedsegnet.aggregation.CompactUpdate` keeps) instead of a dense array;
+            dense records are returned as arrays either way. Defaults to False.
 
     Returns:
-        ``{name: float array of the recorded shape and dtype}``, with zeros where nothing was sent;
-        every value finite in its declared dtype.
+        ``{name: float array of the recorded shape and dtype}``, with zeros where nothing was sent
+        (with ``sparse``, top-k tensors as :class:`SparseTensor`); every value finite in its
+        declared dtype.
 
     Raises:
         PayloadError: unknown format or version, missing or malformed fields, wrong shapes or
@@ -422,6 +453,11 @@ def decode_payload(
         else:
             idx = decode_indices(rec["index_coding"], rec["index"], count, numel, name)
             vals = dequantize(rec["values"], rec["scales"], count, rec["bits"], rec["block"], name)
+            if sparse:  # the values rounded as the dense path rounds them, then float32 (exact)
+                declared = _as_declared(vals.numpy(), rec["dtype"], name, as_numpy=False)
+                values = declared.float().numpy() if declared.dtype != torch.float32 else declared.numpy()
+                out[name] = SparseTensor(rec["shape"], idx, values)
+                continue
             flat = np.zeros(numel, dtype=np.float32)  # finite: zeros and the checked values
             flat[idx] = vals.numpy()
         out[name] = _as_declared(flat.reshape(rec["shape"]), rec["dtype"], name, as_numpy)

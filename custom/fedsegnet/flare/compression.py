@@ -265,15 +265,20 @@ class UpdateDecoder(Filter):
         require_encoded: reject plain (unencoded) updates too. Defaults to False (they pass as they are).
         max_values: most values a payload may declare when no global model is at hand to check it
             against. Defaults to :data:`~fedsegnet.compression.MAX_PAYLOAD_VALUES`.
+        sparse: hand top-k tensors to the aggregator as they were sent (positions and values,
+            :class:`~fedsegnet.compression.codec.SparseTensor`), which ``AAMAggregator`` keeps
+            without a dense pass; leave off for aggregators that expect dense arrays (FLARE's
+            ``InTimeAccumulateWeightedAggregator``). Defaults to False.
 
     Raises:
         ConfigError: ``max_values`` is not an integer >= 1.
     """
 
-    def __init__(self, require_encoded: bool = False, max_values: int = MAX_PAYLOAD_VALUES):
+    def __init__(self, require_encoded: bool = False, max_values: int = MAX_PAYLOAD_VALUES, sparse: bool = False):
         super().__init__()
         self.require_encoded = require_encoded
         self.max_values = check_int("max_values", max_values, 1)
+        self.sparse = bool(sparse)
 
     def _reject(self, fl_ctx: FLContext, site: str, rnd, reason: str) -> Shareable:
         message = f"update of site {site} (round {rnd}) rejected: {reason}"
@@ -301,7 +306,7 @@ class UpdateDecoder(Filter):
             if reason:
                 return self._reject(fl_ctx, site, rnd, reason)
         try:
-            update = decode_payload(dxo.data, reference=reference, max_values=self.max_values)
+            update = decode_payload(dxo.data, reference=reference, max_values=self.max_values, sparse=self.sparse)
         except PayloadError as e:
             return self._reject(fl_ctx, site, rnd, str(e))
         except Exception as e:  # a payload crafted to crash the decoder is a bad payload too
