@@ -7,6 +7,10 @@ float32 update in which only the top-k share of values is non-zero (``--density`
 ``accept`` and dropped afterwards, as ScatterAndGather drops a result once the aggregator has it, so
 the memory measured is what each aggregator keeps plus what it needs to aggregate.
 
+``aam_sparse`` is ``aam`` fed what ``UpdateDecoder(sparse=True)`` hands over: each top-k tensor as
+its positions and values (:class:`~fedsegnet.compression.codec.SparseTensor`, made before the timed
+``accept``), so ``accept`` keeps it without a dense pass.
+
 Each (method, K) runs in a fresh process: time of all ``accept`` calls plus ``aggregate`` (making the
 updates is not timed), and the peak resident memory above the process's baseline once the model
 shapes are known (sampled every 2 ms from /proc; it includes the one update in flight, which is the
@@ -27,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("flare_intime", "aam", "median")
+METHODS = ("flare_intime", "aam", "aam_sparse", "median")
 
 
 def _rss_mb() -> float:
@@ -82,6 +86,7 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
     from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
     from nvflare.app_common.app_constant import AppConstants
 
+    from fedsegnet.compression.codec import SparseTensor
     from fedsegnet.flare.aggregator import AAMAggregator
     from fedsegnet.flare.constants import UpdateMeta
 
@@ -89,7 +94,7 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     global_model = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
     agg = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF") if method == "flare_intime" else (
-        AAMAggregator(method=method))  # fmt: skip
+        AAMAggregator(method=method.removesuffix("_sparse")))  # fmt: skip
     from nvflare.apis.event_type import EventType
 
     agg.handle_event(EventType.START_RUN, FLContext())  # FLARE's aggregator sets itself up at START_RUN
@@ -115,6 +120,9 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
             v = b + rng.standard_normal(b.shape).astype(np.float32) * 5e-4
             if density < 1:
                 v[rng.random(b.shape) >= density] = 0.0
+            if method.endswith("_sparse") and density < 1:  # as the sparse decoder hands it over (not timed)
+                index = np.flatnonzero(v)
+                v = SparseTensor(v.shape, index, v.reshape(-1)[index])
             update[k] = v
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 10, UpdateMeta.N_TRAIN: 10, UpdateMeta.LABEL_AGREEMENT: 0.8}
         shareable = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
