@@ -92,6 +92,7 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
 
     from fedsegnet.compression import SparseQuantCodec
     from fedsegnet.config import build_train_config
+    from fedsegnet.aggregation import AdaptiveAggregation
     from fedsegnet.federation import run_federation
 
     config = build_train_config(preset=args.preset, local_steps=args.local_steps, seed=seed, val_max_cases=2)
@@ -115,6 +116,7 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
         proximal_loss=PTFedProxLoss(mu=args.fedprox_mu) if method == "fedprox" else None,
         faults=faults,
         device="cpu",
+        aam=AdaptiveAggregation(max_norm_ratio=args.max_norm_ratio),
     )
     test = result["test"]
     row = {
@@ -228,6 +230,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-cases", type=int)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--fedprox-mu", type=float, default=0.01)
+    p.add_argument("--max-norm-ratio", type=float, default=10.0,
+                   help="the gate drops updates above this many times the reference norm (the job's default: 10)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
     p.add_argument("--json", help="write rows and the summary here (rewritten after every run)")
