@@ -56,3 +56,9 @@ def test_the_sparse_form_is_not_modified_and_a_dense_one_is_densified():
     sparse = CompactUpdate({"x": t})
     assert sparse.nbytes == 3 * 12 and sparse.norm() == pytest.approx(np.sqrt(14.0))
     assert repr(t) == "SparseTensor(shape=[4, 5], count=3)"
+
+
+def test_a_sparse_tensor_counts_the_values_of_the_whole_tensor():
+    """Round records count a decoded update's values (``n_values``) through ``.size``, sparse or dense."""
+    t = SparseTensor((4, 5), np.array([1, 7], np.int64), np.array([1.0, -2.0], np.float32))
+    assert t.size == 20 == t.to_dense().size

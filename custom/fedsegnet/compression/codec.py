@@ -374,6 +374,11 @@ class SparseTensor:
         self.shape = tuple(int(v) for v in shape)
         self.index, self.values = index, values
 
+    @property
+    def size(self) -> int:
+        """Values of the whole tensor, as ``numpy.ndarray.size`` (not only the sent ones)."""
+        return math.prod(self.shape)
+
     def to_dense(self) -> np.ndarray:
         """The dense ``float32`` array, zeros where nothing was sent."""
         flat = np.zeros(math.prod(self.shape), dtype=np.float32)
