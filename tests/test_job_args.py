@@ -14,7 +14,7 @@ import pytest
 from fedsegnet.cli import main as cli_main
 from fedsegnet.config import JOB_ARGS, build_train_config, check_job_args
 from fedsegnet.errors import ConfigError
-from fedsegnet.flare.ops.jobs import CONFIG_FILES, configure_job, job_args, repo_jobs_dir
+from fedsegnet.flare.ops.jobs import configure_job, job_arg_conflicts, job_args, repo_jobs_dir
 
 JOBS = repo_jobs_dir()
 JOB_NAMES = ("fedsegnet", "fedavg")
@@ -113,9 +113,7 @@ def test_recipe_and_train_config_defaults_equal_the_declared_defaults():
 
 @pytest.mark.parametrize("name,value,message", BAD_VALUES)
 def test_job_set_refuses_a_bad_value_before_writing(tmp_path, capsys, name, value, message):
-    job = "fedavg" if name not in JOB_ARGS or name in job_args(JOBS / "fedavg") else "fedsegnet"
-    if name not in job_args(JOBS / job):
-        job = "fedsegnet"
+    job = "fedavg" if name in job_args(JOBS / "fedavg") else "fedsegnet"
     out = tmp_path / "out"
     rc = cli_main(["job", "set", str(JOBS / job), "--out", str(out), f"{name}={json.dumps(value) if not isinstance(value, str) else value}"])
     assert rc == 2
@@ -139,12 +137,16 @@ def test_a_value_that_fails_only_with_the_others_is_refused(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_a_hand_edited_bad_value_is_found_by_job_set_and_job_args(tmp_path, capsys):
+def _hand_edited_client_config(tmp_path, **values):
+    """A copy of jobs/fedavg whose site config was edited by hand (not through job set)."""
     job = configure_job(JOBS / "fedavg", tmp_path / "job")
     path = job / "app" / "config" / "config_fed_client.json"
-    config = json.loads(path.read_text())
-    config["local_steps"] = "abc"
-    path.write_text(json.dumps(config))
+    path.write_text(json.dumps({**json.loads(path.read_text()), **values}))
+    return job
+
+
+def test_a_hand_edited_bad_value_is_found_by_job_set_and_job_args(tmp_path, capsys):
+    job = _hand_edited_client_config(tmp_path, local_steps="abc")
     with pytest.raises(ConfigError, match="local_steps='abc': must be an integer >= 1"):
         configure_job(job, tmp_path / "copy", num_rounds=3)
     assert cli_main(["job", "args", str(job)]) == 2
@@ -216,14 +218,10 @@ def test_recipe_refuses_a_bad_value_before_building(tmp_path):
 
 def test_configs_that_disagree_are_refused_until_set(tmp_path, capsys):
     """Server and sites must build the same model: a hand edit of one config is caught."""
-    job = configure_job(JOBS / "fedavg", tmp_path / "job")
-    path = job / "app" / "config" / "config_fed_client.json"
-    config = json.loads(path.read_text())
-    config["preset"] = "tiny"
-    path.write_text(json.dumps(config))
+    job = _hand_edited_client_config(tmp_path, preset="tiny")
     with pytest.raises(ConfigError, match=r"preset='cpu': .* disagrees with itself \(preset: 'tiny' in app/config/config_fed_client.json but 'cpu' in app/config/config_fed_server.json\)"):
         configure_job(job, tmp_path / "copy", num_rounds=3)
     assert cli_main(["job", "args", str(job)]) == 2
     assert "preset: 'tiny' in app/config/config_fed_client.json but 'cpu'" in capsys.readouterr().err
     fixed = configure_job(job, tmp_path / "fixed", preset="tiny")  # setting it writes every config
-    assert job_args(fixed)["preset"] == "tiny" and not __import__("fedsegnet.flare.ops.jobs", fromlist=["x"]).job_arg_conflicts(fixed)
+    assert job_args(fixed)["preset"] == "tiny" and not job_arg_conflicts(fixed)

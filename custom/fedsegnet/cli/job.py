@@ -16,18 +16,16 @@ def register(sub) -> None:
         sub: the top-level sub-parsers (``add_subparsers()`` of the ``fedsegnet`` parser).
     """
     j = sub.add_parser("job", help="job folders").add_subparsers(dest="job_command", required=True)
-    js = j.add_parser("set", help="copy a job folder and set job args KEY=VALUE")
-    js.add_argument("job")
-    js.add_argument("--out", required=True)
-    js.add_argument("values", nargs="*")
-    add_overwrite(js)
-    js.set_defaults(func=_cmd_set)
-    jk = j.add_parser("pack", help="like `set`, and carry the fedsegnet code in the job (app/custom)")
-    jk.add_argument("job")
-    jk.add_argument("--out", required=True)
-    jk.add_argument("values", nargs="*")
-    add_overwrite(jk)
-    jk.set_defaults(func=_cmd_pack)
+    for name, text, func in (
+        ("set", "copy a job folder and set job args KEY=VALUE", _cmd_set),
+        ("pack", "like `set`, and carry the fedsegnet code in the job (app/custom)", _cmd_pack),
+    ):
+        q = j.add_parser(name, help=text)
+        q.add_argument("job")
+        q.add_argument("--out", required=True)
+        q.add_argument("values", nargs="*")
+        add_overwrite(q)
+        q.set_defaults(func=func)
     ja = j.add_parser("args", help="list a job's args: value, default, allowed values, what each does")
     ja.add_argument("job", help="job folder, e.g. jobs/fedsegnet")
     ja.set_defaults(func=_cmd_args)
