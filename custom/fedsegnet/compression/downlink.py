@@ -37,6 +37,7 @@ from fedsegnet.compression.codec import (
     seeded_generator,
     update_norm,
 )
+from fedsegnet.compression.error_feedback import check_state
 from fedsegnet.compression.index_coding import PayloadError
 from fedsegnet.compression.quantize import check_bits
 from fedsegnet.errors import check_int
@@ -196,12 +197,8 @@ class GlobalModelDownlink:
         Raises:
             ValueError: ``state`` is not a state of this version, or its fields are malformed.
         """
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"downlink state: version {got!r}, expected {STATE_VERSION}")
-        reference = state.get("reference")
-        if not isinstance(reference, Mapping) or not all(isinstance(v, torch.Tensor) for v in reference.values()):
-            raise ValueError("downlink state: field 'reference' must be a dict of tensors")
+        check_state(state, "downlink", STATE_VERSION, ("reference",))
+        reference = state["reference"]
         for field in ("diff", "full"):
             if state.get(field) is not None and not is_payload(state[field]):
                 raise ValueError(f"downlink state: field {field!r} must be a payload or None")

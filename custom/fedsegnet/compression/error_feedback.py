@@ -113,12 +113,8 @@ class ErrorFeedback:
         Raises:
             ValueError: ``state`` is not a state of this version.
         """
-        if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
-            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"error-feedback state: version {got!r}, expected {STATE_VERSION}")
-        residual = state.get("residual")
-        if not isinstance(residual, Mapping) or not all(isinstance(v, torch.Tensor) for v in residual.values()):
-            raise ValueError("error-feedback state: field 'residual' must be a dict of tensors")
+        check_state(state, "error-feedback", STATE_VERSION, ("residual",))
+        residual = state["residual"]
         self.residual = {k: v.to(torch.float32) for k, v in residual.items()}
         self.rounds = int(state.get("rounds", 0))
 
@@ -144,3 +140,19 @@ class ErrorFeedback:
             return False
         logger.info("%s: restored the error-feedback residual from %s (round %d)", self.name, path, self.rounds)
         return True
+
+
+def check_state(state, owner: str, version: int, tensor_dicts: tuple[str, ...] = ()) -> None:
+    """Refuse a saved state that is not ``owner``'s of ``version``, or whose named fields are not
+    dicts of tensors.
+
+    Raises:
+        ValueError: naming ``owner``, the field and what was found.
+    """
+    if not isinstance(state, Mapping) or state.get("version") != version:
+        got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+        raise ValueError(f"{owner} state: version {got!r}, expected {version}")
+    for field in tensor_dicts:
+        value = state.get(field)
+        if not isinstance(value, Mapping) or not all(isinstance(v, torch.Tensor) for v in value.values()):
+            raise ValueError(f"{owner} state: field {field!r} must be a dict of tensors")
