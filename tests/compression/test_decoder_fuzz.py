@@ -5,8 +5,10 @@ Valid payloads come from the real encoder under several settings (sparse/dense, 
 per-block and per-tensor scales, tensor/global scope, every index coding); each case applies one
 to three seeded mutations (flipped or replaced bytes in each array field, table entries, shapes,
 dtype codes, scales set to Inf/NaN/huge, truncated or grown arrays, dropped, added or retyped
-fields, changed names, version, format and block) and decodes the result twice: against the
-model's shapes, and with no reference under ``max_values``.
+fields, changed names, version, format and block) and decodes the result three times: against the
+model's shapes, with no reference under ``max_values``, and against the model's shapes with top-k
+tensors packed (:class:`~fedsegnet.compression.packed.PackedTensor`), each then read every way, so
+a bad byte the decoder let through into a packed tensor would fail at the read.
 
 Stated bounds, checked on every case:
 
@@ -28,6 +30,7 @@ import pytest
 import torch
 
 from fedsegnet.compression import PayloadError, SparseQuantCodec, decode_payload
+from fedsegnet.compression.packed import PackedTensor
 
 SEED = 20240611
 CASES = 600
@@ -200,6 +203,19 @@ def _array_bytes(payload) -> int:
     return sum(v.nbytes for k, v in payload.items() if k in ARRAYS and isinstance(v, np.ndarray))
 
 
+def _read(value):
+    """``value``, or a packed tensor read every way (dense, added, gathered) as its dense array."""
+    if not isinstance(value, PackedTensor):
+        return value
+    out = np.zeros(value.size, np.float32)
+    value.add_to(out, 1.0)
+    dense = value.to_dense()
+    assert np.array_equal(out, dense.reshape(-1)) and np.array_equal(value.gather(np.arange(value.size)), out)
+    with np.errstate(over="ignore"):
+        assert np.isclose(value.sq_norm(), float(np.dot(out, out)), rtol=1e-5)
+    return dense
+
+
 def _finite(value) -> bool:
     t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
     return bool(torch.isfinite(t.float()).all())
@@ -212,9 +228,10 @@ def test_every_mutated_payload_decodes_to_a_bounded_finite_update_or_raises_payl
         p = copy.deepcopy(payloads[case % len(payloads)])
         done = [_mutate(p, rng) for _ in range(int(rng.integers(1, 4)))]
         what = f"case {case} (setting {case % len(payloads)}): {'; '.join(done)}"
-        for reference, values_bound in ((SHAPES, MODEL_VALUES), (None, MAX_VALUES)):
+        for reference, values_bound, sparse in ((SHAPES, MODEL_VALUES, False), (None, MAX_VALUES, False), (SHAPES, MODEL_VALUES, "packed")):
             try:
-                out, err, peak = _decode_traced(p, reference=reference, max_values=MAX_VALUES)
+                out, err, peak = _decode_traced(p, reference=reference, max_values=MAX_VALUES, sparse=sparse)
+                out = out and {k: _read(v) for k, v in out.items()}  # a packed tensor never fails later
             except Exception as e:  # noqa: BLE001 - anything but PayloadError breaks the contract
                 pytest.fail(f"{what}: {type(e).__name__}: {e}")
             memory_bound = BYTES_PER_VALUE * values_bound + BYTES_PER_PAYLOAD_BYTE * _array_bytes(p) + SLACK_BYTES

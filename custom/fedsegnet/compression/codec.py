@@ -42,9 +42,10 @@ import numpy as np
 import torch
 
 from fedsegnet.compression.index_coding import INDEX_CODINGS, PayloadError, decode_indices, encode_indices
-from fedsegnet.compression.quantize import QUANT_BITS, check_bits, dequantize, quantize
+from fedsegnet.compression.packed import PackedTensor
+from fedsegnet.compression.quantize import QUANT_BITS, as_declared, check_bits, dequantize, quantize
 from fedsegnet.compression.sparsify import SCOPES, SELECTIONS, select_topk
-from fedsegnet.errors import check_int
+from fedsegnet.errors import ConfigError, check_int
 
 PAYLOAD_FORMAT = "fedsegnet.payload"
 PAYLOAD_VERSION = 1
@@ -53,6 +54,9 @@ MAX_PAYLOAD_VALUES = 2**28
 268,435,456, i.e. 1 GiB as float32, four times the largest registered network (UNETR, about 92
 million parameters). :func:`decode_payload` takes ``max_values`` to change it."""
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
+SPARSE_FORMS = (False, True, "packed")
+"""What :func:`decode_payload` takes as ``sparse``: top-k tensors dense, as
+:class:`SparseTensor`, or as :class:`~fedsegnet.compression.packed.PackedTensor`."""
 
 
 def as_flat_tensor(value, name: str = "tensor") -> torch.Tensor:
@@ -389,12 +393,19 @@ class SparseTensor:
         return f"SparseTensor(shape={list(self.shape)}, count={self.index.size})"
 
 
+def check_sparse_form(sparse) -> bool | str:
+    """``sparse`` when it is one of :data:`SPARSE_FORMS`, else :class:`ConfigError` naming ``sparse``."""
+    if not (isinstance(sparse, bool) or sparse == "packed"):
+        raise ConfigError("sparse", sparse, "unknown form of top-k tensors", SPARSE_FORMS)
+    return sparse
+
+
 def decode_payload(
     payload: Mapping,
     reference: Mapping | None = None,
     as_numpy: bool = True,
     max_values: int = MAX_PAYLOAD_VALUES,
-    sparse: bool = False,
+    sparse: bool | str = False,
 ) -> dict:
     """Decode and check a payload: a finite update of bounded size, or :class:`PayloadError`.
 
@@ -410,23 +421,28 @@ def decode_payload(
         max_values: most values the payload may declare over all its tensors when no
             ``reference`` is given (with one, the reference's shapes are the bound). Defaults to
             :data:`MAX_PAYLOAD_VALUES`.
-        sparse: return each top-k tensor as a :class:`SparseTensor` (its positions and values,
-            what :class:`~fedsegnet.aggregation.CompactUpdate` keeps) instead of a dense array;
-            dense records are returned as arrays either way. Defaults to False.
+        sparse: how top-k tensors are returned: ``False``, a dense array; ``True``, a
+            :class:`SparseTensor` (its positions and values, what
+            :class:`~fedsegnet.aggregation.CompactUpdate` keeps); ``"packed"``, a
+            :class:`~fedsegnet.compression.packed.PackedTensor` (the record as received, checked
+            in full now, decoded when read). Dense records are returned as arrays either way.
+            Defaults to False.
 
     Returns:
         ``{name: float array of the recorded shape and dtype}``, with zeros where nothing was sent
-        (with ``sparse``, top-k tensors as :class:`SparseTensor`); every value finite in its
-        declared dtype.
+        (with ``sparse``, top-k tensors as :class:`SparseTensor` or ``PackedTensor``); every value
+        finite in its declared dtype.
 
     Raises:
         PayloadError: unknown format or version, missing or malformed fields, wrong shapes or
             names against ``reference``, more than ``max_values`` values declared, truncated
             arrays, indices out of range, NaN/Inf in scales or values, or values that overflow to
             Inf (a code times a huge scale, or a float32 value declared float16).
-        ConfigError: ``max_values`` is not an integer >= 0.
+        ConfigError: ``max_values`` is not an integer >= 0, or ``sparse`` is not one of
+            :data:`SPARSE_FORMS`.
     """
     max_values = check_int("max_values", max_values, 0)
+    check_sparse_form(sparse)
     records = unpack_payload(payload)
     if reference is not None:
         missing = sorted(set(reference) - set(records))
@@ -455,37 +471,24 @@ def decode_payload(
             if count != numel:
                 raise PayloadError(f"{name}: dense record has count {count} for {numel} values")
             flat = dequantize(rec["values"], rec["scales"], numel, rec["bits"], rec["block"], name).numpy()
+        elif sparse == "packed":
+            out[name] = PackedTensor(
+                name, rec["shape"], rec["dtype"], count, rec["index_coding"], rec["index"], rec["bits"], rec["block"],
+                rec["values"], rec["scales"],
+            )  # fmt: skip
+            continue
         else:
             idx = decode_indices(rec["index_coding"], rec["index"], count, numel, name)
             vals = dequantize(rec["values"], rec["scales"], count, rec["bits"], rec["block"], name)
             if sparse:  # the values rounded as the dense path rounds them, then float32 (exact)
-                declared = _as_declared(vals.numpy(), rec["dtype"], name, as_numpy=False)
+                declared = as_declared(vals.numpy(), rec["dtype"], name, as_numpy=False)
                 values = declared.float().numpy() if declared.dtype != torch.float32 else declared.numpy()
                 out[name] = SparseTensor(rec["shape"], idx, values)
                 continue
             flat = np.zeros(numel, dtype=np.float32)  # finite: zeros and the checked values
             flat[idx] = vals.numpy()
-        out[name] = _as_declared(flat.reshape(rec["shape"]), rec["dtype"], name, as_numpy)
+        out[name] = as_declared(flat.reshape(rec["shape"]), rec["dtype"], name, as_numpy)
     return out
-
-
-def _as_declared(values: np.ndarray, dtype: str, name: str, as_numpy: bool):
-    """``values`` (finite float32) cast to the declared ``dtype``; PayloadError when the cast overflows."""
-    if dtype in ("float32", "float64"):  # no overflow: the values were checked finite where they were decoded
-        t = values.astype(dtype, copy=False)
-        return t if as_numpy else torch.from_numpy(t)
-    if dtype == "bfloat16":  # numpy has no bfloat16
-        t = torch.from_numpy(values).to(torch.bfloat16)
-        finite = bool(torch.isfinite(t).all())
-    else:
-        with np.errstate(over="ignore"):
-            t = values.astype(dtype, copy=False)
-        finite = t.size == 0 or bool(np.isfinite(t.min()) and np.isfinite(t.max()))
-        if not as_numpy:
-            t = torch.from_numpy(t)
-    if not finite:
-        raise PayloadError(f"{name}: decoded values overflow to Inf as {dtype} (the declared dtype)")
-    return t
 
 
 def payload_nbytes(payload: Mapping) -> int:

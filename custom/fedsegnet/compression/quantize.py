@@ -161,3 +161,35 @@ def dequantize(codes, scales, count: int, bits: int = 8, block: int = 256, name:
 def _all_finite(x: np.ndarray) -> bool:
     """True when every value of the float array ``x`` is finite (NaN propagates through min/max; no copy)."""
     return x.size == 0 or bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+
+
+def as_declared(values: np.ndarray, dtype: str, name: str, as_numpy: bool):
+    """Decoded values cast to the dtype a payload declares for their tensor.
+
+    Args:
+        values: finite ``float32`` array.
+        dtype: ``float32``, ``float64``, ``float16`` or ``bfloat16``.
+        name: tensor name for error messages.
+        as_numpy: return a numpy array (else a tensor; bfloat16 is always a tensor).
+
+    Returns:
+        The cast array or tensor (no copy when ``values`` already has ``dtype``).
+
+    Raises:
+        PayloadError: the cast overflows to Inf (the message names the tensor ``name``).
+    """
+    if dtype in ("float32", "float64"):  # no overflow: the values were checked finite where they were decoded
+        t = values.astype(dtype, copy=False)
+        return t if as_numpy else torch.from_numpy(t)
+    if dtype == "bfloat16":  # numpy has no bfloat16
+        t = torch.from_numpy(values).to(torch.bfloat16)
+        finite = bool(torch.isfinite(t).all())
+    else:
+        with np.errstate(over="ignore"):
+            t = values.astype(dtype, copy=False)
+        finite = t.size == 0 or bool(np.isfinite(t.min()) and np.isfinite(t.max()))
+        if not as_numpy:
+            t = torch.from_numpy(t)
+    if not finite:
+        raise PayloadError(f"{name}: decoded values overflow to Inf as {dtype} (the declared dtype)")
+    return t

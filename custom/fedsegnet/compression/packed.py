@@ -1,0 +1,129 @@
+"""A top-k tensor of a received payload, kept as it was sent and decoded on demand.
+
+A decoded top-k tensor (:class:`~fedsegnet.compression.codec.SparseTensor`: int64 positions and
+float32 values) takes 12 bytes per sent value; the payload it came from takes about 1 (4-bit codes
+and entropy-coded positions). :class:`PackedTensor` keeps one tensor's encoded positions, codes
+and scales as received and decodes them each time it is read (one read per site for the
+divergence sample, one for the weighted sum), so a server holding K updates holds K payloads, not
+K decoded copies of the sent values.
+
+It keeps the decoder's contract (:mod:`fedsegnet.compression.codec`): the record is decoded and
+checked in full when the tensor is made, and every bad byte raises
+:class:`~fedsegnet.compression.index_coding.PayloadError` naming the tensor there, never at a later
+read. The arrays are copied at that check, so nothing that changes the payload afterwards changes
+what is read. A read computes what :func:`~fedsegnet.compression.decode_payload` with
+``sparse=True`` returns, with the same float32 arithmetic: results are bit for bit those of the
+:class:`~fedsegnet.compression.codec.SparseTensor` path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fedsegnet.compression.index_coding import decode_indices
+from fedsegnet.compression.quantize import as_declared, dequantize
+
+
+class PackedTensor:
+    """One top-k record of a payload, checked once and decoded when read.
+
+    Args:
+        name: the tensor's name (in error messages).
+        shape: the tensor's shape.
+        dtype: the declared dtype (``float32``, ``float64``, ``float16`` or ``bfloat16``); values
+            are rounded to it, then read as float32.
+        count: number of values sent.
+        index_coding: the positions' coding (one of
+            :data:`~fedsegnet.compression.index_coding.INDEX_CODINGS`).
+        index: the encoded positions (1-D ``uint8``).
+        bits: bits per sent value (4, 8, 16, 32).
+        block: values per scale (0 = one scale).
+        values: the codes (``uint8``) or floats (``float16``/``float32`` for 16/32 bits).
+        scales: the block scales (1-D ``float32``; empty for 16/32 bits).
+
+    Raises:
+        PayloadError: any part of the record is malformed (positions out of range or not
+            increasing, truncated streams, codes out of range, NaN/Inf scales or values, values
+            that overflow the declared dtype); the message names the tensor.
+    """
+
+    __slots__ = ("name", "shape", "dtype", "count", "index_coding", "bits", "block", "_index", "_codes", "_scales", "_sq_norm")
+
+    def __init__(self, name: str, shape, dtype: str, count: int, index_coding: str, index, bits: int, block: int,
+                 values, scales):  # fmt: skip
+        self.name, self.shape, self.dtype = name, tuple(int(v) for v in shape), dtype
+        self.count, self.index_coding, self.bits, self.block = count, index_coding, bits, block
+        self._index, self._codes, self._scales = (_frozen_copy(a) for a in (index, values, scales))
+        _, vals = self._decode()  # the full check, once; raises PayloadError naming the tensor
+        with np.errstate(over="ignore"):  # float32 as CompactUpdate sums them: Inf past 3.4e38
+            self._sq_norm = float(np.dot(vals, vals))
+
+    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(int64 sorted positions, float32 values)``, as ``decode_payload(sparse=True)`` gives them."""
+        size = math.prod(self.shape)
+        idx = decode_indices(self.index_coding, self._index, self.count, size, self.name)
+        vals = dequantize(self._codes, self._scales, self.count, self.bits, self.block, self.name).numpy()
+        if self.dtype in ("float16", "bfloat16"):  # rounded as the dense path rounds them, then float32 (exact)
+            vals = as_declared(vals, self.dtype, self.name, as_numpy=False).float().numpy()
+        return idx, vals
+
+    @property
+    def size(self) -> int:
+        """Values of the whole tensor, as ``numpy.ndarray.size`` (not only the sent ones)."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the encoded positions, codes and scales."""
+        return self._index.nbytes + self._codes.nbytes + self._scales.nbytes
+
+    def sq_norm(self) -> float:
+        """Squared L2 norm of the sent values (``float(numpy.dot(values, values))``, computed at the check)."""
+        return self._sq_norm
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Values at flat ``positions``.
+
+        Args:
+            positions: 1-D sorted integer flat positions in ``[0, size)``.
+
+        Returns:
+            1-D ``float32`` array of ``len(positions)`` values (0 where nothing was sent).
+        """
+        index, values = self._decode()
+        out = np.zeros(len(positions), dtype=np.float32)
+        if index.size:
+            at = np.minimum(np.searchsorted(index, positions), index.size - 1)
+            hit = index[at] == positions
+            out[hit] = values[at[hit]]
+        return out
+
+    def add_to(self, flat_out: np.ndarray, factor: float) -> None:
+        """``flat_out += factor * tensor`` in place, touching only the sent positions.
+
+        Args:
+            flat_out: 1-D ``float32`` array of ``size`` values (written through).
+            factor: the weight (applied as float32 by ``torch.Tensor.index_add_``).
+        """
+        index, values = self._decode()
+        torch.from_numpy(flat_out).index_add_(0, torch.from_numpy(index), torch.from_numpy(values), alpha=float(factor))
+
+    def to_dense(self) -> np.ndarray:
+        """The dense ``float32`` array of ``shape``, zeros where nothing was sent."""
+        index, values = self._decode()
+        flat = np.zeros(self.size, dtype=np.float32)
+        flat[index] = values
+        return flat.reshape(self.shape)
+
+    def __repr__(self) -> str:
+        return f"PackedTensor(shape={list(self.shape)}, count={self.count}, bits={self.bits}, nbytes={self.nbytes})"
+
+
+def _frozen_copy(array: np.ndarray) -> np.ndarray:
+    """A read-only copy: what was checked is what every read decodes."""
+    out = np.array(array, copy=True)
+    out.flags.writeable = False
+    return out
