@@ -19,6 +19,7 @@ from nvflare.private.fed.utils.fed_utils import nvflare_fobs_initialize
 
 from fedsegnet.compression import decode_payload
 from fedsegnet.compression.codec import unpack_payload
+from fedsegnet.compression.packed import PackedTensor
 from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.compression import (
     GlobalModelDecoder,
@@ -173,15 +174,27 @@ def _bad_payload(case, tmp_path):
         ("float16_overflow", "conv.bias: decoded values overflow to Inf as float16"),
     ],
 )
-def test_malformed_payload_is_rejected_naming_site_and_reason(case, reason, tmp_path, caplog):
+@pytest.mark.parametrize("sparse", [False, "packed"])
+def test_malformed_payload_is_rejected_naming_site_and_reason(case, reason, sparse, tmp_path, caplog):
     bad = DXO(DataKind.WEIGHT_DIFF, data=_bad_payload(case, tmp_path), meta={CodecMeta.ENCODED: True}).to_shareable()
     with caplog.at_level(logging.ERROR):
-        out = UpdateDecoder().process(bad, _server_ctx(tmp_path, site="site-2"))
+        out = UpdateDecoder(sparse=sparse).process(bad, _server_ctx(tmp_path, site="site-2"))
     assert out.get_return_code() == ReturnCode.BAD_TASK_DATA
     message = out.get_header(ERROR_HEADER)
     assert "site-2" in message and "round 3" in message
     assert re.search(reason, message), message
     assert "update of site site-2 (round 3) rejected" in caplog.text
+
+
+def test_the_packed_form_hands_over_the_received_records_decoding_to_the_dense_update(tmp_path):
+    sent = fobs.dumps(UpdateEncoder(**ARGS).process(_result(_update()), _ctx(_Engine(tmp_path / "s"), "site-2")))
+    dense = from_shareable(UpdateDecoder().process(fobs.loads(sent), _server_ctx(tmp_path))).data
+    packed = from_shareable(UpdateDecoder(sparse="packed").process(fobs.loads(sent), _server_ctx(tmp_path))).data
+    assert isinstance(packed["conv.weight"], PackedTensor) and isinstance(packed["conv.bias"], np.ndarray)
+    for k, v in dense.items():
+        np.testing.assert_array_equal(v, packed[k].to_dense() if isinstance(packed[k], PackedTensor) else packed[k])
+    payload = unpack_payload(from_shareable(fobs.loads(sent)).data)
+    assert packed["conv.weight"].nbytes == sum(payload["conv.weight"][f].nbytes for f in ("index", "values", "scales"))
 
 
 def test_without_a_global_model_the_server_bounds_what_a_payload_declares(tmp_path):
@@ -212,6 +225,9 @@ def test_bad_filter_arguments():
         for bad in (0, "many", 2.5):
             with pytest.raises(ConfigError, match="max_values"):
                 decoder(max_values=bad)
+    for bad in ("dense", None, 1.5):
+        with pytest.raises(ConfigError, match="sparse=.*valid: False, True, packed"):
+            UpdateDecoder(sparse=bad)
 
 
 # ------------------------------------------------------------------------------------ downlink

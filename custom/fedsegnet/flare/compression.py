@@ -59,6 +59,7 @@ from fedsegnet.compression import (
     PayloadError,
     SparseQuantCodec,
     atomic_torch_save,
+    check_sparse_form,
     decode_payload,
     is_payload,
     rebuild_global_model,
@@ -265,20 +266,24 @@ class UpdateDecoder(Filter):
         require_encoded: reject plain (unencoded) updates too. Defaults to False (they pass as they are).
         max_values: most values a payload may declare when no global model is at hand to check it
             against. Defaults to :data:`~fedsegnet.compression.MAX_PAYLOAD_VALUES`.
-        sparse: hand top-k tensors to the aggregator as they were sent (positions and values,
-            :class:`~fedsegnet.compression.codec.SparseTensor`), which ``AAMAggregator`` keeps
-            without a dense pass; leave off for aggregators that expect dense arrays (FLARE's
-            ``InTimeAccumulateWeightedAggregator``). Defaults to False.
+        sparse: how top-k tensors reach the aggregator: ``False``, dense arrays (for aggregators
+            that expect them, FLARE's ``InTimeAccumulateWeightedAggregator``); ``True``, as they
+            were sent, positions and values (:class:`~fedsegnet.compression.codec.SparseTensor`,
+            12 bytes per sent value), which ``AAMAggregator`` keeps without a dense pass;
+            ``"packed"``, the received record itself, checked in full here and decoded when read
+            (:class:`~fedsegnet.compression.packed.PackedTensor`, about 1 byte per sent value).
+            Defaults to False.
 
     Raises:
-        ConfigError: ``max_values`` is not an integer >= 1.
+        ConfigError: ``max_values`` is not an integer >= 1, or ``sparse`` is not one of
+            :data:`~fedsegnet.compression.codec.SPARSE_FORMS`.
     """
 
-    def __init__(self, require_encoded: bool = False, max_values: int = MAX_PAYLOAD_VALUES, sparse: bool = False):
+    def __init__(self, require_encoded: bool = False, max_values: int = MAX_PAYLOAD_VALUES, sparse: bool | str = False):
         super().__init__()
         self.require_encoded = require_encoded
         self.max_values = check_int("max_values", max_values, 1)
-        self.sparse = bool(sparse)
+        self.sparse = check_sparse_form(sparse)
 
     def _reject(self, fl_ctx: FLContext, site: str, rnd, reason: str) -> Shareable:
         message = f"update of site {site} (round {rnd}) rejected: {reason}"
