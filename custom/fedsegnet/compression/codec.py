@@ -383,6 +383,41 @@ class SparseTensor:
         """Values of the whole tensor, as ``numpy.ndarray.size`` (not only the sent ones)."""
         return math.prod(self.shape)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the positions and the values (12 per sent value)."""
+        return self.index.nbytes + self.values.nbytes
+
+    def sq_norm(self) -> float:
+        """Squared L2 norm of the sent values (``float(numpy.dot(values, values))``, float32 accumulation)."""
+        return float(np.dot(self.values, self.values))
+
+    def gather(self, positions: np.ndarray) -> np.ndarray:
+        """Values at flat ``positions``, without densifying.
+
+        Args:
+            positions: 1-D integer flat positions in ``[0, size)`` (sorted or not).
+
+        Returns:
+            1-D ``float32`` array of ``len(positions)`` values (0 where nothing was sent).
+        """
+        out = np.zeros(len(positions), dtype=np.float32)
+        if self.index.size:
+            at = np.minimum(np.searchsorted(self.index, positions), self.index.size - 1)
+            hit = self.index[at] == positions
+            out[hit] = self.values[at[hit]]
+        return out
+
+    def add_to(self, flat_out: np.ndarray, factor: float) -> None:
+        """``flat_out += factor * tensor`` in place, touching only the sent positions.
+
+        Args:
+            flat_out: 1-D ``float32`` array of ``size`` values (written through).
+            factor: the weight (applied as float32 by ``torch.Tensor.index_add_``, ~5x faster
+                than numpy's fancy-index ``+=``).
+        """
+        torch.from_numpy(flat_out).index_add_(0, torch.from_numpy(self.index), torch.from_numpy(self.values), alpha=float(factor))
+
     def to_dense(self) -> np.ndarray:
         """The dense ``float32`` array, zeros where nothing was sent."""
         flat = np.zeros(math.prod(self.shape), dtype=np.float32)
