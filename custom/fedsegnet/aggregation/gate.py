@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsegnet.aggregation.compact import CompactUpdate
-from fedsegnet.compression import update_norm
+from fedsegnet.aggregation.compact import view
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,9 @@ def reference_norm(norms, history=(), growth: float = 2.0, window: int = 5) -> f
 def check_update(update: Mapping, shapes: Mapping[str, tuple]) -> str:
     """Why one update cannot be aggregated on its own (names, shapes, NaN/Inf); "" when it can.
 
-    The per-update part of the gate (the norm rule needs the round's other updates). A
-    :class:`CompactUpdate` is checked on its stored values, nothing densified.
+    The per-update part of the gate (the norm rule needs the round's other updates): every shape
+    first, then the values. A :class:`~fedsegnet.aggregation.compact.CompactUpdate` is checked on
+    its stored values, nothing densified (unless a tensor holds NaN or Inf, to name it).
 
     Args:
         update: ``{name: array or tensor}``; not modified.
@@ -115,20 +115,13 @@ def check_update(update: Mapping, shapes: Mapping[str, tuple]) -> str:
     missing, extra = sorted(set(shapes) - set(update)), sorted(set(update) - set(shapes))
     if missing or extra:
         return f"tensor names differ from the global model's: {len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
-    if isinstance(update, CompactUpdate):
-        wrong = next((n for n in update if update.shape(n) != shapes[n]), None)
-        if wrong is not None:
-            return f"{wrong}: shape {list(update.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
-        if not update.is_finite():
-            bad = next(n for n in update if not np.isfinite(update[n]).all())
-            return f"{bad}: holds NaN or Inf"
-        return ""
-    for name, value in update.items():
-        arr = np.asarray(value)
-        if tuple(arr.shape) != shapes[name]:
-            return f"{name}: shape {list(arr.shape)} differs from the global model's {list(shapes[name])}"
-        if not np.isfinite(arr).all():
-            return f"{name}: holds NaN or Inf"
+    reader = view(update)
+    wrong = next((n for n in update if reader.shape(n) != shapes[n]), None)
+    if wrong is not None:
+        return f"{wrong}: shape {list(reader.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
+    if not reader.is_finite():
+        bad = next(n for n in update if not np.isfinite(np.asarray(update[n])).all())
+        return f"{bad}: holds NaN or Inf"
     return ""
 
 
@@ -176,7 +169,7 @@ def gate_updates(
         if reason:
             decisions[site] = GateDecision(site, False, reason, math.nan)
         else:
-            norms[site] = update.norm() if isinstance(update, CompactUpdate) else update_norm(update)
+            norms[site] = view(update).norm()
     history = list(history)
     ref = reference_norm(list(norms.values()), history, growth, window) if norms else None
     check = ref is not None and ref > 0 and (len(norms) >= 3 or bool(history))
