@@ -2,7 +2,6 @@
 
 import copy
 import json
-import math
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ from fedsegnet.aggregation import (
     bounded_weights,
     divergence_signals,
     update_norm,
-    weighted_sum,
 )
 
 SHAPES = {"w": (16, 8), "b": (8,)}
@@ -265,43 +263,6 @@ def test_history_is_bounded():
 def test_bad_arguments_are_named(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         AdaptiveAggregation(**bad)
-
-
-# ------------------------------------------------------------------------------ compact storage
-def test_compact_update_keeps_sparse_tensors_sparse_and_reads_them_back():
-    rng = np.random.default_rng(0)
-    w = np.zeros((100, 100), np.float32)
-    idx = rng.choice(w.size, 1000, replace=False)
-    w.flat[idx] = rng.normal(size=1000)
-    dense = rng.normal(size=(50,)).astype(np.float32)
-    c = CompactUpdate({"w": w, "d": dense})
-    np.testing.assert_array_equal(c["w"], w)
-    assert c["d"] is dense  # dense float32 kept by reference, not copied
-    assert c.nbytes < 0.35 * c.dense_nbytes + dense.nbytes  # 12 bytes per stored value at 10% density
-    assert c.norm() == pytest.approx(update_norm({"w": w, "d": dense}), rel=1e-6)
-    assert list(c) == ["w", "d"] and c.shape("w") == (100, 100) and c.is_finite()
-
-
-def test_weighted_sum():
-    ups = [_base(0), _base(1)]
-    out = weighted_sum(ups, [0.25, 2.0])
-    for k in SHAPES:
-        np.testing.assert_allclose(out[k], 0.25 * ups[0][k] + 2.0 * ups[1][k], rtol=1e-6)
-    with pytest.raises(ValueError, match="factors"):
-        weighted_sum(ups, [1.0])
-    assert math.isfinite(update_norm(out))
-
-
-def test_compact_gather_and_add_to_match_dense():
-    rng = np.random.default_rng(1)
-    w = np.zeros(5000, np.float32)
-    w[rng.choice(5000, 400, replace=False)] = rng.normal(size=400)
-    c = CompactUpdate({"w": w})
-    positions = np.sort(rng.choice(5000, 700, replace=False))
-    np.testing.assert_array_equal(c.gather("w", positions), w[positions])
-    out = np.ones(5000, np.float32)
-    c.add_to("w", out, 0.5)
-    np.testing.assert_allclose(out, 1 + 0.5 * w, rtol=1e-6)
 
 
 def test_sampled_divergence_matches_the_exact_one():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsegnet.aggregation import CompactUpdate, weighted_sum
+from fedsegnet.aggregation import CompactUpdate, update_norm, weighted_sum
+from fedsegnet.aggregation.compact import DictView, view
 from fedsegnet.compression import SparseQuantCodec, decode_payload
 from fedsegnet.compression.codec import SparseTensor
 
@@ -62,3 +63,111 @@ def test_a_sparse_tensor_counts_the_values_of_the_whole_tensor():
     """Round records count a decoded update's values (``n_values``) through ``.size``, sparse or dense."""
     t = SparseTensor((4, 5), np.array([1, 7], np.int64), np.array([1.0, -2.0], np.float32))
     assert t.size == 20 == t.to_dense().size
+
+
+def test_compact_update_keeps_sparse_tensors_sparse_and_reads_them_back():
+    rng = np.random.default_rng(0)
+    w = np.zeros((100, 100), np.float32)
+    idx = rng.choice(w.size, 1000, replace=False)
+    w.flat[idx] = rng.normal(size=1000)
+    dense = rng.normal(size=(50,)).astype(np.float32)
+    c = CompactUpdate({"w": w, "d": dense})
+    np.testing.assert_array_equal(c["w"], w)
+    assert c["d"] is dense  # dense float32 kept by reference, not copied
+    assert c.nbytes < 0.35 * c.dense_nbytes + dense.nbytes  # 12 bytes per stored value at 10% density
+    assert c.norm() == pytest.approx(update_norm({"w": w, "d": dense}), rel=1e-6)
+    assert list(c) == ["w", "d"] and c.shape("w") == (100, 100) and c.is_finite()
+
+
+def test_compact_gather_and_add_to_match_dense():
+    rng = np.random.default_rng(1)
+    w = np.zeros(5000, np.float32)
+    w[rng.choice(5000, 400, replace=False)] = rng.normal(size=400)
+    c = CompactUpdate({"w": w})
+    positions = np.sort(rng.choice(5000, 700, replace=False))
+    np.testing.assert_array_equal(c.gather("w", positions), w[positions])
+    out = np.ones(5000, np.float32)
+    c.add_to("w", out, 0.5)
+    np.testing.assert_allclose(out, 1 + 0.5 * w, rtol=1e-6)
+
+
+def _mostly_zero(seed):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k, s in SHAPES.items():
+        a = rng.normal(size=s).astype(np.float32)
+        a[rng.random(s) < 0.8] = 0.0
+        out[k] = a
+    return out
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_a_plain_dict_and_a_compact_update_read_the_same(as_tensor):
+    """view(): gather, add_to, shape, norm and finiteness agree between the two forms of one update."""
+    update = _mostly_zero(3)
+    plain = {k: torch.from_numpy(v) for k, v in update.items()} if as_tensor else update
+    before = copy.deepcopy(update)
+    a, b = view(plain), view(CompactUpdate(update))
+    assert isinstance(a, DictView) and view(a) is a and view(b) is b
+    rng = np.random.default_rng(0)
+    for k, s in SHAPES.items():
+        assert a.shape(k) == b.shape(k) == s
+        pos = np.sort(rng.choice(int(np.prod(s)), min(5, int(np.prod(s))), replace=False))
+        np.testing.assert_array_equal(a.gather(k, pos), b.gather(k, pos))
+        out_a, out_b = np.ones(s, np.float32), np.ones(s, np.float32)
+        a.add_to(k, out_a, 0.3)
+        b.add_to(k, out_b, 0.3)
+        np.testing.assert_array_equal(out_a, out_b)
+    assert a.norm() == pytest.approx(b.norm(), rel=1e-6) and a.is_finite() and b.is_finite()
+    for k in SHAPES:
+        np.testing.assert_array_equal(update[k], before[k])  # nothing written into the inputs
+    update["w"][0, 0] = np.nan
+    assert not view(update).is_finite() and not CompactUpdate(update).is_finite()
+
+
+class _StandIn:
+    """A sparse tensor object that is neither SparseTensor nor PackedTensor: only the interface."""
+
+    def __init__(self, sparse: SparseTensor):
+        self._t, self.shape = sparse, sparse.shape
+        self.reads = 0
+
+    @property
+    def nbytes(self):
+        return 1  # a form much smaller than the values it holds
+
+    def gather(self, positions):
+        self.reads += 1
+        return self._t.gather(positions)
+
+    def add_to(self, flat_out, factor):
+        self.reads += 1
+        self._t.add_to(flat_out, factor)
+
+    def sq_norm(self):
+        return self._t.sq_norm()
+
+
+def test_any_object_with_the_sparse_tensor_interface_plugs_into_compact_update():
+    sparse = decode_payload(_payload(4), reference=SHAPES, sparse=True)
+    stand_in = {k: _StandIn(v) if isinstance(v, SparseTensor) else v for k, v in sparse.items()}
+    a, b = CompactUpdate(sparse), CompactUpdate(stand_in)
+    assert b.nbytes < a.nbytes
+    for k, s in SHAPES.items():
+        np.testing.assert_array_equal(a[k], b[k])
+        pos = np.arange(0, int(np.prod(s)), 5)
+        np.testing.assert_array_equal(a.gather(k, pos), b.gather(k, pos))
+    assert a.norm() == b.norm() and b.is_finite()
+    np.testing.assert_array_equal(weighted_sum([a], [0.5])["w"], weighted_sum([b], [0.5])["w"])
+    assert stand_in["w"].reads >= 3  # read through its own methods, never densified at intake
+
+
+def test_sparse_tensor_methods():
+    t = SparseTensor((2, 5), np.array([1, 4, 9], np.int64), np.array([1.0, -2.0, 3.0], np.float32))
+    np.testing.assert_array_equal(t.gather(np.array([0, 1, 4, 8, 9])), [0.0, 1.0, -2.0, 0.0, 3.0])
+    out = np.ones(10, np.float32)
+    t.add_to(out, 2.0)
+    np.testing.assert_array_equal(out, 1 + 2 * t.to_dense().reshape(-1))
+    assert t.sq_norm() == 14.0 and t.nbytes == 36
+    empty = SparseTensor((3,), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    assert empty.gather(np.array([0, 2])).tolist() == [0.0, 0.0] and empty.sq_norm() == 0.0

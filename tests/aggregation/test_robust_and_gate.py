@@ -1,7 +1,9 @@
 import copy
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from fedsegnet.aggregation import (
     aggregate_mean,
@@ -9,7 +11,9 @@ from fedsegnet.aggregation import (
     aggregate_trimmed_mean,
     gate_updates,
     update_norm,
+    weighted_sum,
 )
+from fedsegnet.aggregation.robust import coordinate_centre
 
 
 def _updates(k=5, seed=0):
@@ -87,3 +91,28 @@ def test_norm_rule_needs_three_updates():
     ups[1] = {k: v * 100 for k, v in ups[1].items()}
     d = gate_updates({"a": ups[0], "b": ups[1]}, {"w": (4, 3), "b": (3,)})
     assert d["a"].accepted and d["b"].accepted
+
+
+def test_weighted_sum():
+    ups = _updates(2)
+    out = weighted_sum(ups, [0.25, 2.0])
+    for k in ups[0]:
+        np.testing.assert_allclose(out[k], 0.25 * ups[0][k] + 2.0 * ups[1][k], rtol=1e-6)
+    with pytest.raises(ValueError, match="factors"):
+        weighted_sum(ups, [1.0])
+    assert math.isfinite(update_norm(out))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_coordinate_centre_matches_numpy(k):
+    stacked = torch.from_numpy(np.random.default_rng(k).normal(size=(k, 7, 3)))
+    np.testing.assert_allclose(coordinate_centre(stacked, "median").numpy(), np.median(stacked.numpy(), axis=0))
+    cut = int(0.25 * k)
+    ordered = np.sort(stacked.numpy(), axis=0)[cut : k - cut]
+    np.testing.assert_allclose(coordinate_centre(stacked, "trimmed_mean", 0.25).numpy(), ordered.mean(axis=0))
+
+
+@pytest.mark.parametrize("bad", [{"centre": "mean"}, {"beta": 0.5}])
+def test_coordinate_centre_refuses_bad_arguments(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        coordinate_centre(torch.zeros(3, 2), **{"centre": "trimmed_mean", "beta": 0.1, **bad})

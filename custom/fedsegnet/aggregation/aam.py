@@ -15,17 +15,15 @@ Signals (``x_med`` is the median of ``x`` over the round's accepted sites):
 * **performance** ``p_i``: Dice of the site's local model (after its training) on its own
   validation split, smoothed like ``q_i``; its gain over the received global model is recorded. A site
   whose own model cannot fit its own validation labels holds labels that contradict each other.
-* **divergence**, computed here from the updates themselves: cosine distance ``c_i`` of the
-  update to a robust centre of the *other* sites' updates (leave-one-out coordinate-wise trimmed
-  mean or median; its similarity ``g_i = 1 - c_i`` enters the score: an update of random direction
-  is near-orthogonal to every other update, while honest updates correlate with each other), and
-  the norm ratio ``r_i = ||u_i|| / rho`` to the round's reference norm ``rho``
-  (:func:`~fedsegnet.aggregation.gate.reference_norm`: the median norm with 3 or more sites, the
-  smaller one with 2, clamped around the history of earlier rounds' reference norms, which is kept
-  in the state). The similarity enters as ``g_i / g_med`` (relative to the round's median),
-  smoothed like ``q_i`` over the rounds where it is informative: 3 or more sites and a median
-  similarity of at least ``min_similarity``. Late in training, sparse updates of different sites
-  barely overlap (similarities near 0 for everyone); the value from the earlier rounds is kept.
+* **divergence**, measured by the server on the update itself (:mod:`.divergence`): the cosine
+  distance ``c_i`` of the update to a robust centre of the *other* sites' updates (its similarity
+  ``g_i = 1 - c_i`` enters the score) and the norm ratio ``r_i = ||u_i|| / rho`` to the round's
+  reference norm ``rho`` (:func:`~fedsegnet.aggregation.gate.reference_norm`, clamped around the
+  history of earlier rounds' reference norms, which is kept in the state). The similarity enters
+  as ``g_i / g_med`` (relative to the round's median), smoothed like ``q_i`` over the rounds where
+  it is informative: 3 or more sites and a median similarity of at least ``min_similarity``. Late
+  in training, sparse updates of different sites barely overlap (similarities near 0 for
+  everyone); the value from the earlier rounds is kept.
 
 Score and weight (``relu(x) = max(x, 0)``; only a site that falls clearly behind the others loses weight)::
 
@@ -34,11 +32,10 @@ Score and weight (``relu(x) = max(x, 0)``; only a site that falls clearly behind
     w_i ∝ kappa_i * n_i * exp(s_i / T)
 
 with ``n_i`` the site's training-case count (clamped to ``[1, max_cases]`` and to
-``peer_cases_ratio`` times the lower median of the other sites' counts) and ``T`` the temperature.
-The prior shares ``kappa_i * n_i`` (what a site reports) are bounded to at most ``cap`` first, the
-weights after the scores to at least ``floor``, and normalised (mass above the cap or below the
-floor is moved between the other sites in proportion to their weights): the cap limits what
-reporting buys, never how far a measured penalty can take a weight down. The penalties are one-sided and start beyond a tolerance
+``peer_cases_ratio`` times the lower median of the other sites' counts: :mod:`.reports`) and ``T``
+the temperature. The prior shares ``kappa_i * n_i`` (what a site reports) are bounded to at most
+``cap`` first, the weights after the scores to at least ``floor`` (:mod:`.weights`): the cap limits
+what reporting buys, never how far a measured penalty can take a weight down. The penalties are one-sided and start beyond a tolerance
 (``m`` and ``m_c`` as shares of the median, so that intrinsically harder data, where every Dice is
 lower, and sparse updates, whose similarities are all low, are judged on their own scale; ``m_r``
 as a norm ratio, applied upward only: a larger update never gains weight, and a smaller one is not
@@ -54,9 +51,7 @@ update would set it) and in a round where one update arrives alone (``rho`` is t
 history).
 
 What a dishonest site can fake, and what limits it: ``n_i``, the label kind, ``q_i`` and ``p_i``
-are self-reported. They are clamped (counts to ``[1, max_cases]`` and to ``peer_cases_ratio`` x
-the lower median of the others' counts, Dice to ``[0, 1]``, unknown kinds to the lowest trust);
-quality and performance can only lower a weight (claiming more than the others gains nothing),
+are self-reported and clamped (:mod:`.reports`); quality and performance can only lower a weight (claiming more than the others gains nothing),
 and every weight is capped at ``cap``: overclaiming cases buys at most ``peer_cases_ratio`` times
 an ordinary site's prior. Quality and performance are ignored while their median is below ``min_signal`` (an
 untrained global model makes them noise). The divergence terms are
@@ -65,314 +60,32 @@ others in direction is down-weighted, one larger than the others is scaled to th
 or dropped by the gate, whatever the site reports. An attacker who sends updates close to the robust
 centre can only move the model a little per round, which is the limit any robust rule has.
 
-All functions are deterministic (no randomness), take plain mappings, and never modify their
-inputs. :class:`AdaptiveAggregation` keeps the signal history and exposes
+Everything here is deterministic (no randomness), takes plain mappings or
+:class:`~fedsegnet.aggregation.compact.CompactUpdate`, and never modifies its inputs. :class:`AdaptiveAggregation` keeps the signal history and exposes
 ``state_dict()/load_state_dict()`` so that it survives a server restart with the global model.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
-from fedsegnet.aggregation.compact import CompactUpdate
+from fedsegnet.aggregation.divergence import divergence_signals
 from fedsegnet.aggregation.gate import GateDecision, gate_updates, reference_norm
-from fedsegnet.compression import update_norm
+from fedsegnet.aggregation.reports import LABEL_KIND_TRUST, SiteReport, peer_bounded_counts
+from fedsegnet.aggregation.robust import check_centre, weighted_sum
+from fedsegnet.aggregation.weights import bounded_weights
 
 logger = logging.getLogger(__name__)
 
-LABEL_KIND_TRUST = {"voxel": 1.0, "partial": 0.7, "box": 0.5, "tag": 0.3}
-"""Prior trust per label kind; an unknown kind gets the lowest of these."""
-
-CENTRES = ("trimmed_mean", "median")
 STATE_VERSION = 2
 """Version 2 adds the history of reference norms; a version-1 state loads with an empty one."""
 
 
-@dataclass
-class SiteReport:
-    """What a site reports with its update (self-reported: clamp with :meth:`clamped`).
-
-    Args:
-        n_train: training cases. Defaults to 1.
-        label_kind: ``voxel``, ``box``, ``tag`` or ``partial``. Defaults to ``"voxel"``.
-        agreement: Dice of the received global model's predictions with the site's training
-            labels, in [0, 1]. Defaults to None (not reported).
-        val_dice_global: Dice of the received global model on the site's validation split.
-            Defaults to None.
-        val_dice_local: Dice of the site's local model after training on the same split.
-            Defaults to None.
-    """
-
-    n_train: float = 1.0
-    label_kind: str = "voxel"
-    agreement: float | None = None
-    val_dice_global: float | None = None
-    val_dice_local: float | None = None
-
-    @classmethod
-    def clamped(cls, max_cases: float = 100_000, **values) -> tuple[SiteReport, list[str]]:
-        """Build a report from raw (untrusted) values, clamped to sane ranges.
-
-        Args:
-            max_cases: upper bound of ``n_train``. Defaults to 100_000.
-            **values: the fields of :class:`SiteReport`; unknown keys are ignored.
-
-        Returns:
-            ``(report, notes)``: the clamped report and one note per value that was changed.
-        """
-        notes = []
-        n = _number(values.get("n_train"))
-        if n is None or n < 1:
-            notes.append(f"n_train={values.get('n_train')!r} -> 1")
-            n = 1.0
-        elif n > max_cases:
-            notes.append(f"n_train={n:g} -> {max_cases:g} (max_cases)")
-            n = float(max_cases)
-        kind = values.get("label_kind") or "voxel"
-        if kind not in LABEL_KIND_TRUST:
-            notes.append(f"label_kind={kind!r} unknown -> lowest trust")
-        dice = {}
-        for key in ("agreement", "val_dice_global", "val_dice_local"):
-            raw = values.get(key)
-            x = _number(raw)
-            if raw is not None and x is None:
-                notes.append(f"{key}={raw!r} not a finite number -> not used")
-            if x is not None and not 0.0 <= x <= 1.0:
-                notes.append(f"{key}={x:g} -> clamped to [0, 1]")
-                x = min(1.0, max(0.0, x))
-            dice[key] = x
-        return cls(n_train=float(n), label_kind=str(kind), **dice), notes
-
-
-def _number(x) -> float | None:
-    if isinstance(x, bool) or x is None:
-        return None
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def peer_bounded_counts(counts: Mapping[str, float], ratio: float = 2.0) -> dict[str, float]:
-    """Bound each site's (self-reported) case count by what the other sites report.
-
-    Every count is cut to at most ``ratio`` times the *lower* median of the other sites' counts
-    (with an even number of others, the smaller of the two middle values), so that one site, or
-    fewer than half of the others, cannot raise the bound that applies to them by overclaiming.
-
-    Args:
-        counts: ``{site: count}`` (already clamped to ``[1, max_cases]``); not modified.
-        ratio: the bound as a multiple of the others' lower median, >= 1; 0 turns the bound off.
-            Defaults to 2.0.
-
-    Returns:
-        ``{site: bounded count}`` in the order of ``counts``; unchanged with fewer than 2 sites.
-
-    Raises:
-        ValueError: ``ratio`` neither 0 nor >= 1.
-    """
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (ratio == 0 or ratio >= 1):
-        raise ValueError(f"ratio={ratio!r}: must be 0 (off) or >= 1")
-    if not ratio or len(counts) < 2:
-        return dict(counts)
-    out = {}
-    for site, n in counts.items():
-        others = sorted(float(v) for s, v in counts.items() if s != site)
-        out[site] = min(float(n), float(ratio) * others[(len(others) - 1) // 2])
-    return out
-
-
-# ------------------------------------------------------------------------------------------ signals
-@functools.lru_cache(maxsize=4096)
-def _sample_positions(name: str, size: int, share: float) -> np.ndarray:
-    """A fixed (seeded by the tensor name), sorted sample of flat positions of one tensor (cached: reused every round)."""
-    if share >= 1.0:
-        return np.arange(size)
-    m = max(1, int(math.ceil(size * share)))
-    rng = np.random.default_rng(zlib.crc32(name.encode("utf-8")))
-    positions = np.unique(rng.integers(0, size, size=m))  # sorted; a few repeats dropped
-    positions.setflags(write=False)
-    return positions
-
-
-def _leave_one_out_centres(stacked: torch.Tensor, centre: str, beta: float) -> list[torch.Tensor]:
-    """Per site, the robust centre of the *other* rows of ``stacked`` (K x n, K >= 2), from one sort."""
-    k = stacked.shape[0]
-    values, index = torch.sort(stacked.T.contiguous(), dim=1)  # (n, K) sorted per coordinate
-    n = values.shape[0]
-    rank = torch.empty_like(index)
-    rank.scatter_(1, index, torch.arange(k).expand(n, k).contiguous())  # rank[c, i]: position of row i
-    others = k - 1
-    out = []
-    if centre == "median":
-        m1, m2 = (others - 1) // 2, others // 2  # middle positions among the others
-        for i in range(k):
-            r = rank[:, i]
-            f1, f2 = m1 + (m1 >= r).long(), m2 + (m2 >= r).long()  # the same positions in the full sort
-            out.append((values.gather(1, f1[:, None]) + values.gather(1, f2[:, None]))[:, 0] * 0.5)
-        return out
-    cut = int(math.floor(beta * others))
-    lo_keep, hi_keep = cut, others - cut  # kept positions [lo_keep, hi_keep) among the others
-    prefix = torch.cat([torch.zeros(n, 1, dtype=values.dtype), torch.cumsum(values, dim=1)], dim=1)
-    for i in range(k):
-        r = rank[:, i]
-        inside = (r >= lo_keep) & (r <= hi_keep)  # the removed value sits in the kept span: one more from above
-        lo = torch.where(r < lo_keep, lo_keep + 1, lo_keep)
-        hi = torch.where(r <= hi_keep, hi_keep + 1, hi_keep)
-        total = prefix.gather(1, hi[:, None])[:, 0] - prefix.gather(1, lo[:, None])[:, 0]
-        total = total - torch.where(inside, values.gather(1, r[:, None])[:, 0], torch.zeros((), dtype=values.dtype))
-        out.append(total / (hi_keep - lo_keep))
-    return out
-
-
-def divergence_signals(
-    updates: Mapping[str, Mapping],
-    centre: str = "trimmed_mean",
-    beta: float = 0.25,
-    sample_size: int = 250_000,
-    reference: float | None = None,
-    leave_one_out: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Cosine distance of each update to a robust centre of the others, and its norm ratio to the reference norm.
-
-    With ``leave_one_out`` (the default) each update is compared with the centre of the *other*
-    updates: an update cannot pull its own reference towards itself (with 4 sites, Gaussian noise
-    of ordinary norm kept a similarity of 0.14-0.19 to a centre that included it, against 0.4-0.6
-    for honest updates; against the others' centre it is near 0). With 2 updates each one's centre
-    is the other one, so both get the same similarity (two sites cannot tell who points wrong).
-
-    The centre and the cosines are computed on a fixed sample of coordinates (the same positions
-    for every site and round, seeded by tensor name, about ``sample_size`` in all, spread over the
-    tensors in proportion to their sizes): a cosine over 250k coordinates estimates the full one
-    to about 0.01 even at 10% density, and the cost no longer grows with the model. Norms are exact.
-    :class:`CompactUpdate` inputs are read without densifying them.
-
-    Args:
-        updates: ``{site: {name: array}}`` with the same names and shapes; not modified.
-        centre: ``"trimmed_mean"`` (drop ``floor(beta * K)`` values at each end per coordinate)
-            or ``"median"``. Defaults to ``"trimmed_mean"``.
-        beta: trimmed share per end for ``"trimmed_mean"``, in [0, 0.5). Defaults to 0.25.
-        sample_size: coordinates used for the centre and the cosines (0 = all). Defaults to 250_000.
-        reference: the norm the ratios are taken to. Defaults to None
-            (:func:`~fedsegnet.aggregation.gate.reference_norm` of these updates, no history).
-        leave_one_out: compare each update with the centre of the others (else with the centre of
-            all, itself included). Defaults to True.
-
-    Returns:
-        ``{site: {"cos_dist": in [0, 2], "norm": float, "norm_ratio": float}}``. With one update,
-        or when the centre is zero, the cosine distance is 0.
-
-    Raises:
-        ValueError: no updates, an unknown centre or a bad ``beta``.
-    """
-    if centre not in CENTRES:
-        raise ValueError(f"centre={centre!r}: unknown (valid: {', '.join(CENTRES)})")
-    if not 0 <= beta < 0.5:
-        raise ValueError(f"beta={beta!r}: must be in [0, 0.5)")
-    sites = list(updates)
-    if not sites:
-        raise ValueError("updates: need at least one update")
-    k = len(sites)
-    first = updates[sites[0]]
-    sizes = {n: int(np.prod(np.shape(first[n]) if not isinstance(first, CompactUpdate) else first.shape(n), dtype=np.int64))
-             for n in first}  # fmt: skip
-    total = sum(sizes.values())
-    share = 1.0 if not sample_size or total <= sample_size else sample_size / total
-    dots = np.zeros(k)
-    sq = np.zeros(k)
-    centre_sq = np.zeros(k)
-    cut = int(math.floor(beta * k)) if centre == "trimmed_mean" else 0
-    for name, size in sizes.items():
-        positions = _sample_positions(name, size, share)
-        rows = []
-        for s in sites:
-            u = updates[s]
-            rows.append(u.gather(name, positions) if isinstance(u, CompactUpdate) else np.asarray(u[name], dtype=np.float32).reshape(-1)[positions])
-        stacked = torch.from_numpy(np.stack(rows)).double()
-        sq += (stacked**2).sum(dim=1).numpy()
-        if k == 1:
-            continue
-        if leave_one_out:
-            for i, c in enumerate(_leave_one_out_centres(stacked, centre, beta)):
-                dots[i] += float(stacked[i] @ c)
-                centre_sq[i] += float(c @ c)
-        else:
-            ordered = torch.sort(stacked.T.contiguous(), dim=1).values  # K values per coordinate, sorted in a row
-            c = (ordered[:, (k - 1) // 2] + ordered[:, k // 2]) * 0.5 if centre == "median" else ordered[:, cut : k - cut].mean(dim=1)
-            dots += (stacked @ c).numpy()
-            centre_sq += float(c @ c)
-    norms = np.array([u.norm() if isinstance(u, CompactUpdate) else update_norm(u) for u in (updates[s] for s in sites)])
-    sample_norms = np.sqrt(sq)
-    ref = reference_norm(norms.tolist()) if reference is None else float(reference)
-    out = {}
-    for i, s in enumerate(sites):
-        denom = sample_norms[i] * math.sqrt(centre_sq[i])
-        cos = float(dots[i] / denom) if denom > 0 and k > 1 else 1.0
-        out[s] = {
-            "cos_dist": float(min(2.0, max(0.0, 1.0 - cos))),
-            "norm": float(norms[i]),
-            "norm_ratio": float(norms[i] / ref) if ref and ref > 0 else 1.0,
-        }
-    return out
-
-
-def bounded_weights(raw: Sequence[float], floor: float = 0.0, cap: float = 1.0) -> np.ndarray:
-    """Normalise non-negative weights to sum 1 with every weight in ``[floor, cap]``.
-
-    Weights pinned at a bound stay there; the rest of the mass is shared among the others in
-    proportion to their raw weights (repeated until no bound is crossed). Bounds that cannot hold
-    for K weights are relaxed to ``floor <= 1/K <= cap``.
-
-    Args:
-        raw: K finite weights >= 0 (all zero means equal).
-        floor: lowest weight. Defaults to 0.0.
-        cap: highest weight. Defaults to 1.0.
-
-    Returns:
-        float64 array of K weights summing to 1.
-
-    Raises:
-        ValueError: empty, negative or non-finite weights, or ``floor > cap``.
-    """
-    w = np.asarray(raw, dtype=np.float64)
-    if w.ndim != 1 or w.size == 0 or not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError(f"raw={list(np.atleast_1d(w))!r}: need one or more finite weights >= 0")
-    if floor > cap:
-        raise ValueError(f"floor={floor!r} > cap={cap!r}")
-    k = w.size
-    floor, cap = min(floor, 1.0 / k), max(cap, 1.0 / k)
-    w = np.ones(k) if w.sum() <= 0 else w
-    out = np.zeros(k)
-    free = np.ones(k, dtype=bool)
-    for _ in range(2 * k + 1):  # each pass pins at least one more weight, or ends
-        mass = 1.0 - out[~free].sum()
-        total = w[free].sum()
-        out[free] = w[free] / total * mass if total > 0 else mass / free.sum()
-        high = free & (out > cap + 1e-12)
-        low = free & (out < floor - 1e-12)
-        if high.any():  # pin the largest first: the mass they give back may lift others over the floor
-            out[high] = cap
-            free &= ~high
-        elif low.any():
-            out[low] = floor
-            free &= ~low
-        else:
-            break
-        if not free.any():
-            break
-    return out / out.sum()
-
-
-# ----------------------------------------------------------------------------------- the mechanism
 @dataclass
 class _SiteState:
     quality: float | None = None  # smoothed agreement
@@ -502,8 +215,7 @@ class AdaptiveAggregation:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}={locals()[name]!r}: out of range")
-        if centre not in CENTRES:
-            raise ValueError(f"centre={centre!r}: unknown (valid: {', '.join(CENTRES)})")
+        check_centre(centre, 0.0)
         self.temperature = float(temperature)
         self.quality_coef = float(quality_coef)
         self.performance_coef = float(performance_coef)
@@ -788,31 +500,3 @@ class AdaptiveAggregation:
             self._history = self._history[-self.history :]
         return AggregationResult(combined, records, round)
 
-
-def weighted_sum(updates: Sequence[Mapping], factors: Sequence[float]) -> dict[str, np.ndarray]:
-    """``sum_i factors[i] * updates[i]`` per tensor (float32 result; inputs not modified).
-
-    :class:`CompactUpdate` inputs add only their stored values (no dense copy); others are read one
-    tensor at a time.
-
-    Args:
-        updates: K updates with the same names and shapes.
-        factors: K multipliers (not normalised here).
-
-    Returns:
-        ``{name: float32 array}``.
-    """
-    if len(updates) != len(factors) or not updates:
-        raise ValueError(f"need as many factors as updates (>0), got {len(factors)} for {len(updates)}")
-    first = updates[0]
-    out = {}
-    for name in first:
-        shape = first.shape(name) if isinstance(first, CompactUpdate) else np.shape(first[name])
-        acc = np.zeros(shape, dtype=np.float32)
-        for u, f in zip(updates, factors):
-            if isinstance(u, CompactUpdate):
-                u.add_to(name, acc, float(f))
-            else:
-                acc += np.float32(f) * np.asarray(u[name], dtype=np.float32)
-        out[name] = acc
-    return out

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsegnet.aggregation.aam import AdaptiveAggregation, SiteReport, peer_bounded_counts
+from fedsegnet.aggregation.aam import AdaptiveAggregation
 from fedsegnet.aggregation.gate import check_update, reference_shapes
+from fedsegnet.aggregation.reports import SiteReport, peer_bounded_counts
 from fedsegnet.aggregation.robust import aggregate_mean, aggregate_median, aggregate_trimmed_mean
 
 logger = logging.getLogger(__name__)
