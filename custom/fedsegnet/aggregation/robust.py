@@ -84,7 +84,7 @@ def _check(updates: Sequence[Mapping]):
 
 
 def aggregate_mean(updates: Sequence[Mapping], weights: Sequence[float] | None = None) -> dict[str, np.ndarray]:
-    """Weighted mean of updates.
+    """Weighted mean of updates: :func:`weighted_sum` with the weights normalised to sum 1.
 
     Args:
         updates: K updates with the same names and shapes.
@@ -97,10 +97,7 @@ def aggregate_mean(updates: Sequence[Mapping], weights: Sequence[float] | None =
     w = np.ones(len(updates)) if weights is None else np.asarray(weights, dtype=np.float64)
     if w.shape != (len(updates),) or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights={list(np.atleast_1d(w))!r}: need {len(updates)} finite weights >= 0, not all 0")
-    w = torch.as_tensor(w / w.sum(), dtype=torch.float32)
-    return {
-        n: torch.tensordot(w, _stack(updates, n), dims=1).numpy() for n in updates[0]
-    }
+    return weighted_sum(updates, (w / w.sum()).tolist())
 
 
 def aggregate_median(updates: Sequence[Mapping]) -> dict[str, np.ndarray]:
