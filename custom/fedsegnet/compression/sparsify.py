@@ -17,6 +17,7 @@ Two selections of the ``ratio`` share of largest-magnitude values:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -86,15 +87,13 @@ def _mask_indices(flat: torch.Tensor, threshold: float) -> torch.Tensor:
         flat = flat.detach().to(device="cpu", dtype=torch.float32)
     x = flat.detach().numpy()
     t = np.float32(threshold)
-    mask, other = np.empty(min(x.size, _CHUNK), bool), np.empty(min(x.size, _CHUNK), bool)
+    mask, mags = np.empty(min(x.size, _CHUNK), bool), np.empty(min(x.size, _CHUNK), np.float32)
     parts = []
     for start in range(0, x.size, _CHUNK):
         v = x[start : start + _CHUNK]
-        m, o = mask[: v.size], other[: v.size]
-        if threshold > 0:
-            np.greater_equal(v, t, out=m)
-            np.less_equal(v, -t, out=o)
-            m |= o
+        m = mask[: v.size]
+        if threshold > 0:  # |v| >= t: v >= t or v <= -t (NaN neither), in two passes
+            np.greater_equal(np.abs(v, out=mags[: v.size]), t, out=m)
         else:
             np.not_equal(v, 0, out=m)
         nz = np.flatnonzero(m)
@@ -110,6 +109,7 @@ def select_topk(
     selection: str = "sampled",
     sample_size: int = 100_000,
     generator: torch.Generator | None = None,
+    workers: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Positions of the largest-magnitude values to send.
 
@@ -122,6 +122,8 @@ def select_topk(
             tensors in proportion to their size for ``scope="tensor"``; each tensor draws at least
             ``64 / ratio``). Defaults to 100_000.
         generator: random source for sampling. Defaults to None.
+        workers: threads that compare the tensors with their sampled thresholds (the thresholds
+            are drawn in order first, so the result does not depend on it). Defaults to 1.
 
     Returns:
         ``{name: 1-D int64 tensor}`` of sorted positions (possibly empty for ``scope="global"``).
@@ -156,12 +158,26 @@ def select_topk(
     if scope == "tensor":
         # one sample budget for the whole update, shared in proportion to tensor size
         total = sum(f.numel() for f in flats.values())
-        return {
-            n: _mask_indices(
-                flats[n],
-                sampled_threshold([flats[n]], ratio, math.ceil(sample_size * flats[n].numel() / total), generator),
-            )
-            for n in names
-        }
-    threshold = sampled_threshold([flats[n] for n in names], ratio, sample_size, generator)
-    return {n: _mask_indices(flats[n], threshold) for n in names}
+        thresholds = [
+            sampled_threshold([flats[n]], ratio, math.ceil(sample_size * flats[n].numel() / total), generator) for n in names
+        ]
+    else:
+        thresholds = [sampled_threshold([flats[n] for n in names], ratio, sample_size, generator)] * len(names)
+    return dict(zip(names, thread_map(_mask_indices, [flats[n] for n in names], thresholds, workers=workers)))
+
+
+_PARALLEL_MIN_VALUES = 1 << 20  # below this, starting threads costs more than they save
+
+
+def workers_for(n_values: int) -> int:
+    """Threads to code ``n_values`` values on: torch's thread budget for a large update, else 1."""
+    return torch.get_num_threads() if n_values >= _PARALLEL_MIN_VALUES else 1
+
+
+def thread_map(fn, *iterables, workers: int = 1) -> list:
+    """``list(map(fn, *iterables))``, on ``workers`` threads when more than one (numpy and zlib
+    release the GIL on large arrays); results in order, the first exception in order raised."""
+    if workers <= 1:
+        return list(map(fn, *iterables))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, *iterables))
