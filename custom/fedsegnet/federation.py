@@ -164,7 +164,7 @@ def run_federation(
                 update = faulty_update(update, faults[site], seed=config.seed * 1000 + rnd)
             if codec is not None:
                 generator = torch.Generator().manual_seed(config.seed * 7919 + rnd)
-                update = decode_payload(feedback[site].compress(update, generator=generator), reference=shapes, sparse=True)
+                update = decode_payload(feedback[site].compress(update, generator=generator), reference=shapes, sparse="packed")
             received[site] = CompactUpdate(update)
             reports[site] = {
                 "n_train": trainer.n_train, "label_kind": trainer.datalist.label_kind,

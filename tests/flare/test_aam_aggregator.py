@@ -384,10 +384,12 @@ def test_the_flare_aggregator_and_the_in_process_round_give_the_same_update_and_
 
 @pytest.mark.parametrize("method", ["aam", "median"])
 def test_the_decoders_sparse_form_aggregates_to_what_the_dense_one_gives(tmp_path, method):
-    """Site payloads over the wire, decoded sparse (kept as sent) or dense: the same round, fewer bytes held."""
+    """Site payloads over the wire, decoded dense, sparse (positions and values) or packed (the records as
+    received): the same round, fewer bytes held."""
     from nvflare.fuel.utils import fobs
 
     from fedsegnet.compression.codec import SparseTensor
+    from fedsegnet.compression.packed import PackedTensor
     from fedsegnet.flare.compression import UpdateDecoder, UpdateEncoder
 
     from .test_compression_filters import _ctx as site_ctx
@@ -397,16 +399,19 @@ def test_the_decoders_sparse_form_aggregates_to_what_the_dense_one_gives(tmp_pat
         enc = UpdateEncoder(ratio=0.1, bits=4, dense_below=8)
         sent[f"site-{i}"] = fobs.dumps(enc.process(_result(_update(i)), site_ctx(_Engine(tmp_path / f"s{i}"), f"site-{i}")))
     outs, held = [], []
-    for sparse in (False, True):
+    forms = {False: np.ndarray, True: SparseTensor, "packed": PackedTensor}
+    for sparse, kind in forms.items():
         agg = AAMAggregator(method=method)
         for site, wire in sent.items():
             ctx = _server(tmp_path, agg, site)
             decoded = UpdateDecoder(sparse=sparse).process(fobs.loads(wire), ctx)
-            assert isinstance(from_shareable(decoded).data["w"], SparseTensor) is sparse
+            assert isinstance(from_shareable(decoded).data["w"], kind)
             assert agg.accept(decoded, ctx)
         held.append(sum(u.nbytes for u in agg._updates.values()))
         ctx = _server(tmp_path, agg, "site-1")
         outs.append((from_shareable(agg.aggregate(ctx)).data, _stripped(ctx.get_prop("fedsegnet.aam_record"))))
     for k in SHAPES:
         np.testing.assert_array_equal(outs[0][0][k], outs[1][0][k])
-    assert outs[0][1] == outs[1][1] and held[1] < 0.35 * sum(4 * np.prod(s) for s in SHAPES.values()) * 4
+        np.testing.assert_array_equal(outs[0][0][k], outs[2][0][k])
+    assert outs[0][1] == outs[1][1] == outs[2][1] and held[1] < 0.35 * sum(4 * np.prod(s) for s in SHAPES.values()) * 4
+    assert held[2] < 0.3 * held[1]  # the packed records: about 1 byte per sent value, not 12

@@ -41,6 +41,7 @@ from nvflare.app_common.app_constant import AppConstants
 
 from fedsegnet.aggregation import AdaptiveAggregation, CompactUpdate, ServerRound, check_personal_keys
 from fedsegnet.compression.codec import SparseTensor
+from fedsegnet.compression.packed import PackedTensor
 from fedsegnet.config import PersonalConfig, check_job_args
 from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, UpdateMeta
 
@@ -221,7 +222,7 @@ class AAMAggregator(ModelAggregator):
             if reference is None:
                 reason = "full weights sent but the server holds no global model to take the difference to"
             elif set(params) == set(reference):
-                params = {k: np.asarray(v.to_dense() if isinstance(v, SparseTensor) else v, dtype=np.float32)
+                params = {k: np.asarray(v.to_dense() if isinstance(v, (SparseTensor, PackedTensor)) else v, dtype=np.float32)
                           - np.asarray(reference[k], dtype=np.float32) for k, v in params.items()}  # fmt: skip
         elif model.params_type not in (ParamsType.DIFF, None):
             reason = f"params_type {model.params_type} (expected DIFF or FULL)"

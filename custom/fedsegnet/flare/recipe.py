@@ -248,8 +248,8 @@ class FedSegNetFedAvgRecipe(Recipe):
             job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, first_bits=down_first_bits, **codec), id="global_model_sync")
             for f in (GlobalModelEncoder(sync_id="global_model_sync"), MessageBytes(direction="down")):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_DATA)
-            # AAMAggregator keeps top-k tensors as they were sent; FLARE's weighted aggregator needs dense arrays
-            for f in (MessageBytes(direction="up"), UpdateDecoder(sparse=aggregation is not None)):
+            # AAMAggregator keeps top-k records as received (decoded when read); FLARE's weighted aggregator needs dense arrays
+            for f in (MessageBytes(direction="up"), UpdateDecoder(sparse="packed" if aggregation is not None else False)):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_RESULT)
             job.to_clients(GlobalModelDecoder(), tasks=["train"], filter_type=FilterType.TASK_DATA)
             job.to_clients(
