@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from fedsegnet.compression.index_coding import INDEX_CODINGS, PayloadError, decode_indices, encode_indices
-from fedsegnet.compression.packed import PackedTensor
 from fedsegnet.compression.quantize import QUANT_BITS, as_declared, check_bits, dequantize, quantize
 from fedsegnet.compression.sparsify import SCOPES, SELECTIONS, select_topk, thread_map, workers_for
 from fedsegnet.errors import ConfigError, check_int
@@ -524,6 +523,8 @@ def _decode_record(name: str, rec: dict, as_numpy: bool, sparse: bool | str):
             raise PayloadError(f"{name}: dense record has count {count} for {numel} values")
         flat = dequantize(rec["values"], rec["scales"], numel, rec["bits"], rec["block"], name).numpy()
     elif sparse == "packed":
+        from fedsegnet.compression.packed import PackedTensor  # packed.py reads through SparseTensor
+
         return PackedTensor(
             name, rec["shape"], rec["dtype"], count, rec["index_coding"], rec["index"], rec["bits"], rec["block"],
             rec["values"], rec["scales"],

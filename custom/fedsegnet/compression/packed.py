@@ -11,9 +11,9 @@ It keeps the decoder's contract (:mod:`fedsegnet.compression.codec`): the record
 checked in full when the tensor is made, and every bad byte raises
 :class:`~fedsegnet.compression.index_coding.PayloadError` naming the tensor there, never at a later
 read. The arrays are copied at that check, so nothing that changes the payload afterwards changes
-what is read. A read computes what :func:`~fedsegnet.compression.decode_payload` with
-``sparse=True`` returns, with the same float32 arithmetic: results are bit for bit those of the
-:class:`~fedsegnet.compression.codec.SparseTensor` path.
+what is read. A read decodes the :class:`~fedsegnet.compression.codec.SparseTensor` that
+:func:`~fedsegnet.compression.decode_payload` with ``sparse=True`` returns and asks it, so results
+are bit for bit those of the SparseTensor path.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
+from fedsegnet.compression.codec import SparseTensor
 from fedsegnet.compression.index_coding import decode_indices
 from fedsegnet.compression.quantize import as_declared, dequantize
 
@@ -57,18 +57,17 @@ class PackedTensor:
         self.name, self.shape, self.dtype = name, tuple(int(v) for v in shape), dtype
         self.count, self.index_coding, self.bits, self.block = count, index_coding, bits, block
         self._index, self._codes, self._scales = (_frozen_copy(a) for a in (index, values, scales))
-        _, vals = self._decode()  # the full check, once; raises PayloadError naming the tensor
-        with np.errstate(over="ignore"):  # float32 as CompactUpdate sums them: Inf past 3.4e38
-            self._sq_norm = float(np.dot(vals, vals))
+        decoded = self._decode()  # the full check, once; raises PayloadError naming the tensor
+        with np.errstate(over="ignore"):  # a float32 sum of squares: Inf past 3.4e38, as SparseTensor's
+            self._sq_norm = decoded.sq_norm()
 
-    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(int64 sorted positions, float32 values)``, as ``decode_payload(sparse=True)`` gives them."""
-        size = math.prod(self.shape)
-        idx = decode_indices(self.index_coding, self._index, self.count, size, self.name)
+    def _decode(self) -> SparseTensor:
+        """The tensor as ``decode_payload(sparse=True)`` gives it: sorted int64 positions, float32 values."""
+        idx = decode_indices(self.index_coding, self._index, self.count, self.size, self.name)
         vals = dequantize(self._codes, self._scales, self.count, self.bits, self.block, self.name).numpy()
         if self.dtype in ("float16", "bfloat16"):  # rounded as the dense path rounds them, then float32 (exact)
             vals = as_declared(vals, self.dtype, self.name, as_numpy=False).float().numpy()
-        return idx, vals
+        return SparseTensor(self.shape, idx, vals)
 
     @property
     def size(self) -> int:
@@ -81,42 +80,33 @@ class PackedTensor:
         return self._index.nbytes + self._codes.nbytes + self._scales.nbytes
 
     def sq_norm(self) -> float:
-        """Squared L2 norm of the sent values (``float(numpy.dot(values, values))``, computed at the check)."""
+        """Squared L2 norm of the sent values (:meth:`SparseTensor.sq_norm`, computed at the check)."""
         return self._sq_norm
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
-        """Values at flat ``positions``.
+        """Values at flat ``positions`` (:meth:`SparseTensor.gather` of the decoded tensor).
 
         Args:
-            positions: 1-D sorted integer flat positions in ``[0, size)``.
+            positions: 1-D integer flat positions in ``[0, size)``.
 
         Returns:
             1-D ``float32`` array of ``len(positions)`` values (0 where nothing was sent).
         """
-        index, values = self._decode()
-        out = np.zeros(len(positions), dtype=np.float32)
-        if index.size:
-            at = np.minimum(np.searchsorted(index, positions), index.size - 1)
-            hit = index[at] == positions
-            out[hit] = values[at[hit]]
-        return out
+        return self._decode().gather(positions)
 
     def add_to(self, flat_out: np.ndarray, factor: float) -> None:
-        """``flat_out += factor * tensor`` in place, touching only the sent positions.
+        """``flat_out += factor * tensor`` in place, touching only the sent positions
+        (:meth:`SparseTensor.add_to` of the decoded tensor).
 
         Args:
             flat_out: 1-D ``float32`` array of ``size`` values (written through).
-            factor: the weight (applied as float32 by ``torch.Tensor.index_add_``).
+            factor: the weight.
         """
-        index, values = self._decode()
-        torch.from_numpy(flat_out).index_add_(0, torch.from_numpy(index), torch.from_numpy(values), alpha=float(factor))
+        self._decode().add_to(flat_out, factor)
 
     def to_dense(self) -> np.ndarray:
         """The dense ``float32`` array of ``shape``, zeros where nothing was sent."""
-        index, values = self._decode()
-        flat = np.zeros(self.size, dtype=np.float32)
-        flat[index] = values
-        return flat.reshape(self.shape)
+        return self._decode().to_dense()
 
     def __repr__(self) -> str:
         return f"PackedTensor(shape={list(self.shape)}, count={self.count}, bits={self.bits}, nbytes={self.nbytes})"
