@@ -34,6 +34,7 @@ BAD_VALUES = [
     ("resume_from", "../x", "resume_from='../x': not a job id"),
     ("personal_keys", "head.*", "personal_keys='head.*': must be a list of name patterns"),
     ("patch_size", [32, 32], "patch_size=[32, 32]: must be an integer or 3 integers >= 4"),
+    ("drop_stragglers", "yes", "drop_stragglers='yes': must be true or false"),
 ]
 
 

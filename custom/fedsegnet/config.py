@@ -595,9 +595,10 @@ def _args(*args: JobArg) -> dict[str, JobArg]:
 JOB_ARGS: dict[str, JobArg] = _args(
     # --- the federation (server)
     JobArg("num_rounds", "int", 5, "federated rounds in all (a resumed job counts the rounds already done)", low=1),
-    JobArg("min_clients", "int", 2, "sites needed to start the job and each round", low=1),
-    JobArg("train_timeout", "int", 0, "seconds the server waits for a site's update (0 = no limit)", low=0),
-    JobArg("wait_after_min_clients", "int", 10, "seconds a round waits for more sites once min_clients updates are in", low=0),
+    JobArg("min_clients", "int", 2, "sites needed to start the job (and, with drop_stragglers, to close a round)", low=1),
+    JobArg("train_timeout", "int", 0, "seconds a round waits for the sites' updates (0 = no limit)", low=0),
+    JobArg("drop_stragglers", "bool", False, "false: each round waits for every site of the job; true: it closes wait_after_min_clients s after min_clients updates"),
+    JobArg("wait_after_min_clients", "int", 10, "with drop_stragglers: seconds a round waits for more sites once min_clients updates are in", low=0),
     JobArg("ignore_result_error", "bool", True, "a site whose update is refused is skipped; false: the round fails", null="FLARE's rule"),
     JobArg("cse_submit_timeout", "int", 600, "seconds cross-site evaluation waits for a site's model", low=1),
     JobArg("cse_validation_timeout", "int", 6000, "seconds cross-site evaluation waits for a site's scores", low=1),

@@ -55,7 +55,8 @@ class FedSegNetFedAvgRecipe(Recipe):
     Args:
         name: job name. Defaults to ``"fedavg"``.
         num_rounds: federated rounds. Defaults to 5.
-        min_clients: sites needed per round. Defaults to 2.
+        min_clients: sites needed to start the job (and, with ``drop_stragglers``, to close a round).
+            Defaults to 2.
         num_classes: classes including background. Defaults to None (the preset's: 3 for the
             generic presets; a dataset preset fixes it).
         in_channels: image channels. Defaults to None (the preset's: 1 for the generic presets).
@@ -93,8 +94,11 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_cap: highest AAM weight. Defaults to 0.6.
         aam_peer_cases_ratio: a site's case count counts at most this many times the lower median
             of the others' (0 = no peer bound). Defaults to 2.0.
-        wait_after_min_clients: seconds a round waits for the other sites once ``min_clients``
-            updates are in. Defaults to 10.
+        drop_stragglers: False: each round waits for every site of the job (up to
+            ``train_timeout``); True: a round closes ``wait_after_min_clients`` seconds after
+            ``min_clients`` updates are in, and a later update is lost. Defaults to False.
+        wait_after_min_clients: with ``drop_stragglers``: seconds a round waits for the other sites
+            once ``min_clients`` updates are in. Defaults to 10.
         cse_submit_timeout: seconds cross-site evaluation waits for a site's local model. Defaults to 600.
         cse_validation_timeout: seconds cross-site evaluation waits for a site's results. Defaults to 6000.
         resume_from: id of an interrupted job to continue (see :mod:`fedsegnet.flare.resume`); empty
@@ -139,6 +143,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         aam_floor: float = 0.02,
         aam_cap: float = 0.6,
         aam_peer_cases_ratio: float = 2.0,
+        drop_stragglers: bool = False,
         wait_after_min_clients: int = 10,
         cse_submit_timeout: int = 600,
         cse_validation_timeout: int = 6000,
@@ -167,6 +172,7 @@ class FedSegNetFedAvgRecipe(Recipe):
                 train_task_name="train",
                 train_timeout=train_timeout,
                 ignore_result_error=ignore_result_error,
+                drop_stragglers=drop_stragglers,
             ),
             id="scatter_and_gather",
         )
