@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
+from nvflare.apis.shareable import make_reply
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 from nvflare.app_common.abstract.model import make_model_learnable
 from nvflare.app_common.app_constant import AppConstants
@@ -16,9 +17,10 @@ from nvflare.apis.event_type import EventType
 
 from fedsegnet.aggregation import aggregate_mean, aggregate_median
 from fedsegnet.flare.aggregator import AAMAggregator, SharedKeysWeightedAggregator
-from fedsegnet.flare.constants import AAM_RECORD_EVENT, ROUND_RECORDS_FILE, UpdateMeta
+from fedsegnet.flare.constants import AAM_RECORD_EVENT, ERROR_HEADER, ROUND_RECORDS_FILE, UpdateMeta
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
+from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP
 
 from .test_compression_filters import _ctx, _Engine
 
@@ -415,3 +417,60 @@ def test_the_decoders_sparse_form_aggregates_to_what_the_dense_one_gives(tmp_pat
         np.testing.assert_array_equal(outs[0][0][k], outs[2][0][k])
     assert outs[0][1] == outs[1][1] == outs[2][1] and held[1] < 0.35 * sum(4 * np.prod(s) for s in SHAPES.values()) * 4
     assert held[2] < 0.3 * held[1]  # the packed records: about 1 byte per sent value, not 12
+
+
+def test_round_recorder_names_each_site_that_did_not_contribute_and_why(tmp_path, caplog):
+    agg = AAMAggregator()
+    recorder = RoundRecorder(tb_folder="")
+    ctx = _server(tmp_path, agg, "site-1", extra={"round_recorder": recorder})
+    recorder.handle_event(EventType.START_RUN, ctx)
+    recorder.handle_event(AppEventType.ROUND_STARTED, ctx)
+    bad = _update(3)
+    bad["w"][0, 0] = np.nan
+    for site, result in {"site-1": _result(_update(1)), "site-2": _result(_update(2)), "site-3": _result(bad)}.items():
+        c = _server(tmp_path, agg, site)
+        c.get_peer_context().set_prop(FLContextKey.SHAREABLE, result, private=False, sticky=False)
+        recorder.handle_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, c)
+        c.set_prop(AppConstants.AGGREGATION_ACCEPTED, agg.accept(result, c), private=True, sticky=False)
+        recorder.handle_event(AppEventType.AFTER_CONTRIBUTION_ACCEPT, c)
+    failed = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    failed.set_header(ERROR_HEADER, "site-4: labelsTr/site-4_001.nii.gz: missing")
+    c = _server(tmp_path, agg, "site-4")
+    c.set_prop(FLContextKey.TASK_RESULT, failed, private=True, sticky=False)
+    c.set_prop(FLContextKey.TASK_NAME, "train", private=True, sticky=False)
+    recorder.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, c)
+    late = {"reason": "late", "detail": "no update 10 s after 2 updates were in (drop_stragglers); it had not fetched the task"}
+    ctx.set_prop(ROUND_SITES_PROP, {"asked": [f"site-{i}" for i in range(1, 6)], "unanswered": {"site-5": late}},
+                 private=True, sticky=False)  # fmt: skip
+    recorder.handle_event(ROUND_SITES_EVENT, ctx)
+    agg.aggregate(ctx)
+    with caplog.at_level(logging.WARNING):
+        recorder.handle_event(AppEventType.ROUND_DONE, ctx)
+    record = json.loads((tmp_path / "job-1" / ROUND_RECORDS_FILE).read_text().splitlines()[-1])
+    missing = record["missing_sites"]
+    assert list(missing) == ["site-3", "site-4", "site-5"]
+    assert missing["site-3"]["reason"] == "refused" and "NaN" in missing["site-3"]["detail"]
+    assert missing["site-4"] == {"reason": "failed", "detail": "site-4: labelsTr/site-4_001.nii.gz: missing"}
+    assert missing["site-5"] == late
+    assert "round 2: site site-5 did not contribute: late (no update 10 s after 2" in caplog.text
+
+    recorder.handle_event(AppEventType.ROUND_STARTED, ctx)  # the next round starts with a clean slate
+    ctx.set_prop(ROUND_SITES_PROP, {"asked": ["site-1"], "unanswered": {}}, private=True, sticky=False)
+    recorder.handle_event(ROUND_SITES_EVENT, ctx)
+    c = _server(tmp_path, agg, "site-1")
+    c.get_peer_context().set_prop(FLContextKey.SHAREABLE, _result(_update(1)), private=False, sticky=False)
+    recorder.handle_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, c)
+    recorder.handle_event(AppEventType.ROUND_DONE, ctx)
+    assert json.loads((tmp_path / "job-1" / ROUND_RECORDS_FILE).read_text().splitlines()[-1])["missing_sites"] == {}
+
+
+def test_an_update_made_in_an_earlier_round_is_refused_as_late(tmp_path, caplog):
+    agg = AAMAggregator()
+    stale = _result(_update(1))
+    stale.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)  # the server is in round 2
+    with caplog.at_level(logging.WARNING):
+        assert not agg.accept(stale, _server(tmp_path, agg, "site-1"))
+    assert "update of site site-1 refused as late: made in round 1, the server is in round 2" in caplog.text
+    current = _result(_update(1))
+    current.add_cookie(AppConstants.CONTRIBUTION_ROUND, 2)
+    assert agg.accept(current, _server(tmp_path, agg, "site-1"))

@@ -48,7 +48,7 @@ def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
     assert [r["round"] for r in records] == [0, 1]
     assert [r["round"] for r in rounds] == [0, 1], "wait() did not report each round as it was written"
     for rec in records:
-        assert set(rec["sites"]) == {"site-1", "site-2"} and rec["missing_sites"] == []
+        assert set(rec["sites"]) == {"site-1", "site-2"} and rec["missing_sites"] == {}
         assert rec["bytes_up"] > 0 and rec["bytes_down"] > 0
         assert rec["server_rss_mb"] > 50
         for site in rec["sites"].values():

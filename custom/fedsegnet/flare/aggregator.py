@@ -190,6 +190,10 @@ class AAMAggregator(ModelAggregator):
         self.fl_ctx = fl_ctx
         peer = fl_ctx.get_peer_context()
         site = peer.get_identity_name(default="?") if peer is not None else "?"
+        made_for, current = shareable.get_cookie(AppConstants.CONTRIBUTION_ROUND), fl_ctx.get_prop(AppConstants.CURRENT_ROUND)
+        if made_for is not None and current is not None and made_for != current:  # a result FLARE let through after its round
+            self.log_warning(fl_ctx, f"update of site {site} refused as late: made in round {made_for}, the server is in round {current}")
+            return False
         try:  # not FLModelUtils.from_shareable: it refuses the float INITIAL_METRICS LearnerExecutor puts in the meta
             dxo = from_shareable(shareable)
         except Exception as e:  # a malformed contribution is refused, never raised into the workflow

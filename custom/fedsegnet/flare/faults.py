@@ -1,12 +1,16 @@
-"""Fault injection for drills and tests: a site task-result filter that breaks its own encoded update.
+"""Fault injection for drills and tests: site filters that break a site's update or slow the site down.
 
 Put :class:`CorruptPayload` after ``UpdateEncoder`` in a site's task-result filters to check, on a
 real deployment, that the server rejects a malformed update with a line naming the site and the
-reason, that the round goes on with the other sites, and that the global model stays intact.
-Never part of a production job.
+reason, that the round goes on with the other sites, and that the global model stays intact. Put
+:class:`SlowSite` in a site's task-data filters of the train task to make it a straggler (as a site
+whose volumes take longer to load) and check that a round waits for it, or, with
+``drop_stragglers``, that the round record and the report name it. Never part of a production job.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from nvflare.apis.dxo import from_shareable
@@ -14,6 +18,7 @@ from nvflare.apis.filter import Filter
 from nvflare.apis.fl_constant import ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
+from nvflare.app_common.app_constant import AppConstants
 
 from fedsegnet.compression import is_payload
 from fedsegnet.flare.constants import UpdateMeta
@@ -67,3 +72,32 @@ class CorruptPayload(Filter):
         self.log_warning(fl_ctx, f"site {site} round {rnd}: payload deliberately corrupted ({self.mode}) for a drill")
         dxo.data = p
         return dxo.update_shareable(shareable)
+
+
+class SlowSite(Filter):
+    """Hold the train task of the listed sites for ``seconds`` before the site starts on it.
+
+    Args:
+        sites: site names that are slow. Defaults to None (every site).
+        rounds: rounds in which they are. Defaults to None (every round).
+        seconds: how long each listed task is held, > 0. Defaults to 10.0.
+
+    Raises:
+        ValueError: ``seconds`` is not a positive number.
+    """
+
+    def __init__(self, sites: list[str] | None = None, rounds: list[int] | None = None, seconds: float = 10.0):
+        super().__init__()
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise ValueError(f"seconds={seconds!r}: must be a number > 0")
+        self.sites = sites
+        self.rounds = rounds
+        self.seconds = seconds
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        site = fl_ctx.get_identity_name()
+        rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
+        if (self.sites is None or site in self.sites) and (self.rounds is None or rnd in self.rounds):
+            self.log_warning(fl_ctx, f"site {site} round {rnd}: held for {self.seconds:g} s for a drill (SlowSite)")
+            time.sleep(self.seconds)
+        return shareable

@@ -20,9 +20,14 @@ TensorBoard gets ``aam_weight/<site>``, ``aam_quality/<site>``, ``aam_cos_dist/<
 
 Every record also holds the resident memory (MiB) of the server's job process and of its parent
 (``server_rss_mb``, ``server_parent_rss_mb``) and, per site, of the site's job and parent processes
-(``rss_mb``, ``parent_rss_mb``, sent in the update meta), so a leak shows in a long run. A site of
-the job that sent no update in a round is listed in ``missing_sites`` and named in a warning; the
-round goes on when ``min_clients`` allows.
+(``rss_mb``, ``parent_rss_mb``, sent in the update meta), so a leak shows in a long run.
+
+A site the round's train task went to (``ResumableScatterAndGather`` says which, see
+:data:`~fedsegnet.flare.workflow.ROUND_SITES_EVENT`; else every site of the job) that did not
+contribute is listed in ``missing_sites`` as ``{site: {"reason", "detail"}}``, the reason one of
+:data:`~fedsegnet.flare.workflow.MISSED_REASONS` (no result when the round closed: ``late``,
+``timeout``, ``dead``; an error reply: ``failed``; an update the aggregator or its gate refused:
+``refused``), and named in a warning with the last round it contributed to.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 
 from nvflare.apis.dxo import from_shareable
 from nvflare.apis.event_type import EventType
-from nvflare.apis.fl_constant import FLContextKey
+from nvflare.apis.fl_constant import FLContextKey, ReturnCode
 from nvflare.apis.fl_context import FLContext
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
@@ -50,6 +55,7 @@ from fedsegnet.flare.constants import (
     BytesProp,
     UpdateMeta,
 )
+from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP
 from fedsegnet.memory import job_and_parent_rss_mb
 
 
@@ -83,16 +89,23 @@ class RoundRecorder(Widget):
         self._bytes_lock = threading.Lock()
         self._aggregation = None  # the aggregator's record of the current round
         self._last_seen = {}  # site -> last round it contributed to
+        self._round_sites = None  # the workflow's {"asked", "unanswered"} of the current round
+        self._failed = {}  # site -> why its train result of the current round is an error reply
+        self._accepted, self._refused = set(), set()  # sites whose update of the round the aggregator took / refused
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.START_RUN:
             engine = fl_ctx.get_engine()
             self._run_dir = engine.get_workspace().get_run_dir(fl_ctx.get_job_id())
         elif event_type == AppEventType.ROUND_STARTED:
-            self._sites = {}
+            self._sites, self._failed, self._accepted, self._refused, self._round_sites = {}, {}, set(), set(), None
             self._round_start = time.time()
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._collect(fl_ctx)
+        elif event_type == AppEventType.AFTER_CONTRIBUTION_ACCEPT:
+            (self._accepted if fl_ctx.get_prop(AppConstants.AGGREGATION_ACCEPTED) else self._refused).add(_peer_site(fl_ctx))
+        elif event_type == ROUND_SITES_EVENT:
+            self._round_sites = fl_ctx.get_prop(ROUND_SITES_PROP)
         elif event_type == AppEventType.ROUND_DONE:
             self._write(fl_ctx)
         elif event_type == MESSAGE_BYTES_EVENT:
@@ -114,11 +127,15 @@ class RoundRecorder(Widget):
 
     def _check_error_reply(self, fl_ctx: FLContext):
         result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
-        message = result.get_header(ERROR_HEADER) if result is not None else None
+        if result is None:
+            return
+        site = _peer_site(fl_ctx)
+        message = result.get_header(ERROR_HEADER)
+        rc = result.get_return_code(ReturnCode.OK)
+        if rc != ReturnCode.OK and fl_ctx.get_prop(FLContextKey.TASK_NAME) == AppConstants.TASK_TRAIN:
+            self._failed[site] = message or f"error reply (return code {rc})"
         if not message:
             return
-        peer_ctx = fl_ctx.get_peer_context()
-        site = peer_ctx.get_identity_name(default="?") if peer_ctx else "?"
         if (site, message) in self._reported:
             return
         self._reported.add((site, message))
@@ -153,14 +170,13 @@ class RoundRecorder(Widget):
             for site, entry in aggregation.get("sites", {}).items():
                 self._sites.setdefault(site, {})["aggregation"] = _jsonable(entry)
         sites = dict(sorted(self._sites.items()))
-        sent = {site for site, entry in sites.items() if "n_train" in entry}  # an update arrived (not only bytes)
-        self._last_seen.update(dict.fromkeys(sent, rnd))
-        missing = sorted(set(self._job_sites(fl_ctx)) - sent)
-        for site in missing:
+        missing = self._missing(fl_ctx, sites)
+        self._last_seen.update(dict.fromkeys((s for s in sites if "n_train" in sites[s] and s not in missing), rnd))
+        for site, why in missing.items():
             last = self._last_seen.get(site)
             self.log_warning(
-                fl_ctx, f"round {rnd}: no update from site {site} (last update in round "
-                f"{'none' if last is None else last}); the round goes on without it", fire_event=False,
+                fl_ctx, f"round {rnd}: site {site} did not contribute: {why['reason']} ({why['detail']}); last "
+                f"contribution in round {'none' if last is None else last}; the round goes on without it", fire_event=False,
             )  # fmt: skip
         memory = job_and_parent_rss_mb()
         record = {
@@ -202,6 +218,25 @@ class RoundRecorder(Widget):
             fire_event=False,
         )
 
+    def _missing(self, fl_ctx: FLContext, sites: dict) -> dict[str, dict]:
+        """``{site: {"reason", "detail"}}`` of the sites asked this round whose update is not in the aggregate."""
+        round_sites = self._round_sites or {}
+        asked = round_sites.get("asked") or self._job_sites(fl_ctx)
+        unanswered = round_sites.get("unanswered") or {}
+        missing = {}
+        for site in sorted(asked):
+            entry = sites.get(site, {})
+            decision = entry.get("aggregation") or {}
+            if site in unanswered:
+                missing[site] = dict(unanswered[site])
+            elif site in self._failed:
+                missing[site] = {"reason": "failed", "detail": self._failed[site]}
+            elif (site in self._refused and site not in self._accepted) or (decision and not decision.get("accepted")):
+                missing[site] = {"reason": "refused", "detail": decision.get("gate") or "refused by the aggregator (see the log)"}
+            elif "n_train" not in entry:  # no workflow report (another controller): no update arrived
+                missing[site] = {"reason": "late", "detail": "no update when the round closed"}
+        return missing
+
     @staticmethod
     def _job_sites(fl_ctx: FLContext) -> list[str]:
         try:
@@ -231,6 +266,11 @@ class RoundRecorder(Widget):
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"aam_{key}/{site}", value, global_step=record["round"])
         self._tb.flush()
+
+
+def _peer_site(fl_ctx: FLContext) -> str:
+    peer_ctx = fl_ctx.get_peer_context()
+    return peer_ctx.get_identity_name(default="?") if peer_ctx else "?"
 
 
 def _jsonable(entry: dict) -> dict:
