@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 RECORDS = "fedsegnet_rounds.jsonl"  # = fedsegnet.flare.constants.ROUND_RECORDS_FILE (core code does not import flare/)
 CROSS_SITE = "cross_val_results.json"
 MODEL = "FL_global_model.pt"
+MISSED_ROUNDS_NAMED = 2
+"""A site that missed more than this many rounds is named in the report and the demo's output."""
 
 
 def shallowest_file(root: str | Path, name: str) -> Path | None:
@@ -99,8 +101,47 @@ def series(records: list[dict]) -> dict:
         "rss_mb": per_site("rss_mb"),
         "server_rss_mb": [r.get("server_rss_mb") for r in records],
         "errors": [dict(e, round=r["round"]) for r in records for e in r.get("errors", [])],
-        "missing_sites": {r["round"]: r["missing_sites"] for r in records if r.get("missing_sites")},
+        "missing_sites": {r["round"]: missing_sites(r) for r in records if r.get("missing_sites")},
+        "missed_rounds": missed_rounds(records),
     }
+
+
+def missing_sites(record: dict) -> dict[str, dict]:
+    """``{site: {"reason", "detail"}}`` of the sites a round record says did not contribute.
+
+    Records written before the reasons were kept list the names only; their reason is None.
+    """
+    missing = record.get("missing_sites") or {}
+    if isinstance(missing, dict):
+        return missing
+    return {site: {"reason": None, "detail": "no update"} for site in missing}
+
+
+def missed_rounds(records: list[dict], more_than: int = MISSED_ROUNDS_NAMED) -> dict[str, dict]:
+    """The sites that did not contribute to more than ``more_than`` of the recorded rounds.
+
+    Args:
+        records: round records (:func:`read_records`).
+        more_than: name a site that missed more rounds than this. Defaults to :data:`MISSED_ROUNDS_NAMED`.
+
+    Returns:
+        ``{site: {"missed": n, "rounds": number of records, "reasons": {reason: n}, "text": one line}}``,
+        by site name; the line reads e.g. ``site-3 missed 4 of 5 rounds (late 4)``.
+    """
+    counts: dict[str, dict] = {}
+    for record in records:
+        for site, why in missing_sites(record).items():
+            entry = counts.setdefault(site, {"missed": 0, "reasons": {}})
+            entry["missed"] += 1
+            reason = why.get("reason") or "no update"
+            entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+    out = {}
+    for site, entry in sorted(counts.items()):
+        if entry["missed"] > more_than:
+            reasons = ", ".join(f"{k} {n}" for k, n in sorted(entry["reasons"].items()))
+            text = f"{site} missed {entry['missed']} of {len(records)} rounds ({reasons})"
+            out[site] = {**entry, "rounds": len(records), "text": text}
+    return out
 
 
 def _has(values) -> bool:
@@ -327,6 +368,11 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
         f"<p>Run: <code>{html.escape(str(paths['records'].parent))}</code>; {len(s['rounds'])} round(s), "
         f"sites: {html.escape(', '.join(s['sites']))}.</p>",
     ]
+    if s["missed_rounds"]:
+        parts.append(f"<p><b>Sites that missed more than {MISSED_ROUNDS_NAMED} rounds</b> (their data did not "
+                     "reach the global model in those rounds):</p><ul>")  # fmt: skip
+        parts += [f"<li>{html.escape(m['text'])}</li>" for m in s["missed_rounds"].values()]
+        parts.append("</ul>")
     rows = []
     final = {site: {k: s[k][site][-1] for k in ("site_val_dice_global", "site_val_dice_local", "bytes_up", "aam_weight")} for site in s["sites"]}
     for site, v in final.items():
@@ -355,7 +401,9 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
     if s["errors"] or s["missing_sites"]:
         parts.append("<h2>Site errors and missing updates</h2><ul>")
         parts += [f"<li>round {e['round']}: {html.escape(str(e.get('site')))}: {html.escape(str(e.get('message')))}</li>" for e in s["errors"]]
-        parts += [f"<li>round {r}: no update from {html.escape(', '.join(m))}</li>" for r, m in s["missing_sites"].items()]
+        parts += [f"<li>round {r}: no contribution from {html.escape(site)}"
+                  f"{html.escape(': ' + why['reason'] if why.get('reason') else '')} ({html.escape(str(why.get('detail')))})</li>"
+                  for r, missing in s["missing_sites"].items() for site, why in missing.items()]  # fmt: skip
         parts.append("</ul>")
     parts.append("</body></html>")
     (out / "index.html").write_text("\n".join(parts))

@@ -73,6 +73,7 @@ def _cmd_demo(args) -> int:
     from fedsegnet.data.synth import synthesize
     from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, wait_with_progress
     from fedsegnet.outputs import claim_dir
+    from fedsegnet.report import MISSED_ROUNDS_NAMED, missed_rounds, missing_sites
     from fedsegnet.training.evaluate_file import evaluate_model_file
 
     t0 = time.perf_counter()
@@ -94,6 +95,8 @@ def _cmd_demo(args) -> int:
     def on_round(rec):
         for line in round_lines(rec, args.rounds):
             print(line, flush=True)
+        for site, why in missing_sites(rec).items():
+            print(f"      no contribution from {site}: {why.get('reason')} ({why.get('detail')})", flush=True)
 
     with SimulatorRun(job, ws, args.sites, args.sites, data_root=data) as run:
         rc = wait_with_progress(run, res, timeout=args.timeout, on_round=on_round)
@@ -109,7 +112,12 @@ def _cmd_demo(args) -> int:
     if cross:
         _print_cross_site(cross)
     total = time.perf_counter() - t0
+    records = res.read_records()
+    missed = missed_rounds(records)
     print()
+    for entry in missed.values():
+        print(f"WARNING: {entry['text']}: its data did not reach the global model in those rounds "
+              f"(more than {MISSED_ROUNDS_NAMED}; see {res.records})")  # fmt: skip
     print(f"held-out mean Dice {fmt(summary['dice_mean'])}, mean HD95 {fmt(summary['hd95_mean'], 2)} mm")
     print(f"time: {total:.0f} s in all ({t_fl:.0f} s data + federated training)")
     print(f"global model:  {res.global_model}")
@@ -117,6 +125,6 @@ def _cmd_demo(args) -> int:
     print(f"per-round log: {res.records}")
     print(f"TensorBoard:   tensorboard --logdir {res.tb_dir}")
     (work / "demo_result.json").write_text(
-        json.dumps({"seconds": total, "test": summary, "rounds": res.read_records()}, indent=2)
+        json.dumps({"seconds": total, "test": summary, "rounds": records, "missed_rounds": missed}, indent=2)
     )
     return 0
