@@ -24,7 +24,20 @@ from fedsegnet.compression import is_payload
 from fedsegnet.flare.constants import UpdateMeta
 
 
-class CorruptPayload(Filter):
+class _SiteRoundFault(Filter):
+    """A fault that hits the listed sites in the listed rounds (None: every site, every round)."""
+
+    def __init__(self, sites: list[str] | None = None, rounds: list[int] | None = None):
+        super().__init__()
+        self.sites = sites
+        self.rounds = rounds
+
+    def applies(self, site: str, rnd) -> bool:
+        """Whether the fault hits ``site`` in round ``rnd``."""
+        return (self.sites is None or site in self.sites) and (self.rounds is None or rnd in self.rounds)
+
+
+class CorruptPayload(_SiteRoundFault):
     """Break the payload of the listed sites in the listed rounds.
 
     Args:
@@ -38,11 +51,9 @@ class CorruptPayload(Filter):
     MODES = ("truncate", "nan", "shape", "version", "index")
 
     def __init__(self, sites: list[str] | None = None, rounds: list[int] | None = None, mode: str = "truncate"):
-        super().__init__()
+        super().__init__(sites, rounds)
         if mode not in self.MODES:
             raise ValueError(f"mode={mode!r}: unknown (valid: {', '.join(self.MODES)})")
-        self.sites = sites
-        self.rounds = rounds
         self.mode = mode
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
@@ -51,7 +62,7 @@ class CorruptPayload(Filter):
             return shareable
         dxo = from_shareable(shareable)
         rnd = dxo.get_meta_prop(UpdateMeta.ROUND)
-        if (self.sites is not None and site not in self.sites) or (self.rounds is not None and rnd not in self.rounds):
+        if not self.applies(site, rnd):
             return shareable
         if not is_payload(dxo.data):
             return shareable
@@ -74,7 +85,7 @@ class CorruptPayload(Filter):
         return dxo.update_shareable(shareable)
 
 
-class SlowSite(Filter):
+class SlowSite(_SiteRoundFault):
     """Hold the train task of the listed sites for ``seconds`` before the site starts on it.
 
     Args:
@@ -87,17 +98,15 @@ class SlowSite(Filter):
     """
 
     def __init__(self, sites: list[str] | None = None, rounds: list[int] | None = None, seconds: float = 10.0):
-        super().__init__()
+        super().__init__(sites, rounds)
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
             raise ValueError(f"seconds={seconds!r}: must be a number > 0")
-        self.sites = sites
-        self.rounds = rounds
         self.seconds = seconds
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         site = fl_ctx.get_identity_name()
         rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
-        if (self.sites is None or site in self.sites) and (self.rounds is None or rnd in self.rounds):
+        if self.applies(site, rnd):
             self.log_warning(fl_ctx, f"site {site} round {rnd}: held for {self.seconds:g} s for a drill (SlowSite)")
             time.sleep(self.seconds)
         return shareable
