@@ -16,7 +16,7 @@ from fedsegnet.compression import (
     payload_nbytes,
     select_topk,
 )
-from fedsegnet.compression.codec import pack_payload, unpack_payload
+from fedsegnet.compression.codec import pack_payload, stored_values, unpack_payload
 from fedsegnet.errors import ConfigError
 
 
@@ -348,3 +348,50 @@ def test_mismatched_or_nonfinite_residual_is_dropped_with_a_warning(bad, caplog)
     assert "site-3" in caplog.text and "zero residual" in caplog.text
     assert all(torch.isfinite(r).all() for r in ef.residual.values())
     assert set(decode_payload(payload)) == set(_update())
+
+
+# --------------------------------------------------------------------------- payload versions
+def as_version_1(payload: dict) -> dict:
+    """The same records as a version-1 payload (8 table columns, every value stored raw)."""
+    tensors = {}
+    for name, rec in unpack_payload(payload).items():
+        count = rec["count"] if rec["mode"] == "sparse" else rec["numel"]
+        values = stored_values(rec["values"], rec["value_coding"], rec["bits"], count, name)
+        tensors[name] = {**rec, "values": values, "value_coding": "raw"}
+    return pack_payload(tensors, payload["block"], payload["codec"], version=1)
+
+
+@pytest.mark.parametrize("kwargs", SETTINGS, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_version_2_deflates_codes_and_version_1_still_decodes_to_the_same_update(kwargs):
+    update = _update(3)
+    payload, _ = SparseQuantCodec(**kwargs).encode(update, generator=torch.Generator().manual_seed(3))
+    old = as_version_1(payload)
+    assert payload["version"] == 2 and payload["table"].shape[1] == 9 and old["version"] == 1 and old["table"].shape[1] == 8
+    assert payload["values"].size <= old["values"].size
+    for sparse in (False, True, "packed"):
+        new_out, old_out = decode_payload(payload, sparse=sparse), decode_payload(old, sparse=sparse)
+        for k in update:
+            a, b = (v if isinstance(v, np.ndarray) else v.to_dense() for v in (new_out[k], old_out[k]))
+            assert a.tobytes() == b.tobytes(), (sparse, k)
+
+
+def test_top_k_codes_are_stored_deflated_when_smaller():
+    payload, _ = SparseQuantCodec(ratio=0.1, bits=4).encode(_update(0))
+    row = payload["names"].index("enc.conv.weight")
+    assert payload["table"][row, 8] == 1  # deflate
+    assert payload["table"][row, 6] < (payload["table"][row, 2] + 1) // 2  # fewer bytes than the raw codes
+
+
+def test_bad_value_coding_and_overlong_values_stream_are_refused_naming_the_tensor():
+    payload, _ = SparseQuantCodec(ratio=0.1, bits=4).encode(_update(0))
+    row = payload["names"].index("enc.conv.weight")
+    bad = copy.deepcopy(payload)
+    bad["table"][row, 8] = 5
+    with pytest.raises(PayloadError, match="enc.conv.weight: value coding code 5"):
+        decode_payload(bad)
+    bad = copy.deepcopy(payload)
+    bad["table"][row, 2] -= 2  # fewer values declared than the stream holds
+    with pytest.raises(PayloadError, match="enc.conv.weight: .*(longer than|holds|count)"):
+        decode_payload(bad, sparse="packed")
+    with pytest.raises(ValueError, match="version 1 stores values raw"):
+        pack_payload({"w": {**unpack_payload(payload)["enc.conv.weight"], "index_coding": "deflate"}}, 256, version=1)

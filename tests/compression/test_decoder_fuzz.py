@@ -2,7 +2,8 @@
 returns a finite update of bounded size or raises :class:`PayloadError`, and nothing else.
 
 Valid payloads come from the real encoder under several settings (sparse/dense, 4/8/16/32 bits,
-per-block and per-tensor scales, tensor/global scope, every index coding); each case applies one
+per-block and per-tensor scales, tensor/global scope, every index coding), each as the encoder
+writes it (version 2, codes deflated where smaller) and re-packed as version 1; each case applies one
 to three seeded mutations (flipped or replaced bytes in each array field, table entries, shapes,
 dtype codes, scales set to Inf/NaN/huge, truncated or grown arrays, dropped, added or retyped
 fields, changed names, version, format and block) and decodes the result three times: against the
@@ -31,6 +32,8 @@ import torch
 
 from fedsegnet.compression import PayloadError, SparseQuantCodec, decode_payload
 from fedsegnet.compression.packed import PackedTensor
+
+from .test_codec import as_version_1
 
 SEED = 20240611
 CASES = 600
@@ -73,7 +76,7 @@ def payloads():
     out = []
     for i, kwargs in enumerate(SETTINGS):
         payload, _ = SparseQuantCodec(dense_below=256, **kwargs).encode(MODEL, generator=torch.Generator().manual_seed(i))
-        out.append(payload)
+        out.extend([payload, as_version_1(payload)])  # what the encoder writes (version 2), and version 1
     return out
 
 
@@ -227,7 +230,7 @@ def test_every_mutated_payload_decodes_to_a_bounded_finite_update_or_raises_payl
     for case in range(CASES):
         p = copy.deepcopy(payloads[case % len(payloads)])
         done = [_mutate(p, rng) for _ in range(int(rng.integers(1, 4)))]
-        what = f"case {case} (setting {case % len(payloads)}): {'; '.join(done)}"
+        what = f"case {case} (setting {case % len(payloads)}, version {payloads[case % len(payloads)]['version']}): {'; '.join(done)}"
         for reference, values_bound, sparse in ((SHAPES, MODEL_VALUES, False), (None, MAX_VALUES, False), (SHAPES, MODEL_VALUES, "packed")):
             try:
                 out, err, peak = _decode_traced(p, reference=reference, max_values=MAX_VALUES, sparse=sparse)
@@ -249,7 +252,7 @@ def test_every_mutated_payload_decodes_to_a_bounded_finite_update_or_raises_payl
     assert outcomes["rejected"] > CASES and outcomes["decoded"] > 10, outcomes
 
 
-@pytest.mark.parametrize("setting", range(len(SETTINGS)))
+@pytest.mark.parametrize("setting", range(2 * len(SETTINGS)))
 def test_valid_payloads_decode_within_the_stated_bounds(payloads, setting):
     p = payloads[setting]
     out, err, peak = _decode_traced(p, reference=SHAPES)

@@ -144,7 +144,7 @@ def _bad_payload(case, tmp_path):
     elif case == "shape":
         p["shapes"][:5] = [8, 16, 3, 3, 3]
     elif case == "version":
-        p["version"] = 2
+        p["version"] = 3
     elif case == "nan":
         p["scales"][0] = np.nan
     elif case == "index":
@@ -166,7 +166,7 @@ def _bad_payload(case, tmp_path):
     [
         ("truncated", "field 'values' has"),
         ("shape", "differs from the model's"),
-        ("version", "unknown version 2"),
+        ("version", "unknown version 3"),
         ("nan", "NaN or Inf"),
         ("index", "out of range|holds|corrupt"),
         ("not_payload", "field 'names'"),

@@ -13,14 +13,20 @@ Payload format (version :data:`PAYLOAD_VERSION`): a few flat arrays, whatever th
 tensors, so FLARE's serializer pays its per-array overhead a fixed number of times rather than once
 per tensor field (which, for a model of many small tensors, outweighs the data at 1%)::
 
-    {"format": "fedsegnet.payload", "version": 1, "codec": {...settings...}, "block": int,
+    {"format": "fedsegnet.payload", "version": 2, "codec": {...settings...}, "block": int,
      "names":  [name, ...],                       # T tensors
-     "table":  int32[T, 8]: mode (0 sparse, 1 dense), dtype code, count (values sent),
-               index coding (0 varint, 1 bitmap, 2 raw, -1 none), bits, index bytes, value bytes, ndim,
+     "table":  int32[T, 9]: mode (0 sparse, 1 dense), dtype code, count (values sent),
+               index coding (0 varint, 1 bitmap, 2 raw, 3 deflate, -1 none), bits, index bytes,
+               value bytes, ndim, value coding (0 raw, 1 deflate),
      "shapes": int32[sum of ndims],
      "index":  uint8[...],   # every tensor's encoded positions, concatenated
-     "values": uint8[...],   # every tensor's codes (4/8 bits) or float16/float32 bytes, concatenated
+     "values": uint8[...],   # every tensor's codes (4/8 bits) or float16/float32 bytes, as stored, concatenated
      "scales": float32[...]} # every tensor's block scales, concatenated
+
+Version 2 adds the value coding: a tensor's 4/8-bit codes are stored DEFLATE-compressed (zlib,
+``Z_RLE``: Huffman codes of the code pairs) when that is smaller, as it is for top-k codes, which
+crowd into the outer quantization levels (``benchmarks/entropy_coding.py``). Version 1 (8 table
+columns, values always raw) still decodes.
 
 :func:`decode_payload` checks every field against the format (and, given reference shapes, against
 the model) and raises :class:`PayloadError` naming the tensor and the problem.
@@ -41,13 +47,23 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from fedsegnet.compression.index_coding import INDEX_CODINGS, PayloadError, decode_indices, encode_indices
+from fedsegnet.compression.index_coding import (
+    DEFLATE_MIN_BYTES,
+    INDEX_CODINGS,
+    PayloadError,
+    decode_indices,
+    deflate,
+    encode_indices,
+    inflate,
+)
 from fedsegnet.compression.quantize import QUANT_BITS, as_declared, check_bits, dequantize, quantize
 from fedsegnet.compression.sparsify import SCOPES, SELECTIONS, select_topk, thread_map, workers_for
 from fedsegnet.errors import ConfigError, check_int
 
 PAYLOAD_FORMAT = "fedsegnet.payload"
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 2
+READ_VERSIONS = (1, 2)
+"""Payload versions :func:`decode_payload` reads (the encoder writes :data:`PAYLOAD_VERSION`)."""
 MAX_PAYLOAD_VALUES = 2**28
 """Most values (over all tensors) a payload decoded without reference shapes may declare:
 268,435,456, i.e. 1 GiB as float32, four times the largest registered network (UNETR, about 92
@@ -230,13 +246,13 @@ class SparseQuantCodec:
             coding, index = encode_indices(idx, flat.numel(), self.index_coding)
             return {
                 "shape": shape, "dtype": dtype, "mode": "sparse", "count": int(idx.size), "index_coding": coding,
-                "index": index, "bits": self.bits, "block": self.block, "values": codes, "scales": scales,
+                "index": index, "bits": self.bits, "block": self.block, "scales": scales, **_stored(codes, self.bits),
             }  # fmt: skip
         codes, scales = quantize(flat, self.dense_bits, self.block, self.stochastic, generator)
         flat -= dequantize(codes, scales, flat.numel(), self.dense_bits, self.block, name)
         return {
             "shape": shape, "dtype": dtype, "mode": "dense", "count": int(flat.numel()),
-            "bits": self.dense_bits, "block": self.block, "values": codes, "scales": scales,
+            "bits": self.dense_bits, "block": self.block, "scales": scales, **_stored(codes, self.dense_bits),
         }  # fmt: skip
 
     def decode(
@@ -250,6 +266,15 @@ class SparseQuantCodec:
         return decode_payload(payload, reference=reference, as_numpy=as_numpy, max_values=max_values)
 
 
+def _stored(codes: np.ndarray, bits: int) -> dict:
+    """``values`` and ``value_coding`` of a record: 4/8-bit codes DEFLATE-compressed when that is smaller."""
+    if bits in (4, 8) and codes.size >= DEFLATE_MIN_BYTES:
+        packed = deflate(codes)
+        if packed.size < codes.size:
+            return {"values": packed, "value_coding": "deflate"}
+    return {"values": codes, "value_coding": "raw"}
+
+
 def is_payload(data) -> bool:
     """True when ``data`` looks like a FedSegNet payload (has the format marker)."""
     return isinstance(data, Mapping) and isinstance(data.get("format"), str) and data["format"] == PAYLOAD_FORMAT
@@ -257,14 +282,35 @@ def is_payload(data) -> bool:
 
 _MODES = ("sparse", "dense")
 _INT32_MAX = 2**31 - 1
-_TABLE_COLUMNS = ("mode", "dtype", "count", "index_coding", "bits", "index_bytes", "value_bytes", "ndim")
+_TABLE_COLUMNS = ("mode", "dtype", "count", "index_coding", "bits", "index_bytes", "value_bytes", "ndim", "value_coding")
+VALUE_CODINGS = ("raw", "deflate")
+_TABLE_WIDTH = {1: 8, 2: 9}  # table columns per version (version 1 has no value coding)
 
 
-def pack_payload(tensors: Mapping[str, Mapping], block: int, codec: Mapping | None = None) -> dict:
-    """Pack per-tensor records (``shape, dtype, mode, count, [index_coding, index], bits, values,
-    scales``) into the flat payload format of the module docstring."""
+def pack_payload(
+    tensors: Mapping[str, Mapping], block: int, codec: Mapping | None = None, version: int = PAYLOAD_VERSION
+) -> dict:
+    """Pack per-tensor records into the flat payload format of the module docstring.
+
+    Args:
+        tensors: ``{name: record}`` with ``shape, dtype, mode, count, [index_coding, index], bits,
+            values, scales`` and optionally ``value_coding`` (``"raw"`` by default; ``values``
+            holds the stored bytes).
+        block: values per scale.
+        codec: the codec's settings, carried in the payload. Defaults to None.
+        version: payload version to write, one of :data:`READ_VERSIONS`. Defaults to
+            :data:`PAYLOAD_VERSION`.
+
+    Returns:
+        The payload.
+
+    Raises:
+        ValueError: an unknown ``version``, a value coding version 1 cannot hold, or sizes past int32.
+    """
+    if version not in READ_VERSIONS:
+        raise ValueError(f"version={version!r}: unknown (valid: {', '.join(map(str, READ_VERSIONS))})")
     names = list(tensors)
-    table = np.zeros((len(names), len(_TABLE_COLUMNS)), dtype=np.int64)
+    table = np.zeros((len(names), _TABLE_WIDTH[version]), dtype=np.int64)
     shapes, index, values, scales = [], [], [], []
     for i, name in enumerate(names):
         rec = tensors[name]
@@ -272,19 +318,23 @@ def pack_payload(tensors: Mapping[str, Mapping], block: int, codec: Mapping | No
         idx = rec.get("index")
         idx = np.zeros(0, np.uint8) if idx is None else idx
         coding = INDEX_CODINGS.index(rec["index_coding"]) if rec["mode"] == "sparse" else -1
-        table[i] = (
+        value_coding = VALUE_CODINGS.index(rec.get("value_coding", "raw"))
+        if version == 1 and value_coding:
+            raise ValueError(f"{name}: payload version 1 stores values raw, not {rec['value_coding']!r}")
+        row = (
             _MODES.index(rec["mode"]), _DTYPES.index(rec["dtype"]), rec["count"], coding, rec["bits"],
-            idx.size, vals.size, len(rec["shape"]),
+            idx.size, vals.size, len(rec["shape"]), value_coding,
         )  # fmt: skip
+        table[i] = row[: table.shape[1]]
         shapes.extend(rec["shape"])
         index.append(idx)
         values.append(vals)
         scales.append(rec["scales"])
     if table.size and (table.max() > _INT32_MAX or max(shapes, default=0) > _INT32_MAX):
-        raise ValueError(f"a tensor is too large for payload version {PAYLOAD_VERSION} (sizes must fit in int32)")
+        raise ValueError(f"a tensor is too large for payload version {version} (sizes must fit in int32)")
     cat = lambda parts, dtype: np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)  # noqa: E731
     return {
-        "format": PAYLOAD_FORMAT, "version": PAYLOAD_VERSION, "codec": dict(codec or {}), "block": int(block),
+        "format": PAYLOAD_FORMAT, "version": int(version), "codec": dict(codec or {}), "block": int(block),
         "names": names, "table": table.astype(np.int32), "shapes": np.asarray(shapes, dtype=np.int32),
         "index": cat(index, np.uint8), "values": cat(values, np.uint8), "scales": cat(scales, np.float32),
     }  # fmt: skip
@@ -316,8 +366,11 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     if not is_payload(payload):
         raise PayloadError(f"payload: field 'format' is {_short(payload.get('format'))}, expected {PAYLOAD_FORMAT!r}")
     version = payload.get("version")
-    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version != PAYLOAD_VERSION:
-        raise PayloadError(f"payload: unknown version {_short(version)} (this FedSegNet reads version {PAYLOAD_VERSION})")
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version not in READ_VERSIONS:
+        raise PayloadError(
+            f"payload: unknown version {_short(version)} (this FedSegNet reads versions {', '.join(map(str, READ_VERSIONS))})"
+        )
+    width = _TABLE_WIDTH[int(version)]
     names = payload.get("names")
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise PayloadError("payload: field 'names' must be a list of tensor names")
@@ -327,8 +380,10 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
     if not isinstance(block, (int, np.integer)) or isinstance(block, bool) or block < 0:
         raise PayloadError(f"payload: field 'block' must be an int >= 0, got {_short(block)}")
     table = _array(payload, "table", np.int32, 2).astype(np.int64)
-    if table.shape != (len(names), len(_TABLE_COLUMNS)):
-        raise PayloadError(f"payload: field 'table' has shape {table.shape}, expected ({len(names)}, {len(_TABLE_COLUMNS)})")
+    if table.shape != (len(names), width):
+        raise PayloadError(f"payload: field 'table' has shape {table.shape}, expected ({len(names)}, {width}) in version {version}")
+    if width < len(_TABLE_COLUMNS):  # version 1: every value stored raw
+        table = np.concatenate([table, np.zeros((len(names), len(_TABLE_COLUMNS) - width), np.int64)], axis=1)
     shapes, index = _array(payload, "shapes", np.int32).astype(np.int64), _array(payload, "index", np.uint8)
     values, scales = _array(payload, "values", np.uint8), _array(payload, "scales", np.float32)
     if (table[:, [2, 5, 6, 7]] < 0).any() or (shapes < 0).any():
@@ -341,7 +396,7 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
         if arr.size != need:
             raise PayloadError(f"payload: field {field!r} has {arr.size} entries, the table declares {need} (truncated?)")
     records, o_shape, o_idx, o_val, o_scale = {}, 0, 0, 0, 0
-    for name, (mode, dtype, count, coding, bits, n_idx, n_val, ndim) in zip(names, table.tolist()):
+    for name, (mode, dtype, count, coding, bits, n_idx, n_val, ndim, value_coding) in zip(names, table.tolist()):
         if mode not in (0, 1):
             raise PayloadError(f"{name}: mode code {mode} (valid: 0 sparse, 1 dense)")
         if not 0 <= dtype < len(_DTYPES):
@@ -350,25 +405,50 @@ def unpack_payload(payload: Mapping) -> dict[str, dict]:
             raise PayloadError(f"{name}: index coding code {coding} (valid: 0..{len(INDEX_CODINGS) - 1})")
         if bits not in QUANT_BITS:
             raise PayloadError(f"{name}: value bits {bits} (valid: {', '.join(map(str, QUANT_BITS))})")
+        if not 0 <= value_coding < len(VALUE_CODINGS):
+            raise PayloadError(f"{name}: value coding code {value_coding} (valid: 0 raw, 1 deflate)")
         shape = shapes[o_shape : o_shape + ndim].tolist()
         numel = math.prod(shape)  # a Python int: no overflow, nothing allocated
         n_vals = count if mode == 0 else numel
         n_scales = 0 if bits in (16, 32) or n_vals == 0 else (1 if block == 0 else -(-n_vals // int(block)))
-        raw = values[o_val : o_val + n_val]
-        if bits in (16, 32):
-            width = bits // 8
-            if n_val % width:
-                raise PayloadError(f"{name}: {n_val} value bytes is not a whole number of float{bits} values")
-            raw = raw.view(np.float16 if bits == 16 else np.float32)
         records[name] = {
             "shape": shape, "numel": numel, "dtype": _DTYPES[dtype], "mode": _MODES[mode], "count": count,
             "index_coding": INDEX_CODINGS[coding] if mode == 0 else None, "index": index[o_idx : o_idx + n_idx],
-            "bits": bits, "block": int(block), "values": raw, "scales": scales[o_scale : o_scale + n_scales],
+            "bits": bits, "block": int(block), "values": values[o_val : o_val + n_val],
+            "value_coding": VALUE_CODINGS[value_coding], "scales": scales[o_scale : o_scale + n_scales],
         }  # fmt: skip
         o_shape, o_idx, o_val, o_scale = o_shape + ndim, o_idx + n_idx, o_val + n_val, o_scale + n_scales
     if o_scale != scales.size:
         raise PayloadError(f"payload: field 'scales' has {scales.size} entries, the tensors need {o_scale} (truncated?)")
     return records
+
+
+def stored_values(values: np.ndarray, value_coding: str, bits: int, count: int, name: str) -> np.ndarray:
+    """A record's stored value bytes as :func:`~fedsegnet.compression.quantize.dequantize` takes them.
+
+    Args:
+        values: the stored bytes (1-D ``uint8``).
+        value_coding: one of :data:`VALUE_CODINGS`.
+        bits: bits per value (4, 8: codes; 16, 32: floats).
+        count: values the record holds.
+        name: tensor name for error messages.
+
+    Returns:
+        ``uint8`` codes, or the ``float16``/``float32`` values (a view).
+
+    Raises:
+        PayloadError: a corrupt, truncated or overlong DEFLATE stream, or bytes that are not a whole
+            number of floats.
+    """
+    if value_coding == "deflate":  # never inflated past what ``count`` values take
+        need = count * bits // 8 if bits in (16, 32) else (count if bits == 8 else (count + 1) // 2)
+        values = inflate(values, need, name, "values")
+    if bits in (16, 32):
+        width = bits // 8
+        if values.size % width:
+            raise PayloadError(f"{name}: {values.size} value bytes is not a whole number of float{bits} values")
+        return values.view(np.float16 if bits == 16 else np.float32)
+    return values
 
 
 class SparseTensor:
@@ -521,17 +601,19 @@ def _decode_record(name: str, rec: dict, as_numpy: bool, sparse: bool | str):
     if rec["mode"] == "dense":
         if count != numel:
             raise PayloadError(f"{name}: dense record has count {count} for {numel} values")
-        flat = dequantize(rec["values"], rec["scales"], numel, rec["bits"], rec["block"], name).numpy()
+        values = stored_values(rec["values"], rec["value_coding"], rec["bits"], numel, name)
+        flat = dequantize(values, rec["scales"], numel, rec["bits"], rec["block"], name).numpy()
     elif sparse == "packed":
         from fedsegnet.compression.packed import PackedTensor  # packed.py reads through SparseTensor
 
         return PackedTensor(
             name, rec["shape"], rec["dtype"], count, rec["index_coding"], rec["index"], rec["bits"], rec["block"],
-            rec["values"], rec["scales"],
+            rec["values"], rec["scales"], rec["value_coding"],
         )  # fmt: skip
     else:
         idx = decode_indices(rec["index_coding"], rec["index"], count, numel, name)
-        vals = dequantize(rec["values"], rec["scales"], count, rec["bits"], rec["block"], name)
+        values = stored_values(rec["values"], rec["value_coding"], rec["bits"], count, name)
+        vals = dequantize(values, rec["scales"], count, rec["bits"], rec["block"], name)
         if sparse:  # the values rounded as the dense path rounds them, then float32 (exact)
             declared = as_declared(vals.numpy(), rec["dtype"], name, as_numpy=False)
             values = declared.float().numpy() if declared.dtype != torch.float32 else declared.numpy()

@@ -29,7 +29,7 @@ from fedsegnet.errors import FedSegNetError
 INDEX_CODINGS = ("varint", "bitmap", "raw", "deflate")
 _DEFLATE_LEVEL = 6
 _DEFLATE_STRATEGY = zlib.Z_RLE
-_DEFLATE_MIN_BYTES = 64  # below this, zlib's header costs more than it saves
+DEFLATE_MIN_BYTES = 64  # below this, zlib's header costs more than it saves
 _MAX_VARINT_BYTES = 10
 
 
@@ -152,9 +152,35 @@ def _gaps(idx: np.ndarray) -> np.ndarray:
     return gaps
 
 
-def _deflate(data: np.ndarray) -> np.ndarray:
+def deflate(data: np.ndarray) -> np.ndarray:
+    """``data`` (1-D ``uint8``) compressed with zlib's DEFLATE, strategy ``Z_RLE`` (1-D ``uint8``)."""
     z = zlib.compressobj(_DEFLATE_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, _DEFLATE_STRATEGY)
     return np.frombuffer(z.compress(data) + z.flush(), dtype=np.uint8)
+
+
+def inflate(data: np.ndarray, max_bytes: int, name: str, what: str) -> np.ndarray:
+    """Decompress a DEFLATE stream of at most ``max_bytes`` bytes, never inflating past that bound.
+
+    Args:
+        data: the stream (1-D ``uint8``).
+        max_bytes: the most bytes it may hold (a longer one, or a zip bomb, is refused one byte past it).
+        name: tensor name for error messages.
+        what: what the stream holds, for error messages (``"index"``, ``"values"``).
+
+    Returns:
+        1-D ``uint8`` array of at most ``max_bytes`` bytes.
+
+    Raises:
+        PayloadError: the stream is corrupt, truncated or longer than ``max_bytes``.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        out = np.frombuffer(inflater.decompress(data.tobytes(), max_bytes + 1), dtype=np.uint8)
+    except zlib.error as e:
+        raise PayloadError(f"{name}: deflate {what} stream is corrupt ({e})") from None
+    if not inflater.eof or inflater.unconsumed_tail or out.size > max_bytes:
+        raise PayloadError(f"{name}: deflate {what} stream is truncated or longer than the {max_bytes} bytes declared")
+    return out
 
 
 def index_nbytes(indices: np.ndarray, numel: int) -> dict[str, int]:
@@ -192,14 +218,14 @@ def encode_indices(indices: np.ndarray, numel: int, coding: str = "auto") -> tup
     if coding == "auto":
         sizes = _sizes(idx, gaps, numel)
         coding = min(sizes, key=lambda c: (sizes[c], INDEX_CODINGS.index(c)))
-        if coding == "varint" and sizes["varint"] >= _DEFLATE_MIN_BYTES:
+        if coding == "varint" and sizes["varint"] >= DEFLATE_MIN_BYTES:
             data = varint_encode(gaps)
-            packed = _deflate(data)
+            packed = deflate(data)
             return ("deflate", packed) if packed.size < data.size else ("varint", data)
     if coding == "varint":
         return coding, varint_encode(gaps)
     if coding == "deflate":
-        return coding, _deflate(varint_encode(gaps))
+        return coding, deflate(varint_encode(gaps))
     if coding == "bitmap":
         bits = np.zeros(int(numel), dtype=bool)
         bits[idx] = True
@@ -231,13 +257,7 @@ def decode_indices(coding: str, data, count: int, numel: int, name: str = "tenso
     # every gap is below numel, so a varint of this tensor takes at most this many bytes
     max_stream = count * max(1, -(-max(int(numel) - 1, 0).bit_length() // 7))
     if coding == "deflate":
-        inflater = zlib.decompressobj()
-        try:  # a larger output is not a valid stream (or a zip bomb): stop one byte past the bound
-            b = np.frombuffer(inflater.decompress(b.tobytes(), max_stream + 1), dtype=np.uint8)
-        except zlib.error as e:
-            raise PayloadError(f"{name}: deflate index stream is corrupt ({e})") from None
-        if not inflater.eof or inflater.unconsumed_tail:
-            raise PayloadError(f"{name}: deflate index stream is truncated or longer than {count} positions allow")
+        b = inflate(b, max_stream, name, "index")
         coding = "varint"
     if coding == "varint":
         gaps = varint_decode(b, count, name, max_bytes=max_stream)

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from fedsegnet.compression.codec import SparseTensor
+from fedsegnet.compression.codec import SparseTensor, stored_values
 from fedsegnet.compression.index_coding import decode_indices
 from fedsegnet.compression.quantize import as_declared, dequantize
 
@@ -41,8 +41,11 @@ class PackedTensor:
         index: the encoded positions (1-D ``uint8``).
         bits: bits per sent value (4, 8, 16, 32).
         block: values per scale (0 = one scale).
-        values: the codes (``uint8``) or floats (``float16``/``float32`` for 16/32 bits).
+        values: the stored value bytes (1-D ``uint8``: codes, or float16/float32 bytes for 16/32 bits).
         scales: the block scales (1-D ``float32``; empty for 16/32 bits).
+        value_coding: how ``values`` is stored, one of
+            :data:`~fedsegnet.compression.codec.VALUE_CODINGS` (kept so, inflated when read).
+            Defaults to ``"raw"``.
 
     Raises:
         PayloadError: any part of the record is malformed (positions out of range or not
@@ -50,12 +53,16 @@ class PackedTensor:
             that overflow the declared dtype); the message names the tensor.
     """
 
-    __slots__ = ("name", "shape", "dtype", "count", "index_coding", "bits", "block", "_index", "_codes", "_scales", "_sq_norm")
+    __slots__ = (
+        "name", "shape", "dtype", "count", "index_coding", "bits", "block", "value_coding", "_index", "_codes", "_scales",
+        "_sq_norm",
+    )  # fmt: skip
 
     def __init__(self, name: str, shape, dtype: str, count: int, index_coding: str, index, bits: int, block: int,
-                 values, scales):  # fmt: skip
+                 values, scales, value_coding: str = "raw"):  # fmt: skip
         self.name, self.shape, self.dtype = name, tuple(int(v) for v in shape), dtype
         self.count, self.index_coding, self.bits, self.block = count, index_coding, bits, block
+        self.value_coding = value_coding
         self._index, self._codes, self._scales = (_frozen_copy(a) for a in (index, values, scales))
         decoded = self._decode()  # the full check, once; raises PayloadError naming the tensor
         with np.errstate(over="ignore"):  # a float32 sum of squares: Inf past 3.4e38, as SparseTensor's
@@ -64,7 +71,8 @@ class PackedTensor:
     def _decode(self) -> SparseTensor:
         """The tensor as ``decode_payload(sparse=True)`` gives it: sorted int64 positions, float32 values."""
         idx = decode_indices(self.index_coding, self._index, self.count, self.size, self.name)
-        vals = dequantize(self._codes, self._scales, self.count, self.bits, self.block, self.name).numpy()
+        codes = stored_values(self._codes, self.value_coding, self.bits, self.count, self.name)
+        vals = dequantize(codes, self._scales, self.count, self.bits, self.block, self.name).numpy()
         if self.dtype in ("float16", "bfloat16"):  # rounded as the dense path rounds them, then float32 (exact)
             vals = as_declared(vals, self.dtype, self.name, as_numpy=False).float().numpy()
         return SparseTensor(self.shape, idx, vals)
@@ -76,7 +84,7 @@ class PackedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the encoded positions, codes and scales."""
+        """Bytes held: the encoded positions, the stored codes and the scales."""
         return self._index.nbytes + self._codes.nbytes + self._scales.nbytes
 
     def sq_norm(self) -> float:
