@@ -11,19 +11,32 @@ the memory measured is what each aggregator keeps plus what it needs to aggregat
 its positions and values (:class:`~fedsegnet.compression.codec.SparseTensor`, made before the timed
 ``accept``), so ``accept`` keeps it without a dense pass.
 
-Each (method, K) runs in a fresh process: time of all ``accept`` calls plus ``aggregate`` (making the
-updates is not timed), and the peak resident memory above the process's baseline once the model
-shapes are known (sampled every 2 ms from /proc; it includes the one update in flight, which is the
-same for every method). The ratio to FLARE's aggregator is printed side by side for each K.
+The ``_wire`` rows start from what the server receives: each site's (dense) update encoded by the
+job's encoder (:class:`~fedsegnet.compression.SparseQuantCodec` at the job default, 10% kept, 4
+bits; a first round, no residual; not timed), and the timed path is the server's: the
+``UpdateDecoder`` with the arguments the job gives it, then ``accept``, then ``aggregate``.
+``flare_intime_wire`` decodes dense (``sparse=False``, what ``FedSegNetRecipe`` gives FLARE's
+aggregator); ``aam_wire`` takes the ``UpdateDecoder`` arguments of ``jobs/fedsegnet``'s server config
+(``sparse="packed"``: the records kept as received). Their memory goal, printed beside the peak: 2
+dense copies of the model plus the bytes of the payloads received (``payload_nbytes``).
+
+Each (method, K) runs in a fresh process: time of all decoder and ``accept`` calls plus
+``aggregate`` (making and encoding the updates is not timed), and the peak resident memory above
+the process's baseline once the model shapes are known, sampled every 2 ms from /proc while the
+timed calls run (it includes the one update or payload in flight). The ratio to FLARE's aggregator
+(fed the same way: ``flare_intime`` for the aggregator-only rows, ``flare_intime_wire`` for the
+``_wire`` rows) is printed side by side for each K.
 
 Re-run:
     python benchmarks/aggregation_cost.py --sites 2,8,32 --json docs/results/aggregation_cost.json
     python benchmarks/aggregation_cost.py --sites 8 --density 1.0     # uncompressed updates
+    python benchmarks/aggregation_cost.py --methods flare_intime_wire,aam_wire   # the server's path only
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -31,7 +44,8 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("flare_intime", "aam", "aam_sparse", "median")
+METHODS = ("flare_intime", "aam", "aam_sparse", "median", "flare_intime_wire", "aam_wire")
+JOB_SERVER_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "fedsegnet" / "app" / "config" / "config_fed_server.json"
 
 
 def _rss_mb() -> float:
@@ -41,18 +55,30 @@ def _rss_mb() -> float:
 
 
 class _PeakRSS:
-    """Sample the resident memory every few milliseconds in a thread; keep the peak."""
+    """Sample the resident memory every few milliseconds in a thread while a window is open; keep the peak."""
 
     def __init__(self, interval: float = 0.002):
         import threading
 
-        self.interval, self.peak, self._stop = interval, _rss_mb(), threading.Event()
+        self.interval, self.peak, self._stop, self._open = interval, 0.0, threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
+            if self._open.is_set():
+                self.peak = max(self.peak, _rss_mb())
             self._stop.wait(self.interval)
+
+    @contextlib.contextmanager
+    def window(self):
+        """Sample while the block runs (the timed calls)."""
+        self.peak = max(self.peak, _rss_mb())
+        self._open.set()
+        try:
+            yield
+        finally:
+            self._open.clear()
+            self.peak = max(self.peak, _rss_mb())
 
     def __enter__(self):
         self._thread.start()
@@ -61,7 +87,6 @@ class _PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def _shapes(preset: str) -> dict:
@@ -86,15 +111,21 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
     from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
     from nvflare.app_common.app_constant import AppConstants
 
+    from fedsegnet.compression import SparseQuantCodec, payload_nbytes, seeded_generator
     from fedsegnet.compression.codec import SparseTensor
     from fedsegnet.flare.aggregator import AAMAggregator
-    from fedsegnet.flare.constants import UpdateMeta
+    from fedsegnet.flare.compression import UpdateDecoder
+    from fedsegnet.flare.constants import CodecMeta, UpdateMeta
 
     shapes = _shapes(preset)  # the model is built and dropped here
     n_params = sum(int(np.prod(s)) for s in shapes.values())
     global_model = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
-    agg = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF") if method == "flare_intime" else (
-        AAMAggregator(method=method.removesuffix("_sparse")))  # fmt: skip
+    base_method = method.removesuffix("_wire").removesuffix("_sparse")
+    agg = InTimeAccumulateWeightedAggregator(expected_data_kind="WEIGHT_DIFF") if base_method == "flare_intime" else (
+        AAMAggregator(method=base_method))  # fmt: skip
+    wire = method.endswith("_wire")
+    codec = SparseQuantCodec() if wire else None  # the job default: 10% kept, 4 bits
+    decoder = (UpdateDecoder(**_job_decoder_args()) if base_method != "flare_intime" else UpdateDecoder()) if wire else None
     from nvflare.apis.event_type import EventType
 
     agg.handle_event(EventType.START_RUN, FLContext())  # FLARE's aggregator sets itself up at START_RUN
@@ -112,40 +143,62 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
     base = {k: rng.standard_normal(s).astype(np.float32) * 1e-3 for k, s in shapes.items()}
     gc.collect()
     baseline = _rss_mb()
-    seconds = 0.0
+    seconds, payload_bytes = 0.0, 0
     sampler = _PeakRSS().__enter__()
     for i in range(sites):
+        site = f"site-{i + 1}"
         update = {}
         for k, b in base.items():
             v = b + rng.standard_normal(b.shape).astype(np.float32) * 5e-4
-            if density < 1:
+            if density < 1 and not wire:  # the encoder picks its own top-k
                 v[rng.random(b.shape) >= density] = 0.0
             if method.endswith("_sparse") and density < 1:  # as the sparse decoder hands it over (not timed)
                 index = np.flatnonzero(v)
                 v = SparseTensor(v.shape, index, v.reshape(-1)[index])
             update[k] = v
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 10, UpdateMeta.N_TRAIN: 10, UpdateMeta.LABEL_AGREEMENT: 0.8}
+        if wire:  # what the site's encoder sends in its first round (not timed)
+            update = codec.encode(update, generator=seeded_generator(seed, site, 1, "up"))[0]  # the residual dropped
+            payload_bytes += payload_nbytes(update)
+            meta[CodecMeta.ENCODED] = True
         shareable = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
         shareable.set_header(AppConstants.CURRENT_ROUND, 1)
         shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)
-        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: f"site-{i + 1}"})
-        c = ctx(f"site-{i + 1}")
-        t0 = time.perf_counter()
-        ok = agg.accept(shareable, c)
-        seconds += time.perf_counter() - t0
+        shareable.set_peer_props({ReservedKey.IDENTITY_NAME: site})
+        del update
+        gc.collect()
+        c = ctx(site)
+        with sampler.window():
+            t0 = time.perf_counter()
+            if decoder is not None:
+                shareable = decoder.process(shareable, c)
+            ok = agg.accept(shareable, c)
+            seconds += time.perf_counter() - t0
         if not ok:
-            raise RuntimeError(f"{method}: update of site-{i + 1} was not accepted")
-        del update, shareable
+            raise RuntimeError(f"{method}: update of {site} was not accepted")
+        del shareable
     gc.collect()
-    t0 = time.perf_counter()
-    out = agg.aggregate(ctx("server"))
-    seconds += time.perf_counter() - t0
+    with sampler.window():
+        t0 = time.perf_counter()
+        out = agg.aggregate(ctx("server"))
+        seconds += time.perf_counter() - t0
     sampler.__exit__(None, None, None)
     assert out is not None
+    update_mb = 4 * n_params / 2**20
     return {
         "method": method, "sites": sites, "density": density, "n_params": n_params, "seconds": seconds,
-        "update_mb": 4 * n_params / 2**20, "peak_mb_above_baseline": sampler.peak - baseline,
+        "update_mb": update_mb, "peak_mb_above_baseline": sampler.peak - baseline,
+        "payload_mb": payload_bytes / 2**20 if wire else None,
+        "decoder": dict(sparse=decoder.sparse) if wire else None, "codec": codec.config() if wire else None,
+        "memory_goal_mb": 2 * update_mb + payload_bytes / 2**20 if wire else None,
     }  # fmt: skip
+
+
+def _job_decoder_args() -> dict:
+    """The ``UpdateDecoder`` arguments of ``jobs/fedsegnet``'s server config."""
+    config = json.loads(JOB_SERVER_CONFIG.read_text())
+    filters = [f for group in config.get("task_result_filters", []) for f in group.get("filters", [])]
+    return next(f.get("args", {}) for f in filters if f["path"].endswith(".UpdateDecoder"))
 
 
 def main(argv=None) -> int:
@@ -177,15 +230,21 @@ def main(argv=None) -> int:
                 return 1
             row = json.loads(line[4:])
             rows.append(row)
-            print(f"{m:>13} x {k:>2} sites: {row['seconds']:7.2f} s, peak +{row['peak_mb_above_baseline']:8.0f} MB "
+            print(f"{m:>17} x {k:>2} sites: {row['seconds']:7.2f} s, peak +{row['peak_mb_above_baseline']:8.0f} MB "
                   f"({row['n_params'] / 1e6:.1f}M parameters)", flush=True)  # fmt: skip
-    print("\n| sites | method | seconds | x FLARE | peak MB above baseline | x FLARE |\n|---:|---|---:|---:|---:|---:|")
+    print(
+        "\n| sites | method | seconds | x FLARE | peak MB above baseline | x FLARE | goal MB (2 models + payloads) | peak / goal |"
+        "\n|---:|---|---:|---:|---:|---:|---:|---:|"
+    )
     for k in sites:
-        ref = next((r for r in rows if r["sites"] == k and r["method"] == "flare_intime"), None)
         for r in (r for r in rows if r["sites"] == k):
+            flare = "flare_intime_wire" if r["method"].endswith("_wire") else "flare_intime"
+            ref = next((x for x in rows if x["sites"] == k and x["method"] == flare), None)
             ts = f"{r['seconds'] / ref['seconds']:.2f}" if ref else ""
             ms = f"{r['peak_mb_above_baseline'] / max(ref['peak_mb_above_baseline'], 1):.2f}" if ref else ""
-            print(f"| {k} | {r['method']} | {r['seconds']:.2f} | {ts} | {r['peak_mb_above_baseline']:.0f} | {ms} |")
+            goal = r.get("memory_goal_mb")
+            gs = f"{goal:.0f} | {r['peak_mb_above_baseline'] / goal:.2f}" if goal else "- | -"
+            print(f"| {k} | {r['method']} | {r['seconds']:.2f} | {ts} | {r['peak_mb_above_baseline']:.0f} | {ms} | {gs} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "density": args.density, "rows": rows}, indent=1))
     return 0
