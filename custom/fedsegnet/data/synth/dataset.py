@@ -74,7 +74,7 @@ def _generate(entropy: list[int], n: int, style: dict, channels: int, host: str 
     return make_host_case(rng, n, style, channels, host)
 
 
-def _check_sizes(*, scenario, sites, cases, size, channels, test_cases, val_fraction, spacing) -> int:
+def _check_sizes(*, scenario, sites, cases, size, channels, test_cases, site_test_cases, val_fraction, spacing) -> int:
     """Check the scalar arguments of :func:`synthesize`; return the validation cases per site."""
     if not isinstance(scenario, str) or scenario not in SCENARIOS:
         raise ConfigError("scenario", scenario, "unknown scenario", options=SCENARIOS)
@@ -86,6 +86,8 @@ def _check_sizes(*, scenario, sites, cases, size, channels, test_cases, val_frac
         raise ConfigError("channels", channels, "must be >= 1")
     if int(test_cases) < 0:
         raise ConfigError("test_cases", test_cases, "must be >= 0")
+    if site_test_cases is not None and int(site_test_cases) < 0:
+        raise ConfigError("site_test_cases", site_test_cases, "must be >= 0 (or None: the scenario's default)")
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
     n_val = int(math.floor(int(cases) * float(val_fraction) + 0.5))
@@ -251,6 +253,7 @@ def synthesize(
     vary_sites: bool = True,
     label_kinds: dict | str | None = None,
     scenario: str = "default",
+    site_test_cases: int | None = None,
 ) -> dict:
     """Write synthetic sites ``out_dir/site-1 .. site-N`` and a clean test set ``out_dir/test``.
 
@@ -277,7 +280,9 @@ def synthesize(
     come from their own rng stream, show the site's host, style and orientation, and carry clean
     voxel labels (no corruption; box and tag sites get true masks here, for evaluation only, the way
     they may list voxel-labelled validation cases; a partial site keeps its annotated classes). No
-    ``out_dir/test`` folder is written in this scenario.
+    ``out_dir/test`` folder is written in this scenario. ``site_test_cases`` gives the sites of the
+    default scenario such a held-out split of their own too (their style, clean labels), next to
+    the shared test set.
 
     Args:
         out_dir: output folder (created).
@@ -308,13 +313,15 @@ def synthesize(
         scenario: one of :data:`SCENARIOS`: ``"default"`` (one organ type, a shared test set) or
             ``"organs"`` (a host type per site, per-site test sets, no shared test set).
             Defaults to ``"default"``.
+        site_test_cases: held-out cases in each site's own ``test`` split, >= 0. Defaults to None
+            (``test_cases`` in the organs scenario, 0 in the default one).
 
     Returns:
         Summary: ``{"root", "scenario", "labels", "channels", "size", "spacing", "seed", "sites":
         {site: {"dir", "host", "n_training", "n_validation", "n_test", "style", "corruptions",
         "orientation", "label_kind"}}, "test": {"dir", "n_cases"} or None}``. ``host`` is the
         site's :data:`~fedsegnet.data.synth.organs.HOSTS` type (None in the default scenario),
-        ``n_test`` its own test cases (0 in the default scenario); ``test`` is None in the organs
+        ``n_test`` its own test cases (``site_test_cases``); ``test`` is None in the organs
         scenario.
 
     Raises:
@@ -323,9 +330,10 @@ def synthesize(
     """
     n_val = _check_sizes(
         scenario=scenario, sites=sites, cases=cases, size=size, channels=channels, test_cases=test_cases,
-        val_fraction=val_fraction, spacing=spacing,
+        site_test_cases=site_test_cases, val_fraction=val_fraction, spacing=spacing,
     )  # fmt: skip
     organs = scenario == "organs"
+    own_tests = int(site_test_cases) if site_test_cases is not None else (int(test_cases) if organs else 0)
     plan = _plan_sites(
         int(sites), seed=seed, organs=organs, site_styles=site_styles, corrupt=corrupt, orientation=orientation,
         label_kinds=label_kinds, vary_sites=vary_sites,
@@ -338,7 +346,7 @@ def synthesize(
         seed=int(seed), size=n, channels=int(channels), affine=ras_affine(n, (float(spacing),) * 3),
         modality=modality(int(channels)),
     )  # fmt: skip
-    total = int(sites) * int(cases) + int(test_cases) * (int(sites) if organs else 1)
+    total = int(sites) * (int(cases) + own_tests) + (0 if organs else int(test_cases))
 
     from tqdm.auto import tqdm  # local import: only needed here
 
@@ -356,7 +364,7 @@ def synthesize(
     with tqdm(total=total, desc="synthesize", unit="case", disable=not progress) as bar:
         for site in plan:
             summary["sites"][site.name] = _write_site(
-                root, site, vol, cases=int(cases), n_val=n_val, test_cases=int(test_cases) if organs else 0, bar=bar
+                root, site, vol, cases=int(cases), n_val=n_val, test_cases=own_tests, bar=bar
             )
         if int(test_cases) > 0 and not organs:
             summary["test"] = _write_test_set(root, vol, int(test_cases), bar)
