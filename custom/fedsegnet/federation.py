@@ -7,10 +7,16 @@ feedback, the server round of the FLARE aggregator, :class:`~fedsegnet.aggregati
 ``global += update``) without FLARE's messaging; the FLARE wiring itself is exercised by the
 simulator tests. Faults (a site sending a scaled or random update) are applied to what the server
 receives, as a malicious or broken site would send them.
+
+The two baselines a federation is measured against run the same site code without a server:
+:func:`run_local` (one site trains alone, as many rounds and steps as in the federation) and
+:func:`run_centralized` (every site's training cases pooled into one site that trains for the
+federation's total number of steps).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +27,8 @@ import torch
 
 from fedsegnet.aggregation import METHODS, AdaptiveAggregation, CompactUpdate, ServerRound, update_norm
 from fedsegnet.config import PersonalConfig, TrainConfig
-from fedsegnet.data.datalist import load_datalist
+from fedsegnet.data.datalist import load_datalist, write_datalist
+from fedsegnet.errors import ConfigError
 from fedsegnet.data.transforms import build_eval_dataset
 from fedsegnet.training.evaluate import evaluate
 from fedsegnet.training.loop import state_dict_for_exchange
@@ -60,6 +67,21 @@ def faulty_update(update: Mapping, mode: str, *, factor: float = 10.0, seed: int
         else:
             out[name] = (rng.standard_normal(arr.shape) * float(arr.std())).astype(np.float32)
     return out
+
+
+def _initial_model(config: TrainConfig, in_channels: int, num_classes: int) -> tuple[torch.nn.Module, dict[str, np.ndarray]]:
+    """The model every run starts from (the network of ``config`` built under ``torch.manual_seed(config.seed)``)
+    and its weights ``{name: float32 array}`` (exchange keys)."""
+    torch.manual_seed(config.seed)
+    model = build_model_for(config, in_channels, num_classes)
+    return model, {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
+
+
+def _own_test(trainer: SiteTrainer, weights: dict) -> dict | None:
+    """``weights`` scored on every case of the site's own ``test`` split (None: the site has none)."""
+    if not trainer.datalist.evaluable("test"):
+        return None
+    return trainer.evaluate(weights=weights, split="test", max_cases=0).to_dict()
 
 
 def _test_set(test_dir: Path, config: TrainConfig):
@@ -118,14 +140,15 @@ def run_federation(
 
     Returns:
         ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float,
-        "final_weights": {name: array}, "sites_test": {site: EvalResult.to_dict()}}``: with
-        ``personal``, ``sites_test`` scores each site's personalised model (``finetune``: the final
-        global model fine-tuned there) on the site's own ``test`` split (sites without one are
-        left out);
+        "final_weights": {name: array}, "sites_test": {site: EvalResult.to_dict()}}``:
+        ``sites_test`` scores the model each site ends with (the final global model; with
+        ``personal`` the site's personalised one, ``finetune``: the final global model fine-tuned
+        there) on the site's own ``test`` split (sites without one are left out);
         a round record holds per site what the FLARE aggregator records (accepted, gate reason,
-        weight, signals for ``aam``), the training loss and the update norm.
+        weight, signals for ``aam``), the training loss, the update norm and ``bytes_up`` (the
+        encoded payload's array bytes, ``payload_nbytes``; float32 bytes without a codec).
     """
-    from fedsegnet.compression import ErrorFeedback, decode_payload
+    from fedsegnet.compression import ErrorFeedback, decode_payload, payload_nbytes
 
     if aggregation not in METHODS:
         raise ValueError(f"aggregation={aggregation!r}: unknown (valid: {', '.join(METHODS)})")
@@ -143,9 +166,7 @@ def run_federation(
     }
     first = next(iter(trainers.values()))
     num_classes, in_channels = first.num_classes, first.in_channels
-    torch.manual_seed(config.seed)
-    model = build_model_for(config, in_channels, num_classes)
-    global_weights = {k: v.numpy().copy() for k, v in state_dict_for_exchange(model).items()}
+    model, global_weights = _initial_model(config, in_channels, num_classes)
     # the keys that stay at the sites: the server's own rule (its network and the job's PersonalConfig), as in the FLARE job
     kept = personal_key_names(model, personal or PersonalConfig())
     server = ServerRound(aggregation, aam if aam is not None else AdaptiveAggregation(), trimmed_beta)
@@ -164,13 +185,17 @@ def run_federation(
                 update = faulty_update(update, faults[site], seed=config.seed * 1000 + rnd)
             if codec is not None:
                 generator = torch.Generator().manual_seed(config.seed * 7919 + rnd)
-                update = decode_payload(feedback[site].compress(update, generator=generator), reference=shapes, sparse="packed")
+                payload = feedback[site].compress(update, generator=generator)
+                bytes_up = payload_nbytes(payload)
+                update = decode_payload(payload, reference=shapes, sparse="packed")
+            else:
+                bytes_up = int(sum(np.asarray(v, dtype=np.float32).nbytes for v in update.values()))
             received[site] = CompactUpdate(update)
             reports[site] = {
                 "n_train": trainer.n_train, "label_kind": trainer.datalist.label_kind,
                 "agreement": stats.get("agreement"), "val_dice_global": val_global, "val_dice_local": val_local,
             }  # fmt: skip
-            sites_rec[site] = {"loss": stats["loss_mean"], "norm": received[site].norm(), **reports[site]}
+            sites_rec[site] = {"loss": stats["loss_mean"], "norm": received[site].norm(), "bytes_up": bytes_up, **reports[site]}
         result = server.round(received, reports, full_shapes, round=rnd, expected_personal=kept)
         combined = result.update
         for site, r in result.record["sites"].items():
@@ -199,14 +224,160 @@ def run_federation(
         )  # fmt: skip
         test = result.to_dict()
     sites_test = {}
-    if personal is not None:
-        for site, trainer in trainers.items():
-            if not trainer.datalist.evaluable("test"):
-                continue
-            if trainer.personal.method == "finetune":
-                trainer.finetune(global_weights, round=int(rounds))
-            mine = trainer.evaluate(weights=trainer.personal_weights(global_weights), split="test", max_cases=0)
-            sites_test[site] = mine.to_dict()
+    for site, trainer in trainers.items():
+        if not trainer.datalist.evaluable("test"):
+            continue
+        if trainer.personal.method == "finetune":
+            trainer.finetune(global_weights, round=int(rounds))
+        sites_test[site] = _own_test(trainer, trainer.personal_weights(global_weights))
     return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights,
             "sites_test": sites_test}  # fmt: skip
 
+
+
+def _train_alone(trainer: SiteTrainer, config: TrainConfig, rounds: int) -> tuple[dict, list[dict]]:
+    """``rounds`` rounds of ``trainer.train_round`` from the federation's initial model, each from the last one's weights."""
+    if int(rounds) < 1:
+        raise ValueError(f"rounds={rounds!r}: must be >= 1")
+    _, weights = _initial_model(config, trainer.in_channels, trainer.num_classes)
+    records = []
+    for rnd in range(int(rounds)):
+        _, stats = trainer.train_round(weights, round=rnd)
+        weights = {k: v.copy() for k, v in trainer.get_weights().items()}
+        records.append({"round": rnd, "loss": stats["loss_mean"], "steps": stats["steps"]})
+    return weights, records
+
+
+def run_local(
+    site: str, site_dir: str | Path, config: TrainConfig, *, rounds: int, device: str | None = None,
+    weak_loss: dict | None = None,
+) -> dict:  # fmt: skip
+    """Local-only training: one site alone, ``rounds`` x ``config.local_steps`` steps, no server.
+
+    The site's :class:`SiteTrainer` runs the rounds it would run in :func:`run_federation`, from the
+    same initial model, each round starting from its own weights (no aggregation, no codec).
+
+    Args:
+        site: the site's name (its per-site seed, as in the federation).
+        site_dir: folder with the site's ``dataset.json``.
+        config: the training configuration.
+        rounds: rounds, >= 1.
+        device: torch device. Defaults to None (CUDA when available).
+        weak_loss: settings of a weak-label site's loss (``SiteTrainer(weak_loss=...)``). Defaults to None.
+
+    Returns:
+        ``{"sites_test": {site: EvalResult.to_dict()} ({} without a test split), "rounds": [{"round",
+        "loss", "steps"}], "seconds": float, "final_weights": {name: array}}``.
+
+    Raises:
+        ValueError: ``rounds`` < 1.
+        DataError: the site's data fails its checks.
+    """
+    t0 = time.perf_counter()
+    trainer = SiteTrainer(Path(site_dir), config, site=site, device=device, weak_loss=weak_loss, agreement_batches=0)
+    weights, records = _train_alone(trainer, config, rounds)
+    mine = _own_test(trainer, weights)
+    return {"sites_test": {} if mine is None else {site: mine}, "rounds": records, "seconds": time.perf_counter() - t0,
+            "final_weights": weights}  # fmt: skip
+
+
+def score_on_sites(
+    weights: Mapping, site_dirs: Mapping[str, str | Path], config: TrainConfig, *, device: str | None = None
+) -> dict[str, dict]:
+    """One model scored on each site's own ``test`` split, as :func:`run_federation` scores its sites.
+
+    Args:
+        weights: the model's weights ``{name: array}``.
+        site_dirs: ``{site: folder with dataset.json}``.
+        config: the training configuration (network, preset).
+        device: torch device. Defaults to None (CUDA when available).
+
+    Returns:
+        ``{site: EvalResult.to_dict()}`` for the sites with a test split.
+
+    Raises:
+        DataError: a site's data fails its checks.
+    """
+    out = {}
+    for site, folder in site_dirs.items():
+        mine = _own_test(SiteTrainer(Path(folder), config, site=site, device=device, agreement_batches=0), dict(weights))
+        if mine is not None:
+            out[site] = mine
+    return out
+
+
+POOLED_SITE = "pooled"
+"""Site name of :func:`run_centralized`'s pooled training (its per-site seed)."""
+
+
+def pool_sites(site_dirs: Mapping[str, str | Path], pool_dir: str | Path) -> Path:
+    """Write ``pool_dir/dataset.json`` listing every site's training and validation cases (no test case).
+
+    Args:
+        site_dirs: ``{site: folder with dataset.json}``; every site must have voxel labels and the
+            first site's labels and modality.
+        pool_dir: the pooled site's folder (created); must not hold a ``dataset.json`` yet.
+
+    Returns:
+        The pooled folder.
+
+    Raises:
+        ConfigError: no site, a site with another label kind than ``voxel`` or other labels or
+            modality than the first (naming the site), or ``pool_dir`` already holds a ``dataset.json``.
+    """
+    if not site_dirs:
+        raise ConfigError("site_dirs", site_dirs, "no site to pool")
+    pool = Path(pool_dir)
+    if (pool / "dataset.json").exists():
+        raise ConfigError("pool_dir", str(pool), "already holds a dataset.json (choose an empty folder)")
+    datalists = {site: load_datalist(Path(d), site=site) for site, d in site_dirs.items()}
+    first = next(iter(datalists.values()))
+    for site, dl in datalists.items():
+        if dl.label_kind != "voxel":
+            raise ConfigError("site_dirs", site, f"label kind {dl.label_kind!r}: only voxel-labelled sites can be pooled "
+                              "into one training", options=("voxel",))  # fmt: skip
+        if dl.labels != first.labels or dl.modality != first.modality:
+            raise ConfigError("site_dirs", site, "labels or modality differ from the first site's: cannot be pooled")
+    write_datalist(
+        pool, labels=first.labels, modality=first.modality, name="pooled: " + ", ".join(datalists),
+        training=[c for dl in datalists.values() for c in dl.cases("training")],
+        validation=[c for dl in datalists.values() for c in dl.cases("validation")],
+    )  # fmt: skip
+    return pool
+
+
+def run_centralized(
+    site_dirs: Mapping[str, str | Path], config: TrainConfig, *, rounds: int, pool_dir: str | Path,
+    device: str | None = None,
+) -> dict:  # fmt: skip
+    """Centralized training: every site's training cases pooled, the federation's total steps, no server.
+
+    The pooled site (:func:`pool_sites`) trains with :class:`SiteTrainer` for ``rounds`` rounds of
+    ``config.local_steps * len(site_dirs)`` steps (as many as all sites together in
+    :func:`run_federation`), from the same initial model; the final model is scored on each site's
+    own ``test`` split (never pooled, never trained on).
+
+    Args:
+        site_dirs: ``{site: folder with dataset.json}`` (voxel labels).
+        config: the training configuration of one site in the federation.
+        rounds: rounds, >= 1.
+        pool_dir: folder for the pooled ``dataset.json`` (see :func:`pool_sites`).
+        device: torch device. Defaults to None (CUDA when available).
+
+    Returns:
+        ``{"sites_test": {site: EvalResult.to_dict()} (sites with a test split), "rounds": [{"round",
+        "loss", "steps"}], "seconds": float, "final_weights": {name: array}, "n_train": int}``.
+
+    Raises:
+        ValueError: ``rounds`` < 1.
+        ConfigError: the sites cannot be pooled (see :func:`pool_sites`).
+        DataError: a site's data fails its checks.
+    """
+    t0 = time.perf_counter()
+    pooled_config = dataclasses.replace(config, local_steps=config.local_steps * len(site_dirs))
+    trainer = SiteTrainer(pool_sites(site_dirs, pool_dir), pooled_config, site=POOLED_SITE, device=device,
+                          agreement_batches=0)  # fmt: skip
+    weights, records = _train_alone(trainer, config, rounds)
+    sites_test = score_on_sites(weights, site_dirs, config, device=device)
+    return {"sites_test": sites_test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": weights,
+            "n_train": trainer.n_train}  # fmt: skip
