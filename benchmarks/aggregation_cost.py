@@ -18,7 +18,11 @@ bits; a first round, no residual; not timed), and the timed path is the server's
 ``flare_intime_wire`` decodes dense (``sparse=False``, what ``FedSegNetRecipe`` gives FLARE's
 aggregator); ``aam_wire`` takes the ``UpdateDecoder`` arguments of ``jobs/fedsegnet``'s server config
 (``sparse="packed"``: the records kept as received). Their memory goal, printed beside the peak: 2
-dense copies of the model plus the bytes of the payloads received (``payload_nbytes``).
+dense copies of the model plus the bytes of the payloads received (``payload_nbytes``). The sites'
+encoding runs in a child process that writes each payload to a file; the measuring process reads
+one just before its timed calls (as a server deserialises a received message), so the encoder's
+freed working memory, which glibc keeps in its per-thread arenas (about 125 MB at this model
+size, more than the aggregator itself holds), is not counted as the server's.
 
 Each (method, K) runs in a fresh process: time of all decoder and ``accept`` calls plus
 ``aggregate`` (making and encoding the updates is not timed), and the peak resident memory above
@@ -38,9 +42,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import pickle
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,7 +117,7 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
     from nvflare.app_common.aggregators.intime_accumulate_model_aggregator import InTimeAccumulateWeightedAggregator
     from nvflare.app_common.app_constant import AppConstants
 
-    from fedsegnet.compression import SparseQuantCodec, payload_nbytes, seeded_generator
+    from fedsegnet.compression import SparseQuantCodec, payload_nbytes
     from fedsegnet.compression.codec import SparseTensor
     from fedsegnet.flare.aggregator import AAMAggregator
     from fedsegnet.flare.compression import UpdateDecoder
@@ -139,28 +145,35 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
         c.set_peer_context(peer)
         return c
 
-    rng = np.random.default_rng(seed)
-    base = {k: rng.standard_normal(s).astype(np.float32) * 1e-3 for k, s in shapes.items()}
+    if wire:  # the sites' payloads, encoded in a child process (not timed, not in this process's memory)
+        payload_dir = Path(tempfile.mkdtemp(prefix="aggregation_cost_"))
+        subprocess.run([sys.executable, __file__, "--encode", str(payload_dir), str(sites), "--preset", preset,
+                        "--seed", str(seed)], check=True)  # fmt: skip
+    else:
+        rng = np.random.default_rng(seed)
+        base = _site_base(shapes, rng)
     gc.collect()
     baseline = _rss_mb()
     seconds, payload_bytes = 0.0, 0
     sampler = _PeakRSS().__enter__()
     for i in range(sites):
         site = f"site-{i + 1}"
-        update = {}
-        for k, b in base.items():
-            v = b + rng.standard_normal(b.shape).astype(np.float32) * 5e-4
-            if density < 1 and not wire:  # the encoder picks its own top-k
-                v[rng.random(b.shape) >= density] = 0.0
-            if method.endswith("_sparse") and density < 1:  # as the sparse decoder hands it over (not timed)
-                index = np.flatnonzero(v)
-                v = SparseTensor(v.shape, index, v.reshape(-1)[index])
-            update[k] = v
         meta = {MetaKey.NUM_STEPS_CURRENT_ROUND: 10, UpdateMeta.N_TRAIN: 10, UpdateMeta.LABEL_AGREEMENT: 0.8}
-        if wire:  # what the site's encoder sends in its first round (not timed)
-            update = codec.encode(update, generator=seeded_generator(seed, site, 1, "up"))[0]  # the residual dropped
+        if wire:  # what the site's encoder sent in its first round, as received (not timed)
+            path = payload_dir / f"{site}.pkl"
+            update = pickle.loads(path.read_bytes())
+            path.unlink()
             payload_bytes += payload_nbytes(update)
             meta[CodecMeta.ENCODED] = True
+        else:
+            update = {}
+            for k, v in _site_update(base, rng):
+                if density < 1:
+                    v[rng.random(v.shape) >= density] = 0.0
+                if method.endswith("_sparse") and density < 1:  # as the sparse decoder hands it over (not timed)
+                    index = np.flatnonzero(v)
+                    v = SparseTensor(v.shape, index, v.reshape(-1)[index])
+                update[k] = v
         shareable = DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
         shareable.set_header(AppConstants.CURRENT_ROUND, 1)
         shareable.add_cookie(AppConstants.CONTRIBUTION_ROUND, 1)
@@ -183,6 +196,8 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
         out = agg.aggregate(ctx("server"))
         seconds += time.perf_counter() - t0
     sampler.__exit__(None, None, None)
+    if wire:
+        payload_dir.rmdir()  # made empty by the loop
     assert out is not None
     update_mb = 4 * n_params / 2**20
     return {
@@ -192,6 +207,37 @@ def worker(method: str, sites: int, density: float, preset: str, seed: int) -> d
         "decoder": dict(sparse=decoder.sparse) if wire else None, "codec": codec.config() if wire else None,
         "memory_goal_mb": 2 * update_mb + payload_bytes / 2**20 if wire else None,
     }  # fmt: skip
+
+
+def _site_base(shapes: dict, rng):
+    """The direction every site's update shares (float32 arrays of ``shapes``)."""
+    import numpy as np
+
+    return {k: rng.standard_normal(s).astype(np.float32) * 1e-3 for k, s in shapes.items()}
+
+
+def _site_update(base: dict, rng):
+    """One site's dense update, tensor by tensor: ``(name, the shared direction plus its own noise)``
+    (new arrays; drawn lazily, so a caller may draw from ``rng`` between tensors)."""
+    import numpy as np
+
+    for k, b in base.items():
+        yield k, b + rng.standard_normal(b.shape).astype(np.float32) * 5e-4
+
+
+def encode_payloads(out_dir: Path, sites: int, preset: str, seed: int) -> None:
+    """Write each site's first-round payload (the job's codec, its default settings) to ``out_dir/site-<i>.pkl``."""
+    import numpy as np
+
+    from fedsegnet.compression import SparseQuantCodec, seeded_generator
+
+    codec = SparseQuantCodec()  # the job default: 10% kept, 4 bits
+    rng = np.random.default_rng(seed)
+    base = _site_base(_shapes(preset), rng)
+    for i in range(sites):
+        site = f"site-{i + 1}"
+        payload = codec.encode(dict(_site_update(base, rng)), generator=seeded_generator(seed, site, 1, "up"))[0]  # residual dropped
+        (out_dir / f"{site}.pkl").write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _job_decoder_args() -> dict:
@@ -210,7 +256,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--worker", nargs=2, metavar=("METHOD", "SITES"), help=argparse.SUPPRESS)
+    p.add_argument("--encode", nargs=2, metavar=("DIR", "SITES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.encode:
+        encode_payloads(Path(args.encode[0]), int(args.encode[1]), args.preset, args.seed)
+        return 0
     if args.worker:
         row = worker(args.worker[0], int(args.worker[1]), args.density, args.preset, args.seed)
         print("ROW " + json.dumps(row))
