@@ -283,3 +283,20 @@ def test_sites_within_the_tolerance_keep_fedavg_weights():
     w = _weights(AdaptiveAggregation(), ups, reports)
     for s in ups:
         assert w[s] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("centre,beta", [("trimmed_mean", 0.0), ("trimmed_mean", 0.25), ("trimmed_mean", 0.4), ("median", 0.0)])
+@pytest.mark.parametrize("k", [2, 3, 4, 7, 8])
+def test_every_leave_one_out_centre_is_the_centre_of_the_others(centre, beta, k):
+    import torch
+
+    from fedsegnet.aggregation.divergence import _leave_one_out_centres
+    from fedsegnet.aggregation.robust import coordinate_centre
+
+    stacked = torch.from_numpy(np.random.default_rng(k).normal(size=(k, 501))).double()
+    stacked[:, :20] = 0.0  # ties
+    centres = _leave_one_out_centres(stacked, centre, beta)
+    assert centres.shape == (k, 501) and centres.is_contiguous()
+    for i in range(k):
+        others = torch.cat([stacked[:i], stacked[i + 1 :]])
+        assert torch.allclose(centres[i], coordinate_centre(others, centre, beta), atol=1e-12)

@@ -41,34 +41,32 @@ def _sample_positions(name: str, size: int, share: float) -> np.ndarray:
     return positions
 
 
-def _leave_one_out_centres(stacked: torch.Tensor, centre: str, beta: float) -> list[torch.Tensor]:
-    """Per site, the robust centre of the *other* rows of ``stacked`` (K x n, K >= 2), from one sort."""
+def _leave_one_out_centres(stacked: torch.Tensor, centre: str, beta: float) -> torch.Tensor:
+    """Per site, the robust centre of the *other* rows of ``stacked`` (K x n, K >= 2), from one sort.
+
+    Returns:
+        ``(K, n)`` contiguous tensor of ``stacked``'s dtype: row ``i`` is the centre without row ``i``
+        (every site's centre in one pass over the ``(n, K)`` sort, the same values as site by site).
+    """
     k = stacked.shape[0]
     values, index = torch.sort(stacked.T.contiguous(), dim=1)  # (n, K) sorted per coordinate
     n = values.shape[0]
     rank = torch.empty_like(index)
     rank.scatter_(1, index, torch.arange(k).expand(n, k).contiguous())  # rank[c, i]: position of row i
     others = k - 1
-    out = []
     if centre == "median":
         m1, m2 = (others - 1) // 2, others // 2  # middle positions among the others
-        for i in range(k):
-            r = rank[:, i]
-            f1, f2 = m1 + (m1 >= r).long(), m2 + (m2 >= r).long()  # the same positions in the full sort
-            out.append((values.gather(1, f1[:, None]) + values.gather(1, f2[:, None]))[:, 0] * 0.5)
-        return out
+        f1, f2 = m1 + (m1 >= rank).long(), m2 + (m2 >= rank).long()  # the same positions in the full sort
+        return ((values.gather(1, f1) + values.gather(1, f2)) * 0.5).T.contiguous()
     cut = int(math.floor(beta * others))
     lo_keep, hi_keep = cut, others - cut  # kept positions [lo_keep, hi_keep) among the others
     prefix = torch.cat([torch.zeros(n, 1, dtype=values.dtype), torch.cumsum(values, dim=1)], dim=1)
-    for i in range(k):
-        r = rank[:, i]
-        inside = (r >= lo_keep) & (r <= hi_keep)  # the removed value sits in the kept span: one more from above
-        lo = torch.where(r < lo_keep, lo_keep + 1, lo_keep)
-        hi = torch.where(r <= hi_keep, hi_keep + 1, hi_keep)
-        total = prefix.gather(1, hi[:, None])[:, 0] - prefix.gather(1, lo[:, None])[:, 0]
-        total = total - torch.where(inside, values.gather(1, r[:, None])[:, 0], torch.zeros((), dtype=values.dtype))
-        out.append(total / (hi_keep - lo_keep))
-    return out
+    inside = (rank >= lo_keep) & (rank <= hi_keep)  # the removed value sits in the kept span: one more from above
+    lo = torch.where(rank < lo_keep, lo_keep + 1, lo_keep)
+    hi = torch.where(rank <= hi_keep, hi_keep + 1, hi_keep)
+    total = prefix.gather(1, hi) - prefix.gather(1, lo)
+    total = total - torch.where(inside, values.gather(1, rank), torch.zeros((), dtype=values.dtype))
+    return (total / (hi_keep - lo_keep)).T.contiguous()
 
 
 def divergence_signals(
