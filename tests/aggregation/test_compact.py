@@ -1,13 +1,15 @@
 """CompactUpdate from the decoder's sparse form: the same update as from dense arrays, without a dense pass."""
 
 import copy
+import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from fedsegnet.aggregation import CompactUpdate, update_norm, weighted_sum
-from fedsegnet.aggregation.compact import DictView, view
+from fedsegnet.aggregation.compact import DenseTensor, DictView, view
 from fedsegnet.compression import SparseQuantCodec, decode_payload
 from fedsegnet.compression.codec import SparseTensor
 
@@ -171,3 +173,29 @@ def test_sparse_tensor_methods():
     assert t.sq_norm() == 14.0 and t.nbytes == 36
     empty = SparseTensor((3,), np.zeros(0, np.int64), np.zeros(0, np.float32))
     assert empty.gather(np.array([0, 2])).tolist() == [0.0, 0.0] and empty.sq_norm() == 0.0
+
+
+def test_a_dense_bfloat16_record_is_read_as_float32():
+    update = {"w": (torch.randn(64, 64, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)}
+    payload, _ = SparseQuantCodec(ratio=1.0).encode(update)  # every record dense
+    for sparse in (False, True, "packed"):
+        decoded = decode_payload(payload, reference=update, sparse=sparse)
+        assert decoded["w"].dtype == torch.bfloat16  # numpy has no bfloat16
+        exact = decoded["w"].float().numpy()
+        for reader in (CompactUpdate(decoded), view(decoded)):
+            out = np.zeros((64, 64), np.float32)
+            reader.add_to("w", out, 1.0)
+            assert out.tobytes() == exact.tobytes() and reader.is_finite()
+            assert reader.gather("w", np.array([0, 5, 4095])).tolist() == exact.reshape(-1)[[0, 5, 4095]].tolist()
+        assert CompactUpdate(decoded).norm() == pytest.approx(float(np.linalg.norm(exact)), rel=1e-6)
+
+
+@pytest.mark.parametrize("form", ["sparse", "dense"])
+def test_a_float32_overflow_of_the_squared_norm_is_inf_without_a_warning(form):
+    big = np.full(8, 3e38, np.float32)  # finite values whose squares overflow float32
+    tensor = SparseTensor((16,), np.arange(0, 16, 2), big) if form == "sparse" else DenseTensor(big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert tensor.sq_norm() == math.inf
+        compact = CompactUpdate({"w": tensor} if form == "sparse" else {"w": big})
+        assert compact.is_finite()  # the caller reads the values back to tell an overflow from an Inf

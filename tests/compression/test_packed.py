@@ -67,9 +67,8 @@ def test_packed_reads_equal_the_sparse_tensor_reads_bit_for_bit(setting, seed):
         assert np.array_equal(p.to_dense(), np.asarray(torch.as_tensor(dense[name]).float()))
         assert p.nbytes < s.nbytes or s.index.size == 0
     # the aggregator's store of an update reads both the same, holding the packed form in fewer bytes
-    # (a dense bfloat16 record decodes to a torch tensor, which CompactUpdate does not read; as float32 here)
-    as_f32 = lambda d: {k: v.float().numpy() if isinstance(v, torch.Tensor) else v for k, v in d.items()}  # noqa: E731
-    cs, cp = CompactUpdate(as_f32(sparse)), CompactUpdate(as_f32(packed))
+    # (a dense bfloat16 record is a torch tensor in every form: read as float32, exactly)
+    cs, cp = CompactUpdate(sparse), CompactUpdate(packed)
     assert cs.norm() == cp.norm() and cs.is_finite() and cp.is_finite()
     for name in update:
         positions = np.unique(rng.integers(0, math.prod(cs.shape(name)), 300))

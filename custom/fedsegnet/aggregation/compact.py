@@ -46,9 +46,19 @@ def _is_sparse_tensor(value) -> bool:
     return not isinstance(value, (np.ndarray, torch.Tensor)) and all(callable(getattr(value, m, None)) for m in SPARSE_METHODS)
 
 
-def _as_numpy(value) -> np.ndarray:
+def as_numpy(value) -> np.ndarray:
+    """An array or tensor as a numpy array (a view where it can be).
+
+    Args:
+        value: a numpy array, a torch tensor (any device) or anything ``numpy.asarray`` reads.
+
+    Returns:
+        The array; a ``bfloat16`` tensor (a dtype numpy lacks: what the decoder returns for a
+        dense bfloat16 record) as ``float32``, which holds every bfloat16 value exactly.
+    """
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     return np.asarray(value)
 
 
@@ -83,9 +93,11 @@ class DenseTensor:
         flat_out += np.float32(factor) * self.array.reshape(-1)
 
     def sq_norm(self) -> float:
-        """Squared L2 norm (float32 ``numpy.dot``)."""
+        """Squared L2 norm (float32 ``numpy.dot``; ``inf``, without a warning, when it overflows, as
+        :meth:`~fedsegnet.compression.codec.SparseTensor.sq_norm`)."""
         flat = self.array.reshape(-1)
-        return float(np.dot(flat, flat))
+        with np.errstate(over="ignore"):
+            return float(np.dot(flat, flat))
 
 
 class DictView:
@@ -99,7 +111,7 @@ class DictView:
         self._update = update
 
     def _tensor(self, name: str) -> DenseTensor:
-        return DenseTensor(np.asarray(self._update[name], dtype=np.float32))
+        return DenseTensor(as_numpy(self._update[name]).astype(np.float32, copy=False))
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of one tensor."""
@@ -119,7 +131,7 @@ class DictView:
 
     def is_finite(self) -> bool:
         """Whether every value is finite."""
-        return all(np.isfinite(np.asarray(v)).all() for v in self._update.values())
+        return all(np.isfinite(as_numpy(v)).all() for v in self._update.values())
 
 
 class CompactUpdate(Mapping):
@@ -157,7 +169,7 @@ class CompactUpdate(Mapping):
                     value.add_to(flat, 1.0)
                     self._tensors[name] = DenseTensor(flat.reshape(value.shape))
                 continue
-            arr = _as_numpy(value)
+            arr = as_numpy(value)
             flat = arr.reshape(-1)
             floating = np.issubdtype(arr.dtype, np.floating)
             if arr.size and floating and np.count_nonzero(flat) <= max_density * arr.size:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsegnet.aggregation.compact import view
+from fedsegnet.aggregation.compact import as_numpy, view
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def check_update(update: Mapping, shapes: Mapping[str, tuple]) -> str:
     if wrong is not None:
         return f"{wrong}: shape {list(reader.shape(wrong))} differs from the global model's {list(shapes[wrong])}"
     if not reader.is_finite():
-        bad = next(n for n in update if not np.isfinite(np.asarray(update[n])).all())
+        bad = next(n for n in update if not np.isfinite(as_numpy(update[n])).all())
         return f"{bad}: holds NaN or Inf"
     return ""
 

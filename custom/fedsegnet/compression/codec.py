@@ -478,8 +478,14 @@ class SparseTensor:
         return self.index.nbytes + self.values.nbytes
 
     def sq_norm(self) -> float:
-        """Squared L2 norm of the sent values (``float(numpy.dot(values, values))``, float32 accumulation)."""
-        return float(np.dot(self.values, self.values))
+        """Squared L2 norm of the sent values (``float(numpy.dot(values, values))``, float32 accumulation).
+
+        Returns:
+            The sum of squares; ``inf`` when it overflows float32 (past about 3.4e38), without a
+            warning: the caller tells an overflow from a non-finite value.
+        """
+        with np.errstate(over="ignore"):
+            return float(np.dot(self.values, self.values))
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
         """Values at flat ``positions``, without densifying.

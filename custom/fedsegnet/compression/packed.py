@@ -64,9 +64,7 @@ class PackedTensor:
         self.count, self.index_coding, self.bits, self.block = count, index_coding, bits, block
         self.value_coding = value_coding
         self._index, self._codes, self._scales = (_frozen_copy(a) for a in (index, values, scales))
-        decoded = self._decode()  # the full check, once; raises PayloadError naming the tensor
-        with np.errstate(over="ignore"):  # a float32 sum of squares: Inf past 3.4e38, as SparseTensor's
-            self._sq_norm = decoded.sq_norm()
+        self._sq_norm = self._decode().sq_norm()  # the full check, once; raises PayloadError naming the tensor
 
     def _decode(self) -> SparseTensor:
         """The tensor as ``decode_payload(sparse=True)`` gives it: sorted int64 positions, float32 values."""
@@ -88,7 +86,8 @@ class PackedTensor:
         return self._index.nbytes + self._codes.nbytes + self._scales.nbytes
 
     def sq_norm(self) -> float:
-        """Squared L2 norm of the sent values (:meth:`SparseTensor.sq_norm`, computed at the check)."""
+        """Squared L2 norm of the sent values (:meth:`SparseTensor.sq_norm`, computed at the check; ``inf`` on
+        a float32 overflow)."""
         return self._sq_norm
 
     def gather(self, positions: np.ndarray) -> np.ndarray:
