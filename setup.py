@@ -26,6 +26,10 @@ setup(
         "matplotlib>=3.7",
         # Process memory (RSS) of server and site processes in the per-round records; cross-platform.
         "psutil>=5.9",
+        # Differential privacy at the sites (fedsegnet.privacy): DP-SGD and its RDP accountant;
+        # dp-accounting (Google) cross-checks the accountant in the tests.
+        "opacus>=1.6,<1.7",
+        "dp-accounting>=0.6,<0.7",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2"],

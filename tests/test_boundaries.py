@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "custom" / "fedsegnet"
-ALGORITHM_PACKAGES = ("data", "networks", "training", "compression", "aggregation")
+ALGORITHM_PACKAGES = ("data", "networks", "privacy", "training", "compression", "aggregation")
 
 
 def _imports(path: Path) -> set[str]:
@@ -62,6 +62,7 @@ LAYERS = (
     ("networks",),
     ("config",),
     ("data",),
+    ("privacy",),
     ("training",),
     ("federation", "report"),
     ("flare",),
@@ -72,7 +73,7 @@ A module may import from its own layer and the layers below it, never from a lay
 shared bottom (errors, output folders, memory probes); the update codec; the server round (which
 measures updates with the codec); the networks; job settings and presets (which name the networks,
 aggregation methods and codec bits their job args accept); site data (read under a preset);
-local training, evaluation, inference and model files; the in-process federation and the run
+differential privacy (DP-SGD over the site's cases, its accountant and budget); local training, evaluation, inference and model files; the in-process federation and the run
 report; the FLARE adapters; the command line."""
 
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}

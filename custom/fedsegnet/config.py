@@ -417,6 +417,11 @@ class PersonalConfig:
         return self.method != "none" or bool(self.personal_keys)
 
 
+DP_MODES = ("none", "patient")
+"""Differential privacy at a site (job arg ``dp``): ``none``, or ``patient``: DP-SGD in which one
+training case (a patient) is the unit (see :mod:`fedsegnet.privacy`)."""
+
+
 # ------------------------------------------------------------------------------------------- job args
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """What a FLARE job id looks like (``resume_from``): letters, digits, ``-``, ``_``, ``.``; no path separators."""
@@ -642,6 +647,13 @@ JOB_ARGS: dict[str, JobArg] = _args(
     JobArg("compression_block", "int", 256, "values per quantization scale (0 = one scale per tensor)", low=0),
     JobArg("compression_scope", "choice", "tensor", "top-k within each tensor, or one threshold over the model", options=("tensor", "global")),
     JobArg("dense_bits", "choice", 8, "bits per value of small tensors sent dense", options="bits"),
+    # --- differential privacy (sites; fedsegnet.privacy.DPSettings, docs/privacy.md)
+    JobArg("dp", "choice", "none", "differential privacy at each site: none, or DP-SGD with one training case (patient) as the unit", options=DP_MODES),
+    JobArg("dp_noise", "float", None, "DP-SGD noise multiplier (noise sd / dp_clip)", low=0, low_open=True, null="chosen from dp_target_epsilon"),
+    JobArg("dp_target_epsilon", "float", None, "epsilon that the planned rounds x local_steps spend exactly (chooses the noise)", low=0, low_open=True, null="dp_noise is given"),
+    JobArg("dp_delta", "float", None, "delta of the (epsilon, delta) guarantee, < 1", low=0, high=1, low_open=True, null="min(1e-5, 0.1 / the site's training cases)"),
+    JobArg("dp_clip", "float", 1.0, "bound on the gradient norm of one training case in one step", low=0, low_open=True),
+    JobArg("dp_budget", "float", 0.0, "epsilon a site may spend in all; a round that would pass it is not trained (0 = no budget)", low=0, low_open=True, off=0),
 )
 """Every job arg of ``jobs/fedsegnet`` and ``jobs/fedavg``, declared once (tests check that every
 variable of both jobs' configs is here and that every component's default equals the one here)."""
