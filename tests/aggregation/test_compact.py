@@ -199,3 +199,22 @@ def test_a_float32_overflow_of_the_squared_norm_is_inf_without_a_warning(form):
         assert tensor.sq_norm() == math.inf
         compact = CompactUpdate({"w": tensor} if form == "sparse" else {"w": big})
         assert compact.is_finite()  # the caller reads the values back to tell an overflow from an Inf
+
+
+@pytest.mark.parametrize("form", ["dense", True, "packed"])
+def test_the_kept_sample_is_what_a_fresh_gather_reads(form):
+    from fedsegnet.aggregation.divergence import sample_positions
+
+    payload = _payload(3)
+    decoded = decode_payload(payload, sparse=form != "dense" and form)
+    sample = sample_positions(SHAPES, sample_size=100)
+    kept = CompactUpdate(decoded, sample=sample)
+    fresh = CompactUpdate(decode_payload(payload, sparse=form != "dense" and form))
+    for name, positions in sample.items():
+        values = kept.gather(name, positions)
+        assert not values.flags.writeable
+        np.testing.assert_array_equal(values, fresh.gather(name, positions))
+        np.testing.assert_array_equal(kept.gather(name, positions.copy()), values)  # equal positions, not only the same object
+        other = positions[:-1]
+        np.testing.assert_array_equal(kept.gather(name, other), fresh.gather(name, other))  # other positions: read from the tensor
+    assert kept.nbytes == fresh.nbytes + 4 * sum(p.size for p in sample.values())

@@ -144,3 +144,18 @@ def test_an_unknown_sparse_form_names_the_argument(bad):
     payload, _ = SparseQuantCodec().encode({"w": torch.zeros(4)})
     with pytest.raises(ConfigError, match="sparse="):
         decode_payload(payload, sparse=bad)
+
+
+def test_the_checks_decode_is_kept_warm_until_the_first_read_or_a_release():
+    payload = SparseQuantCodec(ratio=0.1, bits=4).encode(_update(0), generator=torch.Generator().manual_seed(0))[0]
+    sparse = decode_payload(payload, sparse=True)["conv"]
+    first, second = (decode_payload(payload, sparse="packed")["conv"] for _ in range(2))
+    packed_bytes = first._index.nbytes + first._codes.nbytes + first._scales.nbytes
+    assert first.nbytes == packed_bytes + sparse.nbytes  # warm: the checked decode is held
+    positions = np.arange(0, sparse.size, 7)
+    np.testing.assert_array_equal(first.gather(positions), sparse.gather(positions))  # the warm decode, read once
+    assert first.nbytes == packed_bytes
+    np.testing.assert_array_equal(first.gather(positions), sparse.gather(positions))  # decoded again
+    second.release()
+    assert second.nbytes == packed_bytes
+    np.testing.assert_array_equal(second.to_dense(), sparse.to_dense())

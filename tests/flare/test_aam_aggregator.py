@@ -474,3 +474,33 @@ def test_an_update_made_in_an_earlier_round_is_refused_as_late(tmp_path, caplog)
     current = _result(_update(1))
     current.add_cookie(AppConstants.CONTRIBUTION_ROUND, 2)
     assert agg.accept(current, _server(tmp_path, agg, "site-1"))
+
+
+def test_accept_reads_the_divergence_sample_from_the_checks_decode_and_releases_it(tmp_path):
+    from nvflare.fuel.utils import fobs
+
+    from fedsegnet.compression.packed import PackedTensor
+    from fedsegnet.flare.compression import UpdateDecoder, UpdateEncoder
+
+    from .test_compression_filters import _ctx as site_ctx
+
+    sent = {f"site-{i}": fobs.dumps(UpdateEncoder(ratio=0.1, bits=4, dense_below=8).process(
+        _result(_update(i)), site_ctx(_Engine(tmp_path / f"s{i}"), f"site-{i}"))) for i in range(1, 5)}  # fmt: skip
+    outs = []
+    for sparse in (True, "packed"):
+        agg = AAMAggregator()
+        agg.aam.sample_size = 100  # fewer than the model's 528 values: a sample is kept at accept
+        for site, wire in sent.items():
+            ctx = _server(tmp_path, agg, site)
+            decoded = UpdateDecoder(sparse=sparse).process(fobs.loads(wire), ctx)
+            w = from_shareable(decoded).data["w"]
+            warm = w.nbytes
+            assert agg.accept(decoded, ctx)
+            assert agg._updates[site]._sample.keys() == set(SHAPES)
+            if sparse == "packed":  # the warm decode released: back to the packed record
+                assert isinstance(w, PackedTensor) and w.nbytes == w._index.nbytes + w._codes.nbytes + w._scales.nbytes < warm
+        ctx = _server(tmp_path, agg, "site-1")
+        outs.append((from_shareable(agg.aggregate(ctx)).data, _stripped(ctx.get_prop("fedsegnet.aam_record"))))
+    for k in SHAPES:
+        np.testing.assert_array_equal(outs[0][0][k], outs[1][0][k])
+    assert outs[0][1] == outs[1][1]

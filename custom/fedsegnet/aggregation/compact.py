@@ -17,11 +17,14 @@ Two interfaces, both written down here:
   ``gather(positions) -> float32 array`` (values at 1-D sorted flat positions, 0 where nothing was
   sent), ``add_to(flat_out, factor)`` (``flat_out += factor * tensor`` in place, ``flat_out`` a 1-D
   ``float32`` array of the tensor's size), ``sq_norm() -> float`` (squared L2 norm, float32
-  accumulation: non-finite when a value is), ``nbytes`` (bytes held).
+  accumulation: non-finite when a value is), ``nbytes`` (bytes held); optionally ``release()``
+  (drop a decoded copy held beside the stored form: ``PackedTensor``'s warm decode), which
+  :class:`CompactUpdate` calls once it has read what it keeps.
 * **An update reader** (what the gate, the divergence signal and the weighted sum read every update
   through): ``shape(name)``, ``gather(name, positions)``, ``add_to(name, out, factor)`` (``out``
   a ``float32`` array of the tensor's shape), ``norm()`` (L2 norm over all tensors) and
-  ``is_finite()``. :class:`CompactUpdate` is one; :func:`view` gives one for any update, wrapping a
+  ``is_finite()``. :class:`CompactUpdate` is one (it can keep the values at a given sample of
+  positions, read once when it is made, and answers ``gather`` at those positions from them); :func:`view` gives one for any update, wrapping a
   plain ``{name: array or tensor}`` mapping as :class:`DictView` (no copy). :func:`view` is the one
   place that tells the two apart.
 """
@@ -149,18 +152,34 @@ class CompactUpdate(Mapping):
             and float32 values of that share of values take), then it is densified.
         max_density: tensors with at most this share of non-zeros are stored sparsely. Defaults
             to 0.5.
+        sample: ``{name: 1-D sorted flat positions}`` whose values are read now and kept (the
+            divergence sample, :func:`~fedsegnet.aggregation.divergence.sample_positions`):
+            :meth:`gather` at those same positions returns them without reading the tensor again.
+            A ``PackedTensor`` is read from the decode its check made, then every stored object
+            is released. Defaults to None (nothing kept).
 
     Raises:
         ValueError: ``max_density`` outside [0, 1].
     """
 
-    def __init__(self, update: Mapping, max_density: float = 0.5):
+    def __init__(self, update: Mapping, max_density: float = 0.5, sample: Mapping | None = None):
         if not 0.0 <= max_density <= 1.0:
             raise ValueError(f"max_density={max_density!r}: must be in [0, 1]")
         self.max_density = max_density
         self._tensors: dict = {}
+        self._sample: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        sample = sample or {}
+
+        def keep_sample(name: str, tensor) -> None:
+            if name in sample:
+                values = tensor.gather(sample[name])
+                values.flags.writeable = False
+                self._sample[name] = (sample[name], values)
+
         for name, value in update.items():
             if _is_sparse_tensor(value):
+                keep_sample(name, value)
+                getattr(value, "release", lambda: None)()  # what it keeps is read: the bytes below are what it holds from now on
                 size = math.prod(value.shape)
                 if value.nbytes <= 12 * max_density * size:
                     self._tensors[name] = value
@@ -178,6 +197,7 @@ class CompactUpdate(Mapping):
                 self._tensors[name] = SparseTensor(arr.shape, nz, flat[nz].astype(np.float32, copy=False))
             else:
                 self._tensors[name] = DenseTensor(arr if arr.dtype == np.float32 else arr.astype(np.float32))
+            keep_sample(name, self._tensors[name])
 
     def __getitem__(self, name: str) -> np.ndarray:
         tensor = self._tensors[name]
@@ -197,7 +217,11 @@ class CompactUpdate(Mapping):
         return name in self._tensors
 
     def gather(self, name: str, positions: np.ndarray) -> np.ndarray:
-        """Values of one tensor at flat ``positions`` (sorted), without densifying it."""
+        """Values of one tensor at flat ``positions`` (sorted), without densifying it (the kept sample,
+        read-only, when ``positions`` are its positions)."""
+        kept = self._sample.get(name)
+        if kept is not None and (kept[0] is positions or np.array_equal(kept[0], positions)):
+            return kept[1]
         return self._tensors[name].gather(positions)
 
     def add_to(self, name: str, out: np.ndarray, factor: float) -> None:
@@ -231,8 +255,8 @@ class CompactUpdate(Mapping):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored tensors (dense arrays, sparse objects)."""
-        return sum(t.nbytes for t in self._tensors.values())
+        """Bytes held by the stored tensors (dense arrays, sparse objects) and the kept sample's values."""
+        return sum(t.nbytes for t in self._tensors.values()) + sum(v.nbytes for _, v in self._sample.values())
 
     @property
     def dense_nbytes(self) -> int:

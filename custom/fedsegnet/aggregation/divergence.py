@@ -11,7 +11,7 @@ penalties.
 The K leave-one-out centres come from one sort per coordinate (:func:`_leave_one_out_centres`); the
 inclusive centre (``leave_one_out=False``) is :func:`~fedsegnet.aggregation.robust.coordinate_centre`,
 the centre the robust aggregation rules use. The centre and the cosines are computed on a fixed,
-seeded sample of coordinates (:func:`_sample_positions`).
+seeded sample of coordinates (:func:`sample_positions`).
 """
 
 from __future__ import annotations
@@ -39,6 +39,24 @@ def _sample_positions(name: str, size: int, share: float) -> np.ndarray:
     positions = np.unique(rng.integers(0, size, size=m))  # sorted; a few repeats dropped
     positions.setflags(write=False)
     return positions
+
+
+def sample_positions(shapes: Mapping[str, tuple], sample_size: int = 250_000) -> dict[str, np.ndarray]:
+    """The fixed coordinate sample the divergence signal reads, per tensor (the same every site and round).
+
+    Args:
+        shapes: ``{name: shape}`` of the tensors compared (the round's shared keys).
+        sample_size: coordinates in all, spread over the tensors in proportion to their sizes
+            (0 = all). Defaults to 250_000.
+
+    Returns:
+        ``{name: 1-D sorted int64 flat positions}`` (read-only; seeded by the tensor name; every
+        position when the tensors hold at most ``sample_size`` values or ``sample_size`` is 0).
+    """
+    sizes = {n: int(np.prod(shape, dtype=np.int64)) for n, shape in shapes.items()}
+    total = sum(sizes.values())
+    share = 1.0 if not sample_size or total <= sample_size else sample_size / total
+    return {n: _sample_positions(n, size, share) for n, size in sizes.items()}
 
 
 def _leave_one_out_centres(stacked: torch.Tensor, centre: str, beta: float) -> torch.Tensor:
@@ -90,7 +108,8 @@ def divergence_signals(
     tensors in proportion to their sizes): a cosine over 250k coordinates estimates the full one
     to about 0.01 even at 10% density, and the cost no longer grows with the model. Norms are exact.
     Every update is read through :func:`~fedsegnet.aggregation.compact.view`:
-    :class:`~fedsegnet.aggregation.compact.CompactUpdate` inputs are read without densifying them.
+    :class:`~fedsegnet.aggregation.compact.CompactUpdate` inputs are read without densifying them,
+    from the sample they kept when they were made (:func:`sample_positions`) when they kept it.
 
     Args:
         updates: ``{site: {name: array}}`` with the same names and shapes; not modified.
@@ -116,14 +135,11 @@ def divergence_signals(
         raise ValueError("updates: need at least one update")
     k = len(sites)
     readers = [view(updates[s]) for s in sites]
-    sizes = {n: int(np.prod(readers[0].shape(n), dtype=np.int64)) for n in updates[sites[0]]}
-    total = sum(sizes.values())
-    share = 1.0 if not sample_size or total <= sample_size else sample_size / total
+    sample = sample_positions({n: readers[0].shape(n) for n in updates[sites[0]]}, sample_size)
     dots = np.zeros(k)
     sq = np.zeros(k)
     centre_sq = np.zeros(k)
-    for name, size in sizes.items():
-        positions = _sample_positions(name, size, share)
+    for name, positions in sample.items():
         stacked = torch.from_numpy(np.stack([u.gather(name, positions) for u in readers])).double()
         sq += (stacked**2).sum(dim=1).numpy()
         if k == 1:

@@ -23,12 +23,14 @@ the updates checked against the same reference.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedsegnet.aggregation.aam import AdaptiveAggregation
+from fedsegnet.aggregation.divergence import sample_positions
 from fedsegnet.aggregation.gate import check_update, reference_shapes
 from fedsegnet.aggregation.reports import SiteReport, peer_bounded_counts
 from fedsegnet.aggregation.robust import aggregate_mean, aggregate_median, aggregate_trimmed_mean
@@ -127,6 +129,27 @@ class ServerRound:
             self._shapes = {k: v for k, v in reference_shapes(reference).items() if k not in kept}
             self._shapes_key, self._shapes_ref = key, reference
         return self._shapes
+
+    def sample_positions(self, shapes: Mapping[str, tuple]) -> dict[str, np.ndarray] | None:
+        """The coordinates the round reads of every update before the weighted sum: the divergence sample.
+
+        An update can keep their values when it arrives (:class:`~.compact.CompactUpdate`'s
+        ``sample``), read from the decode its check made, so a packed record is decoded twice in
+        a round, not three times.
+
+        Args:
+            shapes: the round's shared shapes (:meth:`shared_shapes`).
+
+        Returns:
+            ``{name: positions}`` of :func:`~.divergence.sample_positions` with the mechanism's
+            ``sample_size``; None when the method reads no sample (not ``"aam"``) or the sample is
+            every coordinate (``sample_size`` 0, or shapes of at most ``sample_size`` values): a
+            dense copy per site is not kept.
+        """
+        total = sum(math.prod(shape) for shape in shapes.values())
+        if self.method != "aam" or not 0 < self.aam.sample_size < total:
+            return None
+        return sample_positions(shapes, self.aam.sample_size)
 
     def check(self, update: Mapping, reference: Mapping, expected_personal=frozenset(), declared=None) -> str:
         """The checks one update can pass on its own, as it arrives: personal keys, names, shapes, NaN/Inf.

@@ -3,15 +3,17 @@
 A decoded top-k tensor (:class:`~fedsegnet.compression.codec.SparseTensor`: int64 positions and
 float32 values) takes 12 bytes per sent value; the payload it came from takes about 1 (4-bit codes
 and entropy-coded positions). :class:`PackedTensor` keeps one tensor's encoded positions, codes
-and scales as received and decodes them each time it is read (one read per site for the
-divergence sample, one for the weighted sum), so a server holding K updates holds K payloads, not
-K decoded copies of the sent values.
+and scales as received and decodes them when read, so a server holding K updates holds K payloads,
+not K decoded copies of the sent values.
 
 It keeps the decoder's contract (:mod:`fedsegnet.compression.codec`): the record is decoded and
 checked in full when the tensor is made, and every bad byte raises
 :class:`~fedsegnet.compression.index_coding.PayloadError` naming the tensor there, never at a later
 read. The arrays are copied at that check, so nothing that changes the payload afterwards changes
-what is read. A read decodes the :class:`~fedsegnet.compression.codec.SparseTensor` that
+what is read. The check's decode is kept *warm* until the first read or :meth:`PackedTensor.release`
+(the server reads one site's divergence sample from it at ``accept``, then releases it): a record
+is decoded twice in a round, at the check and for the weighted sum, and one site's decode is held
+at a time. A read decodes the :class:`~fedsegnet.compression.codec.SparseTensor` that
 :func:`~fedsegnet.compression.decode_payload` with ``sparse=True`` returns and asks it, so results
 are bit for bit those of the SparseTensor path.
 """
@@ -55,7 +57,7 @@ class PackedTensor:
 
     __slots__ = (
         "name", "shape", "dtype", "count", "index_coding", "bits", "block", "value_coding", "_index", "_codes", "_scales",
-        "_sq_norm",
+        "_sq_norm", "_warm",
     )  # fmt: skip
 
     def __init__(self, name: str, shape, dtype: str, count: int, index_coding: str, index, bits: int, block: int,
@@ -64,7 +66,8 @@ class PackedTensor:
         self.count, self.index_coding, self.bits, self.block = count, index_coding, bits, block
         self.value_coding = value_coding
         self._index, self._codes, self._scales = (_frozen_copy(a) for a in (index, values, scales))
-        self._sq_norm = self._decode().sq_norm()  # the full check, once; raises PayloadError naming the tensor
+        self._warm: SparseTensor | None = self._decode()  # the full check, once; raises PayloadError naming the tensor
+        self._sq_norm = self._warm.sq_norm()
 
     def _decode(self) -> SparseTensor:
         """The tensor as ``decode_payload(sparse=True)`` gives it: sorted int64 positions, float32 values."""
@@ -75,6 +78,15 @@ class PackedTensor:
             vals = as_declared(vals, self.dtype, self.name, as_numpy=False).float().numpy()
         return SparseTensor(self.shape, idx, vals)
 
+    def _read(self) -> SparseTensor:
+        """The decoded tensor: the check's warm decode the first time (then released), else a fresh decode."""
+        tensor, self._warm = self._warm, None
+        return tensor if tensor is not None else self._decode()
+
+    def release(self) -> None:
+        """Drop the check's warm decode (if still held); later reads decode again."""
+        self._warm = None
+
     @property
     def size(self) -> int:
         """Values of the whole tensor, as ``numpy.ndarray.size`` (not only the sent ones)."""
@@ -82,8 +94,9 @@ class PackedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the encoded positions, the stored codes and the scales."""
-        return self._index.nbytes + self._codes.nbytes + self._scales.nbytes
+        """Bytes held: the encoded positions, the stored codes and the scales, plus the warm decode while it is held."""
+        warm = self._warm.nbytes if self._warm is not None else 0
+        return self._index.nbytes + self._codes.nbytes + self._scales.nbytes + warm
 
     def sq_norm(self) -> float:
         """Squared L2 norm of the sent values (:meth:`SparseTensor.sq_norm`, computed at the check; ``inf`` on
@@ -99,7 +112,7 @@ class PackedTensor:
         Returns:
             1-D ``float32`` array of ``len(positions)`` values (0 where nothing was sent).
         """
-        return self._decode().gather(positions)
+        return self._read().gather(positions)
 
     def add_to(self, flat_out: np.ndarray, factor: float) -> None:
         """``flat_out += factor * tensor`` in place, touching only the sent positions
@@ -109,11 +122,11 @@ class PackedTensor:
             flat_out: 1-D ``float32`` array of ``size`` values (written through).
             factor: the weight.
         """
-        self._decode().add_to(flat_out, factor)
+        self._read().add_to(flat_out, factor)
 
     def to_dense(self) -> np.ndarray:
         """The dense ``float32`` array of ``shape``, zeros where nothing was sent."""
-        return self._decode().to_dense()
+        return self._read().to_dense()
 
     def __repr__(self) -> str:
         return f"PackedTensor(shape={list(self.shape)}, count={self.count}, bits={self.bits}, nbytes={self.nbytes})"

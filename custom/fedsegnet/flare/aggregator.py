@@ -8,8 +8,9 @@ shared keys, method, clipping, combination, record) is :class:`fedsegnet.aggrega
 the one the in-process federation runs.
 
 Each accepted update is kept as it arrived (:class:`~fedsegnet.aggregation.CompactUpdate`: the
-decoded top-k update stays sparse, about 30% of a dense copy at ratio 0.1); aggregation reads one
-tensor of every site at a time. Dense (uncompressed) updates must be kept whole until the round
+decoded top-k update stays sparse, about 30% of a dense copy at ratio 0.1, or packed as received);
+aggregation reads one tensor of every site at a time. The values at the divergence sample are read
+at ``accept``, from the decode the decoder's check made, which is then released. Dense (uncompressed) updates must be kept whole until the round
 ends: the robust centre and the divergence signals need all of them, which an in-time running sum
 cannot give. Updates with the wrong names or shapes or with NaN/Inf are refused at ``accept``
 (logged with the site and the reason); the norm rule of the gate runs when the round is complete.
@@ -230,19 +231,18 @@ class AAMAggregator(ModelAggregator):
                           - np.asarray(reference[k], dtype=np.float32) for k, v in params.items()}  # fmt: skip
         elif model.params_type not in (ParamsType.DIFF, None):
             reason = f"params_type {model.params_type} (expected DIFF or FULL)"
-        if not reason:
-            try:
-                update = CompactUpdate(params)
-            except Exception as e:
-                reason = f"unreadable parameters ({type(e).__name__}: {e})"
-        expected = None
+        expected = shapes = None
         if not reason:  # the keys the job keeps at the sites: the server's own rule, never the site's word
             expected, reason = self.job_personal.get(self.fl_ctx)
-        full = shapes = None
+        if not reason:
+            shapes = self.server.shared_shapes(reference, expected) if reference is not None else None
+            try:  # the divergence sample read now, from the decoder's check (one decode fewer in the round)
+                update = CompactUpdate(params, sample=self.server.sample_positions(shapes) if shapes is not None else None)
+            except Exception as e:
+                reason = f"unreadable parameters ({type(e).__name__}: {e})"
         if not reason:  # personal keys, names, shapes, NaN/Inf: the round's own checks, once per update
             full = reference if reference is not None else {k: update.shape(k) for k in update}
             reason = self.server.check(update, full, expected, declared=meta.get(UpdateMeta.PERSONAL_KEYS))
-            shapes = self.server.shared_shapes(full, expected) if reference is not None else None
         with self._lock:
             if not reason and site in self._updates:
                 reason = "a second update in the same round"
