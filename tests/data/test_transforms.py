@@ -200,3 +200,64 @@ def test_safe_cache_rate(small_synth, caplog):
     assert safe_cache_rate(cases, PRESET, max_cache_bytes=per_case) == pytest.approx(0.5)
     assert safe_cache_rate(cases, PRESET, max_cache_bytes=0) == 0.0
     assert "cache_rate" in caplog.text
+
+
+def _race_loads(tmp_path, loader, monkeypatch):
+    """Load a four-file image and a one-file image in two threads that share ``loader``, with both
+    reads done before either ``get_data`` (the interleaving a CacheDataset's threads can hit)."""
+    import threading
+
+    import nibabel as nib
+    from monai.data.image_reader import NibabelReader
+
+    files = []
+    for k in range(5):
+        path = tmp_path / f"seq{k}.nii.gz"
+        nib.save(nib.Nifti1Image(np.full((6, 6, 6), float(k), np.float32), np.eye(4)), str(path))
+        files.append(str(path))
+    barrier = threading.Barrier(2, timeout=20)
+    original = NibabelReader.get_data
+
+    def get_data(self, img):
+        barrier.wait()  # both threads have called read() on their reader
+        return original(self, img)
+
+    monkeypatch.setattr(NibabelReader, "get_data", get_data)
+    out = {}
+
+    def run(name, image):
+        out[name] = loader({"image": image})["image"]
+
+    threads = [threading.Thread(target=run, args=("four", files[:4])), threading.Thread(target=run, args=("one", files[4]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return out
+
+
+def test_a_shared_loadimaged_mixes_cases_across_threads_and_the_thread_local_one_does_not(tmp_path, monkeypatch):
+    from monai.transforms import LoadImaged
+
+    from fedsegnet.data.transforms import ThreadLocalLoadImaged
+
+    (tmp_path / "shared").mkdir()
+    shared = _race_loads(tmp_path / "shared", LoadImaged(keys=["image"], image_only=True), monkeypatch)
+    # the race this guards against: MONAI's shared reader pairs the four images with the other thread's one file name
+    assert tuple(shared["four"].shape) != (4, 6, 6, 6)
+    (tmp_path / "local").mkdir()
+    local = _race_loads(tmp_path / "local", ThreadLocalLoadImaged(keys=["image"], image_only=True), monkeypatch)
+    assert tuple(local["four"].shape) == (4, 6, 6, 6)
+    assert [float(local["four"][k].mean()) for k in range(4)] == [0.0, 1.0, 2.0, 3.0]
+    assert tuple(local["one"].shape) == (6, 6, 6) and float(local["one"].mean()) == 4.0
+
+
+def test_thread_local_loadimaged_pickles_without_its_loaders():
+    import pickle
+
+    from fedsegnet.data.transforms import ThreadLocalLoadImaged
+
+    t = ThreadLocalLoadImaged(keys=["image"], image_only=True)
+    t._local.loader = object()  # a loader built in this thread is not carried to a worker process
+    copy = pickle.loads(pickle.dumps(t))
+    assert getattr(copy._local, "loader", None) is None and copy.keys == ("image",)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import nibabel as nib
@@ -119,11 +120,44 @@ class WeakLabeld(MapTransform):
         return MetaTensor(values, affine=image.affine.clone(), meta=meta)
 
 
+class ThreadLocalLoadImaged(MapTransform):
+    """MONAI's ``LoadImaged`` with one loader per thread.
+
+    MONAI's image readers keep the file names of their last ``read()`` on the reader
+    (``NibabelReader.filenames``) and pair them with the images in ``get_data()``. Two threads of a
+    ``CacheDataset`` sharing one ``LoadImaged`` can therefore mix two cases: a four-file image
+    (one file per MRI sequence) read while another thread reads a one-file label comes back with one
+    channel. Each thread here gets its own ``LoadImaged`` (built on first use), so no reader is
+    shared between threads.
+
+    Args:
+        **kwargs: ``LoadImaged``'s arguments (``keys`` required).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(kwargs["keys"], kwargs.get("allow_missing_keys", False))
+        self._kwargs = dict(kwargs)
+        self._local = threading.local()
+
+    def __call__(self, data):
+        loader = getattr(self._local, "loader", None)
+        if loader is None:
+            loader = self._local.loader = LoadImaged(**self._kwargs)
+        return loader(data)
+
+    def __getstate__(self) -> dict:  # a DataLoader worker process gets a copy without the thread-local loaders
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+
 def _deterministic(preset: Preset, label_map=None) -> list:
     mapping = label_map.transform() if label_map is not None else None
     weak = [WeakLabeld(label_map)] if label_map is not None else []
     return [
-        LoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
+        ThreadLocalLoadImaged(keys=list(KEYS), image_only=True, dtype=np.float32, allow_missing_keys=True),
         EnsureChannelFirstd(keys=list(KEYS), allow_missing_keys=True),
         *([mapping] if mapping is not None else []),
         *weak,
