@@ -279,7 +279,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({
                 "config": {k: getattr(args, k) for k in ("rounds", "local_steps", "cases", "size", "test_cases", "preset", "seeds", "fedprox_mu")},
-                "sources": args.tables_from, "summary": summary, "goals": goal_lines, "rows": rows,
+                "sources": [Path(s).name for s in args.tables_from], "summary": summary, "goals": goal_lines, "rows": rows,
             }, indent=1))  # fmt: skip
         if args.markdown:
             Path(args.markdown).write_text(table)
