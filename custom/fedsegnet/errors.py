@@ -71,3 +71,13 @@ class OutputError(FedSegNetError):
 
 class RunError(FedSegNetError):
     """A run itself failed or timed out (the simulator, a POC system, a job); names its log."""
+
+
+class PrivacyBudgetSpent(FedSegNetError):
+    """A site's next round would pass its ``dp_budget``: it does not train. The message names the
+    site, the epsilon spent and the would-be epsilon (:mod:`fedsegnet.privacy.site`)."""
+
+    def __init__(self, site: str, reason: str):
+        self.site = site
+        self.reason = reason
+        super().__init__(f"site {site!r}: {reason}")

@@ -12,6 +12,12 @@ ROUND_RECORDS_FILE = "fedsegnet_rounds.jsonl"
 PERSONAL_DIR = "fedsegnet_personal"
 """Folder in a site's job workspace holding its personal state ``<site>.pt`` (personalisation)."""
 
+PRIVACY_DIR = "fedsegnet_privacy"
+"""Folder in a site's job workspace holding its privacy state ``<site>.json`` (the DP accountant)."""
+
+DP_REFUSED_HEADER = "fedsegnet.dp_refused"
+"""Header of a site's error reply to a train task: True when the round would pass its ``dp_budget``."""
+
 
 class UpdateMeta:
     """DXO meta keys of a site's update."""
@@ -34,10 +40,13 @@ class UpdateMeta:
     """Resident memory (MiB) of the site's parent process (the FLARE client that started the job)."""
     PERSONAL_KEYS = "fedsegnet.personal_keys"
     """Names (never values) of the parameters the site keeps to itself; the update leaves them out."""
+    DP = "fedsegnet.dp"
+    """With ``dp='patient'``: the site's privacy report after the round (``epsilon``, ``delta``,
+    ``noise_multiplier``, ``sample_rate``, ``clip``, ``steps``, ``budget``)."""
 
     ALL = (
         N_TRAIN, LOCAL_STEPS, LABEL_KIND, TRAIN_LOSS, VAL_DICE_GLOBAL, VAL_DICE_LOCAL, LABEL_AGREEMENT, TRAIN_SECONDS,
-        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES, RSS_MB, PARENT_RSS_MB, PERSONAL_KEYS,
+        UPDATE_NORM, RESIDUAL_NORM, SENT_VALUES, RSS_MB, PARENT_RSS_MB, PERSONAL_KEYS, DP,
     )  # fmt: skip
 
 

@@ -24,13 +24,16 @@ from nvflare.app_common.app_constant import AppConstants, ValidateType
 from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss
 
 from fedsegnet.config import PersonalConfig, build_train_config, check_job_args, model_shape
-from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.errors import ConfigError, FedSegNetError, PrivacyBudgetSpent
 from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
+    DP_REFUSED_HEADER,
     ERROR_HEADER,
     PERSONAL_DIR,
+    PRIVACY_DIR,
     UpdateMeta,
 )
+
 from fedsegnet.memory import job_and_parent_rss_mb
 
 LABEL_KINDS = ("voxel", "box", "tag", "partial")
@@ -61,7 +64,8 @@ _JOB_ARG_PARAMS = (
     "data_root", "num_classes", "in_channels", "preset", "local_steps", "seed", "network", "patch_size",
     "val_max_cases", "torch_threads", "num_workers", "fedprox_mu", "pseudo_threshold", "pseudo_ramp_rounds",
     "personalization", "personal_keys", "ditto_lambda", "personal_steps", "boundary_weight", "boundary_band",
-    "boundary_perturbation", "resume_from",
+    "boundary_perturbation", "resume_from", "num_rounds", "dp", "dp_noise", "dp_target_epsilon", "dp_delta", "dp_clip",
+    "dp_budget",
 )  # fmt: skip
 
 
@@ -107,7 +111,18 @@ class SegLearner(Learner):
             :class:`fedsegnet.config.PersonalConfig` (same defaults: ``"none"``, ``()``, 0.1, 0, 0.0,
             2, 0.1). The personal state lives in ``<site job workspace>/fedsegnet_personal/<site>.pt``.
         resume_from: id of an earlier job this one continues (``fedsegnet job resume``): its
-            personal state is taken over when this job has none yet. Defaults to "".
+            personal state and its privacy state are taken over when this job has none yet.
+            Defaults to "".
+        num_rounds: the rounds the job plans (the server's ``num_rounds``; with ``local_steps``
+            the steps a ``dp_target_epsilon`` is spread over). Defaults to 5.
+        dp, dp_noise, dp_target_epsilon, dp_delta, dp_clip, dp_budget: the site's differential
+            privacy, see :class:`fedsegnet.privacy.DPSettings` (same defaults: ``"none"``, None,
+            None, None, 1.0, 0.0). With ``dp='patient'`` the site trains with patient-level
+            DP-SGD; its accountant state lives in ``<site job workspace>/fedsegnet_privacy/<site>.json``;
+            the update meta carries the epsilon spent (``fedsegnet.dp``) and leaves out what is
+            computed from the training cases outside the accountant (training loss, label
+            agreement); a round that would pass ``dp_budget`` is answered with an error reply
+            whose header ``fedsegnet.dp_refused`` says so, and nothing is trained.
 
     Personalisation in the tasks: ``train`` sends only the shared keys (the personal ones are named
     in the meta, never sent); ``validate`` scores the received model with the site's personal keys
@@ -147,15 +162,28 @@ class SegLearner(Learner):
         boundary_band: int = 2,
         boundary_perturbation: float = 0.1,
         resume_from: str = "",
+        num_rounds: int = 5,
+        dp: str = "none",
+        dp_noise: float | None = None,
+        dp_target_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_clip: float = 1.0,
+        dp_budget: float = 0.0,
     ):
         super().__init__()
         given = dict(locals())
         self.arg_error = None  # a bad job arg (hand-edited config): reported with every task, see initialize
         try:
             checked = check_job_args({k: given[k] for k in _JOB_ARG_PARAMS})
+            from fedsegnet.privacy.settings import DPSettings  # Opacus and MONAI load only at a site
+
+            self.dp_settings = DPSettings.from_job_args(checked)
         except ConfigError as e:
-            self.arg_error, checked = e, {}
+            self.arg_error, checked, self.dp_settings = e, {}, None
         fedprox_mu = checked.get("fedprox_mu", 0.0)
+        self.num_rounds = num_rounds
+        self.dp, self.dp_noise, self.dp_target_epsilon, self.dp_delta = dp, dp_noise, dp_target_epsilon, dp_delta
+        self.dp_clip, self.dp_budget = dp_clip, dp_budget
         if label_kind not in LABEL_KINDS:
             raise ValueError(f"label_kind={label_kind!r}: unknown label kind (valid: {', '.join(LABEL_KINDS)})")
         self.data_root = data_root
@@ -238,6 +266,7 @@ class SegLearner(Learner):
                 boundary_perturbation=self.boundary_perturbation,
             )  # fmt: skip
             personal_dir = self._personal_dir(fl_ctx) if personal.enabled else None
+            privacy_file = self._taken_over(fl_ctx, PRIVACY_DIR, f"{self.site}.json", "privacy") if self.dp_settings.enabled else None
             t0 = time.perf_counter()
             self.trainer = SiteTrainer(
                 site_dir,
@@ -251,6 +280,9 @@ class SegLearner(Learner):
                 weak_loss={"threshold": self.pseudo_threshold, "ramp_rounds": self.pseudo_ramp_rounds},
                 personal=personal,
                 personal_dir=personal_dir,
+                dp=self.dp_settings,
+                planned_rounds=self.num_rounds,
+                privacy_file=privacy_file,
             )
             if personal.method == "ditto":
                 from fedsegnet.flare.ditto import SegDittoHelper
@@ -264,7 +296,8 @@ class SegLearner(Learner):
                 f"preset {config.preset.name}, network {config.preset.network}, patch {config.preset.patch_size}, "
                 f"device {self.trainer.device}, preflight passed in {time.perf_counter() - t0:.1f} s"
                 + (f", personalisation {personal.method} ({len(self.trainer.personal_keys)} personal key(s) stay "
-                   f"here, state in {personal_dir})" if personal.enabled else ""),
+                   f"here, state in {personal_dir})" if personal.enabled else "")
+                + (self._privacy_line(privacy_file) if self.dp_settings.enabled else ""),
             )  # fmt: skip
         except FedSegNetError as e:
             # Keep the site alive and answer every task with the error, so the server hears it and
@@ -274,16 +307,29 @@ class SegLearner(Learner):
 
     def _personal_dir(self, fl_ctx: FLContext) -> Path:
         """``<site job workspace>/fedsegnet_personal``; a resumed job takes over the earlier job's state."""
+        return self._taken_over(fl_ctx, PERSONAL_DIR, f"{self.site}.pt", "personal").parent
+
+    def _taken_over(self, fl_ctx: FLContext, folder_name: str, file_name: str, what: str) -> Path:
+        """``<site job workspace>/<folder_name>/<file_name>``; when it does not exist and the job
+        resumes another, the other job's file is copied there first (the earlier job's is kept)."""
         workspace = fl_ctx.get_engine().get_workspace()
-        folder = Path(workspace.get_run_dir(fl_ctx.get_job_id())) / PERSONAL_DIR
-        mine = folder / f"{self.site}.pt"
+        mine = Path(workspace.get_run_dir(fl_ctx.get_job_id())) / folder_name / file_name
         if self.resume_from and not mine.exists():
-            old = Path(workspace.get_run_dir(self.resume_from)) / PERSONAL_DIR / f"{self.site}.pt"
+            old = Path(workspace.get_run_dir(self.resume_from)) / folder_name / file_name
             if old.is_file():
-                folder.mkdir(parents=True, exist_ok=True)
+                mine.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(old, mine)
-                self.log_info(fl_ctx, f"site {self.site}: personal state taken over from job {self.resume_from} ({old})")
-        return folder
+                self.log_info(fl_ctx, f"site {self.site}: {what} state taken over from job {self.resume_from} ({old})")
+        return mine
+
+    def _privacy_line(self, privacy_file: Path) -> str:
+        report = self.trainer.privacy.report()
+        return (
+            f", DP-SGD per training case: noise multiplier {report['noise_multiplier']:.3g}, clip {report['clip']:g}, "
+            f"sampling rate {report['sample_rate']:.3g}, delta {report['delta']:.2g}, epsilon spent {report['epsilon']:.3f} "
+            f"over {report['steps']} step(s)" + (f" of budget {report['budget']:g}" if report["budget"] else "")
+            + f", state in {privacy_file}"
+        )  # fmt: skip
 
     def _error_reply(self) -> Shareable:
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -315,6 +361,12 @@ class SegLearner(Learner):
         current_round = int(data.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
         try:
             update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered, round=current_round)
+        except PrivacyBudgetSpent as e:
+            self.log_warning(fl_ctx, f"round {current_round}: {e}")
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(ERROR_HEADER, str(e))
+            reply.set_header(DP_REFUSED_HEADER, True)
+            return reply
         except FedSegNetError as e:
             self.log_error(fl_ctx, f"site {self.site} round {current_round}: {e}")
             reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
@@ -325,12 +377,13 @@ class SegLearner(Learner):
         local = self.trainer.evaluate()
         val_global = self._global_val.pop(current_round, None)
         agreement = _finite_or_none(stats.get("agreement"))
+        private = "dp" in stats  # the loss is computed from the training cases outside the accountant: kept here
         meta = {
             MetaKey.NUM_STEPS_CURRENT_ROUND: self.trainer.n_train,
             UpdateMeta.N_TRAIN: self.trainer.n_train,
             UpdateMeta.LOCAL_STEPS: int(stats["steps"]),
             UpdateMeta.LABEL_KIND: self.label_kind,
-            UpdateMeta.TRAIN_LOSS: _finite_or_none(stats["loss_mean"]),
+            UpdateMeta.TRAIN_LOSS: None if private else _finite_or_none(stats["loss_mean"]),
             UpdateMeta.VAL_DICE_GLOBAL: _finite_or_none(val_global),
             UpdateMeta.VAL_DICE_LOCAL: _finite_or_none(local.dice_mean),
             UpdateMeta.LABEL_AGREEMENT: agreement,
@@ -340,17 +393,23 @@ class SegLearner(Learner):
         }
         if self.trainer.personal_keys:
             meta[UpdateMeta.PERSONAL_KEYS] = list(self.trainer.personal_keys)
+        if private:
+            meta[UpdateMeta.DP] = dict(stats["dp"])
         memory = job_and_parent_rss_mb()
         meta[UpdateMeta.RSS_MB] = memory["rss_mb"]
         meta[UpdateMeta.PARENT_RSS_MB] = memory["parent_rss_mb"]
-        self._stream("train_loss", stats["loss_mean"], current_round)
+        if private:
+            self._stream("dp_epsilon", stats["dp"]["epsilon"], current_round)
+        else:
+            self._stream("train_loss", stats["loss_mean"], current_round)
         self._stream("val_dice_local", local.dice_mean, current_round)
         self.log_info(
             fl_ctx,
             f"site {self.site} round {current_round}: {stats['steps']} steps in {stats['seconds']:.1f} s, "
             f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global {_fmt(val_global)} -> "
             f"local {_fmt(local.dice_mean)} ({local.n_cases} voxel-labelled case(s)), label kind {self.label_kind}, "
-            f"label agreement {_fmt(agreement)}",
+            f"label agreement {_fmt(agreement)}"
+            + (f", epsilon spent {stats['dp']['epsilon']:.3f} (delta {stats['dp']['delta']:.2g})" if private else ""),
         )
         return DXO(DataKind.WEIGHT_DIFF, data=update, meta=meta).to_shareable()
 

@@ -106,6 +106,9 @@ class FedSegNetFedAvgRecipe(Recipe):
         personalization, personal_keys, ditto_lambda, personal_steps, boundary_weight, boundary_band,
             boundary_perturbation: the sites' personalisation (:class:`fedsegnet.config.PersonalConfig`;
             defaults ``"none"``, ``()``, 0.1, 0, 0.0, 2, 0.1). ``"dca"`` needs ``network="dca_unetr"``.
+        dp, dp_noise, dp_target_epsilon, dp_delta, dp_clip, dp_budget: the sites' differential
+            privacy (:class:`fedsegnet.privacy.DPSettings`; defaults ``"none"``, None, None, None,
+            1.0, 0.0; see ``docs/privacy.md``).
     """
 
     def __init__(
@@ -155,6 +158,12 @@ class FedSegNetFedAvgRecipe(Recipe):
         boundary_weight: float = 0.0,
         boundary_band: int = 2,
         boundary_perturbation: float = 0.1,
+        dp: str = "none",
+        dp_noise: float | None = None,
+        dp_target_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_clip: float = 1.0,
+        dp_budget: float = 0.0,
     ):
         given = dict(locals())
         check_job_args({k: v for k, v in given.items() if k in JOB_ARGS and not (k == "aggregation" and v is None)})
@@ -242,6 +251,13 @@ class FedSegNetFedAvgRecipe(Recipe):
                 boundary_band=boundary_band,
                 boundary_perturbation=boundary_perturbation,
                 resume_from=resume_from,
+                num_rounds=num_rounds,
+                dp=dp,
+                dp_noise=dp_noise,
+                dp_target_epsilon=dp_target_epsilon,
+                dp_delta=dp_delta,
+                dp_clip=dp_clip,
+                dp_budget=dp_budget,
             ),
             id="learner",
         )

@@ -33,6 +33,8 @@ being modified inplace"; and ``prepare_layer`` refuses any module with buffers (
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -239,6 +241,88 @@ class PrivateTraining:
             loss = float(losses.detach().mean())
         self.optimizer.step()
         return loss
+
+    def train_steps(self, batches, steps: int, *, should_stop=None, progress: bool | str = False, desc: str = "train (DP)") -> dict:
+        """Run ``steps`` DP-SGD steps (unless stopped), as :func:`fedsegnet.training.loop.train_steps` does plain ones.
+
+        Every step is composed by the accountant, also one that drew no case. ``should_stop()`` is
+        called before every step.
+
+        Args:
+            batches: an endless iterator of case batches (``infinite_batches`` of
+                :func:`~fedsegnet.privacy.build_case_loader`).
+            steps: steps to run, >= 1.
+            should_stop: True stops early (FLARE's abort signal). Defaults to None.
+            progress: a tqdm bar (``True`` on a terminal, ``"force"`` always). Defaults to False.
+            desc: the bar's and the log line's label. Defaults to ``"train (DP)"``.
+
+        Returns:
+            The keys of ``train_steps``' result (``steps``, ``loss_first``, ``loss_last``,
+            ``loss_mean`` over the steps that drew a case, ``seconds``, ``voxels``, ``aborted``)
+            plus ``cases_drawn``: the cases the Poisson sampler drew in all.
+
+        Raises:
+            ConfigError: for ``steps`` < 1.
+            TrainingError: naming the step, for a non-finite loss.
+        """
+        from fedsegnet.training.errors import TrainingError
+        from fedsegnet.training.progress import show_progress
+
+        steps = check_int("steps", steps, 1)
+        self.model.train()
+        bar = None
+        if show_progress(progress):
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
+        losses, voxels, drawn, aborted, done = [], 0, 0, False, 0
+        start = time.perf_counter()
+        try:
+            for step in range(1, steps + 1):
+                if should_stop is not None and should_stop():
+                    aborted = True
+                    logger.info("%s: stopped before step %d/%d", desc, step, steps)
+                    break
+                batch = next(batches)
+                loss = self.step(batch)
+                done += 1
+                n_crops = int(batch["image"].shape[0])
+                drawn += n_crops // self.crops_per_case
+                voxels += n_crops * math.prod(int(s) for s in batch["image"].shape[2:])
+                if loss is not None:
+                    if not math.isfinite(loss):
+                        raise TrainingError(f"step {step}/{steps}: loss is {loss} (non-finite); stopping", step)
+                    losses.append(loss)
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        logger.info("%s: %d DP step(s) in %.1f s, %d case(s) drawn, epsilon %.3f", desc, done, seconds, drawn, self.spent())
+        return {
+            "steps": done,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "loss_mean": float(sum(losses) / len(losses)) if losses else None,
+            "seconds": seconds,
+            "voxels": voxels,
+            "aborted": aborted,
+            "cases_drawn": drawn,
+        }
+
+    def report(self) -> dict:
+        """What the site may publish about its privacy: ``{"epsilon", "delta", "noise_multiplier",
+        "sample_rate", "clip", "steps", "budget"}`` (functions of the settings and the step count only)."""
+        return {
+            "epsilon": self.spent(),
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "clip": self.settings.clip,
+            "steps": self.accountant.steps,
+            "budget": self.settings.budget or None,
+        }
 
     def spent(self) -> float:
         """Epsilon spent at this site so far, at :attr:`delta`, over every step since the first round."""

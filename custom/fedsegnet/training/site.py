@@ -29,7 +29,7 @@ from fedsegnet.data.transforms import (
     case_spacing,
     infinite_batches,
 )
-from fedsegnet.errors import ConfigError, DataError
+from fedsegnet.errors import ConfigError, DataError, check_int
 from fedsegnet.networks import build_network
 from fedsegnet.training.evaluate import EvalResult, evaluate
 from fedsegnet.training.losses import build_loss
@@ -158,6 +158,15 @@ class SiteTrainer(PersonalTraining):
         personal_dir: folder of the site's personal state file ``<site>.pt``
             (:class:`~fedsegnet.training.personal.PersonalStore`), loaded here when present and
             written after every round. Defaults to None (kept in memory only).
+        dp: the site's differential privacy (:class:`~fedsegnet.privacy.DPSettings`); with
+            ``dp='patient'`` every round trains with patient-level DP-SGD
+            (:class:`~fedsegnet.privacy.site.SitePrivacy`), the agreement signal is off (it would
+            be computed from the training cases outside the accountant) and :attr:`privacy`
+            holds the accountant. Defaults to None (no DP).
+        planned_rounds: the rounds the job plans (with ``local_steps``, the steps a
+            ``dp_target_epsilon`` is spread over), >= 1. Defaults to 1.
+        privacy_file: the site's privacy state file (the accountant, read when present, written
+            after every round). Defaults to None (kept in memory only).
 
     Label kinds: a ``box`` or ``tag`` site's loss uses the received global model's predictions on
     each crop as pseudo-labels (one extra forward pass per step); a ``partial`` site uses the
@@ -187,6 +196,9 @@ class SiteTrainer(PersonalTraining):
         weak_loss: dict | None = None,
         personal: PersonalConfig | None = None,
         personal_dir: str | Path | None = None,
+        dp=None,
+        planned_rounds: int = 1,
+        privacy_file: str | Path | None = None,
     ):
         self.site_dir = Path(site_dir)
         self.config = config
@@ -231,6 +243,26 @@ class SiteTrainer(PersonalTraining):
         self._eval_sets = {}
         self.rounds_done = 0
         self._init_personal(personal or PersonalConfig(), personal_dir)
+        self.privacy = None
+        if dp is not None and dp.enabled:
+            self._init_privacy(dp, planned_rounds, privacy_file)
+
+    def _init_privacy(self, dp, planned_rounds: int, privacy_file) -> None:
+        """Patient-level DP-SGD for every round (:class:`~fedsegnet.privacy.site.SitePrivacy`)."""
+        from fedsegnet.privacy.site import SitePrivacy, refuse_unsupported  # Opacus only where DP is on
+
+        refuse_unsupported(
+            self.site, label_kind=self.datalist.label_kind, proximal=self.proximal_loss is not None,
+            personal_method=self.personal.method, boundary=self.boundary_loss is not None,
+        )  # fmt: skip
+        self.agreement_batches = 0
+        self.privacy = SitePrivacy(
+            self.site, dp, self.model, self.optimizer, self.loss_fn, self.datalist.training, self.config.preset,
+            self.num_classes, self.in_channels, seed=self.seed,
+            planned_steps=check_int("planned_rounds", planned_rounds, 1) * self.config.local_steps,
+            state_file=privacy_file, label_map=self.label_map,
+        )  # fmt: skip
+        self.optimizer = self.privacy.optimizer
 
     @property
     def n_train(self) -> int:
@@ -281,9 +313,16 @@ class SiteTrainer(PersonalTraining):
             the global weights) for every shared key and the loop statistics (steps, losses,
             seconds, voxels, aborted), plus ``agreement``: the received global model's label
             agreement on this site's training crops (None when off or when no foreground was
-            seen) and, with ``ditto``, ``personal_loss_mean``.
+            seen) and, with ``ditto``, ``personal_loss_mean``; with DP, ``dp`` (the privacy
+            report after the round) and ``cases_drawn``.
+
+        Raises:
+            PrivacyBudgetSpent: (:mod:`fedsegnet.privacy.site`) with DP, when this round's steps
+                would pass ``dp_budget``; nothing is trained or changed.
         """
         round = self.rounds_done if round is None else int(round)
+        if self.privacy is not None:
+            self.privacy.check_budget(self.config.local_steps)  # PrivacyBudgetSpent: this round does not train
         self.set_weights(personalise(global_weights, self._personal))
         agreement = None
         kind = self.datalist.label_kind
@@ -330,7 +369,9 @@ class SiteTrainer(PersonalTraining):
         self._global_model.eval()
 
     def _train(self, model, optimizer, steps: int, round: int, should_stop, regularizer, desc: str) -> dict:
-        """``train_steps`` with this site's loss, weak-label extras and boundary loss."""
+        """``train_steps`` with this site's loss, weak-label extras and boundary loss (or DP-SGD steps)."""
+        if self.privacy is not None and model is self.model:
+            return self.privacy.train(steps, round, should_stop=should_stop, progress=self.progress, desc=desc + " (DP)")
         kind = self.datalist.label_kind
         extras = None
         if kind != "voxel":
