@@ -94,3 +94,44 @@ def test_bad_values_name_the_job_arg():
         ResumableScatterAndGather(drop_stragglers="yes")
     with pytest.raises(ConfigError, match="wait_after_min_clients=-1: must be an integer >= 0"):
         ResumableScatterAndGather(wait_time_after_min_received=-1)
+
+
+def _refusal():
+    from nvflare.apis.shareable import ReturnCode, make_reply
+
+    from fedsegnet.flare.constants import DP_REFUSED_HEADER
+
+    reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+    reply.set_header(DP_REFUSED_HEADER, True)
+    return reply
+
+
+class _RefusingCommunicator(_Communicator):
+    """Every answering site's result is a privacy-budget refusal, passed to the workflow's result check."""
+
+    def __init__(self, wf, answered, refusing):
+        super().__init__(answered)
+        self.wf, self.refusing = wf, set(refusing)
+
+    def broadcast_and_wait(self, task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal):
+        super().broadcast_and_wait(task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal)
+        for site in self.answered:
+            result = _refusal() if site in self.refusing else Shareable()
+            if site in self.refusing:
+                assert self.wf._accept_train_result(site, result, fl_ctx) is False
+
+
+@pytest.mark.parametrize("ignore_result_error", [None, False, True])
+def test_a_budget_refusal_is_no_failure_and_when_every_site_refuses_the_round_is_the_last(ignore_result_error, monkeypatch):
+    wf = ResumableScatterAndGather(num_rounds=5, ignore_result_error=ignore_result_error)
+    # FLARE's error rule would panic (end the job abnormally) for False / None: it must not be reached
+    monkeypatch.setattr(wf, "system_panic", lambda *a, **k: pytest.fail("a budget refusal was treated as an error"))
+    monkeypatch.setattr(wf, "fire_event", _Events().fire_event)
+    wf._current_round, wf._start_round = 2, 0
+    sites = ["site-1", "site-2", "site-3"]
+    wf.communicator = _RefusingCommunicator(wf, answered=sites, refusing=["site-1", "site-2"])
+    wf.broadcast_and_wait(Task(name="train", data=Shareable()), FLContext(), abort_signal=Signal())
+    assert wf._num_rounds == 5  # site-3 trained: the job goes on
+    wf.communicator = _RefusingCommunicator(wf, answered=sites, refusing=sites)
+    wf.broadcast_and_wait(Task(name="train", data=Shareable()), FLContext(), abort_signal=Signal())
+    assert wf._start_round + wf._num_rounds == 3  # round 2 is the last

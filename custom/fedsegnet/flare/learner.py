@@ -406,7 +406,7 @@ class SegLearner(Learner):
         self.log_info(
             fl_ctx,
             f"site {self.site} round {current_round}: {stats['steps']} steps in {stats['seconds']:.1f} s, "
-            f"loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}, val Dice global {_fmt(val_global)} -> "
+            f"loss {_fmt(stats['loss_first'])} -> {_fmt(stats['loss_last'])}, val Dice global {_fmt(val_global)} -> "
             f"local {_fmt(local.dice_mean)} ({local.n_cases} voxel-labelled case(s)), label kind {self.label_kind}, "
             f"label agreement {_fmt(agreement)}"
             + (f", epsilon spent {stats['dp']['epsilon']:.3f} (delta {stats['dp']['delta']:.2g})" if private else ""),

@@ -27,7 +27,13 @@ A site the round's train task went to (``ResumableScatterAndGather`` says which,
 contribute is listed in ``missing_sites`` as ``{site: {"reason", "detail"}}``, the reason one of
 :data:`~fedsegnet.flare.workflow.MISSED_REASONS` (no result when the round closed: ``late``,
 ``timeout``, ``dead``; an error reply: ``failed``; an update the aggregator or its gate refused:
-``refused``), and named in a warning with the last round it contributed to.
+``refused``; a round not trained because it would pass the site's privacy budget: ``budget``), and
+named in a warning with the last round it contributed to.
+
+With ``dp='patient'``, each contributing site's entry holds ``dp`` (its privacy report: epsilon
+spent so far, delta, noise multiplier, sampling rate, clip, steps, budget), the record holds
+``dp_epsilon_max`` (the largest epsilon any site has spent, over every round the record has seen),
+and TensorBoard gets ``dp_epsilon/<site>``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from nvflare.widgets.widget import Widget
 from fedsegnet.flare.constants import (
     AAM_RECORD_EVENT,
     AAM_RECORD_PROP,
+    DP_REFUSED_HEADER,
     ERROR_HEADER,
     MESSAGE_BYTES_EVENT,
     ROUND_RECORDS_FILE,
@@ -91,6 +98,8 @@ class RoundRecorder(Widget):
         self._last_seen = {}  # site -> last round it contributed to
         self._round_sites = None  # the workflow's {"asked", "unanswered"} of the current round
         self._failed = {}  # site -> why its train result of the current round is an error reply
+        self._budget = {}  # site -> why it did not train the current round (its privacy budget)
+        self._epsilon = {}  # site -> epsilon it has spent (the latest privacy report)
         self._accepted, self._refused = set(), set()  # sites whose update of the round the aggregator took / refused
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -99,6 +108,7 @@ class RoundRecorder(Widget):
             self._run_dir = engine.get_workspace().get_run_dir(fl_ctx.get_job_id())
         elif event_type == AppEventType.ROUND_STARTED:
             self._sites, self._failed, self._accepted, self._refused, self._round_sites = {}, {}, set(), set(), None
+            self._budget = {}
             self._round_start = time.time()
         elif event_type == AppEventType.BEFORE_CONTRIBUTION_ACCEPT:
             self._collect(fl_ctx)
@@ -133,6 +143,10 @@ class RoundRecorder(Widget):
         message = result.get_header(ERROR_HEADER)
         rc = result.get_return_code(ReturnCode.OK)
         if rc != ReturnCode.OK and fl_ctx.get_prop(FLContextKey.TASK_NAME) == AppConstants.TASK_TRAIN:
+            if result.get_header(DP_REFUSED_HEADER):
+                self._budget[site] = message or "privacy budget"
+                self.log_warning(fl_ctx, f"site {site} did not train: {self._budget[site]}", fire_event=False)
+                return
             self._failed[site] = message or f"error reply (return code {rc})"
         if not message:
             return
@@ -195,6 +209,11 @@ class RoundRecorder(Widget):
         }
         if aggregation:
             record["aggregation_method"] = aggregation.get("method")
+        for site, s in sites.items():
+            if isinstance(s.get("dp"), dict) and s["dp"].get("epsilon") is not None:
+                self._epsilon[site] = float(s["dp"]["epsilon"])
+        if self._epsilon:
+            record["dp_epsilon_max"] = max(self._epsilon.values())
         if counted:
             record["bytes_up"] = sum(s.get("bytes_up", 0) for s in sites.values())
             record["bytes_down"] = sum(s.get("bytes_down", 0) for s in sites.values())
@@ -229,6 +248,8 @@ class RoundRecorder(Widget):
             decision = entry.get("aggregation") or {}
             if site in unanswered:
                 missing[site] = dict(unanswered[site])
+            elif site in self._budget:
+                missing[site] = {"reason": "budget", "detail": self._budget[site]}
             elif site in self._failed:
                 missing[site] = {"reason": "failed", "detail": self._failed[site]}
             elif (site in self._refused and site not in self._accepted) or (decision and not decision.get("accepted")):
@@ -261,6 +282,8 @@ class RoundRecorder(Widget):
                 if key in s:
                     self._tb.add_scalar(f"{key}/{site}", s[key], global_step=record["round"])
         for site, s in record["sites"].items():
+            if isinstance(s.get("dp"), dict) and s["dp"].get("epsilon") is not None:
+                self._tb.add_scalar(f"dp_epsilon/{site}", s["dp"]["epsilon"], global_step=record["round"])
             for key in ("weight", "quality", "performance", "cos_dist", "norm_ratio", "agreement"):
                 value = (s.get("aggregation") or {}).get(key)
                 if isinstance(value, (int, float)) and math.isfinite(value):

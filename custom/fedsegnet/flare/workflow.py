@@ -14,6 +14,13 @@ workflow publishes, when the round closes, which sites were asked and why any ga
 persistor loads the interrupted job's global model and reports how many rounds it completed; this
 workflow then runs the remaining rounds, numbered as in the interrupted job, so ``num_rounds`` stays
 the total of the federation and the per-round records continue without a gap or a repeat.
+
+**Privacy budgets.** A site whose next round would pass its ``dp_budget`` answers the train task
+with an error reply marked :data:`~fedsegnet.flare.constants.DP_REFUSED_HEADER`. That reply is not
+a failure: it never counts against ``ignore_result_error``, the round goes on with the other
+sites, and when every site asked in a round refused for its budget, that round is the last one:
+the job ends with the global model as it was (the round's aggregate is empty), and the persistor
+saves it as usual.
 """
 
 from __future__ import annotations
@@ -24,17 +31,19 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.workflows.scatter_and_gather import ScatterAndGather
 
 from fedsegnet.config import check_job_args
+from fedsegnet.flare.constants import DP_REFUSED_HEADER
 
 ROUND_SITES_EVENT = "fedsegnet.round_sites"
 """Server event fired by :class:`ResumableScatterAndGather` when a round's train task closes."""
 ROUND_SITES_PROP = "fedsegnet.round_sites"
 """FLContext prop of that event: ``{"asked": [site, ...], "unanswered": {site: {"reason", "detail"}}}``."""
 
-MISSED_REASONS = ("late", "timeout", "dead", "failed", "refused")
+MISSED_REASONS = ("late", "timeout", "dead", "failed", "refused", "budget")
 """Why a site asked in a round did not contribute: no result when the round closed (``late``: the
 round closed after ``min_clients`` with ``drop_stragglers``; ``timeout``: ``train_timeout`` passed;
-``dead``: FLARE found the site disconnected), an error reply (``failed``), or an update the server
-refused (``refused``)."""
+``dead``: FLARE found the site disconnected), an error reply (``failed``), an update the server
+refused (``refused``), or a round the site did not train because it would pass its privacy budget
+(``budget``)."""
 
 
 def unanswered_sites(task: Task, is_disconnected=lambda site: False, train_timeout: int = 0,
@@ -139,6 +148,14 @@ class ResumableScatterAndGather(ScatterAndGather):
             memory_gc_rounds=memory_gc_rounds, enable_tensor_disk_offload=enable_tensor_disk_offload,
         )  # fmt: skip
         self.drop_stragglers = drop_stragglers
+        self._budget_refused = set()  # sites of the current round that refused it for their privacy budget
+
+    def _accept_train_result(self, client_name: str, result, fl_ctx: FLContext, is_unknown_task: bool = False) -> bool:
+        """FLARE's, except that a privacy-budget refusal is noted and skipped, never treated as an error."""
+        if result is not None and result.get_header(DP_REFUSED_HEADER):
+            self._budget_refused.add(client_name)
+            return False
+        return super()._accept_train_result(client_name, result, fl_ctx, is_unknown_task)
 
     def start_controller(self, fl_ctx: FLContext) -> None:
         super().start_controller(fl_ctx)
@@ -164,9 +181,18 @@ class ResumableScatterAndGather(ScatterAndGather):
             return super().broadcast_and_wait(task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal)
         if not self.drop_stragglers:
             min_responses = 0  # FLARE's broadcast: "all targets" (until the task's timeout or the targets are dead)
+        self._budget_refused = set()
         super().broadcast_and_wait(task, fl_ctx, targets, min_responses, wait_time_after_min_received, abort_signal)
         if abort_signal is not None and abort_signal.triggered:
             return
+        asked = set(task.targets or ())
+        if asked and asked <= self._budget_refused:
+            self.log_warning(
+                fl_ctx, f"round {self._current_round}: every site asked ({', '.join(sorted(asked))}) would pass its "
+                "privacy budget (dp_budget); no site can train, so this is the last round and the job ends with the "
+                "global model as it is",
+            )  # fmt: skip
+            self._num_rounds = self._current_round + 1 - self._start_round
         unanswered = unanswered_sites(
             task, lambda site: bool(self.communicator.get_client_disconnect_time(site)), self._train_timeout,
             min_responses, wait_time_after_min_received,
