@@ -28,7 +28,7 @@ import torch
 from fedsegnet.aggregation import METHODS, AdaptiveAggregation, CompactUpdate, ServerRound, update_norm
 from fedsegnet.config import PersonalConfig, TrainConfig
 from fedsegnet.data.datalist import load_datalist, write_datalist
-from fedsegnet.errors import ConfigError
+from fedsegnet.errors import ConfigError, PrivacyBudgetSpent
 from fedsegnet.data.transforms import build_eval_dataset
 from fedsegnet.training.evaluate import evaluate
 from fedsegnet.training.loop import state_dict_for_exchange
@@ -108,6 +108,7 @@ def run_federation(
     weak_loss: dict | None = None,
     personal=None,
     personal_dir: str | Path | None = None,
+    dp=None,
 ) -> dict:
     """Train a federation in this process and evaluate the final global model on a test set.
 
@@ -137,6 +138,11 @@ def run_federation(
         personal: every site's :class:`~fedsegnet.config.PersonalConfig` (personal keys are
             left out of the updates and the aggregation, as in the FLARE job). Defaults to None.
         personal_dir: where the sites keep their personal state. Defaults to None (memory only).
+        dp: every site's :class:`~fedsegnet.privacy.DPSettings` (patient-level DP-SGD, the noise
+            for a target epsilon spread over ``rounds`` x ``local_steps``, as in the FLARE job). A
+            site whose next round would pass ``dp_budget`` sits it out (its record says
+            ``"missing": "budget"``); when every site does, the federation ends there. Defaults to
+            None (no DP).
 
     Returns:
         ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float,
@@ -146,8 +152,10 @@ def run_federation(
         there) on the site's own ``test`` split (sites without one are left out);
         a round record holds per site what the FLARE aggregator records (accepted, gate reason,
         weight, signals for ``aam``), the training loss, the update norm and ``bytes_up`` (the
-        encoded payload's array bytes, ``payload_nbytes``; float32 bytes without a codec).
+        encoded payload's array bytes, ``payload_nbytes``; float32 bytes without a codec); with
+        ``dp``, ``dp``: the site's privacy report after the round.
     """
+
     from fedsegnet.compression import ErrorFeedback, decode_payload, payload_nbytes
 
     if aggregation not in METHODS:
@@ -161,7 +169,7 @@ def run_federation(
     t0 = time.perf_counter()
     trainers = {
         site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss, weak_loss=weak_loss,
-                          personal=personal, personal_dir=personal_dir)
+                          personal=personal, personal_dir=personal_dir, dp=dp, planned_rounds=int(rounds))
         for site, d in site_dirs.items()
     }
     first = next(iter(trainers.values()))
@@ -178,6 +186,12 @@ def run_federation(
     for rnd in range(int(rounds)):
         received, reports, sites_rec = {}, {}, {}
         for site, trainer in trainers.items():
+            try:
+                if trainer.privacy is not None:
+                    trainer.privacy.check_budget(config.local_steps)
+            except PrivacyBudgetSpent as e:
+                sites_rec[site] = {"missing": "budget", "detail": str(e)}
+                continue
             val_global = trainer.evaluate(weights=trainer.with_personal_keys(global_weights)).dice_mean if want_signals else None
             update, stats = trainer.train_round(global_weights, round=rnd)
             val_local = trainer.evaluate().dice_mean if want_signals else None
@@ -196,6 +210,12 @@ def run_federation(
                 "agreement": stats.get("agreement"), "val_dice_global": val_global, "val_dice_local": val_local,
             }  # fmt: skip
             sites_rec[site] = {"loss": stats["loss_mean"], "norm": received[site].norm(), "bytes_up": bytes_up, **reports[site]}
+            if "dp" in stats:
+                sites_rec[site]["dp"] = stats["dp"]
+        if not received:  # every site would pass its privacy budget: the federation ends with the model as it is
+            records.append({"round": rnd, "method": aggregation, "sites": sites_rec, "update_norm": None})
+            logger.info("round %d: no site can train within its privacy budget; stopping", rnd)
+            break
         result = server.round(received, reports, full_shapes, round=rnd, expected_personal=kept)
         combined = result.update
         for site, r in result.record["sites"].items():
