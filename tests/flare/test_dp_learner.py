@@ -101,3 +101,52 @@ def test_bad_dp_job_args_are_reported_by_the_site_naming_the_arg(sites, tmp_path
     assert learner.init_error and text in learner.init_error
     reply = learner.train(_task(), ctx, Signal())
     assert text in reply.get_header(ERROR_HEADER)
+
+
+def test_a_site_policy_budget_wins_over_the_jobs_and_refuses_a_job_without_dp(sites, tmp_path):
+    from fedsegnet.flare.privacy import SiteDPBudget
+
+    probe, _ = _site(sites, tmp_path / "probe")
+    training = probe.trainer.privacy.training
+    one = training.accountant.epsilon_after(2, 1.0, training.sample_rate)
+    two = training.accountant.epsilon_after(4, 1.0, training.sample_rate)
+    policy = SiteDPBudget(budget=(one + two) / 2)
+    # the job allows far more than the site's policy
+    learner, ctx = _site(sites, tmp_path, dp_budget=100.0)
+    for rnd, trains in ((0, True), (1, False)):
+        task = policy.process(_task(rnd), ctx)
+        reply = learner.train(task, ctx, Signal())
+        assert (reply.get_return_code() == ReturnCode.OK) == trains
+    assert reply.get_header(DP_REFUSED_HEADER) is True
+    assert f"the site privacy policy's budget {policy.budget:g}" in reply.get_header(ERROR_HEADER)
+    # a job without DP is refused at a site whose policy asks for it
+    plain, ctx2 = _site(sites, tmp_path / "plain", dp="none", dp_noise=None)
+    reply = plain.train(policy.process(_task(), ctx2), ctx2, Signal())
+    assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    assert "site privacy policy allows updates only under DP" in reply.get_header(ERROR_HEADER)
+    assert "dp='none'" in reply.get_header(ERROR_HEADER)
+
+
+def test_the_policys_result_check_stops_an_update_without_dp_or_above_the_budget(sites, tmp_path):
+    from fedsegnet.errors import ConfigError
+    from fedsegnet.flare.privacy import SiteDPBudget
+
+    check = SiteDPBudget(budget=2.0, stage="result")
+    ctx = _ctx(_Engine(tmp_path / "site-1"), "site-1")
+    update = {"w": __import__("numpy").ones(3, dtype="float32")}
+    plain = DXO(DataKind.WEIGHT_DIFF, data=update).to_shareable()
+    out = check.process(plain, ctx)
+    assert out.get_return_code() == ReturnCode.EXECUTION_EXCEPTION and "without differential privacy" in out.get_header(ERROR_HEADER)
+    above = DXO(DataKind.WEIGHT_DIFF, data=update, meta={UpdateMeta.DP: {"epsilon": 2.5}}).to_shareable()
+    out = check.process(above, ctx)
+    assert "reports epsilon 2.500" in out.get_header(ERROR_HEADER) and "epsilon <= 2" in out.get_header(ERROR_HEADER)
+    within = DXO(DataKind.WEIGHT_DIFF, data=update, meta={UpdateMeta.DP: {"epsilon": 1.5}}).to_shareable()
+    assert from_shareable(check.process(within, ctx)).data["w"].sum() == 3  # passes unchanged
+    # a DP site's local model submitted for cross-site evaluation carries its report and passes
+    learner, lctx = _site(sites, tmp_path)
+    learner.train(_task(), lctx, Signal())
+    submitted = learner.get_model_for_validation("site-1", lctx)
+    assert from_shareable(SiteDPBudget(budget=100.0, stage="result").process(submitted, lctx)).data_kind == DataKind.WEIGHTS
+    for bad in (dict(budget=0), dict(budget=float("inf")), dict(budget=1.0, stage="both")):
+        with pytest.raises(ConfigError):
+            SiteDPBudget(**bad)

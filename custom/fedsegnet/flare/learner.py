@@ -34,6 +34,7 @@ from fedsegnet.flare.constants import (
     UpdateMeta,
 )
 
+from fedsegnet.flare.privacy import SITE_DP_BUDGET_PROP
 from fedsegnet.memory import job_and_parent_rss_mb
 
 LABEL_KINDS = ("voxel", "box", "tag", "partial")
@@ -359,6 +360,16 @@ class SegLearner(Learner):
         if weights is None:
             return make_reply(ReturnCode.BAD_TASK_DATA)
         current_round = int(data.get_header(AppConstants.CURRENT_ROUND, 0) or 0)
+        policy = fl_ctx.get_prop(SITE_DP_BUDGET_PROP)  # the site privacy policy's budget (fedsegnet.flare.privacy)
+        if policy is not None and self.trainer.privacy is None:
+            message = (f"site {self.site}: the site privacy policy allows updates only under DP with epsilon <= {policy:g}, "
+                       "but the job trains without it (job arg dp='none'); set dp='patient'")  # fmt: skip
+            self.log_error(fl_ctx, message)
+            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+            reply.set_header(ERROR_HEADER, message)
+            return reply
+        if self.trainer.privacy is not None:
+            self.trainer.privacy.policy_budget = policy
         try:
             update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered, round=current_round)
         except PrivacyBudgetSpent as e:
@@ -466,7 +477,8 @@ class SegLearner(Learner):
         weights = self.trainer.get_weights()
         for key in self.trainer.personal_keys:  # personal parameters never leave the site
             weights.pop(key, None)
-        return DXO(DataKind.WEIGHTS, data=weights).to_shareable()
+        meta = {UpdateMeta.DP: self.trainer.privacy.report()} if self.trainer.privacy is not None else {}
+        return DXO(DataKind.WEIGHTS, data=weights, meta=meta).to_shareable()
 
     def finalize(self, fl_ctx: FLContext):
         self.trainer = None

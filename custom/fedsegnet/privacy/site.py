@@ -98,6 +98,7 @@ class SitePrivacy:
         self._loader_args = (cases, preset, num_classes, in_channels, seed, label_map)
         self._batches = None
         self.restored_from = None
+        self.policy_budget = None  # a site privacy policy's budget (the Learner sets it per task); the smaller one holds
         if self.state_file is not None and self.state_file.exists():
             self._load()
 
@@ -139,10 +140,19 @@ class SitePrivacy:
             )
         return self._batches
 
+    @property
+    def budget(self) -> float:
+        """The budget in force: the smaller of ``dp_budget`` and :attr:`policy_budget` (0 = none)."""
+        budgets = [b for b in (self.settings.budget, self.policy_budget) if b]
+        return min(budgets) if budgets else 0.0
+
     def check_budget(self, steps: int) -> None:
-        """Raise :class:`PrivacyBudgetSpent` when ``steps`` more steps would pass ``dp_budget``."""
-        reason = self.training.budget_refusal(steps)
+        """Raise :class:`PrivacyBudgetSpent` when ``steps`` more steps would pass :attr:`budget`."""
+        t = self.training
+        reason = t.accountant.budget_refusal(self.budget, steps, t.noise_multiplier, t.sample_rate)
         if reason is not None:
+            if self.policy_budget and self.budget == self.policy_budget and self.policy_budget != self.settings.budget:
+                reason = reason.replace(f"dp_budget={self.budget:g}", f"the site privacy policy's budget {self.budget:g}")
             raise PrivacyBudgetSpent(self.site, reason)
 
     def train(self, steps: int, round: int, *, should_stop=None, progress=False, desc: str = "train (DP)") -> dict:
@@ -160,5 +170,6 @@ class SitePrivacy:
         return stats
 
     def report(self) -> dict:
-        """``{"epsilon", "delta", "noise_multiplier", "sample_rate", "clip", "steps", "budget"}``."""
-        return self.training.report()
+        """``{"epsilon", "delta", "noise_multiplier", "sample_rate", "clip", "steps", "budget"}``
+        (``budget``: the one in force, None when there is none)."""
+        return {**self.training.report(), "budget": self.budget or None}
