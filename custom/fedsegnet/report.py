@@ -98,12 +98,21 @@ def series(records: list[dict]) -> dict:
         "bytes_up": per_site("bytes_up"),
         "bytes_down": per_site("bytes_down"),
         "aam_weight": per_site("weight", sub="aggregation"),
+        "dp_epsilon": per_site("epsilon", sub="dp"),
+        "dp_budget": _budget(records),
         "rss_mb": per_site("rss_mb"),
         "server_rss_mb": [r.get("server_rss_mb") for r in records],
         "errors": [dict(e, round=r["round"]) for r in records for e in r.get("errors", [])],
         "missing_sites": {r["round"]: missing_sites(r) for r in records if r.get("missing_sites")},
         "missed_rounds": missed_rounds(records),
     }
+
+
+def _budget(records: list[dict]) -> float | None:
+    """The privacy budget the sites reported (the smallest; None when none has one)."""
+    budgets = [e["dp"]["budget"] for r in records for e in r.get("sites", {}).values()
+               if isinstance(e.get("dp"), dict) and e["dp"].get("budget")]  # fmt: skip
+    return min(budgets) if budgets else None
 
 
 def missing_sites(record: dict) -> dict[str, dict]:
@@ -154,12 +163,15 @@ def _nan(values):
     return [float("nan") if v is None else float(v) for v in values]
 
 
-def _plot_lines(path: Path, rounds, curves: dict, title: str, ylabel: str, styles: dict | None = None) -> Path:
+def _plot_lines(path: Path, rounds, curves: dict, title: str, ylabel: str, styles: dict | None = None,
+                hline: tuple[float, str] | None = None) -> Path:  # fmt: skip
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     for name, values in curves.items():
         ax.plot(rounds, _nan(values), marker="o", label=name, **(styles or {}).get(name, {}))
+    if hline is not None:
+        ax.axhline(hline[0], color="red", linestyle=":", linewidth=2, label=hline[1])
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -295,6 +307,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
     if _has(s["aam_weight"]):
         _plot_lines(out / "aam_weights.png", rounds, s["aam_weight"], "AAM weight per site and round", "weight")
         figures.append(("aam_weights.png", "Aggregation weight AAM gave each site's update (missing point: the update was dropped or not received)."))
+    if _has(s["dp_epsilon"]):
+        budget = s["dp_budget"]
+        _plot_lines(out / "dp_epsilon.png", rounds, s["dp_epsilon"], "Privacy spent per site (epsilon)", "epsilon",
+                    hline=(budget, f"budget {budget:g}") if budget else None)  # fmt: skip
+        figures.append(("dp_epsilon.png", "Epsilon each site has spent after each round (patient-level DP-SGD, all "
+                        "steps of all rounds composed); dotted: the budget. A missing point: the site did not train that round."))  # fmt: skip
     if _has(s["rss_mb"]) or _has(s["server_rss_mb"]):
         mem = {"server job process": s["server_rss_mb"], **{f"{site} job process": v for site, v in s["rss_mb"].items()}}
         _plot_lines(out / "memory_per_round.png", rounds, mem, "Resident memory per round", "MiB")
@@ -373,6 +391,12 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
                      "reach the global model in those rounds):</p><ul>")  # fmt: skip
         parts += [f"<li>{html.escape(m['text'])}</li>" for m in s["missed_rounds"].values()]
         parts.append("</ul>")
+    if _has(s["dp_epsilon"]):
+        spent = {site: next((v for v in reversed(vals) if v is not None), None) for site, vals in s["dp_epsilon"].items()}
+        budget = s["dp_budget"]
+        parts.append("<h2>Differential privacy</h2><p>Patient-level DP-SGD at every site; epsilon spent in all "
+                     f"(delta as each site reports it){'' if not budget else f', budget {budget:g}'}:</p>")  # fmt: skip
+        parts.append(_table(["site", "epsilon spent"], [[site, _f(v)] for site, v in spent.items()]))
     rows = []
     final = {site: {k: s[k][site][-1] for k in ("site_val_dice_global", "site_val_dice_local", "bytes_up", "aam_weight")} for site in s["sites"]}
     for site, v in final.items():

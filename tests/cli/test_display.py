@@ -23,3 +23,10 @@ def test_round_lines_show_weights_drops_and_errors():
 def test_round_lines_without_aggregation_record():
     lines = round_lines({"round": 0, "sites": {"site-1": {}}}, 1)
     assert len(lines) == 1 and "n/a" in lines[0]
+
+
+def test_round_lines_show_the_epsilon_each_site_has_spent_and_the_budget():
+    rec = {"round": 1, "sites": {"site-1": {"dp": {"epsilon": 1.234, "budget": 8.0}}, "site-2": {"dp": {"epsilon": 2.5, "budget": 8.0}},
+                                 "site-3": {"n_train": 4}}}  # fmt: skip
+    assert round_lines(rec, 3)[1] == "        epsilon spent: site-1 1.23, site-2 2.50 (budget 8)"
+    assert not any("epsilon" in line for line in round_lines({"round": 0, "sites": {"site-1": {}}}, 1))

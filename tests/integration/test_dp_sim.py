@@ -12,6 +12,7 @@ from fedsegnet.data.datalist import load_datalist
 from fedsegnet.flare.constants import PRIVACY_DIR
 from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.privacy import PrivacyAccountant, cases_per_step, default_delta, sample_rate
+from fedsegnet.report import build_report
 
 from .conftest import JOBS, TINY_JOB_ARGS, run_two_sites
 
@@ -64,3 +65,13 @@ def test_epsilon_is_recorded_each_round_and_the_budget_ends_the_job(tiny_sites, 
     for site in SITES:  # the accountant state the sites keep: 2 rounds of steps
         state = json.loads((tmp_path / "ws" / site / "simulate_job" / PRIVACY_DIR / f"{site}.json").read_text())
         assert sum(n for _, _, n in state["accountant"]["history"]) == 2 * STEPS and state["round"] == 1
+
+    # the report shows the spend against the budget
+    page = build_report(tmp_path / "ws", tmp_path / "report").read_text()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["series"]["dp_budget"] == pytest.approx(budget)
+    for site in SITES:
+        spent = report["series"]["dp_epsilon"][site]
+        assert spent[0] < spent[1] <= budget and spent[2] is None  # no point for the round not trained
+        assert f"<td>{site}</td><td>{spent[1]:.3f}</td>" in page
+    assert (tmp_path / "report" / "dp_epsilon.png").is_file() and "Differential privacy" in page

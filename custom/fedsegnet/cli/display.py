@@ -43,7 +43,8 @@ def print_eval_table(summary: dict, title: str = "") -> None:
 
 
 def round_lines(rec: dict, rounds: int | str) -> list[str]:
-    """What the demo and ``poc`` print for one round record: Dice, bytes, AAM weights (or drops), site errors.
+    """What the demo and ``poc`` print for one round record: Dice, bytes, AAM weights (or drops), the
+    epsilon each site has spent (with DP), site errors.
 
     Args:
         rec: one round record as the server writes it (``round`` counts from 0).
@@ -68,5 +69,10 @@ def round_lines(rec: dict, rounds: int | str) -> list[str]:
             f"{s} {a['weight']:.2f}" if a.get("accepted") else f"{s} dropped ({a.get('gate')})"
             for s, a in aggregation.items()
         ))  # fmt: skip
+    spent = {s: v["dp"] for s, v in rec.get("sites", {}).items() if isinstance(v.get("dp"), dict)}
+    if spent:
+        budget = next((d["budget"] for d in spent.values() if d.get("budget")), None)
+        lines.append("        epsilon spent: " + ", ".join(f"{s} {fmt(d.get('epsilon'), 2)}" for s, d in spent.items())
+                     + (f" (budget {budget:g})" if budget else ""))  # fmt: skip
     lines += [f"      ERROR from {err['site']}: {err['message']}" for err in rec.get("errors", [])]
     return lines
