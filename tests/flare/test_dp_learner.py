@@ -55,6 +55,7 @@ def test_the_update_carries_epsilon_and_leaves_out_the_non_private_signals(sites
     assert report["delta"] == pytest.approx(min(1e-5, 0.1 / learner.trainer.n_train))
     # computed from the training cases outside the accountant: not sent
     assert dxo.get_meta_prop(UpdateMeta.TRAIN_LOSS) is None and dxo.get_meta_prop(UpdateMeta.LABEL_AGREEMENT) is None
+    assert dxo.get_meta_prop(UpdateMeta.TRAIN_SECONDS) is None
     assert dxo.get_meta_prop(UpdateMeta.N_TRAIN) == learner.trainer.n_train
     state = tmp_path / "site-1" / "job-1" / PRIVACY_DIR / "site-1.json"
     assert json.loads(state.read_text())["accountant"]["history"][0][2] == 2

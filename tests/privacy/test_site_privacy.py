@@ -109,3 +109,19 @@ def test_a_weak_label_site_is_refused_naming_its_label_kind(tmp_path):
     with pytest.raises(ConfigError, match="site 'site-2'.*label kind 'box'"):
         SiteTrainer(tmp_path / "site-2", _config(), site="site-2", device="cpu", run_preflight=False,
                     dp=DPSettings(mode="patient", noise=1.0))  # fmt: skip
+
+
+def test_the_server_knowing_the_job_seed_cannot_replay_the_noise(dp_site):
+    """Playing the server: it knows the job seed (and here even the site's data), so it can re-run the
+    site's round; without DP it gets the site's update exactly, with DP it does not, so it cannot
+    subtract the noise from what the site sent."""
+
+    def one_round(dp):
+        trainer = _trainer(dp_site, dp, steps=2)
+        return trainer.train_round(trainer.get_weights(), round=0)[0]
+
+    plain_a, plain_b = one_round(None), one_round(None)
+    assert all(np.array_equal(plain_a[k], plain_b[k]) for k in plain_a)  # the replay works without DP
+    dp = DPSettings(mode="patient", noise=1.0)
+    private_a, private_b = one_round(dp), one_round(dp)
+    assert any(not np.allclose(private_a[k], private_b[k]) for k in private_a)

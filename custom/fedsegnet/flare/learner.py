@@ -388,7 +388,7 @@ class SegLearner(Learner):
         local = self.trainer.evaluate()
         val_global = self._global_val.pop(current_round, None)
         agreement = _finite_or_none(stats.get("agreement"))
-        private = "dp" in stats  # the loss is computed from the training cases outside the accountant: kept here
+        private = "dp" in stats  # what is computed from the training cases outside the accountant stays here
         meta = {
             MetaKey.NUM_STEPS_CURRENT_ROUND: self.trainer.n_train,
             UpdateMeta.N_TRAIN: self.trainer.n_train,
@@ -398,7 +398,8 @@ class SegLearner(Learner):
             UpdateMeta.VAL_DICE_GLOBAL: _finite_or_none(val_global),
             UpdateMeta.VAL_DICE_LOCAL: _finite_or_none(local.dice_mean),
             UpdateMeta.LABEL_AGREEMENT: agreement,
-            UpdateMeta.TRAIN_SECONDS: float(stats["seconds"]),
+            # under DP the time follows the number of cases the sampler drew: kept here
+            UpdateMeta.TRAIN_SECONDS: None if private else float(stats["seconds"]),
             # FLARE gives a site's result filters no round (LearnerExecutor drops the headers)
             UpdateMeta.ROUND: current_round,
         }
