@@ -12,8 +12,10 @@ its jobs run under, twice (``poc/privacy_dp.json`` is an example):
   leaves: an update with no privacy report, or whose reported epsilon is above ``B``, is replaced
   by an error reply naming the policy, so no code path of the job can send it.
 
-FLARE applies a site's privacy filters after the job's own filters on what leaves the site, so the
-result check sees the final update.
+FLARE runs a site's scope filters before the job's own (``nvflare.apis.utils.task_utils.get_filters``),
+so the result check sees the Learner's update and its privacy report; what the job's filters do
+after it is limited to the classes the site's allow-list admits (``fedsegnet.flare.``, see
+:mod:`fedsegnet.flare.ops.policy`): jobs bring no code of their own.
 """
 
 from __future__ import annotations
