@@ -19,6 +19,9 @@ Three parts, each printing what it measured:
 Re-run:
     python benchmarks/privacy.py --quick --json docs/results/privacy_quick.json
     python benchmarks/privacy.py --json docs/results/privacy.json --markdown docs/results/privacy.md
+
+Seeds run as separate invocations (``--seeds 0 --json s0.json``, ...) are put into one table with
+``--tables-from s0.json s1.json s2.json --json docs/results/privacy.json --markdown docs/results/privacy.md``.
 """
 
 from __future__ import annotations
@@ -249,12 +252,31 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", help="keep the synthetic data here (default: a temporary folder)")
     p.add_argument("--json", help="write rows, summary and cost here (rewritten after every run)")
     p.add_argument("--markdown", help="write the table here")
+    p.add_argument("--tables-from", nargs="+", metavar="JSON", help="run nothing: build the table from the rows (and the "
+                   "first cost measurement) of earlier --json files of this benchmark, e.g. one per seed")  # fmt: skip
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
     parts = set(args.parts.split(","))
     if parts - {"dice", "cost"}:
         p.error(f"--parts: unknown {sorted(parts - {'dice', 'cost'})} (valid: dice, cost)")
     epsilons = [math.inf if e.strip() == "inf" else float(e) for e in args.epsilons.split(",")]
+    if args.tables_from:
+        files = [json.loads(Path(f).read_text()) for f in args.tables_from]
+        rows = {(r["seed"], r["epsilon_target"]): r for f in files for r in f["rows"]}  # the last file wins
+        cost = next((f["cost"] for f in files if f.get("cost")), None)
+        for key in ("rounds", "local_steps", "cases", "size", "test_cases", "sites", "cases_per_step", "delta", "clip"):
+            setattr(args, key, files[0]["config"][key])
+        args.seeds = sorted({seed for seed, _ in rows})
+        summary = summarize(list(rows.values()))
+        goal_lines = goals(summary, cost)
+        table = markdown(summary, cost, goal_lines, args)
+        print(table)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"config": {**files[0]["config"], "seeds": args.seeds}, "sources": [Path(f).name for f in args.tables_from],
+                                                   "cost": cost, "rows": list(rows.values()), "summary": summary, "goals": goal_lines}, indent=1))  # fmt: skip
+        if args.markdown:
+            Path(args.markdown).write_text(table)
+        return 0
     setup_torch(args.torch_threads)
     from tqdm.auto import tqdm
 
