@@ -197,6 +197,9 @@ def goals(summary: list[dict], cost: dict | None) -> list[str]:
     cells = {r["epsilon_target"]: r for r in summary}
     lines = []
     base = cells.get(None)
+    if base and base["dice_mean"] < 0.5:
+        lines.append(f"NOTE   the non-private model reaches only Dice {100 * base['dice_mean']:.1f}: it has hardly learned, "
+                     "so the Dice and audit comparisons below say little (train longer)")  # fmt: skip
     for eps, limit, tag in ((8.0, 5.0, "goal"), (3.0, 3.0, "stretch")):
         if base and eps in cells:
             d = 100 * (cells[eps]["dice_mean"] - base["dice_mean"])
