@@ -139,7 +139,7 @@ def test_broken_datasets_name_the_file(tmp_path):
     with pytest.raises(FedSegNetError, match="UCL_000.nii.gz: no label beside it"):
         read_dataset(pairs)
     with pytest.raises(ConfigError, match="layout"):
-        read_dataset(pairs, layout="nnunet")
+        read_dataset(pairs, layout="no-such-layout")
 
 
 def test_cli_split(tmp_path, capsys):

@@ -30,7 +30,9 @@ def register(sub) -> None:
     ja.add_argument("job", help="job folder, e.g. jobs/fedsegnet")
     ja.set_defaults(func=_cmd_args)
     jp = j.add_parser("policy", help="admit FedSegNet's components in a site's local/resources.json (entries there are kept)")
-    jp.add_argument("local_dir")
+    jp.add_argument("local_dir", help="a FLARE kit's local/ folder (beside its startup/), or a simulator workspace's <workspace>/local")
+    jp.add_argument("--create", action="store_true",
+                    help="create LOCAL_DIR (named local) when missing: a simulator workspace before its first run (default: refuse)")
     jp.set_defaults(func=_cmd_policy)
     jr = j.add_parser("simulate", help="run a job in nvflare simulator (writes the site policy first)")
     jr.add_argument("job")
@@ -98,7 +100,7 @@ def _cmd_policy(args) -> int:
     from fedsegnet.flare.ops.policy import write_site_policy
 
     try:
-        path = write_site_policy(args.local_dir)
+        path = write_site_policy(args.local_dir, create=args.create)
     except ValueError as e:  # the existing resources.json is not a JSON object; names it
         raise FedSegNetError(str(e)) from None
     print(f"site policy written to {path} (entries already there kept)")

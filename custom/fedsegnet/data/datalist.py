@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsegnet.data.nnunet import is_nnunet_spec, read_nnunet
 from fedsegnet.data.weak import class_value
 from fedsegnet.errors import ConfigError, DataError
 
@@ -231,7 +232,10 @@ def _check_index_map(value, key: str, where: str, problems: list[str], contiguou
 def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
     """Read and validate ``<site_dir>/dataset.json``.
 
-    Structure only: files are not opened (see :func:`fedsegnet.data.preflight.preflight`).
+    Structure only: files are not opened (see :func:`fedsegnet.data.preflight.preflight`). A site
+    folder in nnU-Net v2 layout (a ``dataset.json`` with ``channel_names`` and no ``training``,
+    cases in ``imagesTr/`` and ``labelsTr/``) is read too: its cases, found from the file names by
+    :func:`fedsegnet.data.nnunet.read_nnunet`, are all training cases.
     ``validation`` is optional (default ``[]``). ``test`` is optional; as in MSD it may list bare
     image paths without labels: those (and dict entries without a ``label``) are skipped with an
     INFO log, only labelled test cases are kept.
@@ -246,8 +250,9 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
 
     Raises:
         DataError: listing every problem found (missing file, invalid JSON, missing key, wrong
-            type, label values without 0 or outside 0..255, a case without ``image``/``label``); each problem
-            names the ``dataset.json`` path and the field.
+            type, label values without 0 or outside 0..255, a case without ``image``/``label``; in an
+            nnU-Net v2 folder every problem :func:`~fedsegnet.data.nnunet.read_nnunet` names); each
+            problem names the ``dataset.json`` path and the field, or the file.
     """
     root = Path(site_dir).expanduser().absolute()
     name = site if site else root.name
@@ -263,6 +268,8 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
         raise DataError(name, [f"{json_path}: cannot read: {exc}"]) from None
     if not isinstance(spec, dict):
         raise DataError(name, [f"{json_path}: top level must be an object, got {type(spec).__name__}"])
+    if is_nnunet_spec(spec):
+        spec = _nnunet_as_msd(root, name)
 
     problems: list[str] = []
     where = str(json_path)
@@ -336,6 +343,17 @@ def load_datalist(site_dir, site: str | None = None) -> SiteDatalist:
         label_kind=label_kind,
         annotated_classes=annotated,
     )
+
+
+def _nnunet_as_msd(root: Path, site: str) -> dict:
+    """An nnU-Net v2 site folder's cases as an MSD spec (all of them training, absolute paths)."""
+    ds = read_nnunet(root, site=site)
+    return {
+        "name": ds.name,
+        "labels": {str(v): n for v, n in ds.labels.items()},
+        "modality": {str(i): n for i, n in ds.modality.items()},
+        "training": [{"image": list(c.images) if len(c.images) > 1 else c.images[0], "label": c.label} for c in ds.cases],
+    }
 
 
 def _check_annotated(value, labels, kind: str, where: str, problems: list[str]) -> tuple[int, ...]:

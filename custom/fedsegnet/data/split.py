@@ -5,6 +5,12 @@ Layouts read (``layout="auto"`` picks by what the folder holds):
 - ``msd``: a Medical Segmentation Decathlon task folder (``dataset.json`` with ``labels``,
   ``modality``, ``training`` pairs; ``imagesTr/``, ``labelsTr/``), e.g. Task01_BrainTumour, Task03_Liver.
   MSD's ``test`` images carry no labels and are not used.
+- ``nnunet``: an nnU-Net v2 raw dataset (``dataset.json`` with ``channel_names``, ``labels`` as
+  name -> value, ``file_ending``; ``imagesTr/<case>_0000.nii.gz``, ... one file per channel,
+  ``labelsTr/<case>.nii.gz``), e.g. Dataset004_Hippocampus: the cases are found from the file names
+  (:mod:`fedsegnet.data.nnunet`), a case's image is the list of its channel files in channel order,
+  ``channel_names`` become the modality. A region-based dataset (``labels`` entries that are lists
+  of values) needs the names of its values (``labels``). ``imagesTs/`` carries no labels, not used.
 - ``acdc``: the ACDC challenge layout: one folder per patient with ``Info.cfg`` (``ED``, ``ES``,
   ``Group``, ...) and ``<patient>_frameNN.nii.gz`` / ``<patient>_frameNN_gt.nii.gz``; each patient
   gives two cases (ED and ES frames) that always stay together in one split; labels 0 background,
@@ -38,11 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from fedsegnet.data.datalist import DATASET_JSON, write_datalist
-from fedsegnet.errors import ConfigError, FedSegNetError
+from fedsegnet.data.nnunet import is_nnunet_spec, read_nnunet
+from fedsegnet.errors import ConfigError, DataError, FedSegNetError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "msd", "acdc", "brats", "pairs")
+LAYOUTS = ("auto", "msd", "nnunet", "acdc", "brats", "pairs")
 SCHEMES = ("iid", "dirichlet", "by")
 ACDC_LABELS = {0: "background", 1: "right_ventricle", 2: "myocardium", 3: "left_ventricle"}
 _LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_gt", "_mask")
@@ -104,10 +111,39 @@ def read_msd(root: Path) -> DatasetSource:
     if problems:
         raise FedSegNetError(f"{root}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
     if not cases:
-        raise FedSegNetError(f"{spec_path}: 'training' lists no case")
+        hint = " (an nnU-Net v2 dataset.json: read it with --layout nnunet or auto)" if is_nnunet_spec(spec) else ""
+        raise FedSegNetError(f"{spec_path}: 'training' lists no case{hint}")
     labels = {int(k): str(v) for k, v in spec.get("labels", {}).items()}
     modality = {int(k): str(v) for k, v in spec.get("modality", {"0": "image"}).items()}
     return DatasetSource(spec.get("name", root.name), "msd", labels, modality, cases)
+
+
+def read_nnunet_source(root: Path, labels: dict[int, str] | None = None) -> DatasetSource:
+    """An nnU-Net v2 dataset as a :class:`DatasetSource` (see :func:`fedsegnet.data.nnunet.read_nnunet`).
+
+    Args:
+        root: the dataset folder.
+        labels: names of the label values, used instead of dataset.json's ``labels`` (a
+            region-based dataset needs them). Defaults to None.
+
+    Returns:
+        The source; a single-channel case's image is one path, a multi-channel case's the list of
+        its channel files in channel order.
+
+    Raises:
+        FedSegNetError: every problem of the dataset (as the other layouts list them), each naming
+            dataset.json and the field, or the file.
+    """
+    try:
+        ds = read_nnunet(root, labels)
+    except DataError as e:
+        raise FedSegNetError(f"{root}: {len(e.problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in e.problems)) from None
+    cases = [
+        Case(list(c.images) if len(c.images) > 1 else c.images[0], c.label, group=c.case,
+             meta={"file": Path(c.images[0]).name, "case": c.case})
+        for c in ds.cases
+    ]  # fmt: skip
+    return DatasetSource(ds.name, "nnunet", dict(ds.labels), dict(ds.modality), cases)
 
 
 def _read_cfg(path: Path) -> dict:
@@ -234,8 +270,25 @@ def read_pairs(root: Path, labels: dict[int, str] | None = None, progress: Calla
 
 
 def read_dataset(root: str | Path, layout: str = "auto", labels: dict[int, str] | None = None, progress=None) -> DatasetSource:
-    """Read a dataset folder in one of :data:`LAYOUTS` (``auto``: ``dataset.json`` -> msd,
-    ``Info.cfg`` below -> acdc, BraTS case files below -> brats, else pairs)."""
+    """Read a dataset folder in one of :data:`LAYOUTS` (``auto``: an nnU-Net v2 ``dataset.json``
+    (``channel_names``, no ``training``) -> nnunet, another ``dataset.json`` -> msd, ``Info.cfg``
+    below -> acdc, BraTS case files below -> brats, else pairs).
+
+    Args:
+        root: the dataset folder.
+        layout: one of :data:`LAYOUTS`. Defaults to ``"auto"``.
+        labels: label value -> name for the ``pairs`` layout (default: the values found) and the
+            ``nnunet`` layout (default: dataset.json's ``labels``). Defaults to None.
+        progress: wraps the label files read by ``pairs`` (e.g. tqdm). Defaults to None.
+
+    Returns:
+        The :class:`DatasetSource`.
+
+    Raises:
+        ConfigError: an unknown ``layout``.
+        FedSegNetError: the folder is missing or does not hold a readable dataset of the layout;
+            names the file and the field.
+    """
     root = Path(root)
     if layout not in LAYOUTS:
         raise ConfigError("layout", layout, "unknown dataset layout", options=LAYOUTS)
@@ -243,13 +296,19 @@ def read_dataset(root: str | Path, layout: str = "auto", labels: dict[int, str] 
         raise FedSegNetError(f"{root}: not a folder")
     if layout == "auto":
         if (root / DATASET_JSON).is_file():
-            layout = "msd"
+            try:
+                spec = json.loads((root / DATASET_JSON).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                spec = None  # read_msd names the problem
+            layout = "nnunet" if is_nnunet_spec(spec) else "msd"
         elif next(root.rglob("Info.cfg"), None):
             layout = "acdc"
         else:
             layout = "brats" if _brats_segs(root) else "pairs"
     if layout == "msd":
         return read_msd(root)
+    if layout == "nnunet":
+        return read_nnunet_source(root, labels)
     if layout == "acdc":
         return read_acdc(root)
     if layout == "brats":

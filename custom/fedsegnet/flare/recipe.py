@@ -380,7 +380,7 @@ def main(argv=None) -> int:
         from fedsegnet.flare.ops.policy import write_site_policy
 
         root = os.path.abspath(args.workspace)
-        write_site_policy(os.path.join(root, args.name, "local"))
+        write_site_policy(os.path.join(root, args.name, "local"), create=True)
         env = SimEnv(num_clients=args.clients, num_threads=args.threads, workspace_root=root)
     elif args.env == "poc":
         from nvflare.recipe.poc_env import PocEnv

@@ -230,7 +230,7 @@ class SimulatorRun:
         claim_dir(self.workspace, "job simulate", overwrite=self.overwrite, protect=[self.job_dir], flag="workspace",
                   keep=("local", "startup"), marker_dir="local")  # fmt: skip
         try:
-            write_site_policy(self.workspace / "local")
+            write_site_policy(self.workspace / "local", create=True)
         except ValueError as e:  # a resources.json that is not a JSON object
             raise FedSegNetError(str(e)) from None
         env = dict(os.environ)

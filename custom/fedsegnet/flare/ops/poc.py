@@ -279,7 +279,7 @@ class PocSystem:
                 f"`nvflare poc prepare` failed (exit {done.returncode}) for {self.workspace}:\n{done.stdout}\n{done.stderr}"
             )
         for name in ["server", *self.sites]:
-            write_site_policy(self.kit(name) / "local")
+            write_site_policy(self.kit(name) / "local", create=False)
         if privacy_policy is not None:
             self.set_privacy_policy(privacy_policy)
         self.pids = {}
