@@ -196,14 +196,18 @@ class SiteWitness:
             seen = f"the head of size {last['size']} (round {last.get('round')}) seen before"
             if size < last["size"]:
                 self._refuse(f"{at} is smaller than {seen}: the server went back in history")
-            proofs = {p.get("from"): p.get("path") for p in bundle.get("consistency") or [] if isinstance(p, Mapping)}
-            if last["size"] not in proofs and size != last["size"]:
-                self._refuse(f"{at} comes with no consistency proof from {seen}")
-            try:
-                path = [bytes.fromhex(h) for h in proofs.get(last["size"], [])]
-                verify_consistency(last["size"], size, bytes.fromhex(last["root"]), root, path)
-            except (ProofError, ValueError, TypeError) as exc:
-                self._refuse(f"{at} is not consistent with {seen}: {exc}")
+            if size == last["size"]:
+                if head["root"] != last["root"]:
+                    self._refuse(f"{at} has another root than {seen}: two histories of one size (a fork)")
+            else:
+                proofs = {p.get("from"): p.get("path") for p in bundle.get("consistency") or [] if isinstance(p, Mapping)}
+                if last["size"] not in proofs:
+                    self._refuse(f"{at} comes with no consistency proof from {seen}")
+                try:
+                    path = [bytes.fromhex(h) for h in proofs[last["size"]]]
+                    verify_consistency(last["size"], size, bytes.fromhex(last["root"]), root, path)
+                except (ProofError, ValueError, TypeError) as exc:
+                    self._refuse(f"{at} is not consistent with {seen}: {exc}")
         proved = None
         pending = self.pending_payload
         if pending is not None:
