@@ -27,7 +27,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedsegnet.ledger.canonical import canonical_bytes, parse_canonical
+from fedsegnet.ledger.canonical import canonical_bytes, parse_canonical, sha256_hex
 from fedsegnet.ledger.entries import utc_now
 from fedsegnet.ledger.errors import LedgerError, ProofError, SignatureError, WitnessError
 from fedsegnet.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -50,14 +50,15 @@ WITNESS_TYPE = "fedsegnet.ledger.witness.v1"
 
 
 def witness_body(record: Mapping) -> dict:
-    """The signed part of a witness record: the site, the head's log id, size, root, signature digest, time."""
+    """The signed part of a witness record: the site, the head's log id, size, root, the sha256 of the
+    server's signature of the head (binding the witness to that signed head), the time."""
     return {
         "type": WITNESS_TYPE,
         "site": record.get("site"),
         "log_id": record.get("log_id"),
         "size": record.get("size"),
         "root": record.get("root"),
-        "head_signature": record.get("head_signature"),
+        "head_sig_sha256": record.get("head_sig_sha256"),
         "time": record.get("time"),
     }
 
@@ -167,7 +168,7 @@ class SiteWitness:
             bundle: from :meth:`~fedsegnet.ledger.store.Ledger.witness_bundle`.
 
         Returns:
-            The witness record ``{site, log_id, size, root, head_signature, time, sig_alg,
+            The witness record ``{site, log_id, size, root, head_sig_sha256, time, sig_alg,
             signature, cert_sha256, key_source}`` to return with the site's update.
 
         Raises:
@@ -233,7 +234,7 @@ class SiteWitness:
             "log_id": head.get("log_id"),
             "size": size,
             "root": head["root"],
-            "head_signature": head["signature"],
+            "head_sig_sha256": sha256_hex(str(head["signature"]).encode("ascii")),
             "time": utc_now(),
         }
         record["sig_alg"] = self.signer.algorithm
