@@ -30,6 +30,8 @@ setup(
         # dp-accounting (Google) cross-checks the accountant in the tests.
         "opacus>=1.6,<1.7",
         "dp-accounting>=0.6,<0.7",
+        # Ledger signatures and kit certificates (fedsegnet.ledger.signing); nvflare needs it too, we import it.
+        "cryptography>=42",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2"],
