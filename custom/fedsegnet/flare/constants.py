@@ -12,6 +12,9 @@ ROUND_RECORDS_FILE = "fedsegnet_rounds.jsonl"
 PERSONAL_DIR = "fedsegnet_personal"
 """Folder in a site's job workspace holding its personal state ``<site>.pt`` (personalisation)."""
 
+CHOICE_DIR = "fedsegnet_choice"
+"""Folder in a site's job workspace holding the model the site keeps (``fedsegnet.training.choice``)."""
+
 PRIVACY_DIR = "fedsegnet_privacy"
 """Folder in a site's job workspace holding its privacy state ``<site>.json`` (the DP accountant)."""
 

@@ -29,6 +29,7 @@ from fedsegnet.flare.constants import (
     DATA_ROOT_ENV,
     DP_REFUSED_HEADER,
     ERROR_HEADER,
+    CHOICE_DIR,
     PERSONAL_DIR,
     PRIVACY_DIR,
     UpdateMeta,
@@ -466,7 +467,39 @@ class SegLearner(Learner):
                     fl_ctx, f"site {self.site}: personalised model ({personal.method}) on its {split} split: "
                     f"Dice {_fmt(mine.dice_mean)} ({mine.n_cases} case(s))",
                 )  # fmt: skip
+        if str(model_owner).startswith("SRV_"):
+            metrics["site_choice"] = self._choose(weights, result, str(model_owner), fl_ctx)
         return DXO(DataKind.METRICS, data=metrics).to_shareable()
+
+    def _choose(self, weights: dict, global_result, owner: str, fl_ctx: FLContext) -> dict | None:
+        """No harm at this site: keep whichever of the server's model, the personalised one and the
+        site's last local model scores best on its validation split (``fedsegnet.training.choice``);
+        the chosen model is written to ``<site job workspace>/fedsegnet_choice/``."""
+        from fedsegnet.training.choice import choose, save_choice
+        from fedsegnet.training.spec import model_spec
+
+        trainer = self.trainer
+        candidates = {"global": trainer.with_personal_keys(weights)}
+        if trainer.personal.enabled:
+            candidates["personal"] = trainer.personal_weights(weights)
+        if trainer.rounds_done:
+            candidates["local"] = trainer.get_weights()
+        try:
+            scores = {"global": global_result.dice_mean}
+            scores.update({name: trainer.evaluate(weights=w).dice_mean for name, w in candidates.items() if name != "global"})
+            chosen = choose(scores)
+            spec = model_spec(trainer.config.preset, in_channels=trainer.in_channels, num_classes=trainer.num_classes)
+            workspace = fl_ctx.get_engine().get_workspace()
+            folder = Path(workspace.get_run_dir(fl_ctx.get_job_id())) / CHOICE_DIR
+            path = save_choice(folder, self.site, owner, scores, chosen, candidates[chosen], spec)
+        except (FedSegNetError, OSError) as e:
+            self.log_error(fl_ctx, f"site {self.site}: choosing the model to keep failed: {e}")
+            return None
+        self.log_info(
+            fl_ctx, f"site {self.site}: keeps the {chosen} model made from {owner} (validation Dice "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in scores.items()) + f"), written to {path}",
+        )  # fmt: skip
+        return {"chosen": chosen, "val_dice": {k: _finite_or_none(v) for k, v in scores.items()}, "file": path.name}
 
     def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
         """The site's latest local model (after its last training round), for cross-site evaluation."""
