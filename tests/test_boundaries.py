@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "custom" / "fedsegnet"
-ALGORITHM_PACKAGES = ("data", "networks", "privacy", "training", "compression", "aggregation")
+ALGORITHM_PACKAGES = ("data", "networks", "privacy", "training", "compression", "aggregation", "ledger", "secagg")
 
 
 def _imports(path: Path) -> set[str]:
@@ -57,8 +57,10 @@ def test_core_import_does_not_load_nvflare():
 
 LAYERS = (
     ("", "errors", "outputs", "memory"),
+    ("ledger",),
     ("compression",),
     ("aggregation",),
+    ("secagg",),
     ("networks",),
     ("config",),
     ("data",),
@@ -70,8 +72,9 @@ LAYERS = (
 )
 """The package's layers, lowest first (``""`` is the package itself, ``fedsegnet/__init__.py``).
 A module may import from its own layer and the layers below it, never from a layer above: the
-shared bottom (errors, output folders, memory probes); the update codec; the server round (which
-measures updates with the codec); the networks; job settings and presets (which name the networks,
+shared bottom (errors, output folders, memory probes); the ledger of the federation (hashes,
+Merkle tree, signatures); the update codec; the server round (which measures updates with the
+codec); secure aggregation (masked sums of codec-style updates); the networks; job settings and presets (which name the networks,
 aggregation methods and codec bits their job args accept); site data (read under a preset);
 differential privacy (DP-SGD over the site's cases, its accountant and budget); local training, evaluation, inference and model files; the in-process federation and the run
 report; the FLARE adapters; the command line."""

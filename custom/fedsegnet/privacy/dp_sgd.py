@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -43,7 +44,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 from torch.func import functional_call, grad, vmap
 
-from fedsegnet.errors import ConfigError, check_int
+from fedsegnet.errors import ConfigError, FedSegNetError, check_int
 from fedsegnet.privacy.accountant import PrivacyAccountant, noise_for_target_epsilon
 from fedsegnet.privacy.sampling import sample_rate, secret_generator
 from fedsegnet.privacy.settings import DPSettings
@@ -263,15 +264,12 @@ class PrivateTraining:
 
         Raises:
             ConfigError: for ``steps`` < 1.
-            TrainingError: naming the step, for a non-finite loss.
+            FedSegNetError: naming the step, for a non-finite loss.
         """
-        from fedsegnet.training.errors import TrainingError
-        from fedsegnet.training.progress import show_progress
-
         steps = check_int("steps", steps, 1)
         self.model.train()
         bar = None
-        if show_progress(progress):
+        if progress == "force" or (progress is True and sys.stderr.isatty()):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)
@@ -291,7 +289,7 @@ class PrivateTraining:
                 voxels += n_crops * math.prod(int(s) for s in batch["image"].shape[2:])
                 if loss is not None:
                     if not math.isfinite(loss):
-                        raise TrainingError(f"step {step}/{steps}: loss is {loss} (non-finite); stopping", step)
+                        raise FedSegNetError(f"{desc}: step {step}/{steps}: loss is {loss} (non-finite); stopping")
                     losses.append(loss)
                 if bar is not None:
                     bar.update(1)
