@@ -369,7 +369,10 @@ class SiteSecAgg:
             self._refuse(f"{len(sharing)} sites in the sharing set, fewer than the threshold {r.threshold}", ThresholdError)
         if set(inbox.sealed) != set(sharing) - {self.site}:
             self._refuse(f"sealed shares from {sorted(inbox.sealed)}, expected one from each of {sorted(set(sharing) - {self.site})}")
-        values = check_ring_vector(values, r.ring_bits, "values", r.length)
+        try:
+            values = check_ring_vector(values, r.ring_bits, "values", r.length)
+        except SecAggError as e:
+            raise SecAggError(e.problem, self.round, self.site) from e
         for u in sorted(inbox.sealed):
             key = agree(self._c.private, r.adverts[u][0], self.round, self.site, u, "c")
             plain = open_sealed(key, inbox.sealed[u], u, self.site, self.round)
