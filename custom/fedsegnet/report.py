@@ -186,6 +186,18 @@ def _plot_lines(path: Path, rounds, curves: dict, title: str, ylabel: str, style
     return path
 
 
+def site_choices(cross: dict) -> dict[str, dict]:
+    """``{site: {server model: {"chosen", "val_dice": {candidate: Dice}}}}`` from the cross-site
+    results: which model each site kept after validating the server's models (``site_choice``)."""
+    out = {}
+    for site, models in sorted(cross.items()):
+        for owner, metrics in sorted((models or {}).items()):
+            choice = (metrics or {}).get("site_choice") if isinstance(metrics, dict) else None
+            if isinstance(choice, dict) and choice.get("chosen"):
+                out.setdefault(site, {})[owner] = {"chosen": choice["chosen"], "val_dice": dict(choice.get("val_dice") or {})}
+    return out
+
+
 def _plot_matrix(path: Path, cross: dict, key: str, title: str) -> tuple[Path, list, list, list] | None:
     import matplotlib.pyplot as plt
 
@@ -329,12 +341,19 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
             figures.append((name, f"{title}: every model (columns: the final global model and each site's last local model) evaluated on every site's validation split (rows)."))
             cross_tables.append((title, _table(["site \\ model", *cols], [[r, *[_f(v, 3 if key == 'val_dice' else 1) for v in row]] for r, row in zip(rows, values)])))
 
+    choices = site_choices(cross)
+    if choices:
+        rows = [[site, owner, c["chosen"], *[_f(c["val_dice"].get(k)) for k in ("global", "personal", "local")]]
+                for site, owners in choices.items() for owner, c in owners.items()]  # fmt: skip
+        cross_tables.append(("Model each site keeps (best on its validation split)",
+                             _table(["site", "from server model", "kept", "val Dice global", "personal", "local"], rows)))  # fmt: skip
+
     evaluation = None
     if data_dir is not None and paths["model"] is not None:
         evaluation = _evaluate(paths["model"], Path(data_dir), out, device, figures)
 
     report = {"run": str(Path(run_dir).resolve()), "files": {k: str(v) if v else None for k, v in paths.items()},
-              "series": s, "cross_site": matrices, "test": evaluation}  # fmt: skip
+              "series": s, "cross_site": matrices, "site_choices": choices, "test": evaluation}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     _write_html(out, paths, s, figures, cross_tables, evaluation)
     return out / "index.html"

@@ -67,6 +67,17 @@ def test_cross_site_evaluation(fedavg_run):
         for metrics in row.values():
             assert 0.0 <= metrics["val_dice"] <= 1.0
             assert metrics["val_hd95"] is None or math.isfinite(metrics["val_hd95"])
+        for owner, metrics in row.items():  # no harm: each site keeps its best model of each server model
+            choice = metrics.get("site_choice")
+            assert (choice is not None) == owner.startswith("SRV_"), (site, owner)
+            if choice:
+                scores = {k: v for k, v in choice["val_dice"].items() if v is not None}
+                assert set(choice["val_dice"]) == {"global", "local"} and choice["val_dice"]["global"] == metrics["val_dice"]
+                assert scores[choice["chosen"]] == max(scores.values())
+    from fedsegnet.report import site_choices
+
+    kept = site_choices(cross)
+    assert sorted(kept) == ["site-1", "site-2"] and all(any(o.startswith("SRV_") for o in v) for v in kept.values())
 
 
 def test_tensorboard_streams_from_both_sites(fedavg_run):
