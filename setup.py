@@ -34,7 +34,8 @@ setup(
         "cryptography>=42",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2"],
+        # pymerkle: an independent RFC 9162 implementation the ledger's Merkle roots are checked against.
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "pymerkle>=7,<8"],
     },
     entry_points={"console_scripts": ["fedsegnet=fedsegnet.cli:main"]},
 )
