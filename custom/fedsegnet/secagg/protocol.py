@@ -72,7 +72,7 @@ class _Message:
         return cls(**{n: data[n] for n in names})
 
     def nbytes(self) -> int:
-        """Payload bytes: the bytes fields, names and 8 per integer (a serializer adds its own overhead)."""
+        """Payload bytes: bytes and string fields, field names, 8 per integer (a serializer adds its own framing)."""
         return _nbytes(asdict(self))
 
 
