@@ -5,7 +5,7 @@
     fedsegnet eval --model FL_global_model.pt --data DIR/test [--json]
     fedsegnet demo [--workdir W]
     fedsegnet job set JOB --out DIR num_rounds=3 preset=tiny
-    fedsegnet job policy WORKSPACE/local
+    fedsegnet job policy [--create] WORKSPACE/local
     fedsegnet job simulate JOB -w WS -n 2 [--data-root DATA]
 
 Each command group is one module that registers its own sub-parser (:mod:`~fedsegnet.cli.data`,
