@@ -187,13 +187,12 @@ def run_federation(
         received, reports, sites_rec = {}, {}, {}
         for site, trainer in trainers.items():
             try:
-                if trainer.privacy is not None:
-                    trainer.privacy.check_budget(config.local_steps)
-            except PrivacyBudgetSpent as e:
+                update, stats = trainer.train_round(global_weights, round=rnd)
+            except PrivacyBudgetSpent as e:  # raised before anything is trained
                 sites_rec[site] = {"missing": "budget", "detail": str(e)}
                 continue
+            # the received global model's score (evaluate leaves the site's trained model as it is)
             val_global = trainer.evaluate(weights=trainer.with_personal_keys(global_weights)).dice_mean if want_signals else None
-            update, stats = trainer.train_round(global_weights, round=rnd)
             val_local = trainer.evaluate().dice_mean if want_signals else None
             if site in faults:
                 update = faulty_update(update, faults[site], seed=config.seed * 1000 + rnd)

@@ -333,9 +333,12 @@ class SegLearner(Learner):
             + f", state in {privacy_file}"
         )  # fmt: skip
 
-    def _error_reply(self) -> Shareable:
+    def _error_reply(self, message: str | None = None, **headers) -> Shareable:
+        """An error reply carrying ``message`` (default: the site's start-up error) and ``headers``."""
         reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-        reply.set_header(ERROR_HEADER, self.init_error)
+        reply.set_header(ERROR_HEADER, self.init_error if message is None else message)
+        for key, value in headers.items():
+            reply.set_header(key, value)
         return reply
 
     def _stream(self, tag: str, value, step: int):
@@ -366,24 +369,17 @@ class SegLearner(Learner):
             message = (f"site {self.site}: the site privacy policy allows updates only under DP with epsilon <= {policy:g}, "
                        "but the job trains without it (job arg dp='none'); set dp='patient'")  # fmt: skip
             self.log_error(fl_ctx, message)
-            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header(ERROR_HEADER, message)
-            return reply
+            return self._error_reply(message)
         if self.trainer.privacy is not None:
             self.trainer.privacy.policy_budget = policy
         try:
             update, stats = self.trainer.train_round(weights, should_stop=lambda: abort_signal.triggered, round=current_round)
         except PrivacyBudgetSpent as e:
             self.log_warning(fl_ctx, f"round {current_round}: {e}")
-            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header(ERROR_HEADER, str(e))
-            reply.set_header(DP_REFUSED_HEADER, True)
-            return reply
+            return self._error_reply(str(e), **{DP_REFUSED_HEADER: True})
         except FedSegNetError as e:
             self.log_error(fl_ctx, f"site {self.site} round {current_round}: {e}")
-            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header(ERROR_HEADER, str(e))
-            return reply
+            return self._error_reply(str(e))
         if stats.get("aborted") or abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         local = self.trainer.evaluate()
@@ -440,9 +436,7 @@ class SegLearner(Learner):
             result = self.trainer.evaluate(weights=self.trainer.with_personal_keys(weights))
         except FedSegNetError as e:
             self.log_error(fl_ctx, f"site {self.site}: validation of the model of {model_owner} failed: {e}")
-            reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
-            reply.set_header(ERROR_HEADER, str(e))
-            return reply
+            return self._error_reply(str(e))
         if abort_signal.triggered:
             return make_reply(ReturnCode.TASK_ABORTED)
         if validate_type == ValidateType.BEFORE_TRAIN_VALIDATE:
@@ -480,7 +474,7 @@ class SegLearner(Learner):
 
         trainer = self.trainer
         candidates = {"global": trainer.with_personal_keys(weights)}
-        if trainer.personal.enabled:
+        if trainer.personal.method in ("ditto", "finetune"):  # otherwise the personalised model is the "global" one
             candidates["personal"] = trainer.personal_weights(weights)
         if trainer.rounds_done:
             candidates["local"] = trainer.get_weights()

@@ -163,7 +163,8 @@ class PrivacyAccountant:
             ahead._rdp.history.append((_check_noise(noise_multiplier), check_rate(sample_rate), steps))
         return ahead.epsilon()
 
-    def budget_refusal(self, budget: float, steps: int, noise_multiplier: float, sample_rate: float) -> str | None:
+    def budget_refusal(self, budget: float, steps: int, noise_multiplier: float, sample_rate: float,
+                       label: str | None = None) -> str | None:  # fmt: skip
         """Why the next round may not train: its ``steps`` would take epsilon past ``budget``.
 
         Args:
@@ -171,6 +172,7 @@ class PrivacyAccountant:
             steps: the next round's steps, >= 0.
             noise_multiplier: their sigma, > 0.
             sample_rate: their sampling rate, in (0, 1].
+            label: how the message names the budget. Defaults to None (``dp_budget=<budget>``).
 
         Returns:
             None when the round fits the budget (or there is none), else one line naming the spent
@@ -182,7 +184,7 @@ class PrivacyAccountant:
         if after <= budget:
             return None
         return (
-            f"privacy budget: {steps} more steps would spend epsilon {after:.3f} > dp_budget={budget:g} "
+            f"privacy budget: {steps} more steps would spend epsilon {after:.3f} > {label or f'dp_budget={budget:g}'} "
             f"(spent so far {self.epsilon():.3f} over {self.steps} steps, delta {self.delta:g}); not training"
         )
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Mapping
 
@@ -45,6 +44,7 @@ from opacus.validators import ModuleValidator
 from torch.func import functional_call, grad, vmap
 
 from fedsegnet.errors import ConfigError, FedSegNetError, check_int
+from fedsegnet.progress import show_progress
 from fedsegnet.privacy.accountant import PrivacyAccountant, noise_for_target_epsilon
 from fedsegnet.privacy.sampling import sample_rate, secret_generator
 from fedsegnet.privacy.settings import DPSettings
@@ -269,7 +269,7 @@ class PrivateTraining:
         steps = check_int("steps", steps, 1)
         self.model.train()
         bar = None
-        if progress == "force" or (progress is True and sys.stderr.isatty()):
+        if show_progress(progress):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True)

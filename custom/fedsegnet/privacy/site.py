@@ -149,10 +149,10 @@ class SitePrivacy:
     def check_budget(self, steps: int) -> None:
         """Raise :class:`PrivacyBudgetSpent` when ``steps`` more steps would pass :attr:`budget`."""
         t = self.training
-        reason = t.accountant.budget_refusal(self.budget, steps, t.noise_multiplier, t.sample_rate)
+        by_policy = bool(self.policy_budget) and self.budget == self.policy_budget != self.settings.budget
+        label = f"the site privacy policy's budget {self.budget:g}" if by_policy else None
+        reason = t.accountant.budget_refusal(self.budget, steps, t.noise_multiplier, t.sample_rate, label=label)
         if reason is not None:
-            if self.policy_budget and self.budget == self.policy_budget and self.policy_budget != self.settings.budget:
-                reason = reason.replace(f"dp_budget={self.budget:g}", f"the site privacy policy's budget {self.budget:g}")
             raise PrivacyBudgetSpent(self.site, reason)
 
     def train(self, steps: int, round: int, *, should_stop=None, progress=False, desc: str = "train (DP)") -> dict:

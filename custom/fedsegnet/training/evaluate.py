@@ -42,7 +42,7 @@ from monai.networks.utils import one_hot
 
 from fedsegnet.errors import ConfigError
 from fedsegnet.training.errors import TrainingError
-from fedsegnet.training.progress import show_progress
+from fedsegnet.progress import show_progress
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from fedsegnet.errors import ConfigError
 from fedsegnet.training.errors import TrainingError, WeightsError
-from fedsegnet.training.progress import show_progress
+from fedsegnet.progress import show_progress
 
 logger = logging.getLogger(__name__)
 
