@@ -35,7 +35,9 @@ from fedsegnet.flare.constants import (
     UpdateMeta,
 )
 
+from fedsegnet.flare.ledger import witness_task
 from fedsegnet.flare.privacy import SITE_DP_BUDGET_PROP
+from fedsegnet.ledger import LedgerError
 from fedsegnet.memory import job_and_parent_rss_mb
 
 LABEL_KINDS = ("voxel", "box", "tag", "partial")
@@ -370,6 +372,11 @@ class SegLearner(Learner):
                        "but the job trains without it (job arg dp='none'); set dp='patient'")  # fmt: skip
             self.log_error(fl_ctx, message)
             return self._error_reply(message)
+        try:  # the ledger's head first: a site that refuses it does not train (nor spend privacy budget)
+            ledger_meta = witness_task(data, fl_ctx)
+        except LedgerError as e:
+            self.log_error(fl_ctx, f"round {current_round}: {e}")
+            return self._error_reply(str(e))
         if self.trainer.privacy is not None:
             self.trainer.privacy.policy_budget = policy
         try:
@@ -402,6 +409,7 @@ class SegLearner(Learner):
         }
         if self.trainer.personal_keys:
             meta[UpdateMeta.PERSONAL_KEYS] = list(self.trainer.personal_keys)
+        meta.update(ledger_meta)
         if private:
             meta[UpdateMeta.DP] = dict(stats["dp"])
         memory = job_and_parent_rss_mb()

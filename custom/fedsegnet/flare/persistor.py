@@ -86,6 +86,7 @@ class SegModelPersistor(PTFileModelPersistor):
         self.aggregator_id = aggregator_id
         self.resume_from = resume_from or ""
         self.rounds_completed = 0
+        self.resume_point = None  # the interrupted job's ResumePoint once resumed (the ledger continues its ledger)
         config = build_train_config(preset=preset, network=network, patch_size=patch_size, seed=seed)
         classes, channels = model_shape(config.preset, num_classes, in_channels)
         torch.manual_seed(int(seed))
@@ -144,6 +145,7 @@ class SegModelPersistor(PTFileModelPersistor):
                 )
                 return False
         done = loaded.get(ROUND_KEY) or {}
+        self.resume_point = point
         self.rounds_completed = int(done.get("completed", 0)) if isinstance(done, dict) else 0
         run_dir = fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id())
         copied = copy_records(point.records, Path(run_dir) / ROUND_RECORDS_FILE, self.rounds_completed)

@@ -40,6 +40,13 @@ from fedsegnet.flare.compression import (
     UpdateEncoder,
 )
 from fedsegnet.flare.aggregator import AAMAggregator, SharedKeysWeightedAggregator
+from fedsegnet.flare.ledger import (
+    LedgerKeeper,
+    LedgerPayloadRecorder,
+    LedgerResultFilter,
+    LedgerTaskFilter,
+    SiteLedgerWitness,
+)
 from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
@@ -265,6 +272,10 @@ class FedSegNetFedAvgRecipe(Recipe):
         job.to_clients(
             ConvertToFedEvent(events_to_convert=[ANALYTICS_EVENT], fed_event_prefix="fed."), id="event_to_fed"
         )
+        # the ledger (fedsegnet.flare.ledger): payload hashes as received first, the head's bundle last
+        job.to_server(LedgerKeeper(), id="ledger")
+        job.to_server(LedgerResultFilter(), tasks=["train"], filter_type=FilterType.TASK_RESULT)
+        job.to_clients(SiteLedgerWitness(), id="ledger_witness")
         if compression:
             codec = dict(block=compression_block, scope=compression_scope, dense_bits=dense_bits, seed=seed)
             job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, first_bits=down_first_bits, **codec), id="global_model_sync")
@@ -277,6 +288,8 @@ class FedSegNetFedAvgRecipe(Recipe):
             job.to_clients(
                 UpdateEncoder(ratio=up_ratio, bits=up_bits, resume_from=resume_from, **codec), tasks=["train"], filter_type=FilterType.TASK_RESULT
             )
+        job.to_server(LedgerTaskFilter(), tasks=["train"], filter_type=FilterType.TASK_DATA)
+        job.to_clients(LedgerPayloadRecorder(), tasks=["train"], filter_type=FilterType.TASK_RESULT)
         super().__init__(job)
 
 

@@ -6,7 +6,8 @@ one site's job process dies; so FedSegNet persists, every round, everything a co
 - server: the global model with, in its ``train_conf``, the number of completed rounds
   (:data:`ROUND_KEY`) and the AAM state (``fedsegnet_aam``), in
   ``<server workspace>/<job id>/app_server/FL_global_model.pt`` (written atomically by FLARE's
-  persistor), and the per-round records ``<job id>/fedsegnet_rounds.jsonl``;
+  persistor), the per-round records ``<job id>/fedsegnet_rounds.jsonl`` and the ledger
+  ``<job id>/fedsegnet_ledger/``;
 - site: the error-feedback residual of its last two rounds, tagged with the round
   (``<site workspace>/<job id>/fedsegnet_uplink_residual.pt`` and ``....prev.pt``).
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from fedsegnet.config import JOB_ID_PATTERN, NOT_A_JOB_ID
 from fedsegnet.errors import ConfigError, FedSegNetError
 from fedsegnet.flare.constants import ROUND_RECORDS_FILE
+from fedsegnet.ledger import LEDGER_FOLDER as LEDGER_DIR  # taken out of an archived job too: the ledger continues it
 
 ROUND_KEY = "fedsegnet_round"
 """Key in the saved global model's ``train_conf``: ``{"completed": rounds done, "job_id": id}``."""
@@ -108,7 +110,8 @@ def find_resume_point(
         wanted = {f"app_server/{model_file}", ROUND_RECORDS_FILE}
         try:
             with zipfile.ZipFile(archive) as z:
-                present = wanted & set(z.namelist())
+                names = set(z.namelist())
+                present = (wanted & names) | {n for n in names if n.startswith(f"{LEDGER_DIR}/") and not n.endswith("/")}
                 if f"app_server/{model_file}" in present:
                     for name in sorted(present):
                         z.extract(name, extract_to)

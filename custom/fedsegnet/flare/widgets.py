@@ -34,6 +34,9 @@ With ``dp='patient'``, each contributing site's entry holds ``dp`` (its privacy 
 spent so far, delta, noise multiplier, sampling rate, clip, steps, budget), the record holds
 ``dp_epsilon_max`` (the largest epsilon any site has spent, over every round the record has seen),
 and TensorBoard gets ``dp_epsilon/<site>``.
+
+Once a round's record is written, the recorder fires :data:`~fedsegnet.flare.constants.ROUND_RECORD_EVENT`
+with the record, from which the ledger (``fedsegnet.flare.ledger.LedgerKeeper``) builds the round's entry.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from fedsegnet.flare.constants import (
     DP_REFUSED_HEADER,
     ERROR_HEADER,
     MESSAGE_BYTES_EVENT,
+    ROUND_RECORD_EVENT,
+    ROUND_RECORD_PROP,
     ROUND_RECORDS_FILE,
     BytesProp,
     UpdateMeta,
@@ -221,6 +226,8 @@ class RoundRecorder(Widget):
         with open(os.path.join(self._run_dir, self.records_file), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         self._write_tb(record)
+        fl_ctx.set_prop(ROUND_RECORD_PROP, record, private=True, sticky=False)
+        self.fire_event(ROUND_RECORD_EVENT, fl_ctx)  # the ledger's round entry (fedsegnet.flare.ledger)
         for site, s in sites.items():
             self.log_info(
                 fl_ctx,

@@ -11,7 +11,7 @@
 No FLARE here; ``docs/ledger.md`` describes the ledger, the witness protocol and the threat model.
 """
 
-from fedsegnet.ledger.canonical import canonical_bytes, hash_weights, sha256_file
+from fedsegnet.ledger.canonical import canonical_bytes, hash_payload, hash_weights, sha256_file
 from fedsegnet.ledger.entries import job_end_entry, job_start_entry, resume_entry, round_entry
 from fedsegnet.ledger.errors import (
     CanonicalError,
@@ -53,6 +53,7 @@ __all__ = [
     "canonical_bytes",
     "certs_from_kits",
     "generate_signer",
+    "hash_payload",
     "hash_weights",
     "job_end_entry",
     "job_start_entry",

@@ -179,3 +179,37 @@ def hash_weights(weights: Mapping) -> str:
         _put(digest, json.dumps(list(array.shape)).encode("ascii"))
         _put(digest, array.tobytes(order="C"))
     return digest.hexdigest()
+
+
+def hash_payload(payload: Mapping) -> str:
+    """Deterministic hex SHA-256 of what a site sends: arrays as in :func:`hash_weights`, the other
+    fields (a codec's settings, tensor names, a version number) by their canonical JSON bytes.
+
+    Args:
+        payload: ``{name: numpy array | torch tensor | plain JSON value}`` (a packed update, or a
+            dict of arrays, for which the hash equals :func:`hash_weights`).
+
+    Returns:
+        64 lowercase hex digits; equal on both ends of the wire for the same payload.
+
+    Raises:
+        CanonicalError: naming the entry whose key is not a string or whose value has no
+            canonical form.
+    """
+    if not isinstance(payload, Mapping):
+        raise CanonicalError("payload", f"must be a dict, got {type(payload).__name__}")
+    if all(isinstance(v, (np.ndarray, np.generic)) or hasattr(v, "detach") for v in payload.values()):
+        return hash_weights(payload)
+    digest = hashlib.sha256(b"fedsegnet.ledger.payload.v1")
+    for name in sorted(payload, key=lambda k: (not isinstance(k, str), str(k))):
+        if not isinstance(name, str):
+            raise CanonicalError(f"payload[{name!r}]", "keys must be strings")
+        value = payload[name]
+        _put(digest, name.encode("utf-8"))
+        if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "detach"):
+            _put(digest, b"array")
+            _put(digest, bytes.fromhex(hash_weights({name: value})))
+        else:
+            _put(digest, b"json")
+            _put(digest, canonical_bytes(canonical_value(value, f"payload[{name!r}]")))
+    return digest.hexdigest()

@@ -12,7 +12,9 @@ an inclusion proof of the site's last payload (:meth:`~fedsegnet.ledger.store.Le
 3. the head does not go back: its size is at least that of the last head the site saw, and an
    RFC 9162 consistency proof from that head verifies (same size: same root, else a fork);
 4. the site's last payload, when it sent one, is in the tree: the entry that holds its payload
-   hash is included at its index (RFC 9162 inclusion proof) and names the same round and hash;
+   hash is included at its index (RFC 9162 inclusion proof) and names the same round and hash (a
+   payload that arrived after its round's entry was written is refused as late in a later entry,
+   whose record then names the payload's round);
 
 and then records the head in its file and returns the site's signature of it, which goes back
 with the site's update and into the next round entry. Anything else raises
@@ -223,7 +225,8 @@ class SiteWitness:
             except (KeyError, TypeError, ValueError, LedgerError) as exc:
                 self._refuse(f"{what} is not shown included in the {at}: {exc}")
             rec = (entry.get("sites") or {}).get(self.site) or (entry.get("refused") or {}).get(self.site) or {}
-            if entry.get("round") != pending["round"] or rec.get("payload_sha256") != pending["payload_sha256"]:
+            # a payload that arrived after its round's entry is recorded, refused as late, in a later entry
+            if rec.get("round", entry.get("round")) != pending["round"] or rec.get("payload_sha256") != pending["payload_sha256"]:
                 self._refuse(
                     f"{what} is not in the ledger: entry {inc['index']} (round {entry.get('round')}) records "
                     f"payload {str(rec.get('payload_sha256'))[:16]}... for this site"
