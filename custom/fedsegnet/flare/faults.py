@@ -1,11 +1,14 @@
-"""Fault injection for drills and tests: site filters that break a site's update or slow the site down.
+"""Fault injection for drills and tests: site filters that break a site's update or slow the site
+down, and a server filter that shows a site a rewritten ledger history.
 
 Put :class:`CorruptPayload` after ``UpdateEncoder`` in a site's task-result filters to check, on a
 real deployment, that the server rejects a malformed update with a line naming the site and the
 reason, that the round goes on with the other sites, and that the global model stays intact. Put
 :class:`SlowSite` in a site's task-data filters of the train task to make it a straggler (as a site
 whose volumes take longer to load) and check that a round waits for it, or, with
-``drop_stragglers``, that the round record and the report name it. Never part of a production job.
+``drop_stragglers``, that the round record and the report name it. Put :class:`RewriteLedgerHistory`
+after ``LedgerTaskFilter`` in the server's task-data filters to play a server that rewrites history:
+the site it is shown to must refuse the task. Never part of a production job.
 """
 
 from __future__ import annotations
@@ -109,4 +112,69 @@ class SlowSite(_SiteRoundFault):
         if self.applies(site, rnd):
             self.log_warning(fl_ctx, f"site {site} round {rnd}: held for {self.seconds:g} s for a drill (SlowSite)")
             time.sleep(self.seconds)
+        return shareable
+
+
+class RewriteLedgerHistory(_SiteRoundFault):
+    """A dishonest server: show the listed sites, in the listed rounds, a ledger head over a history
+    in which one earlier entry was rewritten, signed with the server's own key.
+
+    Put it after ``LedgerTaskFilter`` in the server's task-data filters of ``train``. The site must
+    refuse the task (its consistency check against the head it saw before fails), the round goes on
+    with the other sites, and the honest ledger still verifies.
+
+    Args:
+        sites: the sites shown the rewritten history. Defaults to None (every site).
+        rounds: the rounds in which they are. Defaults to None (every round).
+        entry: index of the entry rewritten (1: the first round's). Defaults to 1.
+        ledger_id: the ``LedgerKeeper`` component. Defaults to ``"ledger"``.
+    """
+
+    def __init__(self, sites: list[str] | None = None, rounds: list[int] | None = None, entry: int = 1,
+                 ledger_id: str = "ledger"):  # fmt: skip
+        super().__init__(sites, rounds)
+        self.entry = int(entry)
+        self.ledger_id = ledger_id
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        import json
+
+        from fedsegnet.flare.ledger import BUNDLE_HEADER
+        from fedsegnet.ledger import MerkleTree, canonical_bytes, leaf_hash
+        from fedsegnet.ledger.entries import payload_of
+        from fedsegnet.ledger.signing import sign_head
+
+        peer = fl_ctx.get_peer_context()
+        site = peer.get_identity_name(default="?") if peer else "?"
+        rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
+        keeper = fl_ctx.get_engine().get_component(self.ledger_id)
+        ledger = getattr(keeper, "ledger", None)
+        if not self.applies(site, rnd) or ledger is None or ledger.last_head is None:
+            return shareable
+        size = ledger.last_head["size"]
+        if not 0 <= self.entry < size:
+            return shareable
+        lines = [ledger.line(i) for i in range(size)]
+        forged = json.loads(lines[self.entry])
+        for rec in (forged.get("sites") or {}).values():  # what a server would rewrite: who counted how much
+            rec["weight"] = 1.0
+        forged["time"] = "1970-01-01T00:00:00+00:00"
+        lines[self.entry] = canonical_bytes(forged)
+        tree = MerkleTree([leaf_hash(line) for line in lines])
+        head = sign_head(keeper.signer, size, tree.root(), ledger.log_id, ledger.last_head.get("round"))
+        entries = [json.loads(line) for line in lines]
+        inclusion = next(
+            ({"index": i, "entry": lines[i].decode("ascii"), "path": [h.hex() for h in tree.inclusion_proof(i, size)]}
+             for i in range(size - 1, -1, -1) if payload_of(entries[i], site)),
+            None,
+        )  # fmt: skip
+        bundle = {
+            "head": head,
+            "cert_pem": keeper.signer.cert_pem,
+            "consistency": [{"from": h["size"], "path": [p.hex() for p in tree.consistency_proof(h["size"], size)]}
+                            for h in ledger.heads if 1 <= h["size"] <= size],  # fmt: skip
+            "inclusion": inclusion,
+        }
+        self.log_warning(fl_ctx, f"round {rnd}: site {site} is shown a ledger whose entry {self.entry} was rewritten (a drill)")
+        shareable.set_header(BUNDLE_HEADER, json.dumps(bundle))
         return shareable

@@ -279,7 +279,8 @@ class FedSegNetFedAvgRecipe(Recipe):
         if compression:
             codec = dict(block=compression_block, scope=compression_scope, dense_bits=dense_bits, seed=seed)
             job.to_server(GlobalModelSync(ratio=down_ratio, bits=down_bits, first_bits=down_first_bits, **codec), id="global_model_sync")
-            for f in (GlobalModelEncoder(sync_id="global_model_sync"), MessageBytes(direction="down")):
+            # the ledger's bundle before the bytes are counted: what a site is sent includes it
+            for f in (GlobalModelEncoder(sync_id="global_model_sync"), LedgerTaskFilter(), MessageBytes(direction="down")):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_DATA)
             # AAMAggregator keeps top-k records as received (decoded when read); FLARE's weighted aggregator needs dense arrays
             for f in (MessageBytes(direction="up"), UpdateDecoder(sparse="packed" if aggregation is not None else False)):
@@ -288,7 +289,8 @@ class FedSegNetFedAvgRecipe(Recipe):
             job.to_clients(
                 UpdateEncoder(ratio=up_ratio, bits=up_bits, resume_from=resume_from, **codec), tasks=["train"], filter_type=FilterType.TASK_RESULT
             )
-        job.to_server(LedgerTaskFilter(), tasks=["train"], filter_type=FilterType.TASK_DATA)
+        else:
+            job.to_server(LedgerTaskFilter(), tasks=["train"], filter_type=FilterType.TASK_DATA)
         job.to_clients(LedgerPayloadRecorder(), tasks=["train"], filter_type=FilterType.TASK_RESULT)
         super().__init__(job)
 
