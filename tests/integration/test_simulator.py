@@ -97,3 +97,22 @@ def test_eval_cli_on_the_held_out_set(fedavg_run, tiny_sites):
     assert set(result) >= {"dice_mean", "hd95_mean", "per_class"}
     assert 0.0 <= result["dice_mean"] <= 1.0
     assert set(result["per_class"]) == {"organ", "lesion"} or len(result["per_class"]) == 2
+
+
+def test_the_ledger_verifies_and_holds_the_final_model(fedavg_run):
+    from fedsegnet.ledger import Ledger, hash_weights, verify
+
+    _, res, _ = fedavg_run
+    folder = res.job_root / "fedsegnet_ledger"
+    result = verify(folder, models={"final": res.global_model, "best": res.best_model})
+    assert result.ok, "\n".join(result.lines())
+    assert any("generated for the run" in note for note in result.notes)  # the simulator has no kits, and says so
+    entries = Ledger.open(folder).entries
+    rounds = [e for e in entries if e["kind"] == "round"]
+    assert [e["round"] for e in rounds] == [0, 1]
+    assert entries[0]["kind"] == "job_start" and entries[0]["participants"] == ["site-1", "site-2"]
+    assert entries[-1]["kind"] == "job_end" and set(entries[-1]["models"]) == {"final", "best"}
+    for e in rounds:
+        assert sorted(e["sites"]) == sorted(e["witnesses"]) == ["site-1", "site-2"]
+    model, _ = load_model_file(res.global_model)
+    assert hash_weights({k: v.numpy() for k, v in model.state_dict().items()}) == rounds[-1]["global_after"]
