@@ -16,11 +16,16 @@ setup(
         "nvflare>=2.9.0,<2.10",
         # Any torch >= 2.2 works; bring your own CUDA build. CI pins the CPU build.
         "torch>=2.2",
-        "monai[einops]>=1.5,<1.7",
+        # fire: `python -m monai.bundle run` (how the bundles of `fedsegnet export bundle` run) parses its command line with it.
+        "monai[einops,fire]>=1.5,<1.7",
         "numpy>=1.24",
         # MONAI's Hausdorff distance (HD95) and surface metrics run on scipy.ndimage.
         "scipy>=1.10",
         "nibabel>=5.0",
+        # DICOM series in (`fedsegnet infer --image SERIES_FOLDER`, read through MONAI's PydicomReader) and DICOM SEG out
+        # (`--dicom-seg`); highdicom changes APIs between minor releases: stay on 0.28.
+        "pydicom>=3.0.1,<4",
+        "highdicom>=0.28,<0.29",
         "tensorboard>=2.14",
         "tqdm>=4.60",
         "matplotlib>=3.7",
