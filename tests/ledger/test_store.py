@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from fedsegnet.ledger import Ledger, LedgerError, TornLineError, generate_signer, job_start_entry, verify
+from fedsegnet.ledger import Ledger, LedgerError, TornLineError, WitnessError, generate_signer, job_start_entry, round_entry, verify
 from fedsegnet.ledger.errors import CanonicalError
 
-from .conftest import SERVER, SITES, federate, signer
+from .conftest import SERVER, SITES, federate, payload_hash, signer
 
 
 def _start(folder, log_id="job-1"):
@@ -116,3 +116,35 @@ def test_generated_key_says_so(tmp_path):
     assert rsa.algorithm == "rsa-pss-sha256"
     with pytest.raises(LedgerError, match="key_type='dsa'"):
         generate_signer("x", key_type="dsa")
+
+
+def test_a_resume_voids_the_payloads_the_interrupted_job_never_recorded(tmp_path, kits):
+    first = federate(tmp_path / "a" / "fedsegnet_ledger", tmp_path / "sites", kits, rounds=2, end=False)
+    w = first.witnesses["site-1"]
+    w.record_payload(2, payload_hash("site-1", 2))  # sent; the server died before round 2's entry
+    resumed = Ledger.create(tmp_path / "b" / "fedsegnet_ledger", first.ledger.log_id, resume_from=first.ledger.folder,
+                            resume_fields={"job_id": "job-2", "global_model": first.globals[-1], "rounds_completed": 2})
+    resumed.sign_head(signer(kits, SERVER))
+    assert resumed.entries[-1]["global_model"] == first.globals[-1]
+    assert w.witness(resumed.witness_bundle("site-1"))["size"] == resumed.size
+    assert w.pending_payload is None
+    # after that head, a payload left out is refused again: the resume lies before what the site saw
+    w.record_payload(2, payload_hash("site-1", 2))
+    resumed.append(round_entry(2, global_before=first.globals[-1], global_after="5" * 64, sites={}))
+    resumed.sign_head(signer(kits, SERVER))
+    with pytest.raises(WitnessError, match="payload of round 2 .* not in the ledger"):
+        w.witness(resumed.witness_bundle("site-1"))
+
+
+def test_verify_notes_a_round_the_interrupted_job_never_recorded(tmp_path, kits):
+    first = federate(tmp_path / "a" / "fedsegnet_ledger", tmp_path / "sites", kits, rounds=2, end=False)
+    for start, gap in ((first.globals[-1], False), ("7" * 64, True)):
+        resumed = Ledger.create(tmp_path / f"b{gap}" / "l", "job-2", resume_from=first.ledger.folder,
+                                resume_fields={"global_model": start, "rounds_completed": 3 if gap else 2})
+        resumed.sign_head(signer(kits, SERVER))
+        resumed.append(round_entry(3, global_before=start, global_after="8" * 64, sites={}))
+        resumed.sign_head(signer(kits, SERVER))
+        result = verify(resumed.folder, certs=kits)
+        assert result.ok, result.lines()  # the rounds chain through the resume's global model
+        noted = [n for n in result.notes if "ran a round it never recorded" in n]
+        assert bool(noted) == gap, result.notes

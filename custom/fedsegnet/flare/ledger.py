@@ -176,7 +176,10 @@ class LedgerKeeper(Widget):
                 self.log_info(fl_ctx, f"ledger {folder}: reopened with {self.ledger.size} entries", fire_event=False)
             else:
                 log_id = previous.log_id if previous is not None else f"{fl_ctx.get_job_id()}-{uuid.uuid4().hex[:8]}"
-                self.ledger = Ledger.create(folder, log_id, resume_from=previous)
+                persistor = fl_ctx.get_engine().get_component(self.persistor_id)
+                fields = {"job_id": fl_ctx.get_job_id(), "global_model": self._model_hash(fl_ctx),
+                          "rounds_completed": int(getattr(persistor, "rounds_completed", 0) or 0)}  # fmt: skip
+                self.ledger = Ledger.create(folder, log_id, resume_from=previous, resume_fields=fields if previous else None)
                 engine = fl_ctx.get_engine()
                 config = Path(fl_ctx.get_engine().get_workspace().get_server_app_config_file_path(fl_ctx.get_job_id()))
                 if not config.is_file():

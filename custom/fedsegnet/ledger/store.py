@@ -116,7 +116,7 @@ class Ledger:
 
     # ---- opening -------------------------------------------------------------------------
     @classmethod
-    def create(cls, folder, log_id: str, resume_from=None) -> "Ledger":
+    def create(cls, folder, log_id: str, resume_from=None, resume_fields: Mapping | None = None) -> "Ledger":
         """Start a new ledger in ``folder`` (created; an existing folder must be empty).
 
         Args:
@@ -126,6 +126,10 @@ class Ledger:
                 signed entries and heads are copied verbatim (the tree goes on, so RFC 9162
                 consistency proofs span the resume) and a ``resume`` entry carrying its last
                 signed head is appended. Defaults to ``None``.
+            resume_fields: more fields of that ``resume`` entry, e.g. ``{"job_id": the interrupted
+                job, "global_model": hash_weights of the model the resumed job starts from,
+                "rounds_completed": n}`` (``verify`` chains the rounds through ``global_model``).
+                Defaults to ``None``.
 
         Returns:
             The new ledger.
@@ -154,7 +158,7 @@ class Ledger:
         (folder / CERTS).mkdir()
         ledger = cls(folder, log_id, [], [])
         if previous is not None:
-            ledger._continue(previous)
+            ledger._continue(previous, resume_fields or {})
         return ledger
 
     @classmethod
@@ -179,13 +183,13 @@ class Ledger:
         return cls(folder, str(marker.get("log_id")), read_lines(folder / ENTRIES), heads)
 
     @classmethod
-    def open_or_create(cls, folder, log_id: str, resume_from=None) -> "Ledger":
+    def open_or_create(cls, folder, log_id: str, resume_from=None, resume_fields: Mapping | None = None) -> "Ledger":
         """:meth:`open` when ``folder`` holds a ledger, else :meth:`create` (``resume_from`` applies then)."""
         if (Path(folder) / MARKER).exists():
             return cls.open(folder)
-        return cls.create(folder, log_id, resume_from=resume_from)
+        return cls.create(folder, log_id, resume_from=resume_from, resume_fields=resume_fields)
 
-    def _continue(self, previous: "Ledger") -> None:
+    def _continue(self, previous: "Ledger", fields: Mapping) -> None:
         head = previous.last_head
         for cert in sorted((previous.folder / CERTS).glob("*.pem")):
             self.add_cert(load_certificate(cert))
@@ -198,6 +202,7 @@ class Ledger:
             append_line(self.folder / HEADS, canonical_bytes(h))
             self._heads.append(dict(h))
         entry = resume_entry(head, str(previous.folder))
+        entry.update({k: v for k, v in fields.items() if k not in entry})
         entry["unsigned_previous_entries"] = previous.size - head["size"]
         self.append(entry)
         logger.info(
@@ -328,7 +333,9 @@ class Ledger:
 
         Returns:
             ``{"head", "cert_pem", "consistency": [{"from", "path"}], "inclusion": {"index",
-            "entry", "path"} | None}``, plain JSON (hashes in hex).
+            "entry", "path"} | None}``, plain JSON (hashes in hex). The inclusion proof is of the
+            last entry holding the site's payload, or of a ``resume`` entry after it: a resumed
+            job voids the payloads the interrupted job had not recorded, in the open.
 
         Raises:
             LedgerError: when no head is signed yet.
@@ -350,8 +357,8 @@ class Ledger:
             if 1 <= s <= size
         ]
         inclusion = None
-        for i in range(size - 1, -1, -1):
-            if payload_of(self._entries[i], site):
+        for i in range(size - 1, -1, -1):  # the site's last payload, or a later resume (which voids it)
+            if payload_of(self._entries[i], site) or self._entries[i].get("kind") == "resume":
                 inclusion = {
                     "index": i,
                     "entry": self._lines[i].decode("ascii"),

@@ -306,6 +306,15 @@ def verify(folder, root_ca=None, certs=None, models: Mapping[str, str] | None = 
                     generated.add(site)
                 check.witnessed_by.append(site)
         elif kind == "resume":
+            start = entry.get("global_model")
+            if start is not None and last_after is not None and start != last_after:
+                notes.append(
+                    f"resume (entry {i}): the resumed job started from global model {str(start)[:16]}..., not round "
+                    f"{last_round}'s {last_after[:16]}...: the interrupted job ran a round it never recorded "
+                    f"(rounds completed per its model: {entry.get('rounds_completed')})"
+                )
+            if start is not None:
+                last_after = start
             prev = entry.get("previous_head") or {}
             at = f"resume: the previous head of size {prev.get('size')}"
             try:

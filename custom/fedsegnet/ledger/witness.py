@@ -14,7 +14,9 @@ an inclusion proof of the site's last payload (:meth:`~fedsegnet.ledger.store.Le
 4. the site's last payload, when it sent one, is in the tree: the entry that holds its payload
    hash is included at its index (RFC 9162 inclusion proof) and names the same round and hash (a
    payload that arrived after its round's entry was written is refused as late in a later entry,
-   whose record then names the payload's round);
+   whose record then names the payload's round), or a ``resume`` entry appended after the head the
+   site saw when it sent the payload is (the interrupted job never recorded it; the resume says so
+   in the ledger);
 
 and then records the head in its file and returns the site's signature of it, which goes back
 with the site's update and into the next round entry. Anything else raises
@@ -225,8 +227,14 @@ class SiteWitness:
             except (KeyError, TypeError, ValueError, LedgerError) as exc:
                 self._refuse(f"{what} is not shown included in the {at}: {exc}")
             rec = (entry.get("sites") or {}).get(self.site) or (entry.get("refused") or {}).get(self.site) or {}
+            seen_size = last["size"] if last is not None else 0
+            if entry.get("kind") == "resume" and int(inc["index"]) >= seen_size:
+                # the job was interrupted after this site sent its payload and resumed in a new job:
+                # the payloads the interrupted job had not recorded are void, in the open (the resume entry)
+                logger.warning("site %s: its payload of round %s was not recorded before the job was resumed "
+                               "(resume entry %s)", self.site, pending["round"], inc["index"])  # fmt: skip
             # a payload that arrived after its round's entry is recorded, refused as late, in a later entry
-            if rec.get("round", entry.get("round")) != pending["round"] or rec.get("payload_sha256") != pending["payload_sha256"]:
+            elif rec.get("round", entry.get("round")) != pending["round"] or rec.get("payload_sha256") != pending["payload_sha256"]:
                 self._refuse(
                     f"{what} is not in the ledger: entry {inc['index']} (round {entry.get('round')}) records "
                     f"payload {str(rec.get('payload_sha256'))[:16]}... for this site"
