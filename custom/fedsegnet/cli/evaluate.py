@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fedsegnet.cli.args import add_overwrite
 from fedsegnet.cli.display import print_eval_table
-from fedsegnet.errors import FedSegNetError, UsageError
+from fedsegnet.errors import DataError, FedSegNetError, UsageError
 
 
 def register(sub) -> None:
@@ -26,15 +26,19 @@ def register(sub) -> None:
                    help="a site's personal state (<site job workspace>/fedsegnet_personal/<site>.pt): evaluate that site's personalised model")
     e.set_defaults(func=_cmd_eval)
 
-    i = sub.add_parser("infer", help="segment NIfTI image(s) with a saved model; output on the input's grid")
+    i = sub.add_parser("infer", help="segment NIfTI image(s) or a DICOM series with a saved model; output on the input's grid")
     i.add_argument("--model", required=True, help="a saved global model (FL_global_model.pt)")
-    i.add_argument("--image", nargs="+", help="one case: one file per channel, in training order")
+    i.add_argument("--image", nargs="+",
+                   help="one case: one NIfTI file per channel, in training order, or one DICOM series folder per channel")
     i.add_argument("--image-dir", help="every case in a folder (several channels: <case>_0000.nii.gz, <case>_0001...)")
     i.add_argument("--out", required=True, help="output file (--image) or folder (--image-dir)")
     i.add_argument("--preset", help="check that the model was trained with this preset")
     i.add_argument("--device", help="torch device (default: cuda when available)")
     i.add_argument("--personal", metavar="SITE_STATE", help="a site's personal state: segment with that site's personalised model")
-    add_overwrite(i)
+    i.add_argument("--dicom-seg", action="store_true",
+                   help="with --image SERIES_FOLDER: also write a DICOM SEG referencing the series, next to --out "
+                        "(seg.nii.gz -> seg.dcm)")
+    add_overwrite(i, "--out (and the DICOM SEG)")
     i.set_defaults(func=_cmd_infer)
 
     r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")
@@ -73,9 +77,19 @@ def _cmd_infer(args) -> int:
 
     if bool(args.image) == bool(args.image_dir):
         raise UsageError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
+    folders = [p for p in args.image or () if Path(p).is_dir()]
+    if folders and len(folders) != len(args.image):
+        raise UsageError("--image: give NIfTI files or DICOM series folders (one per channel), not both")
+    if args.dicom_seg and not folders:
+        raise UsageError("--dicom-seg needs --image SERIES_FOLDER: a DICOM SEG references the DICOM series it segments")
     device = pick_device(args.device, "--device")
+    series = _read_dicom_inputs(folders, for_seg=args.dicom_seg) if folders else None
     if args.image:
         check_output_file(args.out, args.image, overwrite=args.overwrite)
+        if args.dicom_seg:
+            from fedsegnet.data.dicom import check_seg_output, seg_path_for
+
+            check_seg_output(seg_path_for(args.out), protect=folders, overwrite=args.overwrite)
     elif not Path(args.image_dir).is_dir():
         raise FedSegNetError(f"--image-dir {args.image_dir}: no such folder")
     model, spec = load_model_file(args.model)
@@ -89,6 +103,8 @@ def _cmd_infer(args) -> int:
             f"--preset {args.preset!r} does not match the model {args.model}: it was trained with preset "
             f"{spec.get('preset')!r} (network {spec.get('network')!r}); leave --preset out to use the model's own"
         )
+    if series is not None:
+        return _infer_dicom(model, spec, series, args, device)
     if args.image:
         labels, ref = predict_case(model, spec, args.image, device=device)
         out = save_labels(labels, ref, args.out)
@@ -101,6 +117,62 @@ def _cmd_infer(args) -> int:
     written = infer_folder(model, spec, args.image_dir, args.out, device=device, overwrite=args.overwrite,
                            progress=lambda xs: tqdm(xs, desc="cases", unit="case"))  # fmt: skip
     print(f"wrote {len(written)} segmentation(s) to {args.out}")
+    return 0
+
+
+def _read_dicom_inputs(folders: list[str], for_seg: bool) -> list:
+    """Check the DICOM series given as ``--image`` (headers only, before any work): each readable, all
+    on one grid, and (``for_seg``) the first one fit to be a SEG's source."""
+    from fedsegnet.data.dicom import check_seg_source, read_series, same_grid_problems
+
+    series = [read_series(f) for f in folders]
+    problems = same_grid_problems(series)
+    if problems:
+        raise DataError(str(series[0].folder), problems)
+    if for_seg:
+        check_seg_source(series[0])
+    return series
+
+
+def _infer_dicom(model, spec: dict, series: list, args, device) -> int:
+    """Segment a case given as DICOM series (one per channel): each series' volume goes through the
+    same NIfTI path as a NIfTI input (written to a temporary folder), so the label map on the
+    series' grid equals that of the same volume given as NIfTI; with ``--dicom-seg`` the SEG is made
+    in memory before either file is written."""
+    import hashlib
+    import tempfile
+
+    import numpy as np
+
+    import fedsegnet
+    from fedsegnet.data.dicom import build_seg, save_series_nifti, seg_path_for
+    from fedsegnet.training.infer import predict_case, save_labels
+    from fedsegnet.training.spec import class_names_of
+
+    if len(series) != int(spec["in_channels"]):
+        raise FedSegNetError(
+            f"the model takes {spec['in_channels']} input channel(s) but {len(series)} DICOM series were given "
+            f"({', '.join(str(s.folder) for s in series)}); pass one series folder per channel, in the training order"
+        )
+    with tempfile.TemporaryDirectory(prefix="fedsegnet-dicom-") as tmp:
+        files = [save_series_nifti(s, Path(tmp) / f"channel_{c:04d}.nii") for c, s in enumerate(series)]
+        labels, ref = predict_case(model, spec, files, device=device)
+        seg = None
+        if args.dicom_seg:
+            digest = hashlib.sha256(Path(args.model).read_bytes()).hexdigest()
+            seg = build_seg(
+                labels, series[0], class_names_of(spec), spec.get("label_values") or (),
+                software_version=fedsegnet.__version__, device_serial_number=digest[:16],
+                description=f"FedSegNet {spec['network']} ({spec.get('preset')})",
+            )  # fmt: skip
+        out = save_labels(labels, ref, args.out)
+    print(f"wrote {out} (shape {labels.shape}, on the grid of {series[0].folder}: {len(series[0].files)} slices)")
+    if seg is not None:
+        path = seg_path_for(args.out)
+        seg.save_as(path)
+        present = [int(v) for v in np.unique(labels) if v]
+        print(f"wrote {path} (DICOM SEG of series {series[0].series_instance_uid}: {len(seg.SegmentSequence)} segment(s), "
+              f"{len(present)} present, {int(seg.NumberOfFrames)} frame(s))")  # fmt: skip
     return 0
 
 
