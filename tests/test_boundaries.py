@@ -66,7 +66,7 @@ LAYERS = (
     ("data",),
     ("privacy",),
     ("training",),
-    ("federation", "report"),
+    ("federation", "report", "bundle"),
     ("flare",),
     ("cli",),
 )
@@ -76,8 +76,8 @@ shared bottom (errors, output folders, memory probes, whether a loop shows a pro
 Merkle tree, signatures); the update codec; the server round (which measures updates with the
 codec); secure aggregation (masked sums of codec-style updates); the networks; job settings and presets (which name the networks,
 aggregation methods and codec bits their job args accept); site data (read under a preset);
-differential privacy (DP-SGD over the site's cases, its accountant and budget); local training, evaluation, inference and model files; the in-process federation and the run
-report; the FLARE adapters; the command line."""
+differential privacy (DP-SGD over the site's cases, its accountant and budget); local training, evaluation, inference and model files; the in-process federation, the run
+report and the MONAI bundle export; the FLARE adapters; the command line."""
 
 LAYER_OF = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -1,16 +1,19 @@
-"""``fedsegnet`` command line: data, eval, infer, report, demo, job, poc.
+"""``fedsegnet`` command line: data, eval, infer, report, export, demo, job, poc, ledger.
 
     fedsegnet data synth --out DIR --sites 2 --cases 12 --size 48 --seed 0
     fedsegnet data baseline --data DIR
     fedsegnet eval --model FL_global_model.pt --data DIR/test [--json]
+    fedsegnet infer --model FL_global_model.pt --image SERIES_FOLDER --out seg.nii.gz [--dicom-seg]
+    fedsegnet export bundle FL_global_model.pt --out BUNDLE
     fedsegnet demo [--workdir W]
     fedsegnet job set JOB --out DIR num_rounds=3 preset=tiny
     fedsegnet job policy [--create] WORKSPACE/local
     fedsegnet job simulate JOB -w WS -n 2 [--data-root DATA]
+    fedsegnet ledger verify RUN [--kits DIR]
 
 Each command group is one module that registers its own sub-parser (:mod:`~fedsegnet.cli.data`,
-:mod:`~fedsegnet.cli.evaluate`, :mod:`~fedsegnet.cli.demo`, :mod:`~fedsegnet.cli.job`,
-:mod:`~fedsegnet.cli.poc`). Only this package prints. Errors of the FedSegNet family (and
+:mod:`~fedsegnet.cli.evaluate`, :mod:`~fedsegnet.cli.export`, :mod:`~fedsegnet.cli.demo`,
+:mod:`~fedsegnet.cli.job`, :mod:`~fedsegnet.cli.poc`, :mod:`~fedsegnet.cli.ledger`). Only this package prints. Errors of the FedSegNet family (and
 file-system errors) are shown as one line, and the exit code says what kind of problem it was:
 
     0  done
@@ -31,8 +34,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
-from fedsegnet.cli import data, demo, evaluate, job, poc
+from fedsegnet.cli import data, demo, evaluate, export, job, ledger, poc
 from fedsegnet.errors import ConfigError, FedSegNetError, RunError, UsageError
 
 __all__ = ["EXIT_DATA", "EXIT_RUN_FAILED", "EXIT_USAGE", "build_parser", "exit_code", "main"]
@@ -47,7 +51,7 @@ EXIT_CODES_HELP = """exit codes:
 nothing is overwritten: an existing destination is refused unless --overwrite is given, and even
 then only an output fedsegnet wrote is replaced; sources and input scans are never written."""
 
-_COMMAND_GROUPS = (data, evaluate, demo, job, poc)  # the order of `fedsegnet --help`
+_COMMAND_GROUPS = (data, evaluate, export, demo, job, poc, ledger)  # the order of `fedsegnet --help`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +88,7 @@ def main(argv=None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _quiet_gpu_codec_notice()
     from fedsegnet.outputs import forget_claims, release_claims, seal_claimed
 
     forget_claims()  # only this command's own folders are sealed when it succeeds
@@ -100,6 +105,14 @@ def main(argv=None) -> int:
         release_claims()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DATA
+
+
+def _quiet_gpu_codec_notice() -> None:
+    """MONAI builds every image reader it knows for each image loader; with pydicom installed (DICOM
+    series input) one of them, the nvImageCodec DICOM reader, logs and warns at every build that
+    its optional GPU decoder is missing. That says nothing about the command at hand: hide it."""
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 
 def exit_code(error: FedSegNetError) -> int:
