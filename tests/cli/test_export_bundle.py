@@ -98,8 +98,8 @@ def test_bundle_layout_and_metadata(hybrid):
 
 
 def test_bundle_segments_like_fedsegnet_infer(tmp_path, hybrid):
-    """Two scans: LPS-stored and anisotropic, and 0.75 mm isotropic, where half of the input voxels sit
-    exactly between two voxels of the 1.5 mm model grid (ties, broken upwards by both)."""
+    """Two scans: LPS-stored and anisotropic, and 0.75 mm isotropic, where most voxels sit exactly
+    halfway between two voxels of the 1.5 mm model grid on some axis (ties, broken upwards by both)."""
     model, bundle = hybrid
     scans = tmp_path / "scans"
     scans.mkdir()

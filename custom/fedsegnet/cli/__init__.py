@@ -13,8 +13,9 @@
 
 Each command group is one module that registers its own sub-parser (:mod:`~fedsegnet.cli.data`,
 :mod:`~fedsegnet.cli.evaluate`, :mod:`~fedsegnet.cli.export`, :mod:`~fedsegnet.cli.demo`,
-:mod:`~fedsegnet.cli.job`, :mod:`~fedsegnet.cli.poc`, :mod:`~fedsegnet.cli.ledger`). Only this package prints. Errors of the FedSegNet family (and
-file-system errors) are shown as one line, and the exit code says what kind of problem it was:
+:mod:`~fedsegnet.cli.job`, :mod:`~fedsegnet.cli.poc`, :mod:`~fedsegnet.cli.ledger`). Only this
+package prints. Errors of the FedSegNet family (and file-system errors) are shown as one line, and
+the exit code says what kind of problem it was:
 
     0  done
     1  a run itself failed (the simulator or a POC job did not complete, or timed out)
