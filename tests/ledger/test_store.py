@@ -148,3 +148,16 @@ def test_verify_notes_a_round_the_interrupted_job_never_recorded(tmp_path, kits)
         assert result.ok, result.lines()  # the rounds chain through the resume's global model
         noted = [n for n in result.notes if "ran a round it never recorded" in n]
         assert bool(noted) == gap, result.notes
+
+
+def test_verify_checks_the_model_files_against_the_last_job_end(tmp_path, kits):
+    """A job that failed wrote its job_end; the job that resumed it ends with its own models."""
+    first = federate(tmp_path / "a" / "fedsegnet_ledger", tmp_path / "sites", kits, rounds=2, end=True)
+    resumed = Ledger.create(tmp_path / "b" / "l", first.ledger.log_id, resume_from=first.ledger.folder,
+                            resume_fields={"global_model": first.globals[-1]})
+    resumed.sign_head(signer(kits, SERVER))
+    second = federate(resumed.folder, tmp_path / "sites", kits, rounds=1, ledger=resumed, witnesses=first.witnesses,
+                      start_round=2, end=True)
+    assert verify(resumed.folder, certs=kits, models=second.models).ok
+    stale = verify(resumed.folder, certs=kits, models=first.models)
+    assert not stale.ok and stale.first_fault.index == resumed.size - 1 and "the file was replaced" in stale.first_fault.problems[0]

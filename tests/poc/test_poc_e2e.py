@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fedsegnet.flare.ops.poc import find_in_result
+from fedsegnet.ledger import verify
 from fedsegnet.report import read_records
 
 from .conftest import running_poc, tiny_job
@@ -34,6 +35,8 @@ def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
         status = poc.wait(job_id, timeout=480, on_round=rounds.append)
         assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
         result = poc.download(job_id, tmp_path / "download")
+        kits = poc.prod_dir
+        witness_dirs = {s: poc.kit(s) / "fedsegnet_ledger_witness" for s in poc.sites}
     # every process group this test started is gone
     assert not any(_alive(pid) for pid in pids.values()), pids
 
@@ -57,3 +60,17 @@ def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
         assert math.isfinite(rec["val_dice_global"])
     cross = find_in_result(result, "cross_val_results.json")
     assert cross is not None and "site-1" in cross.read_text()
+
+
+    # the ledger: signed with the server's kit key, countersigned by both sites' kit keys, checked
+    # against the project's certificates and root CA, the downloaded model files included
+    ledger_dir = find_in_result(result, "LEDGER.json").parent
+    check = verify(ledger_dir, certs=kits, models={"final": model_file, "best": find_in_result(result, "best_FL_global_model.pt")})
+    assert check.ok, "\n".join(check.lines())
+    assert not any("generated" in note for note in check.notes), check.notes
+    rounds = [c for c in check.checks if c.label.startswith("round")]
+    assert [c.label for c in rounds] == ["round 0", "round 1"]
+    assert all(c.signed_by == "localhost (kit)" and c.witnessed_by == ["site-1", "site-2"] for c in rounds), check.lines()
+    for site, folder in witness_dirs.items():  # each site kept the heads it accepted, in its own workspace
+        (seen,) = folder.glob("*/ledger_heads_seen.jsonl")
+        assert sum('"kind":"head"' in line for line in seen.read_text().splitlines()) == 2, site

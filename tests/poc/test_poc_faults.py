@@ -11,6 +11,7 @@ import torch
 
 from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.flare.ops.poc import find_in_result
+from fedsegnet.ledger import Ledger, verify
 from fedsegnet.report import read_records
 
 from .conftest import running_poc, tiny_job
@@ -51,7 +52,23 @@ def test_poc_server_killed_then_resumed_loses_no_round(tmp_path, poc_home, poc_s
         assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
         site_logs = {s: _text(poc.site_run_dir(s, second) / "log.txt") for s in poc.sites}
         result = poc.download(second, tmp_path / "download")
+        kits, old_ledger = poc.prod_dir, Ledger.open(old_run / "fedsegnet_ledger")
+        witness_logs = {s: sorted(p.name for p in (poc.kit(s) / "fedsegnet_ledger_witness").iterdir()) for s in poc.sites}
 
+    # the resumed job's ledger continues the interrupted one's (same log, its signed entries verbatim, a
+    # resume entry) and verifies against the kits; the sites witnessed one log across both jobs
+    ledger_dir = find_in_result(result, "LEDGER.json").parent
+    check = verify(ledger_dir, certs=kits, models={"final": find_in_result(result, "FL_global_model.pt")})
+    assert check.ok, "\n".join(check.lines())
+    ledger = Ledger.open(ledger_dir)
+    assert ledger.log_id == old_ledger.log_id and witness_logs == {s: [ledger.log_id] for s in poc.sites}
+    entries = ledger.entries
+    signed = old_ledger.last_head["size"]
+    assert [json.dumps(e, sort_keys=True) for e in entries[:signed]] == [json.dumps(e, sort_keys=True) for e in old_ledger.entries[:signed]]
+    resume = entries[signed]
+    assert resume["kind"] == "resume" and resume["job_id"] == second and resume["rounds_completed"] == completed
+    ledger_rounds = [e["round"] for e in entries if e["kind"] == "round"]
+    assert ledger_rounds == sorted(set(ledger_rounds)) and ledger_rounds[-(rounds - completed):] == list(range(completed, rounds))
     records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
     assert [r["round"] for r in records] == list(range(rounds)), "a round was lost or repeated"
     assert records[:completed] == old_records[:completed], "the interrupted job's records were not carried over"
@@ -161,8 +178,14 @@ def test_poc_site_job_process_dies_flare_fails_the_job_and_it_resumes(tmp_path, 
         status = poc.wait(second, timeout=480)
         assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
         result = poc.download(second, tmp_path / "download")
+        kits = poc.prod_dir
     records = read_records(find_in_result(result, "fedsegnet_rounds.jsonl"))
     assert [r["round"] for r in records] == list(range(rounds))
     final = torch.load(find_in_result(result, "FL_global_model.pt"), map_location="cpu", weights_only=False)
     assert final["train_conf"]["fedsegnet_round"]["completed"] == rounds
     assert f"resuming job {first}" in _text(find_in_result(result, "log.txt"))
+    # the failed job's ledger came out of FLARE's job store with its model, and the new one continues it
+    ledger_dir = find_in_result(result, "LEDGER.json").parent
+    check = verify(ledger_dir, certs=kits, models={"final": find_in_result(result, "FL_global_model.pt")})
+    assert check.ok, "\n".join(check.lines())
+    assert [c.label for c in check.checks].count("resume") == 1

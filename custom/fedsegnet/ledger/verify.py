@@ -12,7 +12,8 @@ computed, and checks
 - every witness record in the round entries: a head of the ledger (size and root), signed by the
   site with its certificate; every accepted site of a round carries one once a head existed;
 - a resume entry: the head it carries is the root of the entries before it, validly signed;
-- given model files: their sha256 equals the job_end entry's.
+- given model files: their sha256 equals the last job_end entry's (a resumed ledger also holds the
+  interrupted job's).
 
 Problems are attached to the entry they concern: a head's problem to the entries it added since
 the previous good head, so :attr:`VerifyResult.first_fault` names the first round at fault.
@@ -138,7 +139,7 @@ def verify(folder, root_ca=None, certs=None, models: Mapping[str, str] | None = 
         certs: the participants' certificates: a folder of startup kits
             (``*/startup/{server,client}.crt``) or ``{name: certificate}``. Defaults to ``None``:
             the certificates stored in the ledger are used (noted in the result).
-        models: model files to check against the job_end entry, ``{"final": path, "best": path}``.
+        models: model files to check against the last job_end entry, ``{"final": path, "best": path}``.
             Defaults to none.
         require_witnesses: every accepted site of a round must carry a witness record once a head
             was signed before the round. Defaults to ``True``.
@@ -271,6 +272,7 @@ def verify(folder, root_ca=None, certs=None, models: Mapping[str, str] | None = 
 
     # ---- entries ---------------------------------------------------------------------------
     last_round, last_after = None, None
+    last_end = max((i for i, e in enumerate(entries) if e.get("kind") == "job_end"), default=None)
     for i, entry in enumerate(entries):
         check = checks[i]
         kind = entry.get("kind")
@@ -323,7 +325,7 @@ def verify(folder, root_ca=None, certs=None, models: Mapping[str, str] | None = 
                 verify_head(prev, cert_for(prev.get("signer"), prev.get("cert_sha256"), at), root, where=at)
             except (SignatureError, LedgerError, TypeError) as exc:
                 check.problems.append(str(exc))
-        elif kind == "job_end":
+        elif kind == "job_end" and i == last_end:  # a resumed ledger holds the interrupted job's job_end too
             for name, path in (models or {}).items():
                 rec = (entry.get("models") or {}).get(name)
                 if rec is None:
