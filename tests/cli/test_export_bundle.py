@@ -205,3 +205,26 @@ def test_text_from_the_model_file_never_becomes_config_code():
     full = {**spec, "intensity": "zscore", "spacing": [1.0, 1.0, 1.0], "network_kwargs": {}, "classes": [["@network", "x"]]}
     with pytest.raises(fb.FedSegNetError, match=r"classes\[0\]='@network': a name in a bundle may not hold"):
         fb.metadata(full, "m.pt", "0" * 64)
+
+
+@pytest.mark.parametrize(
+    "network, kwargs, target",
+    [
+        ("swin_unetr", {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "norm_name": ["group", {"num_groups": 3}]},
+         "SwinUNETR"),
+        ("unetr", {"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4}, "UNETR"),
+        ("segresnet", {"init_filters": 8}, "SegResNet"),
+        ("dca_unetr", {"channels": [8, 16, 32], "num_heads": 2, "num_layers": 1}, "fedsegnet.networks.build_network"),
+    ],
+)  # fmt: skip
+def test_network_def_builds_the_model_network(network, kwargs, target):
+    """Every kind of network: the bundle's network_def builds a network that takes the model's weights strictly."""
+    import fedsegnet.bundle as fb
+
+    spec = {"in_channels": 2, "num_classes": 3, "intensity": "zscore", "spacing": [1.0, 1.0, 1.0], "network": network,
+            "network_kwargs": kwargs, "patch_size": [32, 32, 32]}  # fmt: skip
+    config = fb.inference_config(spec)
+    assert config["network_def"]["_target_"] == target
+    fb._check_network(config, build_from_spec(spec))  # raises if a weight's name or shape differs
+    with pytest.raises(fb.FedSegNetError, match="does not build the model's network"):
+        fb._check_network(config, build_from_spec({**spec, "num_classes": 4}))

@@ -356,3 +356,6 @@ def test_outputs_are_never_overwritten_unless_ours(tmp_path, model, capsys):
     assert not out.exists() and seg_path_for(out).read_bytes() == b"someone else's file"
     rc = main(["infer", "--model", str(model), "--image", str(tmp_path / "ct"), "--out", str(tmp_path / "ct"), "--overwrite"])
     assert rc == 2 and len(list((tmp_path / "ct").iterdir())) == 4  # the series folder is never the output
+    rc = main(["infer", "--model", str(model), "--image", str(tmp_path / "ct"), "--out", str(tmp_path / "ct" / "s.nii.gz"), "--dicom-seg"])
+    assert rc == 3 and "lies inside the input" in capsys.readouterr().err  # a SEG there would make it hold two series
+    assert len(list((tmp_path / "ct").iterdir())) == 4

@@ -49,7 +49,7 @@ import numpy as np
 
 from fedsegnet.data.preflight import voxel_bound_problem
 from fedsegnet.errors import DataError, FedSegNetError
-from fedsegnet.outputs import claim_file
+from fedsegnet.outputs import check_protected, claim_file
 
 logger = logging.getLogger(__name__)
 
@@ -540,8 +540,11 @@ def check_seg_output(path: str | Path, protect: Sequence[str | Path] = (), overw
         overwrite: replace ``path`` when it is a SEG fedsegnet wrote. Defaults to False.
 
     Raises:
-        OutputError: naming ``path`` (flag ``--dicom-seg``).
+        OutputError: naming ``path`` (flag ``--dicom-seg``): it lies inside a series folder (a SEG there
+            would make the folder hold two series), exists (and is not ours, or ``overwrite`` is not
+            given), or cannot be written.
     """
+    check_protected(path, protect, "--dicom-seg", inside_ok=False)
     return claim_file(path, overwrite=overwrite, owned=written_by_fedsegnet, protect=list(protect), flag="--dicom-seg")
 
 
