@@ -5,8 +5,11 @@ Reads the server's per-round records (``fedsegnet_rounds.jsonl``), the cross-sit
 found under a run folder: a simulator workspace, a POC or production job result downloaded through
 the admin API, or a server job folder. With a held-out test folder (``--data``) it also evaluates the
 global model per class (Dice, HD95 in mm) and draws slices of a test case with the label and the
-predicted contour. Every plotted series is also written to ``report.json``, read from the run, so
-the figures can be checked against the records. matplotlib (Agg backend); no network access.
+predicted contour. When the job kept a ledger (``fedsegnet_ledger/``), the page has a ledger
+section: it is verified (its stored certificates; ``fedsegnet ledger verify --kits`` checks them
+against the project's kits), with the last signed head and, per entry, who signed and who witnessed
+it. Every plotted series is also written to ``report.json``, read from the run, so the figures can
+be checked against the records. matplotlib (Agg backend); no network access.
 """
 
 from __future__ import annotations
@@ -352,11 +355,41 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
     if data_dir is not None and paths["model"] is not None:
         evaluation = _evaluate(paths["model"], Path(data_dir), out, device, figures)
 
+    ledger = ledger_summary(paths["records"].parent)
     report = {"run": str(Path(run_dir).resolve()), "files": {k: str(v) if v else None for k, v in paths.items()},
-              "series": s, "cross_site": matrices, "site_choices": choices, "test": evaluation}  # fmt: skip
+              "series": s, "cross_site": matrices, "site_choices": choices, "test": evaluation, "ledger": ledger}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    _write_html(out, paths, s, figures, cross_tables, evaluation)
+    _write_html(out, paths, s, figures, cross_tables, evaluation, ledger)
     return out / "index.html"
+
+
+def ledger_summary(job_dir: Path) -> dict | None:
+    """The ledger of a server job folder, verified: ``{"folder", "ok", "summary", "last_head",
+    "entries": [{"label", "ok", "signed_by", "witnessed_by", "problems"}], "notes"}``; None without one."""
+    from fedsegnet.ledger import LEDGER_FOLDER, verify
+
+    folder = Path(job_dir) / LEDGER_FOLDER
+    if not (folder / "LEDGER.json").is_file():
+        return None
+    app = Path(job_dir) / "app_server"
+    models = {k: app / f for k, f in (("final", MODEL), ("best", f"best_{MODEL}")) if (app / f).is_file()}
+    result = verify(folder, models=models)
+    heads_file = folder / "heads.jsonl"
+    lines = heads_file.read_text(errors="replace").splitlines() if heads_file.is_file() else []
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except ValueError:  # a torn last line: verify reports it
+        last = None
+    return {
+        "folder": str(folder),
+        "ok": result.ok,
+        "summary": result.lines()[-1],
+        "last_head": None if last is None else {k: last.get(k) for k in ("size", "root", "signer", "key_source", "timestamp", "round")},
+        "entries": [{"label": c.label, "ok": c.ok, "signed_by": c.signed_by, "witnessed_by": list(c.witnessed_by),
+                     "problems": list(c.problems)} for c in result.checks],  # fmt: skip
+        "notes": list(result.notes),
+        "models_checked": sorted(models),
+    }
 
 
 def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list) -> dict:
@@ -394,7 +427,28 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     return {"summary": summary, "slices_case": name, "data": str(data_dir)}
 
 
-def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: list, evaluation: dict | None):
+def _ledger_html(ledger: dict) -> list[str]:
+    head = ledger["last_head"] or {}
+    verdict = "verified" if ledger["ok"] else "<b>FAILED</b>"
+    parts = [
+        "<h2>Ledger</h2>",
+        f"<p><code>{html.escape(ledger['folder'])}</code>: {verdict} ({html.escape(ledger['summary'])}). "
+        f"Last signed head: size {head.get('size')}, root <code>{html.escape(str(head.get('root'))[:16])}...</code>, "
+        f"signed by {html.escape(str(head.get('signer')))} ({html.escape(str(head.get('key_source')))}) at "
+        f"{html.escape(str(head.get('timestamp')))}. Model files checked against it: "
+        f"{html.escape(', '.join(ledger['models_checked']) or 'none')}. Checked against the certificates the ledger "
+        "stores; <code>fedsegnet ledger verify RUN --kits KITS</code> checks them against the project's kits.</p>",
+    ]
+    rows = [[e["label"], "OK" if e["ok"] else "FAIL", e["signed_by"] or "", ", ".join(e["witnessed_by"]), "; ".join(e["problems"])]
+            for e in ledger["entries"]]  # fmt: skip (_table escapes)
+    parts.append(_table(["entry", "check", "signed by", "witnessed by", "problems"], rows))
+    if ledger["notes"]:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in ledger["notes"]) + "</ul>")
+    return parts
+
+
+def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: list, evaluation: dict | None,
+                ledger: dict | None = None):  # fmt: skip
     last = s["rounds"][-1]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>FedSegNet report</title>",
@@ -438,6 +492,8 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
             parts.append(_table(["region", "Dice", "HD95 (mm)", "cases: empty prediction", "empty label", "both empty"], region_rows))
     for title, table in cross_tables:
         parts.append(f"<h2>{html.escape(title)}</h2>{table}")
+    if ledger:
+        parts += _ledger_html(ledger)
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:
         parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'><figcaption>{html.escape(caption)}</figcaption></figure>")

@@ -2,6 +2,7 @@
 that references them, and figure data read from the run's records and cross-site results."""
 
 import json
+import shutil
 
 import matplotlib.image as mpimg
 import pytest
@@ -65,3 +66,20 @@ def test_report_cli_and_errors(report, tmp_path, capsys):
     assert (tmp_path / "r" / "index.html").exists() and not (tmp_path / "r" / "test_case_slices.png").exists()
     with pytest.raises(FedSegNetError, match="no fedsegnet_rounds.jsonl"):
         build_report(tmp_path, tmp_path / "r2")
+
+
+def test_the_page_has_the_verified_ledger(report, tmp_path):
+    page, res = report
+    ledger = json.loads((page.parent / "report.json").read_text())["ledger"]
+    assert ledger["ok"] and ledger["models_checked"] == ["best", "final"]
+    assert [e["label"] for e in ledger["entries"]] == ["job_start", "round 0", "round 1", "job_end"]
+    assert all(e["witnessed_by"] == ["site-1", "site-2"] for e in ledger["entries"] if e["label"].startswith("round"))
+    assert ledger["last_head"]["size"] == 4 and ledger["last_head"]["key_source"] == "generated, not from a kit"
+    text = page.read_text()
+    assert "<h2>Ledger</h2>" in text and "verified" in text and "fedsegnet ledger verify RUN --kits" in text
+    # a replaced model file shows on the page as a failed check
+    copy = tmp_path / "ws"
+    shutil.copytree(res.workspace, copy)
+    (copy / "server" / "simulate_job" / "app_server" / "FL_global_model.pt").write_bytes(b"another model")
+    other = build_report(copy, tmp_path / "report")
+    assert "<b>FAILED</b>" in other.read_text() and "the file was replaced" in other.read_text()
