@@ -67,9 +67,10 @@ def _print_cross_site(cross: dict) -> None:
     """Cross-site validation Dice as a table: rows are evaluating sites, columns are models."""
     print("[4/4] cross-site evaluation (val Dice; rows: evaluating site, columns: model):")
     models = sorted({m for row in cross.values() for m in row})
-    print("  " + " " * 10 + "".join(f"{m:>24}" for m in models))
+    width = max(len(m) for m in models) + 2 if models else 0  # model names run together at a fixed width
+    print("  " + " " * 10 + "".join(f"{m:>{width}}" for m in models))
     for site, row in sorted(cross.items()):
-        cells = "".join(f"{fmt((row.get(m) or {}).get('val_dice')):>24}" for m in models)
+        cells = "".join(f"{fmt((row.get(m) or {}).get('val_dice')):>{width}}" for m in models)
         print(f"  {site:<10}{cells}")
 
 
@@ -77,7 +78,7 @@ def _cmd_demo(args) -> int:
     from fedsegnet.data.synth import synthesize
     from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, wait_with_progress
     from fedsegnet.outputs import claim_dir
-    from fedsegnet.report import MISSED_ROUNDS_NAMED, missed_rounds, missing_sites
+    from fedsegnet.report import MISSED_ROUNDS_NAMED, ledger_summary, missed_rounds, missing_sites
     from fedsegnet.training.evaluate_file import evaluate_model_file
 
     t0 = time.perf_counter()
@@ -133,6 +134,10 @@ def _cmd_demo(args) -> int:
     print(f"global model:  {res.global_model}")
     print(f"best model:    {res.best_model} (selected on the sites' validation Dice)")
     print(f"per-round log: {res.records}")
+    ledger = ledger_summary(res.job_root)
+    if ledger is not None:
+        print(f"ledger:        {ledger['folder']}: {'verified' if ledger['ok'] else 'FAILED'}, "
+              f"{len(ledger['entries'])} entries; check it: fedsegnet ledger verify {ws}")  # fmt: skip
     print(f"TensorBoard:   tensorboard --logdir {res.tb_dir}")
     (work / "demo_result.json").write_text(
         json.dumps({"seconds": total, "test": summary, "rounds": records, "missed_rounds": missed}, indent=2)

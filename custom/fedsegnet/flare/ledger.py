@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -132,6 +133,7 @@ class LedgerKeeper(Widget):
         self._before = None  # hash of the global model the current round started from
         self._received = {}  # site -> {"round", "payload_sha256", "witness"} not yet in an entry
         self._last_round = None
+        self._seconds = 0.0  # server time spent on the ledger since the last round entry (bundles, checks, entry, head)
         self.error = None  # why the ledger could not be kept (logged once; the job goes on without it)
 
     # ---- events ------------------------------------------------------------------------------
@@ -142,7 +144,9 @@ class LedgerKeeper(Widget):
             elif event_type == AppEventType.INITIAL_MODEL_LOADED:
                 self._open(fl_ctx)
             elif event_type == AppEventType.ROUND_STARTED:
+                t0 = time.perf_counter()
                 self._before = self._model_hash(fl_ctx)
+                self._seconds += time.perf_counter() - t0
             elif event_type == ROUND_RECORD_EVENT:
                 self._round(fl_ctx)
             elif event_type == EventType.END_RUN:
@@ -224,18 +228,24 @@ class LedgerKeeper(Widget):
     # ---- the filters' side ---------------------------------------------------------------------
     def bundle_for(self, site: str) -> dict | None:
         """The witness bundle of the next task to ``site``; None while there is no ledger."""
+        t0 = time.perf_counter()
         with self._lock:
             if self.ledger is None or self.ledger.last_head is None:
                 return None
-            return self.ledger.witness_bundle(site)
+            bundle = self.ledger.witness_bundle(site)
+            self._seconds += time.perf_counter() - t0
+        return bundle
 
-    def received(self, site: str, round: int | None, payload_sha256: str, witness, cert_pem, fl_ctx: FLContext):
+    def received(self, site: str, round: int | None, payload_sha256: str, witness, cert_pem, fl_ctx: FLContext,
+                 seconds: float = 0.0):  # fmt: skip
         """Note a payload as it arrived, and check the witness record that came with it.
 
         A witness record that does not verify under the site's certificate (issued by the project's
         root CA, named for the site) is logged and dropped: ``verify`` then reports the round's
-        missing witness.
+        missing witness. ``seconds``: time already spent on it (hashing the payload), counted as
+        the ledger's.
         """
+        t0 = time.perf_counter() - seconds
         record = None
         if witness is not None:
             try:
@@ -251,6 +261,7 @@ class LedgerKeeper(Widget):
                 self.log_warning(fl_ctx, f"site {site}: its witness of the ledger head is not kept: {exc}", fire_event=False)
         with self._lock:
             self._received[site] = {"round": round, "payload_sha256": payload_sha256, "witness": record}
+            self._seconds += time.perf_counter() - t0
 
     # ---- entries ---------------------------------------------------------------------------------
     def _round(self, fl_ctx: FLContext):
@@ -258,6 +269,7 @@ class LedgerKeeper(Widget):
         if self.ledger is None or not isinstance(record, dict):
             return
         rnd = int(record["round"])
+        t0 = time.perf_counter()
         after = self._model_hash(fl_ctx)
         with self._lock:
             received, self._received = self._received, {}
@@ -299,12 +311,18 @@ class LedgerKeeper(Widget):
                 rnd, global_before=self._before or after, global_after=after, sites=sites, refused=refused,
                 aggregation=aggregation, codec=self._codec(fl_ctx), witnesses=witnesses,
             ))  # fmt: skip
-            self.ledger.sign_head(self.signer)
+            head = self.ledger.sign_head(self.signer)
             self._last_round = rnd
+            seconds, self._seconds = self._seconds + time.perf_counter() - t0, 0.0
+            nbytes = len(self.ledger.line(head["size"] - 1))
+        self.log_info(
+            fl_ctx, f"ledger round {rnd}: entry {head['size'] - 1} ({nbytes:,} bytes), head of size {head['size']} signed; "
+            f"{1e3 * seconds:.1f} ms of server time for the ledger this round", fire_event=False,
+        )  # fmt: skip
         if unhashed:
             self.log_error(
-                fl_ctx, f"round {rnd}: no payload hash for {', '.join(unhashed)}: the job's task_result_filters lack "
-                "fedsegnet.flare.ledger.LedgerResultFilter (first for 'train'); the ledger cannot record their updates",
+                fl_ctx, f"round {rnd}: no payload hash for {', '.join(unhashed)} (an update that could not be hashed, or the job's task_result_filters lack "
+                "fedsegnet.flare.ledger.LedgerResultFilter, first for 'train'); the ledger cannot record their updates",
                 fire_event=False,
             )  # fmt: skip
 
@@ -356,7 +374,13 @@ class LedgerTaskFilter(Filter):
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         keeper = _keeper(fl_ctx, self.ledger_id)
-        bundle = keeper.bundle_for(_peer(fl_ctx)) if keeper is not None else None
+        if keeper is None:
+            return shareable
+        try:
+            bundle = keeper.bundle_for(_peer(fl_ctx))
+        except (LedgerError, OSError) as exc:  # the ledger stops; the training does not
+            keeper._fail(fl_ctx, f"bundle for {_peer(fl_ctx)}: {exc}")
+            return shareable
         if bundle is not None:
             shareable.set_header(BUNDLE_HEADER, json.dumps(bundle))
         return shareable
@@ -384,8 +408,14 @@ class LedgerResultFilter(Filter):
         if not dxo.data:
             return shareable
         rnd = dxo.get_meta_prop(UpdateMeta.ROUND)
-        keeper.received(_peer(fl_ctx), None if rnd is None else int(rnd), hash_payload(dxo.data),
-                        dxo.get_meta_prop(WITNESS_META), dxo.get_meta_prop(CERT_META), fl_ctx)  # fmt: skip
+        try:
+            t0 = time.perf_counter()
+            payload = hash_payload(dxo.data)
+            keeper.received(_peer(fl_ctx), None if isinstance(rnd, bool) or not isinstance(rnd, int) else rnd, payload,
+                            dxo.get_meta_prop(WITNESS_META), dxo.get_meta_prop(CERT_META), fl_ctx,
+                            seconds=time.perf_counter() - t0)  # fmt: skip
+        except (LedgerError, OSError) as exc:  # a payload that cannot be hashed is the decoder's to refuse
+            self.log_warning(fl_ctx, f"site {_peer(fl_ctx)}: its update is not hashed for the ledger: {exc}", fire_event=False)
         return shareable
 
 
@@ -414,6 +444,7 @@ class SiteLedgerWitness(FLComponent):
         self._root: Path | None = None
         self._witnesses: dict[str, SiteWitness] = {}
         self._log_id: str | None = None  # the one ledger this job's heads must belong to
+        self.last_seconds = None  # how long the last check + signature took
         self._lock = threading.Lock()
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
@@ -457,8 +488,10 @@ class SiteLedgerWitness(FLComponent):
                 server = self.server or str(bundle["head"].get("signer") or "")
                 witness = SiteWitness(self._root / log_id, self.signer, server, root_ca=self.root_ca)
                 self._witnesses[log_id] = witness
+            t0 = time.perf_counter()
             record = witness.witness(bundle)
             self._log_id = log_id
+        self.last_seconds = time.perf_counter() - t0
         return record, self.signer.cert_pem
 
     def record_payload(self, round: int, payload_sha256: str) -> None:
@@ -489,7 +522,10 @@ class LedgerPayloadRecorder(Filter):
             return shareable
         rnd = dxo.get_meta_prop(UpdateMeta.ROUND)
         if dxo.data and rnd is not None and dxo.get_meta_prop(WITNESS_META) is not None:
+            t0 = time.perf_counter()
             witness.record_payload(int(rnd), hash_payload(dxo.data))
+            self.log_info(fl_ctx, f"ledger: payload of round {rnd} hashed and recorded in {1e3 * (time.perf_counter() - t0):.1f} ms",
+                          fire_event=False)  # fmt: skip
         return shareable
 
 
@@ -516,4 +552,6 @@ def witness_task(data: Shareable, fl_ctx: FLContext, witness_id: str = WITNESS_I
     if not isinstance(witness, SiteLedgerWitness) or witness.signer is None:
         return {}
     record, cert = witness.check(bundle)
+    witness.log_info(fl_ctx, f"ledger head of size {record['size']} checked and countersigned in "
+                             f"{1e3 * witness.last_seconds:.1f} ms", fire_event=False)  # fmt: skip
     return {WITNESS_META: record, CERT_META: cert}
