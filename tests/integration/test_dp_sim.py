@@ -75,3 +75,16 @@ def test_epsilon_is_recorded_each_round_and_the_budget_ends_the_job(tiny_sites, 
         assert spent[0] < spent[1] <= budget and spent[2] is None  # no point for the round not trained
         assert f"<td>{site}</td><td>{spent[1]:.3f}</td>" in page
     assert (tmp_path / "report" / "dp_epsilon.png").is_file() and "Differential privacy" in page
+
+    # the ledger records each site's spend, and the budget refusals with their reason
+    from fedsegnet.ledger import Ledger, verify
+
+    folder = res.job_root / "fedsegnet_ledger"
+    assert verify(folder, models={"final": res.global_model}).ok
+    rounds = [e for e in Ledger.open(folder).entries if e["kind"] == "round"]
+    for entry, record in zip(rounds[:2], records[:2]):
+        assert {s: v["epsilon"] for s, v in entry["sites"].items()} == {s: record["sites"][s]["dp"]["epsilon"] for s in SITES}
+        assert all("train_loss" not in v["meta"] for v in entry["sites"].values())  # what DP keeps at the site stays there
+    assert rounds[2]["sites"] == {} and sorted(rounds[2]["refused"]) == SITES
+    assert all(r["reason"].startswith("budget: ") and r["payload_sha256"] is None for r in rounds[2]["refused"].values())
+    assert rounds[2]["global_before"] == rounds[2]["global_after"]
