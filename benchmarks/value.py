@@ -70,6 +70,10 @@ SCENARIOS = ("few", "many", "organs", "mixed")
 PERSONAL = ("finetune", "fedbn", "ditto")
 MIXED_ONLY = ("voxel_only", "all_voxel")
 METHODS = ("local_only", "fedavg", "default", *PERSONAL, "centralized", *MIXED_ONLY)
+DIAGNOSTIC = ("aam_dense", "fedavg_codec")
+"""Not in the default plan: the default job with one of its two parts switched off, to tell which
+one costs what against FedAvg (``--methods aam_dense,fedavg_codec``): AAM on dense float32 updates,
+and FedAvg's weights on the job's uplink codec."""
 SIZES = {
     "full": {"seeds": [0, 1, 2], "rounds": 10, "local_steps": 30, "few_cases": 5, "many_cases": 16, "cases": 8,
              "size": 40, "test_cases": 4, "methods": ",".join(METHODS)},  # fmt: skip
@@ -182,6 +186,10 @@ def run_one(data: dict[str, Path], scenario: str, method: str, seed: int, args, 
     else:
         if method == "fedavg":
             kwargs = dict(aggregation="mean", weak_loss=job["weak_loss"], device="cpu")
+        elif method == "fedavg_codec":
+            kwargs = dict(aggregation="mean", codec=job["codec"], weak_loss=job["weak_loss"], device="cpu")
+        elif method == "aam_dense":
+            kwargs = dict(as_job, codec=None, aam=AdaptiveAggregation(**job["aam_args"]))
         else:
             kwargs = dict(as_job, aam=AdaptiveAggregation(**job["aam_args"]))
             if method in PERSONAL:
@@ -217,7 +225,7 @@ def summarize_cells(rows: list[dict]) -> list[dict]:
     (mean over seeds or None)}``; rows may lack ``pooled`` (computed from ``per_site``)."""
     out = []
     for sc in SCENARIOS:
-        for mt in METHODS:
+        for mt in (*METHODS, *DIAGNOSTIC):
             mine = sorted((r for r in rows if r["scenario"] == sc and r["method"] == mt), key=lambda r: r["seed"])
             if not mine:
                 continue
@@ -329,7 +337,7 @@ def markdown(summary: list[dict], args, goal_lines: list[str]) -> str:
         if d and f and d["bytes_up"] and f["bytes_up"]:
             out.append(f"\nUplink, all rounds and sites: FedAvg {f['bytes_up'] / 2**20:.2f} MiB, default "
                        f"{d['bytes_up'] / 2**20:.2f} MiB ({f['bytes_up'] / d['bytes_up']:.1f}x fewer).")  # fmt: skip
-        others = [f"{m} {_cell(cells[sc, m])}" for m in (*PERSONAL, *MIXED_ONLY) if (sc, m) in cells]
+        others = [f"{m} {_cell(cells[sc, m])}" for m in (*PERSONAL, *MIXED_ONLY, *DIAGNOSTIC) if (sc, m) in cells]
         if others:
             out.append("\nPooled, every personalisation candidate and extra run: " + ", ".join(others) + ".")
     out += ["\n### Goals\n", *(f"- {g}" for g in goal_lines)]
@@ -372,7 +380,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="1 seed, 4 rounds x 10 steps at 32^3, one personalisation candidate")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; quick: 0)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma list of {SCENARIOS}")
-    p.add_argument("--methods", help=f"comma list of {METHODS} (voxel_only, all_voxel: mixed only)")
+    p.add_argument("--methods", help=f"comma list of {METHODS} (voxel_only, all_voxel: mixed only); diagnostics: {DIAGNOSTIC}")
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-steps", type=int)
     p.add_argument("--few-cases", type=int, help="cases per site of 'few' (training + validation)")
@@ -390,7 +398,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
     scenarios, methods = args.scenarios.split(","), args.methods.split(",")
-    bad = [s for s in scenarios if s not in SCENARIOS] + [m for m in methods if m not in METHODS]
+    bad = [s for s in scenarios if s not in SCENARIOS] + [m for m in methods if m not in (*METHODS, *DIAGNOSTIC)]
     if bad:
         p.error(f"unknown scenario/method {bad}; scenarios {SCENARIOS}, methods {METHODS}")
 
