@@ -80,3 +80,26 @@ def test_the_learner_keeps_the_best_model_after_validating_the_servers_model(sit
     # a site model sent for someone else's evaluation gets no choice: only the server's models do
     task.set_header(AppConstants.MODEL_OWNER, "site-2")
     assert "site_choice" not in from_shareable(learner.validate(task, ctx, Signal())).data
+
+
+def test_the_chosen_model_is_found_from_the_site_job_folder_or_refused_naming_what_is_missing(tmp_path):
+    from fedsegnet.training.choice import chosen_model
+
+    w = {"a": np.ones(2, dtype=np.float32)}
+    folder = tmp_path / "site-1" / "job-1" / "fedsegnet_choice"
+    save_choice(folder, "site-1", "SRV_FL_global_model.pt", {"global": 0.4, "local": 0.5}, "local", w, None)
+    for given in (folder.parent, folder):
+        path, info = chosen_model(given)
+        assert path == folder / "site-1_SRV_FL_global_model.pt" and info["chosen"] == "local" and info["site"] == "site-1"
+    with pytest.raises(ConfigError, match=r"no choice made from SRV_best_FL_global_model.pt \(it has: SRV_FL_global_model.pt\)"):
+        chosen_model(folder, "best")
+    with pytest.raises(ConfigError, match="choice.json.*cannot be read"):
+        chosen_model(tmp_path)
+    (folder / "site-1_SRV_FL_global_model.pt").unlink()
+    with pytest.raises(ConfigError, match="the chosen model file is missing"):
+        chosen_model(folder)
+    record = read_choice(folder)
+    record["models"]["SRV_FL_global_model.pt"]["file"] = "../../../etc/passwd"  # a record never points outside its folder
+    (folder / CHOICE_FILE).write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="the chosen model file is missing"):
+        chosen_model(folder)

@@ -116,3 +116,22 @@ def test_the_ledger_verifies_and_holds_the_final_model(fedavg_run):
         assert sorted(e["sites"]) == sorted(e["witnesses"]) == ["site-1", "site-2"]
     model, _ = load_model_file(res.global_model)
     assert hash_weights({k: v.numpy() for k, v in model.state_dict().items()}) == rounds[-1]["global_after"]
+
+
+def test_eval_and_infer_use_the_model_a_site_chose(fedavg_run, tiny_sites, tmp_path):
+    from fedsegnet.training.choice import chosen_model
+
+    _, res, _ = fedavg_run
+    site_job = res.workspace / "site-1" / "simulate_job"
+    model, info = chosen_model(site_job)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "fedsegnet.cli", *a], capture_output=True, text=True)  # noqa: E731
+    chose = run("eval", "--site-choice", str(site_job), "--data", str(tiny_sites / "test"), "--json")
+    direct = run("eval", "--model", str(model), "--data", str(tiny_sites / "test"), "--json")
+    assert chose.returncode == 0 and json.loads(chose.stdout) == json.loads(direct.stdout)
+    assert f"site-1 keeps its '{info['chosen']}' model of SRV_FL_global_model.pt" in chose.stderr
+    image = tiny_sites / "test" / json.loads((tiny_sites / "test" / "dataset.json").read_text())["test"][0]["image"]
+    out = tmp_path / "seg.nii.gz"
+    infer = run("infer", "--site-choice", str(site_job), "--image", str(image), "--out", str(out))
+    assert infer.returncode == 0 and out.is_file(), infer.stderr
+    both = run("eval", "--site-choice", str(site_job), "--model", str(model), "--data", str(tiny_sites / "test"))
+    assert both.returncode == 2 and "exactly one of --model and --site-choice" in both.stderr

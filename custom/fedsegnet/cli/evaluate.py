@@ -18,16 +18,17 @@ def register(sub) -> None:
         sub: the top-level sub-parsers (``add_subparsers()`` of the ``fedsegnet`` parser).
     """
     e = sub.add_parser("eval", help="evaluate a saved global model on a dataset.json folder")
-    e.add_argument("--model", required=True)
+    e.add_argument("--model", help="a saved model file (FL_global_model.pt); or give --site-choice")
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=("test", "validation", "training"))
     e.add_argument("--json", action="store_true")
     e.add_argument("--personal", metavar="SITE_STATE",
                    help="a site's personal state (<site job workspace>/fedsegnet_personal/<site>.pt): evaluate that site's personalised model")
+    _add_site_choice(e)
     e.set_defaults(func=_cmd_eval)
 
     i = sub.add_parser("infer", help="segment NIfTI image(s) or a DICOM series with a saved model; output on the input's grid")
-    i.add_argument("--model", required=True, help="a saved global model (FL_global_model.pt)")
+    i.add_argument("--model", help="a saved global model (FL_global_model.pt); or give --site-choice")
     i.add_argument("--image", nargs="+",
                    help="one case: one NIfTI file per channel, in training order, or one DICOM series folder per channel")
     i.add_argument("--image-dir", help="every case in a folder (several channels: <case>_0000.nii.gz, <case>_0001...)")
@@ -38,6 +39,7 @@ def register(sub) -> None:
     i.add_argument("--dicom-seg", action="store_true",
                    help="with --image SERIES_FOLDER: also write a DICOM SEG referencing the series, next to --out "
                         "(seg.nii.gz -> seg.dcm)")
+    _add_site_choice(i)
     add_overwrite(i, "--out (and the DICOM SEG)")
     i.set_defaults(func=_cmd_infer)
 
@@ -50,9 +52,33 @@ def register(sub) -> None:
     r.set_defaults(func=_cmd_report)
 
 
+def _add_site_choice(q) -> None:
+    q.add_argument("--site-choice", metavar="SITE_JOB_DIR",
+                   help="use the model a site chose at the end of a job (its job folder <site workspace>/<job id>, "
+                        "or its fedsegnet_choice folder): the best of global, personalised and local on its validation split")  # fmt: skip
+    q.add_argument("--choice-of", default="final", help="the server model that choice was made from: final or best (default: final)")
+
+
+def _model_of(args) -> None:
+    """Set ``args.model`` from ``--site-choice`` (exactly one of the two), and say which model it is."""
+    if bool(args.model) == bool(args.site_choice):
+        raise UsageError("give exactly one of --model and --site-choice")
+    if args.site_choice:
+        if getattr(args, "personal", None):
+            raise UsageError("--site-choice already is the site's model; leave out --personal")
+        from fedsegnet.training.choice import chosen_model
+
+        path, info = chosen_model(args.site_choice, args.choice_of)
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in info["val_dice"].items() if v is not None)
+        print(f"{info['site']} keeps its '{info['chosen']}' model of {info['owner']} (validation Dice: {scores or 'none'}): {path}",
+              file=sys.stderr)  # fmt: skip
+        args.model = str(path)
+
+
 def _cmd_eval(args) -> int:
     from fedsegnet.training.evaluate_file import evaluate_model_file
 
+    _model_of(args)
     result, spec = evaluate_model_file(args.model, args.data, split=args.split, progress=sys.stderr.isatty(),
                                        personal=args.personal)  # fmt: skip
     summary = result.to_dict()
@@ -75,6 +101,7 @@ def _cmd_infer(args) -> int:
     from fedsegnet.training.infer import check_output_file, infer_folder, predict_case, save_labels
     from fedsegnet.training.site import pick_device
 
+    _model_of(args)
     if bool(args.image) == bool(args.image_dir):
         raise UsageError("give either --image FILE [FILE ...] (one case) or --image-dir DIR (every case in it)")
     folders = [p for p in args.image or () if Path(p).is_dir()]

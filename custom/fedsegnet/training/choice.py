@@ -29,13 +29,16 @@ import torch
 
 from fedsegnet.errors import ConfigError
 
-__all__ = ["CANDIDATES", "CHOICE_FILE", "choose", "save_choice", "read_choice"]
+__all__ = ["CANDIDATES", "CHOICE_FILE", "OWNERS", "choose", "save_choice", "read_choice", "chosen_model"]
 
 CANDIDATES = ("global", "personal", "local")
 """The models a site may keep, in order of preference on a tie."""
 
 CHOICE_FILE = "choice.json"
 """The record of a site's choices in its choice folder."""
+
+OWNERS = {"final": "SRV_FL_global_model.pt", "best": "SRV_best_FL_global_model.pt"}
+"""The server models a site's choices are made from, by the name users give them."""
 
 
 def choose(scores: Mapping[str, float | None]) -> str:
@@ -117,3 +120,34 @@ def read_choice(folder: str | Path) -> dict:
     if not isinstance(record, dict) or not isinstance(record.get("models"), dict):
         raise ConfigError("choice", str(path), "not a site's model-choice record (no 'models')")
     return record
+
+
+def chosen_model(site_dir: str | Path, of: str = "final") -> tuple[Path, dict]:
+    """The model file a site chose, from its job folder or its choice folder.
+
+    Args:
+        site_dir: the site's job folder (``<site workspace>/<job id>``, holding ``fedsegnet_choice/``)
+            or the choice folder itself.
+        of: which server model the choice was made from: ``"final"`` or ``"best"`` (:data:`OWNERS`),
+            or an owner name as recorded. Defaults to ``"final"``.
+
+    Returns:
+        ``(model file, {"site", "owner", "chosen", "val_dice"})``.
+
+    Raises:
+        ConfigError: (field ``choice``) naming the folder when it holds no choice record, the
+            record has no choice for ``of`` (listing those it has), or the model file is missing.
+    """
+    folder = Path(site_dir)
+    if not (folder / CHOICE_FILE).is_file() and (folder / "fedsegnet_choice" / CHOICE_FILE).is_file():
+        folder = folder / "fedsegnet_choice"
+    record = read_choice(folder)
+    owner = OWNERS.get(of, of)
+    entry = record["models"].get(owner)
+    if not isinstance(entry, dict):
+        have = ", ".join(sorted(record["models"])) or "none"
+        raise ConfigError("choice", str(folder / CHOICE_FILE), f"no choice made from {owner} (it has: {have})")
+    model = folder / str(entry.get("file", ""))
+    if not model.is_file() or model.parent != folder:
+        raise ConfigError("choice", str(model), "the chosen model file is missing")
+    return model, {"site": record.get("site"), "owner": owner, "chosen": entry.get("chosen"), "val_dice": entry.get("val_dice", {})}
