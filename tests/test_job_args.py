@@ -213,7 +213,7 @@ def test_recipe_refuses_a_bad_value_before_building(tmp_path):
 
     with pytest.raises(ConfigError, match="up_bits=3: unknown value"):
         FedSegNetRecipe(up_bits=3)
-    assert main(["--job", "fedsegnet", "--rounds", "0", "--write-job", str(tmp_path / "out")]) == 2
+    assert main(["--job", "fedsegnet", "num_rounds=0", "--export", "--export-dir", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
 
 

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.slow
 def test_recipe_runs_in_simenv(job, tiny_sites, tmp_path):
     cmd = [
         sys.executable, "-m", "fedsegnet.flare.recipe", "--env", "sim", "--data-root", str(tiny_sites),
-        "--workspace", str(tmp_path), "--clients", "2", "--rounds", "1", "--local-steps", "3",
-        "--preset", "tiny", "--torch-threads", "1", "--job", job, "--name", f"recipe_{job}",
+        "-w", str(tmp_path), "-n", "2", "--job", job, "--name", f"recipe_{job}",
+        "num_rounds=1", "local_steps=3", "preset=tiny", "torch_threads=1",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
