@@ -165,7 +165,8 @@ def _bytes_up(result: dict) -> int:
 
 def run_one(data: dict[str, Path], scenario: str, method: str, seed: int, args, job: dict) -> dict:
     """One method on one scenario and seed: ``{"scenario", "method", "seed", "per_site": {site:
-    {"dice", "hd95", "n_cases"}}, "pooled", "bytes_up" (None without a server), "seconds"}``."""
+    {"dice", "hd95", "n_cases"}}, "pooled", "bytes_up" (None without a server), "seconds"}``, and for
+    federated methods ``"round_signals"``: per round, each site's weight, AAM signals and gate."""
     from fedsegnet.aggregation import AdaptiveAggregation
     from fedsegnet.config import build_train_config
     from fedsegnet.federation import run_centralized, run_federation, run_local
@@ -197,14 +198,21 @@ def run_one(data: dict[str, Path], scenario: str, method: str, seed: int, args, 
         chosen = {"voxel_only": {"site-1": sites["site-1"]}, "all_voxel": voxel}.get(method, sites)
         result = run_federation(chosen, config, rounds=args.rounds, **kwargs)
         bytes_up = _bytes_up(result)
+        # per round: each site's aggregation weight and AAM signals (why a site counts for what it does)
+        signals = [{s: {k: r.get(k) for k in ("weight", "quality", "performance", "cos_dist", "norm_ratio", "gate", "val_dice_global", "val_dice_local")
+                        if isinstance(r.get(k), (int, float, str))} for s, r in rec["sites"].items()}
+                   for rec in result["rounds"]]  # fmt: skip
         tests = result["sites_test"]
         if method == "voxel_only":  # site-1's model on every site's own test split
             from fedsegnet.federation import score_on_sites
 
             tests = score_on_sites(result["final_weights"], sites, config, device="cpu")
     per_site = {s: {"dice": t["dice_mean"], "hd95": t["hd95_mean"], "n_cases": t["n_cases"]} for s, t in tests.items()}
-    return {"scenario": scenario, "method": method, "seed": seed, "per_site": per_site, "pooled": pooled(per_site),
-            "bytes_up": bytes_up, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    row = {"scenario": scenario, "method": method, "seed": seed, "per_site": per_site, "pooled": pooled(per_site),
+           "bytes_up": bytes_up, "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    if method not in ("local_only", "centralized"):
+        row["round_signals"] = signals
+    return row
 
 
 def pooled(per_site: dict) -> float | None:
