@@ -4,6 +4,7 @@ support so that the compression carries over.
 
 - :mod:`~fedsegnet.secagg.shamir`: Shamir shares over GF(2^127 - 1) of 32-byte seeds and keys.
 - :mod:`~fedsegnet.secagg.keys`: X25519 + HKDF-SHA256 pairwise secrets, ChaCha20-Poly1305 sealed shares.
+- :mod:`~fedsegnet.secagg.adverts`: key adverts signed with the startup-kit keys, checked under the root CA.
 - :mod:`~fedsegnet.secagg.masking`: the ChaCha20 PRG, pairwise and self masks in ``Z_{2^bits}``, packing.
 - :mod:`~fedsegnet.secagg.quantize`: :class:`RingQuantizer` (shared clip and scale, no-wrap check).
 - :mod:`~fedsegnet.secagg.support`: the round's shared support from public information.
@@ -13,8 +14,9 @@ support so that the compression carries over.
 No FLARE here; ``docs/secure_aggregation.md`` gives the message flow and the threat model.
 """
 
+from fedsegnet.secagg.adverts import KEYS_KIT, KEYS_UNCHECKED, KEYS_UNSIGNED, check_advert, sign_advert
 from fedsegnet.secagg.error_feedback import SecAggErrorFeedback
-from fedsegnet.secagg.errors import DecryptionError, ProtocolViolation, SecAggError, ShareError, ThresholdError
+from fedsegnet.secagg.errors import AdvertError, DecryptionError, ProtocolViolation, SecAggError, ShareError, ThresholdError
 from fedsegnet.secagg.masking import expand, pack, unpack
 from fedsegnet.secagg.protocol import (
     KeyAdvert,
@@ -34,7 +36,11 @@ from fedsegnet.secagg.shamir import Share, reconstruct, share
 from fedsegnet.secagg.support import choose_support, flatten, unflatten
 
 __all__ = [
+    "AdvertError",
     "DecryptionError",
+    "KEYS_KIT",
+    "KEYS_UNCHECKED",
+    "KEYS_UNSIGNED",
     "KeyAdvert",
     "MaskedInput",
     "ProtocolViolation",
@@ -52,6 +58,7 @@ __all__ = [
     "ThresholdError",
     "UnmaskReply",
     "UnmaskRequest",
+    "check_advert",
     "check_threshold",
     "choose_support",
     "expand",
@@ -60,6 +67,7 @@ __all__ = [
     "reconstruct",
     "ring_bits_needed",
     "share",
+    "sign_advert",
     "unflatten",
     "unpack",
 ]

@@ -42,3 +42,20 @@ class ProtocolViolation(SecAggError):
 
 class DecryptionError(SecAggError):
     """An encrypted share failed authentication (tampered, replayed to another receiver or round, wrong key)."""
+
+
+class AdvertError(ProtocolViolation):
+    """A key advert is not its site's own: unsigned where signatures are required, a signature that does not
+    verify, signed for another round or session, a certificate of another site, not issued by the root CA
+    or out of its validity dates. An honest site refuses the round; an honest server drops the advertiser.
+
+    Args:
+        problem: what is wrong, naming the advertiser.
+        round: the round. Defaults to None.
+        site: the site that refuses (None at the server: then the advertiser). Defaults to None.
+        advertiser: the site whose advert is refused. Defaults to None.
+    """
+
+    def __init__(self, problem: str, round: int | None = None, site: str | None = None, advertiser: str | None = None):
+        self.advertiser = advertiser
+        super().__init__(problem, round, site)

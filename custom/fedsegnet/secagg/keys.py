@@ -9,8 +9,9 @@ the ``c`` secret, with the sender, receiver and round as associated data: a ciph
 another receiver or round, or changed in one bit, fails to open
 (:class:`~fedsegnet.secagg.errors.DecryptionError`).
 
-Public keys are the 32 raw bytes of RFC 7748. Nothing here signs them: until the FLARE wiring signs
-each advert with the site's startup-kit key, a malicious server can substitute keys (docs/secure_aggregation.md).
+Public keys are the 32 raw bytes of RFC 7748. Nothing here signs them: :mod:`fedsegnet.secagg.adverts`
+signs each site's pair with its startup-kit key, without which a malicious server can substitute
+keys (docs/secure_aggregation.md).
 """
 
 from __future__ import annotations

@@ -16,6 +16,14 @@ count as dropped) with :meth:`~ServerSecAgg.roster`, :meth:`~ServerSecAgg.inboxe
 :meth:`~ServerSecAgg.unmask_request`, :meth:`~ServerSecAgg.result`. Every message has
 ``to_dict()``/``from_dict()`` (str, int, bytes, lists and dicts of them) and ``nbytes()``.
 
+Signed adverts (:mod:`fedsegnet.secagg.adverts`): given its startup-kit :class:`~fedsegnet.ledger.signing.Signer`,
+a site signs its two public keys with its name, the round and the session (the job id); the server
+keeps each signature record and the :class:`Roster` carries them; every site checks every other
+site's advert against the signer's certificate (its name, the root CA, its validity dates) before it
+shares anything, and refuses the round otherwise (:class:`~fedsegnet.secagg.errors.AdvertError`).
+Without kits (the simulator) a site runs unsigned or with generated keys, and
+:attr:`SiteSecAgg.key_check` / :attr:`SecAggResult.key_check` say so.
+
 An honest site refuses (:class:`~fedsegnet.secagg.errors.ProtocolViolation` or
 :class:`~fedsegnet.secagg.errors.ThresholdError`, naming the round and the problem): a set of fewer
 than ``t`` sites, a threshold below its own minimum or not above half the advertised sites, its own
@@ -31,11 +39,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 
+from fedsegnet.ledger.errors import SignatureError
+from fedsegnet.ledger.signing import Signer, check_certificate, load_certificate
 from fedsegnet.secagg import shamir
+from fedsegnet.secagg.adverts import KEYS_KIT, KEYS_UNCHECKED, KEYS_UNSIGNED, check_advert, sign_advert, weakest
 from fedsegnet.secagg.errors import ProtocolViolation, SecAggError, ShareError, ThresholdError
 from fedsegnet.secagg.keys import KeyPair, agree, check_public_key, open_sealed, seal
 from fedsegnet.secagg.masking import SEED_BYTES, add_mask, check_ring_bits, check_ring_vector, expand, mask_input, pack, pair_sign, unpack
@@ -66,10 +77,11 @@ class _Message:
             got = data.get("kind") if isinstance(data, Mapping) else type(data).__name__
             raise ProtocolViolation(f"expected a {cls.KIND!r} message, got {got!r}")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in data]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in data]
         if missing:
             raise ProtocolViolation(f"{cls.KIND} message lacks {missing}", data.get("round"), data.get("site"))
-        return cls(**{n: data[n] for n in names})
+        return cls(**{n: data[n] for n in names if n in data})
 
     def nbytes(self) -> int:
         """Payload bytes: bytes and string fields, field names, 8 per integer (a serializer adds its own framing)."""
@@ -90,13 +102,17 @@ def _nbytes(value) -> int:
 
 @dataclass
 class KeyAdvert(_Message):
-    """Step 0, site -> server: the site's two public keys for the round."""
+    """Step 0, site -> server: the site's two public keys for the round, signed when the site has a signer."""
 
     KIND = "secagg.advert"
     site: str
     round: int
     c_public: bytes
     s_public: bytes
+    session: str = ""
+    """The job id the advert belongs to."""
+    signature: dict = field(default_factory=dict)
+    """The signature record of :func:`~fedsegnet.secagg.adverts.sign_advert`; ``{}`` when unsigned."""
 
 
 @dataclass
@@ -110,6 +126,8 @@ class Roster(_Message):
     length: int
     adverts: dict = field(default_factory=dict)
     """``{site: [c_public, s_public]}``"""
+    signatures: dict = field(default_factory=dict)
+    """``{site: signature record}`` of every site of ``adverts`` that signed its advert."""
 
 
 @dataclass
@@ -176,6 +194,8 @@ class SecAggResult:
         survivors: sites whose inputs are in the sum (U3).
         dropped: sites that shared keys but sent no masked input (U2 - U3).
         responders: survivors that sent unmasking shares (U4).
+        key_checks: ``{site: label}`` for U1, what the server's check of each advert proved
+            (:data:`~fedsegnet.secagg.adverts.KEYS_KIT`, ``KEYS_UNCHECKED`` or ``KEYS_UNSIGNED``).
     """
 
     round: int
@@ -183,6 +203,12 @@ class SecAggResult:
     survivors: list
     dropped: list
     responders: list
+    key_checks: dict = field(default_factory=dict)
+
+    @property
+    def key_check(self) -> str:
+        """The weakest label of :attr:`key_checks`: ``"unsigned"`` when any advert was unsigned."""
+        return weakest(self.key_checks.values())
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -207,6 +233,36 @@ def _check_name(site, what: str = "site") -> str:
     if not isinstance(site, str) or not site:
         raise SecAggError(f"{what}={site!r}: must be a non-empty string")
     return site
+
+
+def _check_signing(session, signer, root_ca, require_signed, round, site):
+    """The checked ``(session, root_ca)`` of a site's or the server's signing settings."""
+    if not isinstance(session, str):
+        raise SecAggError(f"session={session!r}: must be a string (the job id)", round, site)
+    if not isinstance(require_signed, bool):
+        raise SecAggError(f"require_signed={require_signed!r}: must be True or False", round, site)
+    if signer is not None and not isinstance(signer, Signer):
+        raise SecAggError(f"signer={signer!r}: must be a fedsegnet.ledger.signing.Signer or None", round, site)
+    if (signer is not None or require_signed) and not session:
+        raise SecAggError(
+            "session='': signed adverts need the job id as their session (else an advert could be replayed in another job)",
+            round, site,
+        )  # fmt: skip
+    if root_ca is not None:
+        try:
+            root_ca = load_certificate(root_ca)
+        except SignatureError as e:
+            raise SecAggError(f"root_ca: {e}", round, site) from None
+    return session, root_ca
+
+
+def _load_certs(certs, round, site) -> dict:
+    if certs is not None and not isinstance(certs, Mapping):
+        raise SecAggError(f"certs: must be a dict {{site: certificate}}, got {type(certs).__name__}", round, site)
+    try:
+        return {_check_name(v, "certs key"): load_certificate(c) for v, c in (certs or {}).items()}
+    except SignatureError as e:
+        raise SecAggError(f"certs: {e}", round, site) from None
 
 
 def _parties(sites: Iterable[str]) -> dict[str, int]:
@@ -242,14 +298,43 @@ class SiteSecAgg:
         min_threshold: the smallest threshold this site accepts (its own policy, not the server's).
             Defaults to 2.
         randbelow: Shamir coefficients' source, for tests only. Defaults to None (``secrets``).
+        session: the job id; inside every signature, so that no advert of another job passes.
+            Defaults to ``""`` (allowed only unsigned).
+        signer: this site's startup-kit key pair (``Signer.from_kit``) or a generated one
+            (``generate_signer``, the simulator); its name must be ``site``. Defaults to None
+            (this site's advert is unsigned).
+        root_ca: the project's ``rootCA.pem`` (path, PEM or loaded): every other site's certificate
+            must be issued by it, and so must this site's own. Defaults to None (issuers not checked:
+            a signature then proves nothing against a server that substitutes keys).
+        require_signed: refuse a roster holding an unsigned advert. Defaults to False.
+        certs: certificates known from earlier rounds or sent once per job, ``{site: certificate}``
+            (e.g. the previous round's :attr:`peer_certs`): used for adverts that carry only a
+            fingerprint, and an advert signed under another certificate than the known one is refused.
+            Defaults to None.
+        send_cert: put this site's certificate in its advert. Defaults to True; False once the others
+            hold it (certificates sent once per job).
 
     Raises:
-        SecAggError: a bad name, round or ``min_threshold`` (naming it).
+        SecAggError: a bad name, round, ``min_threshold``, ``session``, ``signer``, ``root_ca`` or
+            ``certs`` (naming it); a signer that is another site's or not issued by ``root_ca``;
+            ``require_signed`` without a signer; a signer or ``require_signed`` without a session.
     """
 
     STEPS = ("advertise", "share_keys", "masked_input", "unmask", "done")
 
-    def __init__(self, site: str, round: int, min_threshold: int = 2, randbelow=None):
+    def __init__(
+        self,
+        site: str,
+        round: int,
+        min_threshold: int = 2,
+        randbelow=None,
+        session: str = "",
+        signer: Signer | None = None,
+        root_ca=None,
+        require_signed: bool = False,
+        certs: Mapping | None = None,
+        send_cert: bool = True,
+    ):
         self.site = _check_name(site)
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise SecAggError(f"round={round!r}: must be an integer >= 0", None, site)
@@ -258,6 +343,28 @@ class SiteSecAgg:
         self.round = round
         self.min_threshold = min_threshold
         self._randbelow = randbelow
+        self.session, self.root_ca = _check_signing(session, signer, root_ca, require_signed, round, site)
+        if require_signed and signer is None:
+            raise SecAggError("require_signed=True without a signer: this site's own advert would be unsigned", round, site)
+        if not isinstance(send_cert, bool):
+            raise SecAggError(f"send_cert={send_cert!r}: must be True or False", round, site)
+        own = KEYS_UNSIGNED
+        if signer is not None:
+            try:
+                check_certificate(signer.cert, site, self.root_ca, where=f"signer of {site!r}")
+            except SignatureError as e:
+                raise SecAggError(str(e), round, site) from None
+            own = KEYS_KIT if self.root_ca is not None else KEYS_UNCHECKED
+        self.certs = _load_certs(certs, round, site)
+        self.signer = signer
+        self.require_signed = require_signed
+        self.send_cert = send_cert
+        self.key_checks: dict[str, str] = {site: own}
+        """``{site: label}``: this site's own label, then after :meth:`share_keys` every site of U1's
+        (:data:`~fedsegnet.secagg.adverts.KEYS_KIT`, ``KEYS_UNCHECKED``, ``KEYS_UNSIGNED``)."""
+        self.peer_certs: dict = {}
+        """After :meth:`share_keys`: the certificates each other site of U1 signed with, ``{site: x509}``
+        (for the next round's ``certs``)."""
         self.step = "advertise"
         self._c: KeyPair | None = None
         self._s: KeyPair | None = None
@@ -281,13 +388,30 @@ class SiteSecAgg:
         """Step 0: fresh ``c`` and ``s`` key pairs; their public halves for the server."""
         self._expect("advertise")
         self._c, self._s = KeyPair.generate(), KeyPair.generate()
+        record = {}
+        if self.signer is not None:
+            record = sign_advert(self.signer, self.round, self.session, self._c.public, self._s.public, self.send_cert)
         self.step = "share_keys"
-        return KeyAdvert(site=self.site, round=self.round, c_public=self._c.public, s_public=self._s.public)
+        return KeyAdvert(
+            site=self.site, round=self.round, c_public=self._c.public, s_public=self._s.public,
+            session=self.session, signature=record,
+        )  # fmt: skip
+
+    @property
+    def key_check(self) -> str:
+        """The weakest label of :attr:`key_checks`: :data:`~fedsegnet.secagg.adverts.KEYS_KIT` only
+        when every advert of U1 was signed under the root CA; ``"unsigned"`` when any was not (then
+        a malicious server could have substituted that site's keys)."""
+        return weakest(self.key_checks.values())
 
     def share_keys(self, roster: Roster) -> ShareBundle:
-        """Step 1: check the roster, pick the self-mask seed, share ``s`` and ``b`` with U1.
+        """Step 1: check the roster and every other site's signed advert, pick the self-mask seed,
+        share ``s`` and ``b`` with U1.
 
         Raises:
+            AdvertError: an advert of another site that is unsigned (under ``require_signed``), signed
+                for another round or session, by another site's or an unknown CA's certificate, or whose
+                signature does not verify (naming that site).
             ProtocolViolation: wrong step/round, this site missing or its keys changed, a key used
                 twice, bad ring settings.
             ThresholdError: fewer than ``t`` sites, ``t`` below this site's minimum or not above half U1.
@@ -299,7 +423,13 @@ class SiteSecAgg:
             self._refuse("this site is not in the roster")
         if list(adverts[self.site]) != [self._c.public, self._s.public]:
             self._refuse("the roster holds other public keys for this site than it advertised")
-        keys = {}
+        signatures = roster.signatures
+        if not isinstance(signatures, Mapping):
+            self._refuse(f"roster signatures: must be a dict {{site: record}}, got {type(signatures).__name__}")
+        strangers = sorted(set(signatures) - set(adverts))
+        if strangers:
+            self._refuse(f"the roster holds signatures of sites {strangers} that have no keys in it")
+        keys, checks, certs = {}, {self.site: self.key_checks[self.site]}, {}
         for v, pair in adverts.items():
             _check_name(v, "roster site")
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
@@ -308,6 +438,13 @@ class SiteSecAgg:
                 if k in keys:
                     self._refuse(f"sites {keys[k]!r} and {v!r} have the same public key")
                 keys[k] = v
+            if v != self.site:
+                checks[v], cert = check_advert(
+                    v, self.round, self.session, pair[0], pair[1], signatures.get(v), root_ca=self.root_ca,
+                    certs=self.certs, require_signed=self.require_signed, by=self.site,
+                )  # fmt: skip
+                if cert is not None:
+                    certs[v] = cert
         t, n = roster.threshold, len(adverts)
         if isinstance(t, bool) or not isinstance(t, int) or t < self.min_threshold:
             self._refuse(f"threshold {t!r} is below this site's minimum {self.min_threshold}", ThresholdError)
@@ -319,6 +456,9 @@ class SiteSecAgg:
         if isinstance(roster.length, bool) or not isinstance(roster.length, int) or roster.length < 1:
             self._refuse(f"roster length={roster.length!r}: must be an integer >= 1")
         self.roster = roster
+        self.key_checks, self.peer_certs = dict(sorted(checks.items())), certs
+        if self.key_check != KEYS_KIT:
+            logger.info("secure aggregation round %d, site %r: adverts %s", self.round, self.site, self.key_checks)
         self._b = os.urandom(SEED_BYTES)
         s_shares = shamir.share(self._s.private, n, t, self._randbelow)
         b_shares = shamir.share(self._b, n, t, self._randbelow)
@@ -438,12 +578,31 @@ class ServerSecAgg:
         threshold: ``t``, checked by :func:`check_threshold` against ``len(sites)``.
         ring_bits: bits of a ring element, 2..32.
         length: ring elements per input (the support size).
+        session: the job id; an advert of another session is refused. Defaults to ``""``.
+        root_ca: the project's root CA: a signed advert whose certificate it did not issue is
+            refused (the site counts as not advertised), and :attr:`key_checks` can say ``"kit"``.
+            Defaults to None (signatures checked, issuers not).
+        require_signed: refuse unsigned adverts. Defaults to False.
+        certs: certificates known from earlier rounds, ``{site: certificate}`` (the previous round's
+            :attr:`peer_certs`), for adverts that carry only a fingerprint. Defaults to None.
 
     Raises:
-        SecAggError: naming the field: bad round, repeated or empty site names, threshold, ring bits, length.
+        SecAggError: naming the field: bad round, repeated or empty site names, threshold, ring bits,
+            length, session, root CA, certs; ``require_signed`` without a session.
     """
 
-    def __init__(self, round: int, sites: Iterable[str], threshold: int, ring_bits: int, length: int):
+    def __init__(
+        self,
+        round: int,
+        sites: Iterable[str],
+        threshold: int,
+        ring_bits: int,
+        length: int,
+        session: str = "",
+        root_ca=None,
+        require_signed: bool = False,
+        certs: Mapping | None = None,
+    ):
         if isinstance(round, bool) or not isinstance(round, int) or round < 0:
             raise SecAggError(f"round={round!r}: must be an integer >= 0")
         sites = [_check_name(s) for s in sites]
@@ -456,6 +615,13 @@ class ServerSecAgg:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise SecAggError(f"length={length!r}: must be an integer >= 1", round)
         self.length = length
+        self.session, self.root_ca = _check_signing(session, None, root_ca, require_signed, round, None)
+        self.require_signed = require_signed
+        self.certs = _load_certs(certs, round, None)
+        self.key_checks: dict[str, str] = {}
+        """``{site: label}`` of every accepted advert (:data:`~fedsegnet.secagg.adverts.KEYS_KIT`, ...)."""
+        self.peer_certs: dict = {}
+        """``{site: x509}``: the certificate each accepted signed advert was checked with (the next round's ``certs``)."""
         self.step = "adverts"
         self.adverts: dict[str, KeyAdvert] = {}
         self.bundles: dict[str, ShareBundle] = {}
@@ -482,13 +648,29 @@ class ServerSecAgg:
             raise ThresholdError(f"{len(sites)} {what} ({sorted(sites)}), fewer than the threshold {self.threshold}", self.round)
 
     def receive_advert(self, msg: KeyAdvert) -> None:
-        """Step 0: one site's public keys. Raises ProtocolViolation/SecAggError naming the site."""
+        """Step 0: one site's public keys and signature record, checked as the sites will check them
+        (so that an honest server drops a bad advert instead of every site refusing the round).
+
+        Raises:
+            AdvertError: unsigned under ``require_signed``, a bad signature, another round or session,
+                a certificate that is not the site's or not the root CA's.
+            ProtocolViolation/SecAggError: naming the site.
+        """
         self._check(msg, "adverts", self.sites, self.adverts)
+        if msg.session != self.session:
+            raise ProtocolViolation(f"an advert of session {msg.session!r}, this round is of session {self.session!r}", self.round, msg.site)
         c = check_public_key(msg.c_public, msg.site, self.round, "c")
         s = check_public_key(msg.s_public, msg.site, self.round, "s")
         used = {k for a in self.adverts.values() for k in (a.c_public, a.s_public)}
         if c == s or c in used or s in used:
             raise ProtocolViolation("a public key that is already in use this round", self.round, msg.site)
+        label, cert = check_advert(
+            msg.site, self.round, self.session, c, s, msg.signature, root_ca=self.root_ca, certs=self.certs,
+            require_signed=self.require_signed, by=msg.site,
+        )  # fmt: skip
+        self.key_checks[msg.site] = label
+        if cert is not None:
+            self.peer_certs[msg.site] = cert
         self.adverts[msg.site] = msg
 
     def roster(self) -> Roster:
@@ -503,6 +685,7 @@ class ServerSecAgg:
         return Roster(
             round=self.round, threshold=self.threshold, ring_bits=self.ring_bits, length=self.length,
             adverts={u: [self.adverts[u].c_public, self.adverts[u].s_public] for u in self.u1},
+            signatures={u: self.adverts[u].signature for u in self.u1 if self.adverts[u].signature},
         )  # fmt: skip
 
     def receive_shares(self, msg: ShareBundle) -> None:
@@ -594,10 +777,15 @@ class ServerSecAgg:
                 # y_u carries pair_sign(u, v) * PRG(s_uv): take it off
                 add_mask(total, expand(seed, self.length, self.ring_bits), -pair_sign(u, v), self.ring_bits)
         self.step = "done"
+        checks = {u: self.key_checks[u] for u in self.u1}
         logger.info(
-            "secure aggregation round %d: sum of %d site(s) unmasked; dropped %s", self.round, len(self.u3), self.dropped
+            "secure aggregation round %d: sum of %d site(s) unmasked; dropped %s; adverts %s",
+            self.round, len(self.u3), self.dropped, weakest(checks.values()),
         )  # fmt: skip
-        return SecAggResult(round=self.round, ring_sum=total, survivors=list(self.u3), dropped=list(self.dropped), responders=responders)
+        return SecAggResult(
+            round=self.round, ring_sum=total, survivors=list(self.u3), dropped=list(self.dropped), responders=responders,
+            key_checks=checks,
+        )  # fmt: skip
 
     def _reconstruct(self, owner: str, kind: str, responders: list[str], xs: list[int]) -> bytes:
         field_name = "b_shares" if kind == "b" else "s_shares"
