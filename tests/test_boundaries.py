@@ -56,7 +56,7 @@ def test_core_import_does_not_load_nvflare():
 
 
 LAYERS = (
-    ("", "errors", "outputs", "memory", "progress"),
+    ("", "errors", "outputs", "memory", "progress", "notices"),
     ("ledger",),
     ("compression",),
     ("aggregation",),
@@ -72,7 +72,7 @@ LAYERS = (
 )
 """The package's layers, lowest first (``""`` is the package itself, ``fedsegnet/__init__.py``).
 A module may import from its own layer and the layers below it, never from a layer above: the
-shared bottom (errors, output folders, memory probes, whether a loop shows a progress bar); the ledger of the federation (hashes,
+shared bottom (errors, output folders, memory probes, whether a loop shows a progress bar, third-party notices hidden); the ledger of the federation (hashes,
 Merkle tree, signatures); the update codec; the server round (which measures updates with the
 codec); secure aggregation (masked sums of codec-style updates); the networks; job settings and presets (which name the networks,
 aggregation methods and codec bits their job args accept); site data (read under a preset);

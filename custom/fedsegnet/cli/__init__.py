@@ -35,10 +35,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 
 from fedsegnet.cli import data, demo, evaluate, export, job, ledger, poc
 from fedsegnet.errors import ConfigError, FedSegNetError, RunError, UsageError
+from fedsegnet.notices import quiet_gpu_codec_notice
 
 __all__ = ["EXIT_DATA", "EXIT_RUN_FAILED", "EXIT_USAGE", "build_parser", "exit_code", "main"]
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _quiet_gpu_codec_notice()
+    quiet_gpu_codec_notice()  # MONAI's notice that pydicom's optional GPU decoder is missing
     from fedsegnet.outputs import forget_claims, release_claims, seal_claimed
 
     forget_claims()  # only this command's own folders are sealed when it succeeds
@@ -106,14 +106,6 @@ def main(argv=None) -> int:
         release_claims()
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DATA
-
-
-def _quiet_gpu_codec_notice() -> None:
-    """MONAI builds every image reader it knows for each image loader; with pydicom installed (DICOM
-    series input) one of them, the nvImageCodec DICOM reader, logs and warns at every build that
-    its optional GPU decoder is missing. That says nothing about the command at hand: hide it."""
-    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader: nvImageCodec decoder plugin", category=UserWarning)
 
 
 def exit_code(error: FedSegNetError) -> int:

@@ -48,6 +48,7 @@ from fedsegnet.config import INTENSITY_MODES, Preset
 from fedsegnet.data.preflight import check_voxel_bound
 from fedsegnet.data.weak import box_masks, read_boxes, tag_vector
 from fedsegnet.errors import ConfigError
+from fedsegnet.notices import quiet_gpu_codec_notice
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,9 @@ class WeakLabeld(MapTransform):
         """``values`` as a MetaTensor on the image's grid (same affine and metadata)."""
         meta = {k: v for k, v in image.meta.items() if k != "affine"}
         return MetaTensor(values, affine=image.affine.clone(), meta=meta)
+
+
+quiet_gpu_codec_notice()  # MONAI's notice that pydicom's optional GPU decoder is missing (fedsegnet.notices)
 
 
 class ThreadLocalLoadImaged(MapTransform):
