@@ -14,7 +14,7 @@ def test_round_lines_show_weights_drops_and_errors():
         "errors": [{"site": "site-4", "message": "no data"}],
     }  # fmt: skip
     lines = round_lines(rec, 5)
-    assert lines[0].startswith("      round 3/5: val Dice of the received global model 0.500")
+    assert lines[0].startswith("      round 2 (3 of 5): val Dice of the received global model 0.500")
     assert "2 kB up and 4 kB down" in lines[0]
     assert lines[1] == "        AAM weights: site-1 0.70, site-2 dropped (w: holds NaN or Inf)"
     assert lines[2] == "      ERROR from site-4: no data"
@@ -22,7 +22,7 @@ def test_round_lines_show_weights_drops_and_errors():
 
 def test_round_lines_without_aggregation_record():
     lines = round_lines({"round": 0, "sites": {"site-1": {}}}, 1)
-    assert len(lines) == 1 and "n/a" in lines[0]
+    assert len(lines) == 1 and "n/a" in lines[0] and lines[0].startswith("      round 0 (1 of 1):")
 
 
 def test_round_lines_show_the_epsilon_each_site_has_spent_and_the_budget():

@@ -91,7 +91,7 @@ def _cmd_demo(args) -> int:
     )
     _write_job(args, job)
     print(
-        f"[2/4] nvflare simulator, job {args.job}: {args.rounds} rounds x {args.local_steps} local steps, "
+        f"[2/4] nvflare simulator, job {args.job}: {args.rounds} rounds (0 to {args.rounds - 1}) x {args.local_steps} local steps, "
         f"preset {args.preset}"
     )
     print(f"      (FLARE log: {ws.with_name(ws.name + '.simulator.log')})")
@@ -109,7 +109,7 @@ def _cmd_demo(args) -> int:
         print(f"simulator failed (exit code {rc}); see {run.log_file} and {res.server_log}", file=sys.stderr)
         return 1
     t_fl = time.perf_counter() - t0
-    print(f"[3/4] held-out test set ({data / 'test'}): global model after {args.rounds} rounds")
+    print(f"[3/4] held-out test set ({data / 'test'}): global model after round {args.rounds - 1}")
     result, _ = evaluate_model_file(res.global_model, data / "test")
     summary = result.to_dict()
     print_eval_table(summary)

@@ -50,11 +50,14 @@ def round_lines(rec: dict, rounds: int | str) -> list[str]:
         rec: one round record as the server writes it (``round`` counts from 0).
         rounds: the number of rounds of the job (``"?"`` when unknown).
 
+    The round is named by its number in the records, FLARE's logs, TensorBoard, the ledger and
+    ``fedsegnet report`` (from 0), followed by how far the job is: ``round 0 (1 of 6)``.
+
     Returns:
         The lines, without newlines.
     """
     lines = [
-        f"      round {rec['round'] + 1}/{rounds}: val Dice of the received global model "
+        f"      round {rec['round']} ({rec['round'] + 1} of {rounds}): val Dice of the received global model "
         f"{fmt(rec.get('val_dice_global'))}, of the local models {fmt(rec.get('val_dice_local'))} "
         f"({fmt(rec.get('seconds'), 1)} s)"
         + (
