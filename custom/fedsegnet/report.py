@@ -1,15 +1,20 @@
 """`fedsegnet report`: figures and one HTML page from what a simulator or POC run left on disk.
 
 Reads the server's per-round records (``fedsegnet_rounds.jsonl``), the cross-site evaluation
-(``cross_site_val/cross_val_results.json``) and the global model (``app_server/FL_global_model.pt``)
-found under a run folder: a simulator workspace, a POC or production job result downloaded through
-the admin API, or a server job folder. With a held-out test folder (``--data``) it also evaluates the
-global model per class (Dice, HD95 in mm) and draws slices of a test case with the label and the
-predicted contour. When the job kept a ledger (``fedsegnet_ledger/``), the page has a ledger
-section: it is verified (its stored certificates; ``fedsegnet ledger verify --kits`` checks them
-against the project's kits), with the last signed head and, per entry, who signed and who witnessed
-it. Every plotted series is also written to ``report.json``, read from the run, so the figures can
-be checked against the records. matplotlib (Agg backend); no network access.
+(``cross_site_val/cross_val_results.json``), the global model (``app_server/FL_global_model.pt``) and
+the job args FLARE deployed (``app_server/config/config_fed_server.json`` and a site's
+``config_fed_client.json``) found under a run folder: a simulator workspace, a POC or production job
+result downloaded through the admin API, or a server job folder. The page says what ran (preset,
+network, aggregation, compression, personalisation, DP), names models as ``global (final)``,
+``global (best)`` and ``site-1 local`` (``report.json`` keeps FLARE's names beside them) and numbers
+rounds from 0, as FLARE's records, logs, TensorBoard and the ledger do. With a held-out test folder
+(``--data``) it also evaluates the final global model per class and per case (Dice, HD95 in mm) and
+draws slices of a test case with the label filled and the prediction outlined. When the job kept a
+ledger (``fedsegnet_ledger/``), the page has a ledger section: it is verified (its stored
+certificates; ``fedsegnet ledger verify --kits`` checks them against the project's kits), with the
+last signed head and, per entry, who signed and who witnessed it. Every plotted series is also
+written to ``report.json``, read from the run, so the figures can be checked against the records.
+matplotlib (Agg backend); no network access.
 """
 
 from __future__ import annotations
@@ -166,27 +171,371 @@ def _nan(values):
     return [float("nan") if v is None else float(v) for v in values]
 
 
-def _plot_lines(path: Path, rounds, curves: dict, title: str, ylabel: str, styles: dict | None = None,
-                hline: tuple[float, str] | None = None) -> Path:  # fmt: skip
-    import matplotlib.pyplot as plt
+FINAL_MODEL = f"SRV_{MODEL}"
+"""FLARE's cross-site name of the server's final global model."""
+BEST_MODEL = f"SRV_best_{MODEL}"
+"""FLARE's cross-site name of the global model its model selector kept (best validation Dice)."""
+ROUND_NUMBERING = (
+    "Rounds are numbered from 0, as FLARE's logs, the round records, TensorBoard and the ledger number "
+    "them; the console's \"round 0 (1 of N)\" is the same round."
+)
 
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, values in curves.items():
-        ax.plot(rounds, _nan(values), marker="o", label=name, **(styles or {}).get(name, {}))
-    if hline is not None:
-        ax.axhline(hline[0], color="red", linestyle=":", linewidth=2, label=hline[1])
+
+def display_name(model: str) -> str:
+    """The report's name of a model of the cross-site evaluation.
+
+    Args:
+        model: FLARE's name: ``SRV_FL_global_model.pt``, ``SRV_best_FL_global_model.pt`` or a site's name.
+
+    Returns:
+        ``"global (final)"``, ``"global (best)"``, ``"global (<file>)"`` for another server model, or
+        ``"<site> local"`` (the site's last local model).
+    """
+    if model == FINAL_MODEL:
+        return "global (final)"
+    if model == BEST_MODEL:
+        return "global (best)"
+    if model.startswith("SRV_"):
+        return f"global ({model[4:].removesuffix('.pt')})"
+    return f"{model} local"
+
+
+def _model_order(models) -> list[str]:
+    """The server's final and best models first, other server models, then the sites' by name."""
+    rank = {FINAL_MODEL: 0, BEST_MODEL: 1}
+    return sorted(models, key=lambda m: (rank.get(m, 2 if m.startswith("SRV_") else 3), m))
+
+
+def model_facts(path: str | Path | None) -> dict | None:
+    """What the global model file says about the model: its spec's network, patch, classes and channels,
+    and the number and float32 size of its weights (the uncompressed size of one model on the wire).
+
+    Args:
+        path: FLARE's saved global model (``{"model": state_dict, "train_conf": {"fedsegnet": spec}}``).
+
+    Returns:
+        ``{"network", "network_kwargs", "preset", "patch_size", "num_classes", "in_channels", "n_values",
+        "float32_bytes"}`` (spec fields None when the file has no spec); None when there is no file or it
+        cannot be read (logged).
+    """
+    if path is None or not Path(path).is_file():
+        return None
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a bad file; the report goes on without it
+        logger.warning("%s: not readable as a model file (%s): the report leaves out the model's facts", path, type(e).__name__)
+        return None
+    state = data.get("model", data) if isinstance(data, dict) else {}
+    conf = data.get("train_conf") if isinstance(data, dict) else None
+    spec = (conf.get("fedsegnet") if isinstance(conf, dict) else None) or {}
+    n_values = sum(int(v.numel()) for v in state.values() if isinstance(v, torch.Tensor) and v.is_floating_point())
+    facts = {k: spec.get(k) for k in ("network", "network_kwargs", "preset", "patch_size", "num_classes", "in_channels")}
+    return {**facts, "n_values": n_values, "float32_bytes": 4 * n_values}
+
+
+JOB_GROUPS = (
+    ("federation", ("num_rounds", "min_clients", "train_timeout", "drop_stragglers", "wait_after_min_clients",
+                    "ignore_result_error", "resume_from", "seed")),
+    ("model", ("preset", "network", "patch_size", "num_classes", "in_channels")),
+    ("local training", ("local_steps", "val_max_cases", "fedprox_mu", "pseudo_threshold", "pseudo_ramp_rounds",
+                        "torch_threads", "num_workers")),
+    ("aggregation", ("aggregation", "aam_temperature", "aam_floor", "aam_cap", "aam_peer_cases_ratio")),
+    ("compression", ("up_ratio", "up_bits", "down_ratio", "down_bits", "down_first_bits", "compression_block",
+                     "compression_scope", "dense_bits")),
+    ("personalisation", ("personalization", "personal_keys", "ditto_lambda", "personal_steps", "boundary_weight",
+                         "boundary_band", "boundary_perturbation")),
+    ("differential privacy", ("dp", "dp_noise", "dp_target_epsilon", "dp_delta", "dp_clip", "dp_budget")),
+)  # fmt: skip
+"""The job args the page's "What ran" table shows, by group (the others are in the full list)."""
+
+_AGGREGATORS = {
+    "InTimeAccumulateWeightedAggregator": "FedAvg (FLARE's InTimeAccumulateWeightedAggregator)",
+    "SharedKeysWeightedAggregator": "FedAvg (FLARE's InTimeAccumulateWeightedAggregator, shared keys only)",
+}
+
+
+def _job_args_of(config: dict) -> dict:
+    """The job args of one app config: its top-level plain values (``format_version`` and the component
+    lists left out)."""
+    def plain(v):
+        return v is None or isinstance(v, (bool, int, float, str)) or (isinstance(v, list) and all(plain(x) for x in v))
+
+    return {k: v for k, v in config.items() if k != "format_version" and plain(v)}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        logger.warning("%s: not readable as JSON (%s): the report leaves it out", path, type(e).__name__)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_job_config(job_dir: str | Path, root: str | Path | None = None) -> dict | None:
+    """The job args a run ran with, from the configs FLARE deployed into the run folder.
+
+    The server's are ``<job_dir>/app_server/config/config_fed_server.json``; the sites' are the client
+    config deployed with it (``app_server/config/config_fed_client.json``, where the job deploys one app
+    to all) or else the shallowest ``app_<site>/config/config_fed_client.json`` under ``root``.
+
+    Args:
+        job_dir: the server's job folder (the one holding ``fedsegnet_rounds.jsonl``).
+        root: the run folder to look in for a site's app. Defaults to None (``job_dir``).
+
+    Returns:
+        ``{"server_config", "site_config": path or None, "args": {name: value}, "source": {name: "server" |
+        "site" | "both"}, "differ": [names whose server and site values differ], "aggregator": the
+        aggregator component's class name or None}``; None when the server's config is not there.
+    """
+    job_dir = Path(job_dir)
+    server_file = job_dir / "app_server" / "config" / "config_fed_server.json"
+    server = _read_json(server_file) if server_file.is_file() else None
+    if server is None:
+        return None
+    site_file = job_dir / "app_server" / "config" / "config_fed_client.json"
+    if not site_file.is_file():
+        hits = [p for p in Path(root or job_dir).rglob("config_fed_client.json")
+                if p.parent.name == "config" and p.parent.parent.name.startswith("app_")]  # fmt: skip
+        site_file = min(hits, key=lambda p: (len(p.parts), str(p))) if hits else None
+    site = _read_json(site_file) if site_file is not None else None
+    server_args, site_args = _job_args_of(server), _job_args_of(site or {})
+    args, source = {}, {}
+    for name in [*server_args, *(k for k in site_args if k not in server_args)]:
+        where = [w for w, a in (("server", server_args), ("site", site_args)) if name in a]
+        args[name] = server_args[name] if name in server_args else site_args[name]
+        source[name] = "both" if len(where) == 2 else where[0]
+    differ = sorted(k for k in server_args if k in site_args and server_args[k] != site_args[k])
+    aggregator = next((c.get("path", "").rsplit(".", 1)[-1] for c in server.get("components", [])
+                       if isinstance(c, dict) and c.get("id") == "aggregator"), None)  # fmt: skip
+    return {"server_config": str(server_file), "site_config": None if site is None else str(site_file),
+            "args": args, "source": source, "differ": differ, "aggregator": aggregator}  # fmt: skip
+
+
+def _pct(v) -> str:
+    return f"{100 * v:g} %"
+
+
+def _patch(v) -> str:
+    return "×".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def job_summary(job: dict, facts: dict | None = None) -> dict[str, str]:
+    """One line per group of :data:`JOB_GROUPS`: what the run ran with, in words.
+
+    Args:
+        job: :func:`read_job_config`'s result.
+        facts: :func:`model_facts` of the global model, for what the preset chose (network, patch,
+            classes). Defaults to None.
+
+    Returns:
+        ``{group: line}``, e.g. ``{"compression": "up: top 10 % of each tensor's values at 4 bits; ..."}``.
+    """
+    a, f = job["args"], facts or {}
+
+    from_preset = [name for name in ("network", "patch_size", "num_classes", "in_channels") if a.get(name) is None]
+
+    def value(name):  # a null job arg means the preset's value: the model file says which
+        v = a.get(name) if a.get(name) is not None else f.get(name)
+        return "?" if v is None else _patch(v)
+
+    out = {}
+    fed = f"{a.get('num_rounds', '?')} rounds (0 to {a['num_rounds'] - 1})" if isinstance(a.get("num_rounds"), int) else "rounds: ?"
+    fed += f", at least {a.get('min_clients', '?')} sites; "
+    fed += (f"a round closes {a.get('wait_after_min_clients')} s after min_clients updates" if a.get("drop_stragglers")
+            else "each round waits for every site")  # fmt: skip
+    fed += f"; seed {a.get('seed', '?')}" + (f"; resumed from job {a['resume_from']}" if a.get("resume_from") else "")
+    out["federation"] = fed
+    model = (f"preset {a.get('preset', '?')}: network {value('network')}, patch {value('patch_size')} voxels, "
+             f"{value('num_classes')} classes with background, {value('in_channels')} image channel(s)")  # fmt: skip
+    if from_preset:
+        model += f" ({', '.join(from_preset)}: the preset's)"
+    if f.get("n_values"):
+        model += f"; {f['n_values']:,} weights ({f['float32_bytes'] / 1e6:.2f} MB as float32)"
+    out["model"] = model
+    local = f"{a.get('local_steps', '?')} optimiser steps per site and round"
+    if a.get("fedprox_mu"):
+        local += f", FedProx mu {a['fedprox_mu']:g}"
+    if a.get("val_max_cases"):
+        local += f", validation on at most {a['val_max_cases']} cases"
+    out["local training"] = local
+    method = a.get("aggregation")
+    if method == "aam":
+        out["aggregation"] = (f"AAM (Adaptive Aggregation Mechanism): temperature {a.get('aam_temperature'):g}, "
+                              f"weights in [{a.get('aam_floor'):g}, {a.get('aam_cap'):g}], a site's cases count at most "
+                              f"{a.get('aam_peer_cases_ratio'):g}× the others' median")  # fmt: skip
+    elif method is not None:
+        out["aggregation"] = str(method)
+    else:
+        agg = job.get("aggregator")
+        out["aggregation"] = _AGGREGATORS.get(agg, f"{agg} (the job's aggregator)" if agg else "?")
+    if "up_ratio" in a or "down_ratio" in a:
+        parts = []
+        if "up_ratio" in a:
+            parts.append(f"up: top {_pct(a['up_ratio'])} of the values at {a.get('up_bits')} bits")
+        if "down_ratio" in a:
+            parts.append(f"down: top {_pct(a['down_ratio'])} at {a.get('down_bits')} bits (the first model at "
+                         f"{a.get('down_first_bits')} bits)")  # fmt: skip
+        scope = "per tensor" if a.get("compression_scope", "tensor") == "tensor" else "over the whole model"
+        block = a.get("compression_block")
+        parts.append(f"top-k {scope}, {'one scale per tensor' if not block else f'one scale per {block} values'}, "
+                     f"small tensors dense at {a.get('dense_bits')} bits; error feedback at the sites")  # fmt: skip
+        out["compression"] = "; ".join(parts)
+    else:
+        out["compression"] = "none: updates and models travel as float32"
+    pers = a.get("personalization", "none")
+    line = str(pers)
+    if pers == "ditto":
+        line += f" (lambda {a.get('ditto_lambda'):g}, {a.get('personal_steps') or a.get('local_steps')} personal steps)"
+    elif pers == "finetune":
+        line += f" ({a.get('personal_steps') or a.get('local_steps')} fine-tuning steps)"
+    if a.get("personal_keys"):
+        line += f"; kept at the sites also: {', '.join(map(str, a['personal_keys']))}"
+    if a.get("boundary_weight"):
+        line += (f"; perturbed boundary loss weight {a['boundary_weight']:g} (band {a.get('boundary_band')} voxels, "
+                 f"noise {a.get('boundary_perturbation'):g} sd)")  # fmt: skip
+    out["personalisation"] = line
+    dp = a.get("dp", "none")
+    if dp == "none":
+        out["differential privacy"] = "none"
+    else:
+        noise = (f"noise chosen to spend epsilon {a['dp_target_epsilon']:g} over the run" if a.get("dp_target_epsilon")
+                 else f"noise multiplier {a.get('dp_noise')}")  # fmt: skip
+        delta = f"delta {a['dp_delta']:g}" if a.get("dp_delta") else "delta min(1e-5, 0.1 / the site's training cases)"
+        budget = f", budget epsilon {a['dp_budget']:g}" if a.get("dp_budget") else ""
+        out["differential privacy"] = f"DP-SGD, one {dp} as the unit: {noise}, {delta}, clip {a.get('dp_clip'):g}{budget}"
+    return out
+
+
+def _plot_lines(path: Path, rounds, curves: dict, title: str, ylabel: str, styles: dict | None = None,
+                hline: tuple[float, str] | None = None, log: bool = False, extra=None) -> Path:  # fmt: skip
+    """One line per curve over the rounds; ``extra(ax)`` draws more before the legend."""
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), dpi=100)
+    for name, values in curves.items():
+        ax.plot(rounds, _nan(values), **{"marker": "o", **(styles or {}).get(name, {})}, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="red", linestyle=":", linewidth=2, label=hline[1])
+    if extra is not None:
+        extra(ax)
+    if log:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
+    ax.set_xlabel("round (from 0, as in FLARE's records)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both" if log else "major")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside the axes: hides no point
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def final_global_dice(cross: dict, records: list[dict]) -> dict | None:
+    """The final global model's validation Dice per site, from the cross-site evaluation (no round record
+    holds it: a record scores the model a site received at the start of its round).
+
+    Args:
+        cross: FLARE's cross-site results (``{site: {model: {"val_dice", ...}}}``).
+        records: the round records, for the case counts of the mean (the last record a site is in).
+
+    Returns:
+        ``{"sites": {site: Dice}, "mean": mean weighted by training cases (as the records' mean) or None}``;
+        None when the cross-site results do not score the final model.
+    """
+    sites = {site: (models or {}).get(FINAL_MODEL, {}).get("val_dice") for site, models in sorted(cross.items())}
+    sites = {k: float(v) for k, v in sites.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    if not sites:
+        return None
+    n = {}
+    for r in records:
+        n.update({s: e.get("n_train") for s, e in r.get("sites", {}).items() if isinstance(e.get("n_train"), (int, float))})
+    weights = {s: n.get(s) for s in sites}
+    if all(w for w in weights.values()):
+        mean = sum(sites[s] * weights[s] for s in sites) / sum(weights.values())
+    else:
+        mean = None
+    return {"sites": sites, "mean": mean}
+
+
+def _plot_dice(path: Path, s: dict, final: dict | None) -> Path:
+    """Dice per round: per site the global model as received (solid) and its local model (dashed) in one
+    colour; the weighted mean in black; the final global model's Dice as stars at the last round."""
+    import matplotlib.pyplot as plt
+
+    rounds, colours = s["rounds"], {site: plt.cm.tab10(i % 10) for i, site in enumerate(s["sites"])}
+    curves = {"global as received, mean over sites": s["val_dice_global"]}
+    styles = {"global as received, mean over sites": {"linewidth": 2.5, "color": "black"}}
+    for site in s["sites"]:
+        curves[f"{site}: global as received"] = s["site_val_dice_global"][site]
+        styles[f"{site}: global as received"] = {"color": colours[site]}
+        curves[f"{site} local"] = s["site_val_dice_local"][site]
+        styles[f"{site} local"] = {"color": colours[site], "linestyle": "--", "marker": "s", "markersize": 4}
+
+    def stars(ax):
+        if not final:
+            return
+        last = rounds[-1]
+        for site, v in final["sites"].items():
+            ax.plot([last], [v], marker="*", markersize=13, linestyle="none", color=colours.get(site, "grey"),
+                    markeredgecolor="black", label=f"{site}: global (final), cross-site")  # fmt: skip
+        if final["mean"] is not None:
+            ax.plot([last], [final["mean"]], marker="*", markersize=17, linestyle="none", color="black",
+                    label="global (final), mean, cross-site")  # fmt: skip
+
+    return _plot_lines(path, rounds, curves, "Validation Dice per round", "Dice", styles, extra=stars)
+
+
+def bytes_curves(s: dict) -> dict[str, dict]:
+    """The bytes figure's lines: per direction, the sites whose bytes are the same in every round share one.
+
+    Args:
+        s: :func:`series` of the records.
+
+    Returns:
+        ``{name: {"sites": [site, ...], "direction": "up" | "down", "kB": [value or None per round]}}``,
+        named e.g. ``"site-1 up"`` or ``"site-1, site-2 down (identical)"``.
+    """
+    out = {}
+    for direction, key in (("up", "bytes_up"), ("down", "bytes_down")):
+        groups: dict[tuple, list[str]] = {}
+        for site, values in s[key].items():
+            if _has(values):
+                groups.setdefault(tuple(values), []).append(site)
+        for values, sites in groups.items():
+            name = f"{', '.join(sites)} {direction}" + (" (identical)" if len(sites) > 1 else "")
+            out[name] = {"sites": sites, "direction": direction, "kB": [None if v is None else v / 1e3 for v in values]}
+    return out
+
+
+def _plot_bytes(path: Path, s: dict, float32_bytes: int | None) -> Path:
+    """Bytes per site and round on a log axis: up solid, down dashed, one colour and hollow marker per site
+    (a shared line grey, see :func:`bytes_curves`); the model's float32 size dotted."""
+    import matplotlib.pyplot as plt
+
+    markers = "osD^vP"
+    curves, styles = {}, {}
+    for name, c in bytes_curves(s).items():
+        i = s["sites"].index(c["sites"][0])
+        curves[name] = c["kB"]
+        styles[name] = {"color": plt.cm.tab10(i % 10) if len(c["sites"]) == 1 else "dimgrey",  # a shared line is no one site's colour
+                        "linestyle": "-" if c["direction"] == "up" else "--", "marker": markers[i % len(markers)],
+                        "markerfacecolor": "none", "markersize": 9 - 2 * (i % 3)}  # fmt: skip
+    hline = None
+    if float32_bytes:
+        hline = (float32_bytes / 1e3, f"float32 weights of the global model: {float32_bytes / 1e3:,.0f} kB")
+    return _plot_lines(path, s["rounds"], curves, "Bytes on the wire per site and round", "kB (log scale)", styles,
+                       hline=hline, log=True)  # fmt: skip
 
 
 def site_choices(cross: dict) -> dict[str, dict]:
@@ -201,40 +550,65 @@ def site_choices(cross: dict) -> dict[str, dict]:
     return out
 
 
-def _plot_matrix(path: Path, cross: dict, key: str, title: str) -> tuple[Path, list, list, list] | None:
+def text_colour(rgba) -> str:
+    """``"black"`` or ``"white"``, whichever contrasts more with the background colour ``rgba`` (WCAG
+    relative luminance of its sRGB values in [0, 1])."""
+    def linear(c):
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgba[:3])
+    luminance = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    return "black" if (luminance + 0.05) / 0.05 > 1.05 / (luminance + 0.05) else "white"
+
+
+def _plot_matrix(path: Path, cross: dict, key: str, title: str, unit: str) -> tuple[Path, list, list, list] | None:
+    """A heatmap of ``key`` for every model (columns, by :func:`display_name`) at every site (rows).
+
+    Returns:
+        ``(path, rows, cols, values)`` with FLARE's model names in ``cols``; None when no cell has ``key``.
+    """
     import matplotlib.pyplot as plt
 
     rows = sorted(cross)
-    cols = sorted({m for r in cross.values() for m in r})
+    cols = _model_order({m for r in cross.values() for m in r})
     values = [[(cross[r].get(c) or {}).get(key) for c in cols] for r in rows]
     if not any(v is not None for row in values for v in row):
         return None
     data = np.array([[np.nan if v is None else float(v) for v in row] for row in values])
-    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 2.5, 0.7 * len(rows) + 1.8), dpi=100)
+    fig, ax = plt.subplots(figsize=(1.5 * len(cols) + 3, 0.7 * len(rows) + 1.9), dpi=100)
     im = ax.imshow(data, cmap="viridis" if key == "val_dice" else "viridis_r", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xticks(range(len(cols)), [display_name(c) for c in cols], rotation=20, ha="right", fontsize=9)
+    ax.set_yticks(range(len(rows)), rows, fontsize=9)
     ax.set_xlabel("model")
-    ax.set_ylabel("evaluated at site")
+    ax.set_ylabel("validation split of")
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.3f}" if key == "val_dice" else f"{data[i, j]:.1f}", ha="center", va="center",
-                        color="white", fontsize=8)  # fmt: skip
+                        color=text_colour(im.cmap(im.norm(data[i, j]))), fontsize=9)  # fmt: skip
     ax.set_title(title)
-    fig.colorbar(im, ax=ax)
+    fig.colorbar(im, ax=ax, label=unit)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path, rows, cols, values
 
 
+LABEL_FILLS = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b")
+"""Per class (in order): the label's translucent fill in the slices figure."""
+PREDICTION_LINES = ("#ffd700", "#ff1493", "#ff7f0e", "#ff2020", "#ffffff")
+"""Per class (in order): the prediction's contour line, warm where the label's fills are cool."""
+
+
 def _plot_slices(
     path: Path, image: np.ndarray, label: np.ndarray | None, pred: np.ndarray, title: str, class_names: list[str] | None = None
 ) -> Path:
-    """Three axial slices; per class one colour, the label solid, the prediction dashed."""
+    """Three axial slices; per class the label as a translucent fill and the prediction as a contour
+    line of another colour, named in the legend."""
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     mask = label if label is not None and (label > 0).any() else pred
     area = (mask > 0).sum(axis=(0, 1))
@@ -244,27 +618,46 @@ def _plot_slices(
         zs = [int(round((z_fg.min() + top) / 2)), top, int(round((top + z_fg.max()) / 2))]
     else:
         zs = [image.shape[2] // 4, image.shape[2] // 2, 3 * image.shape[2] // 4]
-    classes = sorted((set(np.unique(pred)) | (set(np.unique(label)) if label is not None else set())) - {0})
-    colour = {c: plt.cm.tab10(i % 10) for i, c in enumerate(classes)}
-    fig, axes = plt.subplots(1, 3, figsize=(10, 4.2), dpi=100)
+    classes = sorted(int(c) for c in (set(np.unique(pred)) | (set(np.unique(label)) if label is not None else set())) - {0})
+    fill = {c: LABEL_FILLS[i % len(LABEL_FILLS)] for i, c in enumerate(classes)}
+    line = {c: PREDICTION_LINES[i % len(PREDICTION_LINES)] for i, c in enumerate(classes)}
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 4.6), dpi=100)
     for ax, z in zip(axes, zs):
         ax.imshow(image[:, :, z].T, cmap="gray", origin="lower")
+        if label is not None:
+            overlay = np.zeros((*label[:, :, z].T.shape, 4))
+            for cls in classes:
+                overlay[label[:, :, z].T == cls] = to_rgba(fill[cls], alpha=0.45)
+            ax.imshow(overlay, origin="lower", interpolation="nearest")
         for cls in classes:
-            if label is not None and (label[:, :, z] == cls).any():
-                ax.contour((label[:, :, z] == cls).T, levels=[0.5], colors=[colour[cls]], linewidths=1.4)
             if (pred[:, :, z] == cls).any():
-                ax.contour((pred[:, :, z] == cls).T, levels=[0.5], colors=[colour[cls]], linewidths=1.4, linestyles="dashed")
+                ax.contour((pred[:, :, z] == cls).T, levels=[0.5], colors=[line[cls]], linewidths=1.8)
         ax.set_title(f"slice z={z}", fontsize=9)
         ax.axis("off")
     names = class_names or []
-    handles = [Line2D([], [], color=colour[c], lw=1.4, label=names[c] if c < len(names) else f"class {c}") for c in classes]
-    handles += [Line2D([], [], color="k", lw=1.4, label="label (solid)"), Line2D([], [], color="k", lw=1.4, ls="--", label="prediction (dashed)")]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+
+    def name(c):
+        return names[c] if c < len(names) else f"class {c}"
+
+    handles = []
+    for c in classes:
+        if label is not None:
+            handles.append(Patch(facecolor=to_rgba(fill[c], alpha=0.45), edgecolor=fill[c], label=f"{name(c)}: label (fill)"))
+        handles.append(Line2D([], [], color=line[c], lw=2.2, label=f"{name(c)}: prediction (line)"))
+    legend = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=True)
+    legend.get_frame().set_facecolor("#555555")  # the bright lines need a dark ground
+    for text in legend.get_texts():
+        text.set_color("white")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _kept(site: str, owner: str, chosen: str) -> str:
+    """The report's name of the model a site kept after validating the server's model ``owner``."""
+    return {"global": display_name(owner), "local": f"{site} local", "personal": f"{site} personalised"}.get(chosen, chosen)
 
 
 def _table(headers, rows) -> str:
@@ -283,8 +676,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
     Args:
         run_dir: a simulator workspace, a downloaded job result or a server job folder.
         out_dir: where the report goes (created).
-        data_dir: a held-out test folder (``dataset.json``) for the per-class table and slices.
-            Defaults to None (no evaluation).
+        data_dir: a held-out test folder (``dataset.json``) for the per-class and per-case tables and
+            the slices. Defaults to None (no evaluation).
         device: torch device for the evaluation. Defaults to None (CUDA when available).
 
     Raises:
@@ -303,22 +696,32 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
     s = series(records)
     figures = []  # (file name, caption)
     rounds = s["rounds"]
+    job = read_job_config(paths["records"].parent, run_dir)
+    facts = model_facts(paths["model"])
+    cross = json.loads(paths["cross_site"].read_text()) if paths["cross_site"] else {}
+    final = final_global_dice(cross, records)
 
-    curves = {"global model (weighted mean)": s["val_dice_global"]}
-    curves.update({f"{site}: received global": v for site, v in s["site_val_dice_global"].items()})
-    curves.update({f"{site}: local": v for site, v in s["site_val_dice_local"].items()})
-    styles = {f"{site}: local": {"linestyle": "--"} for site in s["sites"]}
-    styles["global model (weighted mean)"] = {"linewidth": 2.5, "color": "black"}
-    _plot_lines(out / "dice_per_round.png", rounds, curves, "Validation Dice per round", "Dice", styles)
-    figures.append(("dice_per_round.png", "Validation Dice on each site's validation split: the global model the site received at the start of the round (solid) and its model after local training (dashed); black: mean weighted by training cases."))
+    _plot_dice(out / "dice_per_round.png", s, final)
+    caption = ("Validation Dice on each site's validation split, one colour per site: the global model the site "
+               "received at the start of the round (solid) and its model after local training (dashed); black: "
+               "the received global model's mean weighted by training cases.")  # fmt: skip
+    if final:
+        caption += (f" Stars at the last round ({rounds[-1]}): the final global model, made by round {rounds[-1]}'s "
+                    "aggregation, which no round record scores; its Dice is FLARE's cross-site evaluation on the "
+                    "same validation splits (black star: weighted the same way).")  # fmt: skip
+    figures.append(("dice_per_round.png", caption))
     if _has(s["train_loss"]):
         _plot_lines(out / "train_loss_per_round.png", rounds, s["train_loss"], "Training loss per round", "Dice + cross-entropy loss")
         figures.append(("train_loss_per_round.png", "Mean training loss (Dice + cross-entropy) of each site's local steps in the round."))
     if _has(s["bytes_up"]):
-        b = {f"{site} up": [None if v is None else v / 1e3 for v in vals] for site, vals in s["bytes_up"].items()}
-        b.update({f"{site} down": [None if v is None else v / 1e3 for v in vals] for site, vals in s["bytes_down"].items()})
-        _plot_lines(out / "bytes_per_round.png", rounds, b, "Bytes on the wire per round", "kB")
-        figures.append(("bytes_per_round.png", "Serialized message size per site and round, as FLARE sent it (up: the site's encoded update; down: the global model or its difference)."))
+        _plot_bytes(out / "bytes_per_round.png", s, (facts or {}).get("float32_bytes"))
+        caption = ("Serialized message size per site and round as FLARE sent it, on a log scale (up, solid: the "
+                   "site's encoded update; down, dashed: the global model or its difference). Sites whose bytes "
+                   "are the same in every round share one line.")  # fmt: skip
+        if facts and facts.get("float32_bytes"):
+            caption += (f" Dotted: the global model's {facts['n_values']:,} weights as float32 "
+                        f"({facts['float32_bytes'] / 1e3:,.0f} kB), what one uncompressed model would take.")  # fmt: skip
+        figures.append(("bytes_per_round.png", caption))
     if _has(s["aam_weight"]):
         _plot_lines(out / "aam_weights.png", rounds, s["aam_weight"], "AAM weight per site and round", "weight")
         figures.append(("aam_weights.png", "Aggregation weight AAM gave each site's update (missing point: the update was dropped or not received)."))
@@ -334,32 +737,40 @@ def build_report(run_dir: str | Path, out_dir: str | Path, data_dir: str | Path 
         figures.append(("memory_per_round.png", "Resident memory (RSS) of the server's and each site's job process."))
 
     cross_tables = []
-    cross = json.loads(paths["cross_site"].read_text()) if paths["cross_site"] else {}
     matrices = {}
-    for key, name, title in (("val_dice", "cross_site_dice.png", "Cross-site Dice"), ("val_hd95", "cross_site_hd95.png", "Cross-site HD95 (mm)")):
-        made = _plot_matrix(out / name, cross, key, title) if cross else None
+    for key, name, title, unit in (("val_dice", "cross_site_dice.png", "Cross-site Dice", "Dice (higher is better)"),
+                                   ("val_hd95", "cross_site_hd95.png", "Cross-site HD95 (mm)", "HD95 in mm (lower is better)")):  # fmt: skip
+        made = _plot_matrix(out / name, cross, key, title, unit) if cross else None
         if made:
             _, rows, cols, values = made
-            matrices[key] = {"rows": rows, "cols": cols, "values": values}
-            figures.append((name, f"{title}: every model (columns: the final global model and each site's last local model) evaluated on every site's validation split (rows)."))
-            cross_tables.append((title, _table(["site \\ model", *cols], [[r, *[_f(v, 3 if key == 'val_dice' else 1) for v in row]] for r, row in zip(rows, values)])))
+            matrices[key] = {"rows": rows, "cols": cols, "display_cols": [display_name(c) for c in cols], "values": values}
+            figures.append((name, f"{title}: every model (columns: global (final) after the last round, global (best) as "
+                                  "FLARE's model selector kept it, and each site's last local model) evaluated on every "
+                                  "site's validation split (rows)."))  # fmt: skip
+            cross_tables.append((title, _table(["validation split of \\ model", *[display_name(c) for c in cols]],
+                                               [[r, *[_f(v, 3 if key == 'val_dice' else 1) for v in row]] for r, row in zip(rows, values)])))  # fmt: skip
 
     choices = site_choices(cross)
     if choices:
-        rows = [[site, owner, c["chosen"], *[_f(c["val_dice"].get(k)) for k in ("global", "personal", "local")]]
+        rows = [[site, display_name(owner), _kept(site, owner, c["chosen"]), *[_f(c["val_dice"].get(k)) for k in ("global", "personal", "local")]]
                 for site, owners in choices.items() for owner, c in owners.items()]  # fmt: skip
         cross_tables.append(("Model each site keeps (best on its validation split)",
-                             _table(["site", "from server model", "kept", "val Dice global", "personal", "local"], rows)))  # fmt: skip
+                             _table(["site", "server's model", "kept", "val Dice global", "personal", "local"], rows)))  # fmt: skip
 
     evaluation = None
     if data_dir is not None and paths["model"] is not None:
         evaluation = _evaluate(paths["model"], Path(data_dir), out, device, figures)
 
     ledger = ledger_summary(paths["records"].parent)
+    names = sorted({c for m in matrices.values() for c in m["cols"]} | {o for owners in choices.values() for o in owners})
+    summary = job_summary(job, facts) if job else None
     report = {"run": str(Path(run_dir).resolve()), "files": {k: str(v) if v else None for k, v in paths.items()},
-              "series": s, "cross_site": matrices, "site_choices": choices, "test": evaluation, "ledger": ledger}  # fmt: skip
+              "round_numbering": ROUND_NUMBERING, "job": None if job is None else {**job, "summary": summary},
+              "model": facts, "display_names": {n: display_name(n) for n in names}, "series": s,
+              "final_global_dice": final, "cross_site": matrices, "site_choices": choices, "test": evaluation,
+              "ledger": ledger}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    _write_html(out, paths, s, figures, cross_tables, evaluation, ledger)
+    _write_html(out, paths, s, figures, cross_tables, evaluation, ledger, job=job, summary=summary, final=final)
     return out / "index.html"
 
 
@@ -404,6 +815,11 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     device = pick_device(device)
     result, spec = evaluate_model_file(model_path, data_dir, device=device)
     summary = result.to_dict()
+    classes = {int(k): v for k, v in result.class_names.items()}
+    per_case = [{"name": c["name"], "dice_mean": _mean_of(c["dice"].values()),
+                 "dice": {classes.get(int(k), str(k)): v for k, v in c["dice"].items()},
+                 "hd95": {classes.get(int(k), str(k)): v for k, v in c["hd95"].items()}}
+                for c in result.to_dict(per_case=True)["per_case"]]  # fmt: skip
     datalist = load_datalist(data_dir)
     cases = datalist.test or datalist.validation or datalist.training
     case = cases[0]
@@ -422,9 +838,16 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
         back[spec["label_values"]] = np.arange(len(spec["label_values"]))
         pred = back[pred]
     name = Path(images[0]).name
-    _plot_slices(out / "test_case_slices.png", image, label, pred, f"{name}: global model", list(label_map.class_names))
-    figures.append(("test_case_slices.png", f"Three slices of held-out case {name} (first channel): each class in one colour, the label solid, the global model's prediction dashed."))
-    return {"summary": summary, "slices_case": name, "data": str(data_dir)}
+    _plot_slices(out / "test_case_slices.png", image, label, pred, f"{name}: global (final) model", list(label_map.class_names))
+    figures.append(("test_case_slices.png", f"Three slices of held-out case {name} (first channel): per class the "
+                    "label as a translucent fill and the global (final) model's prediction as a line of another "
+                    "colour (legend below the slices)."))  # fmt: skip
+    return {"summary": summary, "per_case": per_case, "slices_case": name, "data": str(data_dir)}
+
+
+def _mean_of(values) -> float | None:
+    values = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(values) / len(values) if values else None
 
 
 def _ledger_html(ledger: dict) -> list[str]:
@@ -447,18 +870,43 @@ def _ledger_html(ledger: dict) -> list[str]:
     return parts
 
 
+def _job_html(job: dict, summary: dict) -> list[str]:
+    source = f"<code>{html.escape(job['server_config'])}</code>"
+    source += (f" and <code>{html.escape(job['site_config'])}</code>" if job["site_config"]
+               else " (no site's config in the run folder: the sites' settings are not shown)")  # fmt: skip
+    parts = ["<h2>What ran</h2>", f"<p>Job args read from {source}.</p>",
+             _table(["", "setting"], [[group, line] for group, line in summary.items()]).replace("<table>", "<table class='left'>", 1)]  # fmt: skip
+    if job["differ"]:
+        parts.append("<p><b>The server's and the sites' configs differ</b> in: "
+                     f"{html.escape(', '.join(job['differ']))} (the table shows the server's).</p>")  # fmt: skip
+    grouped = {name for _, names in JOB_GROUPS for name in names}
+    rows = [[k, json.dumps(v), job["source"][k]] for k, v in job["args"].items()]
+    parts.append(f"<details><summary>All {len(rows)} job args ({len([k for k in job['args'] if k not in grouped])} "
+                 "not in the table above)</summary>"
+                 + _table(["job arg", "value", "config"], rows).replace("<table>", "<table class='left'>", 1)
+                 + "</details>")  # fmt: skip
+    return parts
+
+
 def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: list, evaluation: dict | None,
-                ledger: dict | None = None):  # fmt: skip
-    last = s["rounds"][-1]
+                ledger: dict | None = None, job: dict | None = None, summary: dict | None = None,
+                final: dict | None = None):  # fmt: skip
+    first, last = s["rounds"][0], s["rounds"][-1]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>FedSegNet report</title>",
         "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}img{max-width:100%}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "table.left td,table.left th{text-align:left}"
         "figcaption{color:#444;font-size:90%}</style></head><body>",
         "<h1>FedSegNet run report</h1>",
         f"<p>Run: <code>{html.escape(str(paths['records'].parent))}</code>; {len(s['rounds'])} round(s), "
-        f"sites: {html.escape(', '.join(s['sites']))}.</p>",
+        f"rounds {first} to {last}; sites: {html.escape(', '.join(s['sites']))}.</p>",
+        f"<p>{html.escape(ROUND_NUMBERING)} Models: <i>global (final)</i> is the global model after the last "
+        "round, <i>global (best)</i> the one FLARE's model selector kept (best mean validation Dice), "
+        "<i>site-N local</i> a site's last local model.</p>",
     ]
+    if job and summary:
+        parts += _job_html(job, summary)
     if s["missed_rounds"]:
         parts.append(f"<p><b>Sites that missed more than {MISSED_ROUNDS_NAMED} rounds</b> (their data did not "
                      "reach the global model in those rounds):</p><ul>")  # fmt: skip
@@ -471,32 +919,42 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
                      f"(delta as each site reports it){'' if not budget else f', budget {budget:g}'}:</p>")  # fmt: skip
         parts.append(_table(["site", "epsilon spent"], [[site, _f(v)] for site, v in spent.items()]))
     rows = []
-    final = {site: {k: s[k][site][-1] for k in ("site_val_dice_global", "site_val_dice_local", "bytes_up", "aam_weight")} for site in s["sites"]}
-    for site, v in final.items():
-        rows.append([site, _f(v["site_val_dice_global"]), _f(v["site_val_dice_local"]),
+    finals = (final or {}).get("sites", {})
+    for site in s["sites"]:
+        v = {k: s[k][site][-1] for k in ("site_val_dice_global", "site_val_dice_local", "bytes_up", "aam_weight")}
+        rows.append([site, _f(v["site_val_dice_global"]), _f(v["site_val_dice_local"]), _f(finals.get(site)),
                      "n/a" if v["bytes_up"] is None else f"{v['bytes_up']:,}", _f(v["aam_weight"])])  # fmt: skip
-    parts.append(f"<h2>Last round ({last})</h2>")
-    parts.append(_table(["site", "val Dice (received global)", "val Dice (local)", "bytes up", "AAM weight"], rows))
+    parts.append(f"<h2>Last round (round {last})</h2>")
+    parts.append(_table(["site", "val Dice: global as received", "local", "global (final), cross-site", "bytes up", "AAM weight"], rows))
     if evaluation:
-        summary = evaluation["summary"]
-        parts.append(f"<h2>Global model on the held-out test set</h2><p>{summary['n_cases']} case(s) from "
-                     f"<code>{html.escape(evaluation['data'])}</code>; mean Dice {_f(summary['dice_mean'])}, "
-                     f"mean HD95 {_f(summary['hd95_mean'], 2)} mm.</p>")  # fmt: skip
+        summary_t = evaluation["summary"]
+        parts.append(f"<h2>Global (final) model on the held-out test set</h2><p>{summary_t['n_cases']} case(s) from "
+                     f"<code>{html.escape(evaluation['data'])}</code>; mean Dice {_f(summary_t['dice_mean'])}, "
+                     f"mean HD95 {_f(summary_t['hd95_mean'], 2)} mm.</p>")  # fmt: skip
         class_rows = [[name, _f(c["dice"]), _f(c["hd95"], 2), c.get("n_missing_pred", ""), c.get("n_missing_label", ""), c.get("n_both_empty", "")]
-                      for name, c in summary["per_class"].items()]  # fmt: skip
+                      for name, c in summary_t["per_class"].items()]  # fmt: skip
         parts.append(_table(["class", "Dice", "HD95 (mm)", "cases: empty prediction", "empty label", "both empty"], class_rows))
-        if summary.get("per_region"):
+        if summary_t.get("per_region"):
             region_rows = [[name, _f(c["dice"]), _f(c["hd95"], 2), c.get("n_missing_pred", ""), c.get("n_missing_label", ""), c.get("n_both_empty", "")]
-                           for name, c in summary["per_region"].items()]  # fmt: skip
-            parts.append(f"<p>Regions (unions of classes), mean Dice {_f(summary.get('region_dice_mean'))}:</p>")
+                           for name, c in summary_t["per_region"].items()]  # fmt: skip
+            parts.append(f"<p>Regions (unions of classes), mean Dice {_f(summary_t.get('region_dice_mean'))}:</p>")
             parts.append(_table(["region", "Dice", "HD95 (mm)", "cases: empty prediction", "empty label", "both empty"], region_rows))
+        cases = evaluation.get("per_case") or []
+        if cases:
+            names = list(cases[0]["dice"])
+            parts.append("<h3>Per case</h3><p>Dice and HD95 (mm) of each held-out case, in the order of its "
+                         "<code>dataset.json</code>; n/a: HD95 is undefined where the label or the prediction lacks "
+                         "the class.</p>")  # fmt: skip
+            parts.append(_table(["case", "mean Dice", *[f"Dice {n}" for n in names], *[f"HD95 {n}" for n in names]],
+                                [[c["name"], _f(c["dice_mean"]), *[_f(c["dice"].get(n)) for n in names],
+                                  *[_f(c["hd95"].get(n), 2) for n in names]] for c in cases]))  # fmt: skip
     for title, table in cross_tables:
         parts.append(f"<h2>{html.escape(title)}</h2>{table}")
-    if ledger:
-        parts += _ledger_html(ledger)
     parts.append("<h2>Figures</h2>")
     for name, caption in figures:
         parts.append(f"<figure><img src='{html.escape(name)}' alt='{html.escape(name)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    if ledger:
+        parts += _ledger_html(ledger)
     if s["errors"] or s["missing_sites"]:
         parts.append("<h2>Site errors and missing updates</h2><ul>")
         parts += [f"<li>round {e['round']}: {html.escape(str(e.get('site')))}: {html.escape(str(e.get('message')))}</li>" for e in s["errors"]]
