@@ -77,6 +77,11 @@ class FedSegNetFedAvgRecipe(Recipe):
     """FedAvg over sites running :class:`SegLearner`, with model selection, cross-site evaluation and
     TensorBoard streaming: the job of ``jobs/fedavg`` as a Recipe.
 
+    Every argument named like a job arg (:data:`fedsegnet.config.JOB_ARGS`) is checked as
+    ``fedsegnet job set`` checks it (:func:`fedsegnet.config.check_job`) and becomes a job arg of
+    the export (:attr:`job_args`): a top-level variable of the config of the side that uses it,
+    referenced as ``"{name}"`` by the components, as in ``jobs/``.
+
     Args:
         name: job name. Defaults to ``"fedavg"``.
         num_rounds: federated rounds. Defaults to 5.
@@ -134,6 +139,10 @@ class FedSegNetFedAvgRecipe(Recipe):
         dp, dp_noise, dp_target_epsilon, dp_delta, dp_clip, dp_budget: the sites' differential
             privacy (:class:`fedsegnet.privacy.DPSettings`; defaults ``"none"``, None, None, None,
             1.0, 0.0; see ``docs/privacy.md``).
+
+    Raises:
+        ConfigError: a bad value, or values that do not go together (``aam_floor`` > ``aam_cap``, a
+            dataset preset with other ``num_classes``), named before anything is built.
     """
 
     def __init__(
@@ -683,11 +692,11 @@ def main(argv=None) -> int:
             recipe.export(args.export_dir, env=env)
             print(f"Job exported to: {args.export_dir}")
             return 0
-        run = recipe.execute(env)  # FLARE: with --export on the command line, exports and exits 0
         try:
-            result = run.get_result(timeout=args.timeout, clean_up=False) if args.env != "sim" else run.get_result()
-            status = run.get_status() if args.env != "sim" else "FINISHED:COMPLETED"
-        finally:
+            run = recipe.execute(env)  # FLARE: with --export on the command line, exports and exits 0
+            result = run.get_result(timeout=args.timeout, clean_up=False)  # keep the workspace and the result
+            status = run.get_status() if args.env != "sim" else "FINISHED:COMPLETED"  # SimEnv raised if it failed
+        finally:  # also on a failure or Ctrl-C: a POC system is shut down, its processes ended by pid
             env.stop(clean_up=False)
     except FedSegNetError as e:  # a bad value or a refused folder, named, before anything is written or started
         print(f"error: {e}", file=sys.stderr)
