@@ -13,7 +13,13 @@ classes: 415,635 values in 78 tensors), seeded ``N(0, 1) * 0.01`` values. Measur
   input, unmasking shares) and receives (roster, its inbox, the unmask request), each message's
   ``nbytes()`` (payload fields; a serializer adds its own framing to every mode alike);
 - CPU seconds (``time.process_time``, one thread) of masking a 1,000,000-value vector at a site of 8
-  (1 self mask + 7 pairwise), of the PRG alone (MB/s), and of the server's unmasking with one drop-out.
+  (1 self mask + 7 pairwise), of the PRG alone (MB/s), and of the server's unmasking with one drop-out;
+- signed key adverts (:mod:`fedsegnet.secagg.adverts`) at 4, 8 and 32 sites: keys made as ``nvflare
+  provision`` makes them (RSA 2048, subject CN + O, a DNS name, issued by the project's root CA; the
+  PEM size is printed), steps 0 and 1 of a round unsigned, signed with the certificate in every
+  advert, and signed with certificates sent once per job (only fingerprints per round): bytes of the
+  advert, the roster and a site's protocol messages, CPU of signing and of ``share_keys`` (which
+  checks every other site's advert).
 
     python benchmarks/secagg_cost.py
     python benchmarks/secagg_cost.py --json secagg_cost.json
@@ -36,6 +42,7 @@ import torch  # noqa: E402
 from fedsegnet.compression import SparseQuantCodec, payload_nbytes  # noqa: E402
 from fedsegnet.secagg import RingQuantizer, ServerSecAgg, SiteSecAgg, choose_support, flatten, ring_bits_needed  # noqa: E402
 from fedsegnet.secagg.masking import expand, mask_input  # noqa: E402
+from fedsegnet.ledger.signing import Signer  # noqa: E402
 
 
 def model_update(seed: int) -> dict[str, torch.Tensor]:
@@ -120,6 +127,54 @@ def masking_cpu(length: int = 1_000_000, peers: int = 7) -> dict:
     return {"length": length, "peers": peers, "prg_cpu_s": prg, "prg_MB_per_s": 4 * length / 1e6 / max(prg, 1e-9), "mask_cpu_s": mask}
 
 
+def kit_like_signers(names, project: str = "fedsegnet") -> tuple[dict, object]:
+    """Signers shaped like ``nvflare provision``'s: RSA 2048 keys, CN + O + a DNS name, issued by a root CA."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, project)])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=360))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=False).sign(ca_key, hashes.SHA256()))  # fmt: skip
+    signers = {}
+    for i, name in enumerate(names):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name), x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"org_{i + 1}")])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=360))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False).sign(ca_key, hashes.SHA256()))  # fmt: skip
+        signers[name] = Signer(name, key, cert)
+    return signers, ca
+
+
+def advert_cost(n: int, mode: str, signers: dict, ca) -> dict:
+    """Steps 0 and 1 of a round of ``n`` sites (``mode``: unsigned | per round | once per job): bytes and CPU of site-1."""
+    names = [f"site-{i}" for i in range(1, n + 1)]
+    signed = mode != "unsigned"
+    certs = {s: signers[s].cert for s in names} if mode == "once per job" else None
+    kw = dict(session="job-0123", signer=None, root_ca=ca, require_signed=True, certs=certs, send_cert=mode == "per round")
+    server = ServerSecAgg(1, names, n // 2 + 1, 7, 1, **({"session": "job-0123", "root_ca": ca, "certs": certs} if signed else {}))
+    sites = {s: SiteSecAgg(s, 1, **({**kw, "signer": signers[s]} if signed else {})) for s in names}
+    t0 = time.process_time()
+    adverts = {s: sites[s].advertise() for s in names}
+    sign_cpu = (time.process_time() - t0) / n
+    for m in adverts.values():
+        server.receive_advert(m)
+    roster = server.roster()
+    t0 = time.process_time()
+    bundles = {s: sites[s].share_keys(roster) for s in names}
+    share_cpu = (time.process_time() - t0) / n
+    assert sites["site-1"].key_check == ("kit" if signed else "unsigned")
+    return {"n": n, "mode": mode, "advert": adverts["site-1"].nbytes(), "roster": roster.nbytes(),
+            "shares": bundles["site-1"].nbytes(), "sign_cpu_s": sign_cpu, "share_keys_cpu_s": share_cpu}  # fmt: skip
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0)
@@ -150,6 +205,15 @@ def main(argv=None):
               f"{r['up_total'] / plain['payload_bytes']:.2f}x | {r['down_total'] - 0:,} | {r['site_share_cpu_s']:.4f} | "
               f"{r['site_mask_cpu_s']:.4f} | {r['server_unmask_cpu_s']:.4f} |")  # fmt: skip
     cost = masking_cpu()
+    signers, ca = kit_like_signers([f"site-{i}" for i in range(1, 33)])
+    pem = len(signers["site-1"].cert_pem)
+    keys = [advert_cost(n, mode, signers, ca) for n in (4, 8, 32) for mode in ("unsigned", "per round", "once per job")]
+    print()
+    print(f"key adverts, kit-like keys (RSA 2048 under a root CA; a site certificate is {pem:,} B of PEM): bytes of site-1, CPU per site")
+    print("| sites | adverts | advert B up | roster B down | sign s | share_keys s (checks n-1 adverts) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for k in keys:
+        print(f"| {k['n']} | {k['mode']} | {k['advert']:,} | {k['roster']:,} | {k['sign_cpu_s']:.4f} | {k['share_keys_cpu_s']:.4f} |")
     print()
     print(f"masking 1,000,000 values at a site of 8 (1 self + 7 pairwise masks): {cost['mask_cpu_s']:.3f} CPU s; "
           f"PRG alone {cost['prg_cpu_s']:.4f} CPU s per 1M uint32 ({cost['prg_MB_per_s']:,.0f} MB/s)")  # fmt: skip
@@ -161,7 +225,8 @@ def main(argv=None):
               + ("" if r["value_bits"] != 4 else " (4-bit values on one shared clip range: quality not yet measured)"))  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({"numel": numel, "support": size, "plain": plain, "plain_estimate": estimate,
-                                               "secagg": rows, "masking": cost}, indent=1))  # fmt: skip
+                                               "secagg": rows, "masking": cost, "cert_pem_bytes": pem,
+                                               "adverts": keys}, indent=1))  # fmt: skip
 
 
 if __name__ == "__main__":
