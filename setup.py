@@ -14,8 +14,8 @@ setup(
     install_requires=[
         # FLARE changes APIs between minor releases: stay on the 2.9 series.
         "nvflare>=2.9.0,<2.10",
-        # Any torch >= 2.2 works; bring your own CUDA build. CI pins the CPU build.
-        "torch>=2.2",
+        # MONAI 1.6 needs torch >= 2.8 (Opacus 1.6: >= 2.6); bring your own CUDA build. CI pins the CPU build.
+        "torch>=2.8",
         # fire: `python -m monai.bundle run` (how the bundles of `fedsegnet export bundle` run) parses its command line with it.
         "monai[einops,fire]>=1.5,<1.7",
         "numpy>=1.24",

@@ -36,6 +36,7 @@ import argparse
 import logging
 import sys
 
+from fedsegnet import __version__
 from fedsegnet.cli import data, demo, evaluate, export, job, ledger, poc
 from fedsegnet.errors import ConfigError, FedSegNetError, RunError, UsageError
 from fedsegnet.notices import quiet_gpu_codec_notice
@@ -55,6 +56,27 @@ then only an output fedsegnet wrote is replaced; sources and input scans are nev
 _COMMAND_GROUPS = (data, evaluate, export, demo, job, poc, ledger)  # the order of `fedsegnet --help`
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default when it has one (and
+    does not name it already)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and not any(default is v for v in (None, False, argparse.SUPPRESS)) and "default" not in text.lower()
+                and not isinstance(action, argparse._VersionAction)):  # fmt: skip
+            text += " (default: %(default)s)"
+        return text
+
+
+def _all_parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fedsegnet`` parser: global flags, and each command group's sub-parser.
 
@@ -63,12 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog="fedsegnet", description="Federated 3D segmentation on NVIDIA FLARE", epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    p.add_argument("--version", action="version", version=f"fedsegnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for group in _COMMAND_GROUPS:
         group.register(sub)
+    for q in _all_parsers(p):  # sub-parsers are made by each group: give them all the same formatter
+        q.formatter_class = _HelpFormatter
     return p
 
 

@@ -18,23 +18,23 @@ def register(sub) -> None:
         sub: the top-level sub-parsers (``add_subparsers()`` of the ``fedsegnet`` parser).
     """
     d = sub.add_parser("demo", help="synthetic sites -> nvflare simulator -> held-out evaluation")
-    d.add_argument("--workdir", default="fedsegnet-demo")
+    d.add_argument("--workdir", default="fedsegnet-demo", help="folder for the data, the simulator workspace and the result")
     d.add_argument(
         "--job", choices=("fedsegnet", "fedavg"), default="fedsegnet",
         help="fedsegnet: compressed updates both ways, bytes measured; fedavg: the uncompressed baseline",
     )  # fmt: skip
-    d.add_argument("--sites", type=int, default=2)
-    d.add_argument("--cases", type=int, default=12)
-    d.add_argument("--test-cases", type=int, default=8)
-    d.add_argument("--size", type=int, default=48)
-    d.add_argument("--rounds", type=int, default=6)
-    d.add_argument("--local-steps", type=int, default=40)
-    d.add_argument("--preset", default="cpu")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--sites", type=int, default=2, help="number of synthetic sites")
+    d.add_argument("--cases", type=int, default=12, help="cases per site (training + validation)")
+    d.add_argument("--test-cases", type=int, default=8, help="held-out test cases no site trains on")
+    d.add_argument("--size", type=int, default=48, help="volume edge in voxels")
+    d.add_argument("--rounds", type=int, default=6, help="federated rounds")
+    d.add_argument("--local-steps", type=int, default=40, help="training steps per site and round")
+    d.add_argument("--preset", default="cpu", help="network and patch preset (tiny, cpu, gpu, ...)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     d.add_argument("--torch-threads", type=int, default=1, help="torch threads per site")
     d.add_argument("--dp-epsilon", type=float, help="train with patient-level DP-SGD spending this epsilon per site "
                    "over the run (job args dp='patient', dp_target_epsilon); few cases per site make DP costly")  # fmt: skip
-    d.add_argument("--timeout", type=float, default=1800)
+    d.add_argument("--timeout", type=float, default=1800, help="seconds before the simulator run is stopped")
     add_overwrite(d, "--workdir")
     d.set_defaults(func=_cmd_demo)
 

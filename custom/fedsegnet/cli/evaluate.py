@@ -19,9 +19,9 @@ def register(sub) -> None:
     """
     e = sub.add_parser("eval", help="evaluate a saved global model on a dataset.json folder")
     e.add_argument("--model", help="a saved model file (FL_global_model.pt); or give --site-choice")
-    e.add_argument("--data", required=True)
-    e.add_argument("--split", choices=("test", "validation", "training"))
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--data", required=True, help="a dataset.json folder (e.g. the held-out test/ folder)")
+    e.add_argument("--split", choices=("test", "validation", "training"), help="which list of dataset.json (default: test, else validation)")
+    e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     e.add_argument("--personal", metavar="SITE_STATE",
                    help="a site's personal state (<site job workspace>/fedsegnet_personal/<site>.pt): evaluate that site's personalised model")
     _add_site_choice(e)
@@ -45,7 +45,7 @@ def register(sub) -> None:
 
     r = sub.add_parser("report", help="figures + HTML page from a simulator workspace or a downloaded job result")
     r.add_argument("run", help="simulator workspace, downloaded job result, or server job folder")
-    r.add_argument("--out", required=True)
+    r.add_argument("--out", required=True, help="new folder for index.html, the figures and report.json")
     r.add_argument("--data", help="held-out test folder (dataset.json): per-class table and slices of a test case")
     r.add_argument("--device", help="torch device for --data (default: cuda when available)")
     add_overwrite(r)
