@@ -198,3 +198,12 @@ def test_slices_fill_the_label_and_outline_the_prediction_in_another_colour(tmp_
     assert near(PREDICTION_LINES[0], 0.05) > 50, "no prediction line in its colour"
     assert (np.abs(rgb - fill_on_black).max(axis=1) < 0.05).sum() > 500, "no label fill in its colour"
     assert LABEL_FILLS[0] != PREDICTION_LINES[0]
+
+
+def test_a_case_row_names_classes_and_regions_and_means_over_classes_only():
+    from fedsegnet.report import _case_row
+
+    case = {"name": "c.nii.gz", "dice": {1: 0.8, 2: 0.4, "whole_organ": 0.9}, "hd95": {1: 2.0, 2: None, "whole_organ": 1.5}}
+    row = _case_row(case, {0: "background", 1: "organ", 2: "lesion"})
+    assert row == {"name": "c.nii.gz", "dice_mean": pytest.approx(0.6), "dice": {"organ": 0.8, "lesion": 0.4, "whole_organ": 0.9},
+                   "hd95": {"organ": 2.0, "lesion": None, "whole_organ": 1.5}}  # fmt: skip

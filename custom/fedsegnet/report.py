@@ -815,11 +815,7 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
     device = pick_device(device)
     result, spec = evaluate_model_file(model_path, data_dir, device=device)
     summary = result.to_dict()
-    classes = {int(k): v for k, v in result.class_names.items()}
-    per_case = [{"name": c["name"], "dice_mean": _mean_of(c["dice"].values()),
-                 "dice": {classes.get(int(k), str(k)): v for k, v in c["dice"].items()},
-                 "hd95": {classes.get(int(k), str(k)): v for k, v in c["hd95"].items()}}
-                for c in result.to_dict(per_case=True)["per_case"]]  # fmt: skip
+    per_case = [_case_row(c, result.class_names) for c in result.per_case]
     datalist = load_datalist(data_dir)
     cases = datalist.test or datalist.validation or datalist.training
     case = cases[0]
@@ -843,6 +839,17 @@ def _evaluate(model_path: Path, data_dir: Path, out: Path, device, figures: list
                     "label as a translucent fill and the global (final) model's prediction as a line of another "
                     "colour (legend below the slices)."))  # fmt: skip
     return {"summary": summary, "per_case": per_case, "slices_case": name, "data": str(data_dir)}
+
+
+def _case_row(case: dict, class_names: dict) -> dict:
+    """One held-out case's scores by name: ``{"name", "dice_mean" (over classes, as the summary's),
+    "dice": {class or region: Dice}, "hd95": {class or region: mm or None}}`` (classes first)."""
+    def named(scores):  # class ids (int) by their names, then the regions (by name already)
+        classes = {str(class_names.get(k, k)): v for k, v in scores.items() if isinstance(k, int)}
+        return {**classes, **{str(k): v for k, v in scores.items() if not isinstance(k, int)}}
+
+    class_dice = [v for k, v in case["dice"].items() if isinstance(k, int)]
+    return {"name": case["name"], "dice_mean": _mean_of(class_dice), "dice": named(case["dice"]), "hd95": named(case["hd95"])}
 
 
 def _mean_of(values) -> float | None:
