@@ -87,3 +87,25 @@ ROUND_RECORD_PROP = "fedsegnet.round_record"
 """FLContext prop: the round's record, as written to ``fedsegnet_rounds.jsonl``."""
 AAM_STATE_KEY = "fedsegnet_aam"
 """Key of the AAM state in the ``train_conf`` of the saved global model."""
+
+
+class SecAggTask:
+    """Task names of a secure-aggregation round (``fedsegnet.flare.secagg_workflow``), one per exchange."""
+
+    ADVERT = "secagg_advert"
+    """Step 0: the site answers with its ``KeyAdvert`` and its number of training cases."""
+    SHARES = "secagg_shares"
+    """Step 1: carries the ``Roster``; the site answers with its ``ShareBundle``."""
+    MASKED = "secagg_masked"
+    """Step 2: carries the global model, the site's ``ShareInbox``, its weight, the ring and the layout;
+    the site trains and answers with its ``MaskedInput``."""
+    UNMASK = "secagg_unmask"
+    """Step 3: carries the ``UnmaskRequest``; the site answers with its ``UnmaskReply``."""
+    ALL = (ADVERT, SHARES, MASKED, UNMASK)
+
+
+SECAGG_KEY = "fedsegnet.secagg"
+"""Shareable key of a secure-aggregation task's or reply's payload (messages as ``to_dict()``: str, int, bytes)."""
+SECAGG_DIR = "fedsegnet_secagg"
+"""Folder in a job workspace for secure aggregation's files: the server's ``rounds.jsonl`` (and, with
+``keep_masked_inputs``, what it received); a site's own inputs with ``keep_inputs`` (tests only)."""

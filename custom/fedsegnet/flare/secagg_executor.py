@@ -1,0 +1,226 @@
+"""Site executor for secure aggregation: FLARE's ``LearnerExecutor`` (``train``, ``validate``,
+``submit_model`` unchanged) that also answers the four tasks of a secure-aggregation round
+(:class:`~fedsegnet.flare.secagg_workflow.SecureScatterAndGather`) with :class:`~fedsegnet.secagg.SiteSecAgg`.
+
+The masked-input task trains exactly as ``train`` does (the learner's ``validate`` of the received
+global model before training, then its ``train``), multiplies the update by the weight the server
+sent (the site's share of the training cases), encodes it into the ring with the round's
+:class:`~fedsegnet.secagg.RingQuantizer` and the site's :class:`~fedsegnet.secagg.SecAggErrorFeedback`
+(dense support: every floating-point parameter), masks it and returns only the masked input, with
+the learner's report (cases, steps, loss, validation Dice) as DXO meta. The update itself never
+leaves the site.
+
+Adverts: without startup kits (the simulator) the site signs with a key generated for the run
+(``adverts="generated"``, label ``"signed, no root CA"``) or not at all (``"unsigned"``); either way
+the log says that the round protects against an honest-but-curious server only. The certificates
+seen in one round are pinned for the next.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import ReturnCode, Shareable, make_reply
+from nvflare.apis.signal import Signal
+from nvflare.app_common.app_constant import AppConstants, ValidateType
+from nvflare.app_common.executors.learner_executor import LearnerExecutor
+
+from fedsegnet.flare.constants import ERROR_HEADER, SECAGG_DIR, SECAGG_KEY, SecAggTask
+from fedsegnet.secagg import (
+    KEYS_KIT,
+    RingQuantizer,
+    Roster,
+    SecAggError,
+    SecAggErrorFeedback,
+    ShareInbox,
+    SiteSecAgg,
+    UnmaskRequest,
+    flatten,
+)
+
+ADVERT_MODES = ("generated", "unsigned")
+
+
+class SecAggLearnerExecutor(LearnerExecutor):
+    """``LearnerExecutor`` plus the site's side of secure aggregation.
+
+    Args:
+        learner_id: the learner component (``SegLearner``). Defaults to ``"learner"``.
+        train_task, submit_model_task, validate_task: FLARE's task names (same defaults).
+        adverts: ``"generated"`` (sign adverts with a key generated for the run: no kit) or
+            ``"unsigned"``. Defaults to ``"generated"``.
+        min_threshold: the smallest threshold this site accepts. Defaults to 2.
+        keep_inputs: write this site's own weighted update and ring input of each round to
+            ``<site job workspace>/fedsegnet_secagg/`` (tests compare them with what the server holds;
+            they never leave the site). Defaults to False.
+
+    Raises:
+        ValueError: a bad ``adverts``, ``min_threshold`` or ``keep_inputs``, naming it.
+    """
+
+    def __init__(
+        self,
+        learner_id: str = "learner",
+        train_task: str = AppConstants.TASK_TRAIN,
+        submit_model_task: str = AppConstants.TASK_SUBMIT_MODEL,
+        validate_task: str = AppConstants.TASK_VALIDATION,
+        adverts: str = "generated",
+        min_threshold: int = 2,
+        keep_inputs: bool = False,
+    ):
+        super().__init__(learner_id=learner_id, train_task=train_task, submit_model_task=submit_model_task, validate_task=validate_task)
+        if adverts not in ADVERT_MODES:
+            raise ValueError(f"adverts={adverts!r}: must be one of {', '.join(ADVERT_MODES)}")
+        if isinstance(min_threshold, bool) or not isinstance(min_threshold, int) or min_threshold < 2:
+            raise ValueError(f"min_threshold={min_threshold!r}: must be an integer >= 2")
+        if not isinstance(keep_inputs, bool):
+            raise ValueError(f"keep_inputs={keep_inputs!r}: must be true or false")
+        self.adverts = adverts
+        self.min_threshold = min_threshold
+        self.keep_inputs = keep_inputs
+        self._site = None
+        self._round: SiteSecAgg | None = None
+        self._signer = None
+        self._certs = {}  # certificates of the other sites seen in earlier rounds (pinned)
+        self._feedback = None
+        self._rng = np.random.default_rng()  # stochastic rounding: secret, from the OS
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if task_name not in SecAggTask.ALL:
+            return super().execute(task_name, shareable, fl_ctx, abort_signal)
+        if not self.is_initialized:
+            self.is_initialized = True
+            self.initialize(fl_ctx)
+        self._site = fl_ctx.get_identity_name()
+        if self._feedback is None:
+            self._feedback = SecAggErrorFeedback(self._site)
+        try:
+            if task_name == SecAggTask.ADVERT:
+                return self._advertise(shareable, fl_ctx)
+            if task_name == SecAggTask.SHARES:
+                return self._share_keys(shareable, fl_ctx)
+            if task_name == SecAggTask.MASKED:
+                return self._masked_input(shareable, fl_ctx, abort_signal)
+            return self._unmask(shareable, fl_ctx)
+        except (SecAggError, ValueError, TypeError, KeyError) as e:
+            message = f"site {self._site}, {task_name}: {e}"
+            self.log_error(fl_ctx, message)
+            if task_name in (SecAggTask.ADVERT, SecAggTask.SHARES, SecAggTask.MASKED):
+                self._round = None  # this site is out of the round
+            return self._error(message)
+
+    @staticmethod
+    def _error(message: str) -> Shareable:
+        reply = make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        reply.set_header(ERROR_HEADER, message)
+        return reply
+
+    @staticmethod
+    def _reply(payload: dict) -> Shareable:
+        reply = make_reply(ReturnCode.OK)
+        reply[SECAGG_KEY] = payload
+        return reply
+
+    @staticmethod
+    def _payload(shareable: Shareable) -> dict:
+        data = shareable.get(SECAGG_KEY)
+        if not isinstance(data, dict):
+            raise SecAggError(f"the task carries no secure-aggregation payload ({SECAGG_KEY!r})")
+        return data
+
+    def _expect_round(self, message) -> SiteSecAgg:
+        if self._round is None or self._round.round != message.round:
+            raise SecAggError(f"a {message.KIND} message of round {message.round!r}, but this site holds no state for it (it advertised no keys for that round)")
+        return self._round
+
+    def _advertise(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        trainer_error = getattr(self.learner, "init_error", None)
+        if trainer_error:
+            return self._error(trainer_error)
+        data = self._payload(shareable)
+        rnd, session = data.get("round"), data.get("session")
+        if session != fl_ctx.get_job_id():
+            raise SecAggError(f"session {session!r} is not this job's ({fl_ctx.get_job_id()!r})", rnd, self._site)
+        if self.adverts == "generated" and self._signer is None:
+            from fedsegnet.ledger.signing import generate_signer
+
+            self._signer = generate_signer(self._site)
+        self._round = SiteSecAgg(
+            self._site, rnd, min_threshold=self.min_threshold, session=session, signer=self._signer,
+            require_signed=False, certs=self._certs,
+        )  # fmt: skip
+        advert = self._round.advertise()
+        n_train = int(self.learner.trainer.n_train)
+        return self._reply({"message": advert.to_dict(), "n_train": n_train})
+
+    def _share_keys(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        roster = Roster.from_dict(self._payload(shareable).get("message"))
+        state = self._expect_round(roster)
+        bundle = state.share_keys(roster)
+        self._certs.update(state.peer_certs)
+        if state.key_check != KEYS_KIT:
+            self.log_warning(
+                fl_ctx, f"round {roster.round}: adverts {state.key_checks} ({state.key_check}: keys generated for the "
+                "run or unsigned, no kit and no root CA): the masking protects against an honest-but-curious server only",
+            )  # fmt: skip
+        return self._reply({"message": bundle.to_dict()})
+
+    def _masked_input(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        data = self._payload(shareable)
+        inbox = ShareInbox.from_dict(data.get("inbox"))
+        state = self._expect_round(inbox)
+        weight = data.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+            raise SecAggError(f"weight={weight!r}: must be in (0, 1]", inbox.round, self._site)
+        quantizer = RingQuantizer(**data.get("quantizer", {}))
+        layout = tuple((str(name), tuple(int(d) for d in shape)) for name, shape in data.get("layout", ()))
+        if quantizer.ring_bits != state.roster.ring_bits:
+            raise SecAggError(f"quantizer ring_bits={quantizer.ring_bits} but the roster's are {state.roster.ring_bits}", inbox.round, self._site)
+        # train as LearnerExecutor.train does: score the received global model first, then train
+        shareable.set_header(AppConstants.VALIDATE_TYPE, ValidateType.BEFORE_TRAIN_VALIDATE)
+        validated = self.learner.validate(shareable, fl_ctx, abort_signal)
+        result = self.learner.train(shareable, fl_ctx, abort_signal)
+        if not isinstance(result, Shareable) or result.get_return_code(ReturnCode.OK) != ReturnCode.OK:
+            self._round = None
+            return result if isinstance(result, Shareable) else make_reply(ReturnCode.EMPTY_RESULT)
+        dxo = from_shareable(result)
+        update = dxo.data or {}
+        missing = [name for name, shape in layout if name not in update or tuple(np.shape(update[name])) != shape]
+        if missing:
+            raise SecAggError(f"the update lacks or reshapes {len(missing)} parameter(s) of the layout, e.g. {missing[:3]}", inbox.round, self._site)
+        weighted = {name: float(weight) * np.asarray(update[name], dtype=np.float64) for name, _ in layout}
+        if sum(int(np.prod(shape)) for _, shape in layout) != state.roster.length:
+            raise SecAggError(f"the layout has not the roster's {state.roster.length} values", inbox.round, self._site)
+        ring = self._feedback.encode(weighted, np.arange(state.roster.length, dtype=np.int64), quantizer, self._rng)
+        masked = state.masked_input(inbox, ring)
+        if self.keep_inputs:
+            self._keep_inputs(fl_ctx, inbox.round, weighted, ring, weight, quantizer)
+        meta = dict(dxo.meta)
+        if validated is not None and isinstance(validated, Shareable) and validated.get_return_code(ReturnCode.OK) == ReturnCode.OK:
+            try:
+                meta[MetaKey.INITIAL_METRICS] = from_shareable(validated).data.get(MetaKey.INITIAL_METRICS, 0)
+            except ValueError:
+                pass
+        self.log_info(
+            fl_ctx, f"round {inbox.round}: update x weight {weight:.4f} quantised into Z_2^{quantizer.ring_bits} "
+            f"(clip {quantizer.clip:g}, step {quantizer.step:.3g}) over {state.roster.length:,} values and masked with "
+            f"{len(inbox.sharing) - 1} peer(s); only the masked input leaves the site",
+        )  # fmt: skip
+        return DXO(DataKind.COLLECTION, data={"masked": masked.to_dict()}, meta=meta).to_shareable()
+
+    def _keep_inputs(self, fl_ctx, rnd, weighted, ring, weight, quantizer):
+        folder = os.path.join(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
+        os.makedirs(folder, exist_ok=True)
+        flat, _ = flatten(weighted)
+        np.savez(os.path.join(folder, f"{self._site}_round{rnd}.npz"), weighted=flat, ring=ring, weight=weight,
+                 step=quantizer.step, ring_bits=quantizer.ring_bits)  # fmt: skip
+
+    def _unmask(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        request = UnmaskRequest.from_dict(self._payload(shareable).get("message"))
+        state = self._expect_round(request)
+        reply = state.unmask(request)
+        self._round = None  # the round is over for this site
+        return self._reply({"message": reply.to_dict()})

@@ -1,0 +1,448 @@
+"""Server workflow for secure aggregation: each round is the four exchanges of Bonawitz et al. (CCS 2017,
+double masking; :mod:`fedsegnet.secagg.protocol`), and the server learns only the weighted sum of the
+sites' updates.
+
+One round, as FLARE tasks (one task per site and step; the payload under the Shareable key
+:data:`~fedsegnet.flare.constants.SECAGG_KEY`, messages as ``to_dict()``)::
+
+    secagg_advert  server -> site  {round, session}              site -> server  {KeyAdvert, n_train}
+    secagg_shares  server -> site  {Roster}                      site -> server  {ShareBundle}
+    secagg_masked  server -> site  global model (DXO WEIGHTS) + {ShareInbox, weight, quantizer, layout}
+                   site -> server  DXO(COLLECTION, {"masked": MaskedInput}, meta: the site's report)
+    secagg_unmask  server -> site  {UnmaskRequest}               site -> server  {UnmaskReply}
+
+**Weights.** The server cannot see a single update, so it weighs each site by the number of training
+cases it reported with its advert: ``w_u = n_u / sum(n_v for v in U2)``, sent with the masked-input
+task. The site multiplies its update by ``w_u`` before quantising it into the ring
+(:class:`~fedsegnet.secagg.quantize.RingQuantizer`), so the ring sum is the weighted sum; the
+server divides it by the survivors' weight (1 when nobody dropped) and adds it to the global model.
+
+**What stays as in** :class:`~fedsegnet.flare.workflow.ResumableScatterAndGather` (this class
+subclasses it): loading the global model through the persistor and ``resume_from``, FLARE's round
+events (``ROUND_STARTED``, ``BEFORE_CONTRIBUTION_ACCEPT`` per masked input with the site's report as
+DXO meta, ``BEFORE/AFTER_AGGREGATION``, ``BEFORE/AFTER_SHAREABLE_TO_LEARNABLE``, persisting,
+``ROUND_DONE``), so ``RoundRecorder`` and FLARE's model selector keep working. ``RoundRecorder`` gets
+what is available: each site's report (cases, steps, loss, validation Dice) and, through the
+aggregation record, ``aggregation_method="secure_aggregation"`` and per site its role (``survivor``
+or ``dropped``), weight and advert check; the update norms and values it records in the plain modes
+are not available. The server also appends one line per round to ``<job>/fedsegnet_secagg/rounds.jsonl``
+(threshold, ring, survivors, dropped, responders, weights, what the adverts' check proved).
+
+**Drop-outs.** A site that answers a step with an error, with a message the protocol refuses, or not
+at all within ``step_timeout`` (``train_timeout`` for the masked-input step) is dropped from that step
+on, logged with the reason; a step that leaves fewer than the threshold ends the round without an
+aggregate (the global model stays as it was).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+
+import numpy as np
+from nvflare.apis.controller_spec import ClientTask, Task, TaskCompletionStatus
+from nvflare.apis.dxo import DXO, DataKind, from_shareable
+from nvflare.apis.fl_constant import ReturnCode
+from nvflare.apis.fl_context import FLContext
+from nvflare.apis.shareable import Shareable
+from nvflare.apis.signal import Signal
+from nvflare.app_common.abstract.model import ModelLearnableKey
+from nvflare.app_common.app_constant import AppConstants
+from nvflare.app_common.app_event_type import AppEventType
+
+from fedsegnet.errors import ConfigError
+from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, ERROR_HEADER, SECAGG_DIR, SECAGG_KEY, SecAggTask
+from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP, ResumableScatterAndGather
+from fedsegnet.secagg import (
+    KeyAdvert,
+    MaskedInput,
+    RingQuantizer,
+    SecAggError,
+    ServerSecAgg,
+    ShareBundle,
+    UnmaskReply,
+    check_threshold,
+    unflatten,
+)
+from fedsegnet.secagg.adverts import weakest
+from fedsegnet.secagg.masking import check_ring_bits
+
+METHOD = "secure_aggregation"
+"""``aggregation_method`` of the round records."""
+
+
+def model_layout(weights: dict) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``((name, shape), ...)`` of the floating-point entries of ``weights`` in sorted name order: what the
+    ring vector covers (integer buffers are not aggregated)."""
+    return tuple(
+        (k, tuple(np.asarray(weights[k]).shape)) for k in sorted(weights) if np.issubdtype(np.asarray(weights[k]).dtype, np.floating)
+    )  # fmt: skip
+
+
+def sample_weights(n_train: dict[str, int]) -> dict[str, float]:
+    """``{site: n / sum(n)}`` from the cases each site reported.
+
+    Raises:
+        ValueError: no site, or a count that is not a positive integer (naming the site).
+    """
+    if not n_train:
+        raise ValueError("n_train: no site reported a number of training cases")
+    for site, n in n_train.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"site {site!r}: n_train={n!r} must be a positive integer")
+    total = sum(n_train.values())
+    return {site: n / total for site, n in sorted(n_train.items())}
+
+
+class SecureScatterAndGather(ResumableScatterAndGather):
+    """Scatter and gather whose server learns only the weighted sum of the sites' updates.
+
+    Args:
+        min_clients: sites needed for a round (the job's ``meta.json`` decides how many start it).
+            Defaults to 2.
+        num_rounds: rounds in all. Defaults to 5.
+        start_round: first round. Defaults to 0.
+        aggregator_id, persistor_id, shareable_generator_id: component ids as FLARE's (the aggregator
+            must exist for FLARE's start-up checks; it receives no update).
+        train_timeout: seconds the masked-input step (which trains) waits (0 = no limit). Defaults to 0.
+        step_timeout: seconds each other step waits for the sites (0 = no limit). Defaults to 120.
+        secagg_threshold: ``t``, the fewest sites each step needs; 0 = ``max(2, floor(n/2) + 1)`` for
+            the ``n`` sites of the round (checked by :func:`~fedsegnet.secagg.check_threshold`).
+            Defaults to 0.
+        ring_bits: bits of a ring element, 2..32. Defaults to 32.
+        clip: each site clips its weighted update's values to ``[-clip, clip]``. Defaults to 1.0.
+        keep_masked_inputs: write what the server received and computed (masked inputs, ring sum,
+            aggregate) under ``<job>/fedsegnet_secagg/`` for tests; never a site's own input, which the
+            server does not have. Defaults to False.
+        task_check_period, persist_every_n_rounds, snapshot_every_n_rounds: FLARE's (same defaults).
+
+    Raises:
+        ConfigError: a bad argument, naming it and the valid range.
+    """
+
+    def __init__(
+        self,
+        min_clients: int = 2,
+        num_rounds: int = 5,
+        start_round: int = 0,
+        aggregator_id: str = AppConstants.DEFAULT_AGGREGATOR_ID,
+        persistor_id: str = "",
+        shareable_generator_id: str = AppConstants.DEFAULT_SHAREABLE_GENERATOR_ID,
+        train_timeout: int = 0,
+        step_timeout: int = 120,
+        secagg_threshold: int = 0,
+        ring_bits: int = 32,
+        clip: float = 1.0,
+        keep_masked_inputs: bool = False,
+        task_check_period: float = 0.5,
+        persist_every_n_rounds: int = 1,
+        snapshot_every_n_rounds: int = 1,
+    ):
+        super().__init__(
+            min_clients=min_clients, num_rounds=num_rounds, start_round=start_round, aggregator_id=aggregator_id,
+            persistor_id=persistor_id, shareable_generator_id=shareable_generator_id, train_timeout=train_timeout,
+            ignore_result_error=True, task_check_period=task_check_period, persist_every_n_rounds=persist_every_n_rounds,
+            snapshot_every_n_rounds=snapshot_every_n_rounds,
+        )  # fmt: skip
+        if isinstance(step_timeout, bool) or not isinstance(step_timeout, int) or step_timeout < 0:
+            raise ConfigError("step_timeout", step_timeout, "must be an integer >= 0 (seconds, 0 = no limit)")
+        if isinstance(secagg_threshold, bool) or not isinstance(secagg_threshold, int) or secagg_threshold < 0 or secagg_threshold == 1:
+            raise ConfigError("secagg_threshold", secagg_threshold, "must be 0 (a majority of the sites) or an integer >= 2")
+        if not isinstance(keep_masked_inputs, bool):
+            raise ConfigError("keep_masked_inputs", keep_masked_inputs, "must be true or false")
+        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+            raise ConfigError("clip", clip, "must be a finite number > 0")
+        try:
+            check_ring_bits(ring_bits)
+            RingQuantizer(clip, max(1, int(min_clients)), ring_bits)  # room for min_clients sites in the ring
+        except SecAggError as e:
+            raise ConfigError("ring_bits", ring_bits, e.problem.split(": ", 1)[-1]) from None
+        self.step_timeout = step_timeout
+        self.secagg_threshold = secagg_threshold
+        self.ring_bits = ring_bits
+        self.clip = float(clip)
+        self.keep_masked_inputs = keep_masked_inputs
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ rounds
+    def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        try:
+            self._control_flow(abort_signal, fl_ctx)
+        except Exception as e:  # a bug here must end the job with a reason, not hang it
+            self.log_exception(fl_ctx, f"secure aggregation control flow: {type(e).__name__}: {e}")
+            self.system_panic(f"secure aggregation control flow: {type(e).__name__}: {e}", fl_ctx)
+
+    def _control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        self._phase = AppConstants.PHASE_TRAIN
+        fl_ctx.set_prop(AppConstants.PHASE, self._phase, private=True, sticky=False)
+        fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self._num_rounds, private=True, sticky=False)
+        self.fire_event(AppEventType.TRAINING_STARTED, fl_ctx)
+        if self._current_round is None:
+            self._current_round = self._start_round
+        while self._current_round < self._start_round + self._num_rounds:
+            if self._check_abort_signal(fl_ctx, abort_signal):
+                return
+            rnd = self._current_round
+            self.log_info(fl_ctx, f"Round {rnd} started (secure aggregation).")
+            fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+            fl_ctx.set_prop(AppConstants.CURRENT_ROUND, rnd, private=True, sticky=True)
+            self.fire_event(AppEventType.ROUND_STARTED, fl_ctx)
+            update, record = self._secure_round(rnd, fl_ctx, abort_signal)
+            if self._check_abort_signal(fl_ctx, abort_signal):
+                return
+            self.fire_event(AppEventType.BEFORE_AGGREGATION, fl_ctx)  # the model selector scores the round's reports
+            if update is not None:
+                aggregate = DXO(DataKind.WEIGHT_DIFF, data=update).to_shareable()
+                self.fire_event_with_data(AppEventType.AFTER_AGGREGATION, fl_ctx, AppConstants.AGGREGATION_RESULT, aggregate)
+                self.fire_event(AppEventType.BEFORE_SHAREABLE_TO_LEARNABLE, fl_ctx)
+                self._global_weights = self.shareable_gen.shareable_to_learnable(aggregate, fl_ctx)
+                fl_ctx.set_prop(AppConstants.GLOBAL_MODEL, self._global_weights, private=True, sticky=True)
+                fl_ctx.sync_sticky()
+                self.fire_event(AppEventType.AFTER_SHAREABLE_TO_LEARNABLE, fl_ctx)
+            last = rnd == self._start_round + self._num_rounds - 1
+            if self.persistor and (last or (self._persist_every_n_rounds and (rnd + 1) % self._persist_every_n_rounds == 0)):
+                self.fire_event(AppEventType.BEFORE_LEARNABLE_PERSIST, fl_ctx)
+                self.persistor.save(self._global_weights, fl_ctx)
+                self.fire_event(AppEventType.AFTER_LEARNABLE_PERSIST, fl_ctx)
+            self._publish(record, fl_ctx)
+            self.fire_event(AppEventType.ROUND_DONE, fl_ctx)
+            self.log_info(fl_ctx, f"Round {rnd} finished.")
+            self._current_round += 1
+            if self._snapshot_every_n_rounds and self._current_round % self._snapshot_every_n_rounds == 0:
+                self._engine.persist_components(fl_ctx, completed=False)
+        self._phase = AppConstants.PHASE_FINISHED
+        self.log_info(fl_ctx, "Finished secure aggregation training.")
+
+    def _secure_round(self, rnd: int, fl_ctx: FLContext, abort_signal: Signal):
+        """The four exchanges of round ``rnd``: ``(update or None, record)``."""
+        sites = sorted(c.name for c in self._engine.get_clients())
+        weights = self._global_weights[ModelLearnableKey.WEIGHTS]
+        layout = model_layout(weights)
+        length = int(sum(math.prod(shape) for _, shape in layout))
+        session = fl_ctx.get_job_id()
+        record = {"round": rnd, "mode": METHOD, "asked": sites, "survivors": [], "dropped": {}, "aggregated": False}
+        try:
+            threshold = check_threshold(self.secagg_threshold or max(2, len(sites) // 2 + 1), len(sites))
+            quantizer = RingQuantizer(self.clip, len(sites), self.ring_bits)
+            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session)
+        except SecAggError as e:
+            self.log_error(fl_ctx, f"round {rnd}: secure aggregation cannot run: {e}; the global model stays as it was")
+            record["error"] = str(e)
+            return None, record
+        record.update(threshold=threshold, ring_bits=self.ring_bits, clip=self.clip, length=length, levels=quantizer.levels)
+        dropped = record["dropped"]
+        seconds = record["seconds"] = {}
+
+        def drop(site, step, why):
+            dropped.setdefault(site, {"step": step, "reason": why})
+            self.log_warning(fl_ctx, f"round {rnd}: site {site} dropped at step {step}: {why}")
+
+        def answered(site, step, result) -> bool:
+            """Whether ``result`` is a reply without error (else the site is dropped, with the reason)."""
+            if result is None:
+                drop(site, step, "no answer within the step's timeout")
+                return False
+            rc = result.get_return_code(ReturnCode.OK)
+            if rc != ReturnCode.OK:
+                drop(site, step, f"error reply ({rc}): {result.get_header(ERROR_HEADER) or 'no message'}")
+                return False
+            return True
+
+        def payload(site, step, result):
+            """The reply's secagg payload, or None (the site is dropped, with the reason)."""
+            if not answered(site, step, result):
+                return None
+            data = result.get(SECAGG_KEY)
+            if not isinstance(data, dict):
+                drop(site, step, "the reply carries no secure-aggregation payload")
+                return None
+            return data
+
+        def closing(step, call):
+            try:
+                return call()
+            except SecAggError as e:
+                self.log_error(fl_ctx, f"round {rnd}: step {step} cannot close: {e}; no aggregate this round")
+                record["error"] = f"step {step}: {e}"
+                return None
+
+        # step 0: adverts (and the cases each site trains on, for the weights)
+        t0 = time.perf_counter()
+        replies = self._exchange(SecAggTask.ADVERT, {s: {"round": rnd, "session": session} for s in sites}, rnd, fl_ctx, abort_signal, self.step_timeout)
+        n_train = {}
+        for site in sites:
+            data = payload(site, "advert", replies.get(site))
+            if data is None:
+                continue
+            try:
+                server.receive_advert(KeyAdvert.from_dict(data.get("message")))
+                n = data.get("n_train")
+                if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                    raise SecAggError(f"n_train={n!r}: must be a positive integer", rnd, site)
+            except SecAggError as e:
+                drop(site, "advert", str(e))
+                continue
+            n_train[site] = n
+        seconds["advert"] = time.perf_counter() - t0
+        if abort_signal.triggered or (roster := closing("advert", server.roster)) is None:
+            return None, record
+        record["key_checks"] = dict(server.key_checks)
+        label = weakest(server.key_checks.values())
+        record["key_check"] = label
+        self.log_info(
+            fl_ctx, f"round {rnd}: roster of {len(roster.adverts)} site(s), threshold {threshold}, adverts "
+            f"{label} (simulator or no kits: no root CA; protects against an honest-but-curious server only)"
+            if label != "kit" else f"round {rnd}: roster of {len(roster.adverts)} site(s), threshold {threshold}, adverts kit-signed",
+        )  # fmt: skip
+
+        # step 1: sealed shares in, inboxes out
+        t0 = time.perf_counter()
+        replies = self._exchange(SecAggTask.SHARES, {s: {"message": roster.to_dict()} for s in roster.adverts}, rnd, fl_ctx, abort_signal, self.step_timeout)
+        for site in sorted(roster.adverts):
+            data = payload(site, "shares", replies.get(site))
+            if data is None:
+                continue
+            try:
+                server.receive_shares(ShareBundle.from_dict(data.get("message")))
+            except SecAggError as e:
+                drop(site, "shares", str(e))
+        seconds["shares"] = time.perf_counter() - t0
+        if abort_signal.triggered or (inboxes := closing("shares", server.inboxes)) is None:
+            return None, record
+        site_weights = sample_weights({s: n_train[s] for s in inboxes})
+        record["weights"] = site_weights
+        record["n_train"] = {s: n_train[s] for s in inboxes}
+
+        # step 2: the global model, the inbox and the weight out; the site trains and sends its masked input
+        t0 = time.perf_counter()
+        tasks = {}
+        for site, inbox in inboxes.items():
+            data = self.shareable_gen.learnable_to_shareable(self._global_weights, fl_ctx)  # the global model
+            data.set_header(AppConstants.CURRENT_ROUND, rnd)
+            data.set_header(AppConstants.NUM_ROUNDS, self._num_rounds)
+            data.add_cookie(AppConstants.CONTRIBUTION_ROUND, rnd)
+            data[SECAGG_KEY] = {
+                "inbox": inbox.to_dict(), "weight": site_weights[site], "quantizer": quantizer.config(),
+                "layout": [[name, list(shape)] for name, shape in layout],
+            }  # fmt: skip
+            tasks[site] = data
+        masked_ok = set()
+
+        def on_masked(client_task: ClientTask, fl_ctx: FLContext):
+            site, result = client_task.client.name, client_task.result
+            if not answered(site, "masked", result):
+                return
+            try:  # the reply is a DXO whose data holds the message; its meta is the site's report
+                with self._lock:
+                    server.receive_masked_input(MaskedInput.from_dict(from_shareable(result).data.get("masked")))
+            except (SecAggError, ValueError, TypeError, AttributeError) as e:
+                drop(site, "masked", f"a masked input the protocol refuses: {e}")
+                return
+            masked_ok.add(site)
+            fl_ctx.set_prop(AppConstants.CURRENT_ROUND, rnd, private=True, sticky=True)
+            fl_ctx.set_prop(AppConstants.TRAINING_RESULT, result, private=True, sticky=False)
+            self.fire_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, fl_ctx)  # RoundRecorder and the model selector read the report
+            fl_ctx.set_prop(AppConstants.AGGREGATION_ACCEPTED, True, private=True, sticky=False)
+            self.fire_event(AppEventType.AFTER_CONTRIBUTION_ACCEPT, fl_ctx)
+
+        replies = self._exchange(SecAggTask.MASKED, tasks, rnd, fl_ctx, abort_signal, self._train_timeout, on_masked)
+        for site in inboxes:
+            if site not in masked_ok and site not in dropped:
+                drop(site, "masked", "no masked input within train_timeout")
+        seconds["masked"] = time.perf_counter() - t0
+        if abort_signal.triggered or (request := closing("masked", server.unmask_request)) is None:
+            return None, record
+        if self.keep_masked_inputs:
+            for site, y in server.masked.items():
+                self._keep(fl_ctx, f"round{rnd}_{site}_masked.npy", y)
+
+        # step 3: unmask
+        t0 = time.perf_counter()
+        replies = self._exchange(SecAggTask.UNMASK, {s: {"message": request.to_dict()} for s in request.survivors}, rnd, fl_ctx, abort_signal, self.step_timeout)
+        for site in request.survivors:
+            data = payload(site, "unmask", replies.get(site))
+            if data is None:
+                continue
+            try:
+                server.receive_unmask_reply(UnmaskReply.from_dict(data.get("message")))
+            except SecAggError as e:
+                drop(site, "unmask", str(e))
+        if abort_signal.triggered or (result := closing("unmask", server.result)) is None:
+            return None, record
+        seconds["unmask"] = time.perf_counter() - t0
+        total_weight = sum(site_weights[s] for s in result.survivors)
+        flat = quantizer.decode_sum(result.ring_sum, len(result.survivors)) / total_weight
+        update = {k: v.astype(np.asarray(weights[k]).dtype) for k, v in unflatten(flat, layout).items()}
+        record.update(
+            survivors=list(result.survivors), responders=list(result.responders), aggregated=True,
+            survivor_weight=total_weight, aggregate_norm=float(np.linalg.norm(flat)),
+        )  # fmt: skip
+        if self.keep_masked_inputs:
+            self._keep(fl_ctx, f"round{rnd}_ring_sum.npy", result.ring_sum)
+            self._keep(fl_ctx, f"round{rnd}_aggregate.npy", flat)
+        self.log_info(
+            fl_ctx, f"round {rnd}: sum of {len(result.survivors)} masked input(s) unmasked ({', '.join(result.survivors)}; "
+            f"dropped {result.dropped or 'none'}), {length:,} values, weights {site_weights}, aggregate norm "
+            f"{record['aggregate_norm']:.4g}",
+        )  # fmt: skip
+        return update, record
+
+    def _exchange(self, name: str, data: dict, rnd: int, fl_ctx: FLContext, abort_signal: Signal, timeout: int, on_result=None) -> dict:
+        """Send task ``name`` to each site of ``data`` with its own payload; wait until every task closed.
+
+        Returns:
+            ``{site: result Shareable}`` of the sites that answered (a timed-out or dead site is absent).
+        """
+        results = {}
+
+        def received(client_task: ClientTask, fl_ctx: FLContext):
+            with self._lock:
+                results[client_task.client.name] = client_task.result
+            if on_result is not None:
+                on_result(client_task, fl_ctx)
+
+        tasks = []
+        for site, payload in data.items():
+            shareable = payload if isinstance(payload, Shareable) else Shareable()
+            if not isinstance(payload, Shareable):
+                shareable[SECAGG_KEY] = payload
+                shareable.set_header(AppConstants.CURRENT_ROUND, rnd)
+            task = Task(name=name, data=shareable, timeout=timeout, result_received_cb=received)
+            self.broadcast(task=task, fl_ctx=fl_ctx, targets=[site], min_responses=1)
+            tasks.append(task)
+        while any(t.completion_status is None for t in tasks):
+            if abort_signal is not None and abort_signal.triggered:
+                for t in tasks:
+                    self.cancel_task(t, TaskCompletionStatus.ABORTED, fl_ctx)
+                break
+            time.sleep(self._task_check_period)
+        return dict(results)
+
+    def _keep(self, fl_ctx: FLContext, name: str, array: np.ndarray) -> None:
+        folder = os.path.join(self._engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
+        os.makedirs(folder, exist_ok=True)
+        np.save(os.path.join(folder, name), array)
+
+    def _publish(self, record: dict, fl_ctx: FLContext) -> None:
+        """The round's facts for ``RoundRecorder`` (who was asked, who dropped and why, each site's role)
+        and one line of ``<job>/fedsegnet_secagg/rounds.jsonl``."""
+        unanswered = {s: {"reason": "failed" if "error reply" in d["reason"] else "late",
+                          "detail": f"secure aggregation step {d['step']}: {d['reason']}"}
+                      for s, d in record["dropped"].items()}  # fmt: skip
+        fl_ctx.set_prop(ROUND_SITES_PROP, {"asked": record["asked"], "unanswered": unanswered}, private=True, sticky=False)
+        self.fire_event(ROUND_SITES_EVENT, fl_ctx)
+        checks, weights = record.get("key_checks", {}), record.get("weights", {})
+        sites = {}
+        for site in record["asked"]:
+            role = "survivor" if site in record["survivors"] else ("dropped" if site in record["dropped"] else "not aggregated")
+            sites[site] = {"accepted": site in record["survivors"], "secagg": role, "weight": weights.get(site),
+                           "key_check": checks.get(site)}  # fmt: skip
+        fl_ctx.set_prop(AAM_RECORD_PROP, {"round": record["round"], "method": METHOD, "sites": sites}, private=True, sticky=False)
+        self.fire_event(AAM_RECORD_EVENT, fl_ctx)
+        folder = os.path.join(self._engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "rounds.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps({**record, "time": time.time()}) + "\n")

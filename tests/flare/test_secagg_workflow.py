@@ -1,0 +1,114 @@
+"""Unit tests of the secure-aggregation FLARE adapters: layout, weights, arguments, messages through FOBS."""
+
+import numpy as np
+import pytest
+from nvflare.apis.shareable import Shareable
+from nvflare.fuel.utils import fobs
+
+from fedsegnet.errors import ConfigError
+from fedsegnet.flare.constants import SECAGG_KEY
+from fedsegnet.flare.secagg_executor import SecAggLearnerExecutor
+from fedsegnet.flare.secagg_workflow import SecureScatterAndGather, model_layout, sample_weights
+from fedsegnet.ledger.signing import generate_signer
+from fedsegnet.secagg import (
+    KeyAdvert,
+    MaskedInput,
+    RingQuantizer,
+    Roster,
+    SecAggErrorFeedback,
+    ServerSecAgg,
+    ShareBundle,
+    ShareInbox,
+    SiteSecAgg,
+    UnmaskReply,
+    UnmaskRequest,
+    flatten,
+)
+
+
+def test_model_layout_is_sorted_and_leaves_out_integer_buffers():
+    weights = {"b.w": np.zeros((2, 3), np.float32), "a.bias": np.zeros(4, np.float32), "bn.n": np.array(3, np.int64)}
+    assert model_layout(weights) == (("a.bias", (4,)), ("b.w", (2, 3)))
+    assert set(weights) == {"b.w", "a.bias", "bn.n"}  # input not modified
+
+
+@pytest.mark.parametrize("counts", [{"s1": 4, "s2": 4}, {"s1": 1, "s2": 3, "s3": 6}])
+def test_sample_weights_are_the_shares_of_the_cases(counts):
+    w = sample_weights(counts)
+    assert list(w) == sorted(counts) and sum(w.values()) == pytest.approx(1.0)
+    for s, n in counts.items():
+        assert w[s] == pytest.approx(n / sum(counts.values()))
+
+
+@pytest.mark.parametrize("bad", [{}, {"s1": 0}, {"s1": 2, "s2": -1}, {"s1": 1.5}, {"s1": True}])
+def test_sample_weights_refuse_bad_counts(bad):
+    with pytest.raises(ValueError, match="n_train" if bad else "no site"):
+        sample_weights(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [(dict(step_timeout=-1), "step_timeout"), (dict(secagg_threshold=1), "secagg_threshold"),
+     (dict(secagg_threshold=-2), "secagg_threshold"), (dict(ring_bits=40), "ring_bits"), (dict(clip=0.0), "clip"),
+     (dict(keep_masked_inputs="yes"), "keep_masked_inputs"), (dict(num_rounds=0), "num_rounds")],
+)  # fmt: skip
+def test_the_controller_refuses_bad_arguments_naming_them(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        SecureScatterAndGather(persistor_id="persistor", **kwargs)
+
+
+def test_the_controller_keeps_its_settings():
+    c = SecureScatterAndGather(persistor_id="persistor", step_timeout=5, secagg_threshold=3, ring_bits=24, clip=0.5)
+    assert (c.step_timeout, c.secagg_threshold, c.ring_bits, c.clip, c.keep_masked_inputs) == (5, 3, 24, 0.5, False)
+
+
+@pytest.mark.parametrize("kwargs, field", [(dict(adverts="kit"), "adverts"), (dict(min_threshold=1), "min_threshold"),
+                                           (dict(keep_inputs=1), "keep_inputs")])  # fmt: skip
+def test_the_executor_refuses_bad_arguments_naming_them(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        SecAggLearnerExecutor(**kwargs)
+
+
+def _wire(message):
+    """``message`` as the controller and the executor send it: in a Shareable, through FOBS."""
+    s = Shareable()
+    s[SECAGG_KEY] = {"message": message.to_dict()}
+    return type(message).from_dict(fobs.loads(fobs.dumps(s))[SECAGG_KEY]["message"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_round_through_fobs_sums_the_weighted_updates(seed):
+    """Every message of a round crosses FOBS as the FLARE tasks carry it (bytes fields intact); the
+    server's decoded sum divided by the survivors' weight is the weighted mean of the updates."""
+    rng = np.random.default_rng(seed)
+    counts = {"site-1": 2, "site-2": 5, "site-3": 3}
+    names = sorted(counts)
+    updates = {s: {"a": rng.normal(0, 0.01, (7, 5)), "b": rng.normal(0, 0.01, 11)} for s in names}
+    weights = sample_weights(counts)
+    length = 7 * 5 + 11
+    server = ServerSecAgg(0, names, 2, 32, length, session="job-1")
+    q = RingQuantizer(1.0, len(names), 32)
+    sites = {s: SiteSecAgg(s, 0, session="job-1", signer=generate_signer(s)) for s in names}
+    for s in names:
+        server.receive_advert(_wire(sites[s].advertise()))
+    roster = _wire(server.roster())
+    assert isinstance(roster, Roster)
+    for s in names:
+        server.receive_shares(_wire(sites[s].share_keys(roster)))
+    inboxes = {s: _wire(i) for s, i in server.inboxes().items()}
+    assert all(isinstance(i, ShareInbox) for i in inboxes.values())
+    for s in names:
+        weighted = {k: weights[s] * v for k, v in updates[s].items()}
+        ring = SecAggErrorFeedback(s).encode(weighted, np.arange(length), q, np.random.default_rng(seed + 10))
+        server.receive_masked_input(_wire(sites[s].masked_input(inboxes[s], ring)))
+    request = _wire(server.unmask_request())
+    for s in names:
+        server.receive_unmask_reply(_wire(sites[s].unmask(request)))
+    result = server.result()
+    assert result.survivors == names and result.key_check == "signed, no root CA"
+    mean = q.decode_sum(result.ring_sum, len(names)) / sum(weights[s] for s in result.survivors)
+    expected = sum(weights[s] * flatten(updates[s])[0] for s in names)
+    np.testing.assert_allclose(mean, expected, atol=len(names) * q.step)
+    assert not np.allclose(expected, sum(flatten(updates[s])[0] for s in names) / len(names))  # not the plain mean
+    for cls in (KeyAdvert, MaskedInput, ShareBundle, UnmaskReply, UnmaskRequest):
+        assert cls.KIND.startswith("secagg.")
