@@ -116,7 +116,8 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
         proximal_loss=PTFedProxLoss(mu=args.fedprox_mu) if method == "fedprox" else None,
         faults=faults,
         device="cpu",
-        aam=AdaptiveAggregation(max_norm_ratio=args.max_norm_ratio),
+        aam=AdaptiveAggregation(max_norm_ratio=args.max_norm_ratio,
+                                **({} if args.aam_temperature is None else {"temperature": args.aam_temperature})),
     )
     test = result["test"]
     row = {
@@ -241,6 +242,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-cases", type=int)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--fedprox-mu", type=float, default=0.01)
+    p.add_argument("--aam-temperature", type=float, default=None,
+                   help="AAM's softmax temperature, the job arg aam_temperature (default: AdaptiveAggregation's)")
     p.add_argument("--max-norm-ratio", type=float, default=10.0,
                    help="the gate drops updates above this many times the reference norm (the job's default: 10)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
