@@ -116,8 +116,8 @@ def run_one(data: Path, scenario: str, method: str, seed: int, args) -> dict:
         proximal_loss=PTFedProxLoss(mu=args.fedprox_mu) if method == "fedprox" else None,
         faults=faults,
         device="cpu",
-        aam=AdaptiveAggregation(max_norm_ratio=args.max_norm_ratio,
-                                **({} if args.aam_temperature is None else {"temperature": args.aam_temperature})),
+        aam=AdaptiveAggregation(max_norm_ratio=args.max_norm_ratio, **{k: v for k, v in (("temperature", args.aam_temperature),
+                                ("margin", args.aam_margin)) if v is not None}),  # fmt: skip
     )
     test = result["test"]
     row = {
@@ -244,6 +244,8 @@ def main(argv=None) -> int:
     p.add_argument("--fedprox-mu", type=float, default=0.01)
     p.add_argument("--aam-temperature", type=float, default=None,
                    help="AAM's softmax temperature, the job arg aam_temperature (default: AdaptiveAggregation's)")
+    p.add_argument("--aam-margin", type=float, default=None,
+                   help="AAM's tolerated shortfall of quality and performance below the median (default: AdaptiveAggregation's)")
     p.add_argument("--max-norm-ratio", type=float, default=10.0,
                    help="the gate drops updates above this many times the reference norm (the job's default: 10)")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0 = default)")
