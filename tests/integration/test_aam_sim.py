@@ -5,7 +5,7 @@ import pytest
 from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 
-from .conftest import JOBS, TINY_JOB_ARGS
+from .conftest import JOBS, TINY_JOB_ARGS, without_cross_site
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def aam_run(tmp_path_factory):
     synthesize(data, sites=3, cases=6, size=32, seed=5, test_cases=2, corrupt=[("site-3", "shift", 8)])
     work = tmp_path_factory.mktemp("aam")
     args = {**TINY_JOB_ARGS, "num_rounds": ROUNDS, "min_clients": 3, "local_steps": 25}
-    job = configure_job(JOBS / "fedsegnet", work / "fedsegnet", **args)
+    job = without_cross_site(configure_job(JOBS / "fedsegnet", work / "fedsegnet", **args))
     with SimulatorRun(job, work / "ws", n_clients=3, threads=3, data_root=data) as run:
         rc = run.wait(timeout=900)
     return rc, SimResults(work / "ws"), run

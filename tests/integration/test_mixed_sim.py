@@ -6,7 +6,7 @@ from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 from fedsegnet.training.spec import load_model_file
 
-from .conftest import JOBS
+from .conftest import JOBS, without_cross_site
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +16,8 @@ KINDS = {"site-1": "voxel", "site-2": "box", "site-3": "tag", "site-4": "partial
 def test_one_site_of_each_label_kind(tmp_path):
     synthesize(tmp_path / "data", sites=4, cases=3, size=24, seed=4, test_cases=2,
                label_kinds="site-2:box,site-3:tag,site-4:partial:1", orientation={"site-2": "LPS"})  # fmt: skip
-    job = configure_job(JOBS / "fedsegnet", tmp_path / "job", num_rounds=2, min_clients=4, preset="tiny",
-                        patch_size=16, local_steps=2, seed=0, torch_threads=1, pseudo_ramp_rounds=1)  # fmt: skip
+    job = without_cross_site(configure_job(JOBS / "fedsegnet", tmp_path / "job", num_rounds=2, min_clients=4, preset="tiny",
+                                           patch_size=16, local_steps=2, seed=0, torch_threads=1, pseudo_ramp_rounds=1))  # fmt: skip
     with SimulatorRun(job, tmp_path / "ws", n_clients=4, threads=2, data_root=tmp_path / "data") as run:
         rc = run.wait(timeout=600)
     assert rc == 0, f"simulator failed, see {run.log_file}:\n{run.log_file.read_text()[-3000:]}"

@@ -10,7 +10,7 @@ from fedsegnet.data.synth import synthesize
 from fedsegnet.flare.ops.jobs import SimResults, SimulatorRun, configure_job
 from fedsegnet.report import build_report
 
-from .conftest import JOBS, TINY_JOB_ARGS
+from .conftest import JOBS, TINY_JOB_ARGS, without_cross_site
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def three_sites(tmp_path_factory):
 
 def _run_with_slow_site_3(work, data_root, seconds, **job_args):
     """jobs/fedsegnet with site-3's train task held ``seconds`` each round; ``(rc, SimResults, SimulatorRun)``."""
-    job = configure_job(JOBS / "fedsegnet", work / "fedsegnet", **{**TINY_JOB_ARGS, "local_steps": 2, **job_args})
+    job = without_cross_site(configure_job(JOBS / "fedsegnet", work / "fedsegnet", **{**TINY_JOB_ARGS, "local_steps": 2, **job_args}))
     client_cfg = job / "app" / "config" / "config_fed_client.json"
     cfg = json.loads(client_cfg.read_text())
     cfg["task_data_filters"][0]["filters"].insert(
