@@ -95,7 +95,7 @@ def test_poc_resume_from_an_unknown_job_ends_cleanly_naming_it(tmp_path, poc_hom
     assert "resume_from='no-such-job': no global model at" in _text(find_in_result(result, "log.txt"))
 
 
-FAST_END = dict(wait_after_min_clients=5, cse_submit_timeout=20, cse_validation_timeout=40)
+FAST_END = dict(wait_after_min_clients=5, cse_submit_timeout=10, cse_validation_timeout=20)
 
 
 def test_poc_site_killed_mid_job_the_others_finish(tmp_path, poc_home, poc_sites):
