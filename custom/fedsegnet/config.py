@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from fedsegnet.errors import ConfigError, check_int, check_number
+from fedsegnet.errors import ConfigError, UsageError, check_int, check_number
 
 INTENSITY_MODES = ("zscore", "zscore_nonzero", "minmax", "ct_window")
 
@@ -710,3 +710,30 @@ def check_job(values: Mapping) -> dict:
         )
         model_shape(config.preset, out.get("num_classes"), out.get("in_channels"))
     return out
+
+
+def parse_job_values(words) -> dict:
+    """Job args from ``KEY=VALUE`` words (``fedsegnet job set``, ``poc submit``, the Recipe's command
+    line); a value is read as JSON when it parses, else kept as text.
+
+    Args:
+        words: e.g. ``["num_rounds=3", "preset=tiny"]``.
+
+    Returns:
+        The job args by name, e.g. ``{"num_rounds": 3, "preset": "tiny"}``.
+
+    Raises:
+        UsageError: a word without ``=`` or with an empty name; names the word.
+    """
+    import json
+
+    values = {}
+    for word in words:
+        key, sep, raw = word.partition("=")
+        if not sep or not key:
+            raise UsageError(f"job arg {word!r}: expected KEY=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values

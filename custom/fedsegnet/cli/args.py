@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from fedsegnet.errors import UsageError
+from fedsegnet.config import parse_job_values
 
 
 def add_overwrite(parser: argparse.ArgumentParser, what: str = "--out") -> None:
@@ -23,24 +22,5 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str = "--out") -> None:
 
 
 def parse_values(pairs: list[str]) -> dict:
-    """Job args from ``KEY=VALUE`` words; a value is read as JSON when it parses, else kept as text.
-
-    Args:
-        pairs: the words, e.g. ``["num_rounds=3", "preset=tiny"]``.
-
-    Returns:
-        The job args by name, e.g. ``{"num_rounds": 3, "preset": "tiny"}``.
-
-    Raises:
-        UsageError: a word without ``=``; names the word.
-    """
-    values = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise UsageError(f"job arg {pair!r}: expected KEY=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+    """Job args from ``KEY=VALUE`` words: :func:`fedsegnet.config.parse_job_values` (shared with the Recipe)."""
+    return parse_job_values(pairs)

@@ -44,7 +44,7 @@ from nvflare.recipe.prod_env import ProdEnv
 from nvflare.recipe.sim_env import SimEnv
 from nvflare.recipe.spec import DEFAULT_EXPORT_DIR, Recipe
 
-from fedsegnet.config import JOB_ARGS, check_job
+from fedsegnet.config import JOB_ARGS, check_job, parse_job_values
 from fedsegnet.errors import ConfigError, FedSegNetError, OutputError, RunError, UsageError
 from fedsegnet.flare.compression import (
     GlobalModelDecoder,
@@ -640,18 +640,7 @@ def _parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
     return args
 
 
-def _values(words) -> dict:
-    """``{job arg: value}`` from ``KEY=VALUE`` words (the value read as JSON when it parses, else text)."""
-    values = {}
-    for word in words:
-        key, sep, raw = word.partition("=")
-        if not sep or not key:
-            raise UsageError(f"job arg {word!r}: expected KEY=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
-    return values
+_values = parse_job_values  # the same KEY=VALUE reading as ``fedsegnet job set``
 
 
 def build_recipe(job: str = "fedsegnet", name: str | None = None, **values) -> FedSegNetFedAvgRecipe:
