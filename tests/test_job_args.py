@@ -226,3 +226,14 @@ def test_configs_that_disagree_are_refused_until_set(tmp_path, capsys):
     assert "preset: 'tiny' in app/config/config_fed_client.json but 'cpu'" in capsys.readouterr().err
     fixed = configure_job(job, tmp_path / "fixed", preset="tiny")  # setting it writes every config
     assert job_args(fixed)["preset"] == "tiny" and not job_arg_conflicts(fixed)
+
+
+def test_key_value_words_are_read_as_json_or_text_and_bad_words_refused_naming_them():
+    from fedsegnet.config import parse_job_values
+    from fedsegnet.errors import UsageError
+
+    assert parse_job_values(["num_rounds=3", "preset=tiny", "personal_keys=[\"norm\"]", "dp_noise=null", "note=a=b"]) == {
+        "num_rounds": 3, "preset": "tiny", "personal_keys": ["norm"], "dp_noise": None, "note": "a=b"}  # fmt: skip
+    for bad in ("num_rounds", "=3"):
+        with pytest.raises(UsageError, match=f"job arg {bad!r}: expected KEY=VALUE"):
+            parse_job_values([bad])
