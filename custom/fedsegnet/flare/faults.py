@@ -140,12 +140,11 @@ class RewriteLedgerHistory(_SiteRoundFault):
         import json
 
         from fedsegnet.flare.ledger import BUNDLE_HEADER
-        from fedsegnet.ledger import MerkleTree, canonical_bytes, leaf_hash
-        from fedsegnet.ledger.entries import payload_of
+        from fedsegnet.flare.widgets import _peer_site
+        from fedsegnet.ledger import Ledger, MerkleTree, canonical_bytes, leaf_hash
         from fedsegnet.ledger.signing import sign_head
 
-        peer = fl_ctx.get_peer_context()
-        site = peer.get_identity_name(default="?") if peer else "?"
+        site = _peer_site(fl_ctx)
         rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
         keeper = fl_ctx.get_engine().get_component(self.ledger_id)
         ledger = getattr(keeper, "ledger", None)
@@ -160,21 +159,11 @@ class RewriteLedgerHistory(_SiteRoundFault):
             rec["weight"] = 1.0
         forged["time"] = "1970-01-01T00:00:00+00:00"
         lines[self.entry] = canonical_bytes(forged)
-        tree = MerkleTree([leaf_hash(line) for line in lines])
-        head = sign_head(keeper.signer, size, tree.root(), ledger.log_id, ledger.last_head.get("round"))
-        entries = [json.loads(line) for line in lines]
-        inclusion = next(
-            ({"index": i, "entry": lines[i].decode("ascii"), "path": [h.hex() for h in tree.inclusion_proof(i, size)]}
-             for i in range(size - 1, -1, -1) if payload_of(entries[i], site)),
-            None,
-        )  # fmt: skip
-        bundle = {
-            "head": head,
-            "cert_pem": keeper.signer.cert_pem,
-            "consistency": [{"from": h["size"], "path": [p.hex() for p in tree.consistency_proof(h["size"], size)]}
-                            for h in ledger.heads if 1 <= h["size"] <= size],  # fmt: skip
-            "inclusion": inclusion,
-        }
+        head = sign_head(keeper.signer, size, MerkleTree([leaf_hash(line) for line in lines]).root(), ledger.log_id,
+                         ledger.last_head.get("round"))  # fmt: skip
+        # the forged history in memory (nothing written), its bundle made as the honest one is
+        fork = Ledger(ledger.folder, ledger.log_id, lines, [head])
+        bundle = fork.witness_bundle(site, seen_sizes=[h["size"] for h in ledger.heads])
         self.log_warning(fl_ctx, f"round {rnd}: site {site} is shown a ledger whose entry {self.entry} was rewritten (a drill)")
         shareable.set_header(BUNDLE_HEADER, json.dumps(bundle))
         return shareable

@@ -57,7 +57,9 @@ from nvflare.widgets.widget import Widget
 
 import fedsegnet
 from fedsegnet.flare.constants import ROUND_RECORD_EVENT, ROUND_RECORD_PROP, UpdateMeta
+from fedsegnet.flare.widgets import _peer_site as _peer
 from fedsegnet.ledger import (
+    KEY_SOURCE_GENERATED,
     LEDGER_FOLDER,
     Ledger,
     LedgerError,
@@ -144,9 +146,10 @@ class LedgerKeeper(Widget):
             elif event_type == AppEventType.INITIAL_MODEL_LOADED:
                 self._open(fl_ctx)
             elif event_type == AppEventType.ROUND_STARTED:
-                t0 = time.perf_counter()
-                self._before = self._model_hash(fl_ctx)
-                self._seconds += time.perf_counter() - t0
+                if self._before is None:  # else the last round's global_after: the workflow sends that model on
+                    t0 = time.perf_counter()
+                    self._before = self._model_hash(fl_ctx)
+                    self._seconds += time.perf_counter() - t0
             elif event_type == ROUND_RECORD_EVENT:
                 self._round(fl_ctx)
             elif event_type == EventType.END_RUN:
@@ -167,7 +170,7 @@ class LedgerKeeper(Widget):
         self.signer = _kit_signer(startup, fl_ctx.get_identity_name() or "server",
                                   lambda m: self.log_warning(fl_ctx, m, fire_event=False))  # fmt: skip
         root = startup / "rootCA.pem"
-        self.root_ca = load_certificate(root) if root.is_file() and self.signer.key_source != "generated, not from a kit" else None
+        self.root_ca = load_certificate(root) if root.is_file() and self.signer.key_source != KEY_SOURCE_GENERATED else None
 
     def _open(self, fl_ctx: FLContext):
         if self._run_dir is None or self.ledger is not None or self.error:
@@ -249,8 +252,9 @@ class LedgerKeeper(Widget):
         record = None
         if witness is not None:
             try:
-                if not isinstance(witness, dict) or witness.get("site") != site:
-                    raise LedgerError(f"the witness record names {getattr(witness, 'get', lambda k: None)('site')!r}")
+                named = witness.get("site") if isinstance(witness, dict) else None
+                if named != site:
+                    raise LedgerError(f"the witness record names {named!r}")
                 cert = check_certificate(cert_pem, site, self.root_ca, at=witness.get("time"), where=f"{site}'s certificate")
                 verify_witness(witness, cert, self.root_ca, where=f"{site}'s witness")
                 record = witness
@@ -313,6 +317,7 @@ class LedgerKeeper(Widget):
             ))  # fmt: skip
             head = self.ledger.sign_head(self.signer)
             self._last_round = rnd
+            self._before = after
             seconds, self._seconds = self._seconds + time.perf_counter() - t0, 0.0
             nbytes = len(self.ledger.line(head["size"] - 1))
         self.log_info(
@@ -354,11 +359,6 @@ class LedgerKeeper(Widget):
 def _keeper(fl_ctx: FLContext, keeper_id: str) -> LedgerKeeper | None:
     keeper = fl_ctx.get_engine().get_component(keeper_id)
     return keeper if isinstance(keeper, LedgerKeeper) else None
-
-
-def _peer(fl_ctx: FLContext) -> str:
-    peer = fl_ctx.get_peer_context()
-    return peer.get_identity_name(default="?") if peer else "?"
 
 
 class LedgerTaskFilter(Filter):
@@ -454,7 +454,7 @@ class SiteLedgerWitness(FLComponent):
             startup = Path(workspace.get_startup_kit_dir())
             self.signer = _kit_signer(startup, fl_ctx.get_identity_name(),
                                       lambda m: self.log_warning(fl_ctx, m, fire_event=False))  # fmt: skip
-            if self.signer.key_source != "generated, not from a kit":
+            if self.signer.key_source != KEY_SOURCE_GENERATED:
                 root = startup / "rootCA.pem"
                 self.root_ca = root if root.is_file() else None
                 self.server = _kit_server_name(startup)
