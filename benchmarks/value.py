@@ -85,25 +85,34 @@ SITES = tuple(f"site-{i}" for i in range(1, 5))
 
 
 # ------------------------------------------------------------------------------------- the job
-def job_defaults(job_dir: Path = TEMPLATE_JOB) -> dict:
+def job_defaults(job_dir: Path = TEMPLATE_JOB, overrides: dict | None = None) -> dict:
     """What ``job_dir`` runs with as it ships: the uplink codec, the server round, weak-label and
     personalisation settings, read from its config files (``"{var}"`` references resolved).
+
+    Args:
+        job_dir: the job folder. Defaults to ``jobs/fedsegnet``.
+        overrides: ``{job arg: value}`` in place of the job's own values (``--job-arg``; checked
+            against the job-arg schema), e.g. to measure a candidate default before it ships.
 
     Returns:
         ``{"codec": SparseQuantCodec, "aggregation": str, "aam_args": {AdaptiveAggregation argument:
         value}, "weak_loss": {"threshold", "ramp_rounds"}, "values": {job arg: value}}``.
 
     Raises:
-        FedSegNetError: a config file cannot be read; StopIteration: the job has no ``UpdateEncoder``
-            filter or ``aggregator`` component.
+        FedSegNetError: a config file cannot be read, or an override is not a job arg or not a valid
+            value (names it); StopIteration: the job has no ``UpdateEncoder`` filter or ``aggregator``
+            component.
     """
     import inspect
 
     from fedsegnet.aggregation import AdaptiveAggregation
     from fedsegnet.compression import SparseQuantCodec
+    from fedsegnet.config import check_job
     from fedsegnet.flare.ops.jobs import job_args, read_config
 
     values = job_args(job_dir)
+    if overrides:
+        values.update(check_job({**values, **overrides}))
 
     def resolved(args: dict) -> dict:
         return {k: values[v[1:-1]] if isinstance(v, str) and v[:1] == "{" and v[-1:] == "}" else v for k, v in args.items()}
@@ -403,6 +412,9 @@ def main(argv=None) -> int:
     p.add_argument("--resume", help="a previous --json of this benchmark: its runs of this plan are kept and skipped")
     p.add_argument("--markdown", help="write the tables and goals here")
     p.add_argument("--figure", help="draw the local-only -> default arrows into this PNG")
+    p.add_argument("--job-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="run the default job (and the methods built on it) with this job arg instead of its own "
+                        "(repeatable), e.g. aam_temperature=0.2")  # fmt: skip
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
     scenarios, methods = args.scenarios.split(","), args.methods.split(",")
@@ -410,8 +422,10 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown scenario/method {bad}; scenarios {SCENARIOS}, methods {METHODS}")
 
+    from fedsegnet.config import parse_job_values
+
     setup_torch(args.torch_threads)
-    job = job_defaults()
+    job = job_defaults(overrides=parse_job_values(args.job_arg))
     cells = [(seed, sc, mt) for seed in args.seeds for sc in scenarios for mt in methods if mt not in MIXED_ONLY or sc == "mixed"]
     print(
         f"scenarios {scenarios}; methods {methods}; seeds {args.seeds}; preset {args.preset}, {args.rounds} rounds x "
@@ -421,8 +435,11 @@ def main(argv=None) -> int:
     )  # fmt: skip
     rows = []
     if args.resume:
-        plan = set(cells)
-        rows = [r for r in json.loads(Path(args.resume).read_text())["rows"] if (r["seed"], r["scenario"], r["method"]) in plan]
+        plan, before = set(cells), json.loads(Path(args.resume).read_text())
+        if sorted(before["args"].get("job_arg", [])) != sorted(args.job_arg):
+            p.error(f"--resume {args.resume} ran with --job-arg {before['args'].get('job_arg', [])}, this run with "
+                    f"{args.job_arg}: their runs are not of one plan")  # fmt: skip
+        rows = [r for r in before["rows"] if (r["seed"], r["scenario"], r["method"]) in plan]
         done = {(r["seed"], r["scenario"], r["method"]) for r in rows}
         cells = [c for c in cells if c not in done]
         print(f"resumed {len(rows)} run(s) from {args.resume}; {len(cells)} to go", flush=True)

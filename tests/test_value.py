@@ -163,3 +163,25 @@ def test_goals_missed_with_their_numbers():
     assert "MISSED" in _status(lines, "few: mean gain")
     assert set(_status(lines, "mixed:")) == {"MISSED"}
     assert any("-2.0" in line for line in lines if "worst site" in line)
+
+
+def test_job_arg_overrides_reach_the_default_jobs_aggregation_and_codec_and_bad_ones_are_named():
+    value = _value_module()
+    shipped = value.job_defaults()
+    job = value.job_defaults(overrides={"aam_temperature": 0.2, "up_ratio": 0.05})
+    assert job["aam_args"]["temperature"] == 0.2 != shipped["aam_args"]["temperature"]
+    assert job["codec"].ratio == 0.05 and shipped["codec"].ratio != 0.05
+    with pytest.raises(ConfigError, match="aam_temprature"):
+        value.job_defaults(overrides={"aam_temprature": 0.2})
+    with pytest.raises(ConfigError, match="aam_floor"):  # the rules joining several args hold too
+        value.job_defaults(overrides={"aam_floor": 0.9, "aam_cap": 0.5})
+
+
+def test_resume_refuses_a_run_made_with_other_job_args(tmp_path, capsys):
+    value = _value_module()
+    before = tmp_path / "before.json"
+    before.write_text('{"args": {"job_arg": ["aam_temperature=0.2"]}, "rows": []}')
+    with pytest.raises(SystemExit):
+        value.main(["--quick", "--resume", str(before), "--json", str(tmp_path / "after.json")])
+    assert "aam_temperature=0.2" in capsys.readouterr().err
+    assert not (tmp_path / "after.json").exists()
