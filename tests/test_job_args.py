@@ -135,7 +135,13 @@ def test_a_value_that_fails_only_with_the_others_is_refused(tmp_path):
         configure_job(JOBS / "fedavg", tmp_path / "a", preset="brats", num_classes=3)
     with pytest.raises(ConfigError, match="aam_floor=0.7: must be <= aam_cap=0.6"):
         configure_job(JOBS / "fedsegnet", tmp_path / "b", aam_floor=0.7)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    for method in ("median", "trimmed_mean"):  # the server sees only the sum under secure aggregation
+        with pytest.raises(ConfigError, match=f"aggregation='?{method}'?: cannot run with secure_aggregation=true"):
+            configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, aggregation=method)
+    with pytest.raises(ConfigError, match="secagg_threshold=1: must be 0 .* or >= 2"):
+        configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, secagg_threshold=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    assert (configure_job(JOBS / "fedsegnet", tmp_path / "d", secure_aggregation=True, aggregation="mean") / "meta.json").is_file()
 
 
 def _hand_edited_client_config(tmp_path, **values):

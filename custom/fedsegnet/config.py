@@ -654,6 +654,9 @@ JOB_ARGS: dict[str, JobArg] = _args(
     JobArg("dp_delta", "float", None, "delta of the (epsilon, delta) guarantee, < 1", low=0, high=1, low_open=True, null="min(1e-5, 0.1 / the site's training cases)"),
     JobArg("dp_clip", "float", 1.0, "bound on the gradient norm of one training case in one step", low=0, low_open=True),
     JobArg("dp_budget", "float", 0.0, "epsilon a site may spend in all; a round that would pass it is not trained (0 = no budget)", low=0, low_open=True, off=0),
+    # --- secure aggregation (server and sites; docs/secure_aggregation.md)
+    JobArg("secure_aggregation", "bool", False, "sites send only masked updates and the server learns only the round's sum; sites refuse plain train and submit_model tasks"),
+    JobArg("secagg_threshold", "int", 0, "under secure aggregation: the fewest sites a round's sum needs (0 = a majority, at least 2; 1 is refused)", low=0),
 )
 """Every job arg of ``jobs/fedsegnet`` and ``jobs/fedavg``, declared once (tests check that every
 variable of both jobs' configs is here and that every component's default equals the one here)."""
@@ -689,6 +692,10 @@ def check_job_args(values: Mapping, names: Mapping[str, str] | None = None) -> d
     return {key: job_arg(names.get(key, key)).check(value) for key, value in values.items()}
 
 
+SUM_FREE_AGGREGATIONS = ("median", "trimmed_mean")
+"""Aggregations that cannot be computed from the sum of the updates (refused with ``secure_aggregation``)."""
+
+
 def check_job(values: Mapping) -> dict:
     """Check a whole job's args: each against its declaration, then the rules that join several.
 
@@ -704,6 +711,13 @@ def check_job(values: Mapping) -> dict:
     out = check_job_args(values)
     if "aam_floor" in out and "aam_cap" in out and out["aam_floor"] > out["aam_cap"]:
         raise ConfigError("aam_floor", out["aam_floor"], f"must be <= aam_cap={out['aam_cap']}")
+    if out.get("secagg_threshold") == 1:
+        raise ConfigError("secagg_threshold", 1, "must be 0 (a majority) or >= 2: the sum of one site is its update")
+    if out.get("secure_aggregation") and out.get("aggregation") in SUM_FREE_AGGREGATIONS:
+        raise ConfigError(
+            "aggregation", out["aggregation"], "cannot run with secure_aggregation=true: the server sees only the sum of the "
+            "updates, and a coordinate-wise median or trimmed mean needs each one (aam or mean: sample-count weights)",
+        )  # fmt: skip
     if "preset" in out:
         config = build_train_config(
             **{k: out[k] for k in ("preset", "network", "patch_size", "local_steps", "seed", "num_workers", "val_max_cases", "torch_threads") if k in out}

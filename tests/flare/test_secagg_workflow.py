@@ -112,3 +112,50 @@ def test_a_round_through_fobs_sums_the_weighted_updates(seed):
     assert not np.allclose(expected, sum(flatten(updates[s])[0] for s in names) / len(names))  # not the plain mean
     for cls in (KeyAdvert, MaskedInput, ShareBundle, UnmaskReply, UnmaskRequest):
         assert cls.KIND.startswith("secagg.")
+
+
+def _site_ctx(site="site-1"):
+    from nvflare.apis.fl_constant import ReservedKey
+    from nvflare.apis.fl_context import FLContext
+
+    ctx = FLContext()
+    ctx.put(ReservedKey.IDENTITY_NAME, site, private=False, sticky=False)
+    return ctx
+
+
+@pytest.mark.parametrize("task", ["train", "submit_model"])
+def test_under_secure_aggregation_a_site_refuses_tasks_that_would_send_its_update_in_the_clear(task):
+    """The server (honest or not) asks for a plain update or the site's local model: the site answers
+    with an error naming the mode, and its learner is never asked (no update is computed)."""
+    from nvflare.apis.shareable import ReturnCode
+    from nvflare.apis.signal import Signal
+
+    from fedsegnet.flare.constants import ERROR_HEADER
+
+    ex = SecAggLearnerExecutor(secure_aggregation=True)
+    reply = ex.execute(task, Shareable(), _site_ctx(), Signal())
+    assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+    why = reply.get_header(ERROR_HEADER)
+    assert "site site-1" in why and repr(task) in why and "secure_aggregation=true" in why and "masked" in why
+    assert ex.learner is None and not ex.is_initialized  # nothing trained, nothing built
+
+
+def test_without_secure_aggregation_a_site_refuses_the_secure_steps_and_answers_plain_tasks_as_flare():
+    from nvflare.apis.shareable import ReturnCode
+    from nvflare.apis.signal import Signal
+
+    from fedsegnet.flare.constants import ERROR_HEADER, SecAggTask
+
+    ex = SecAggLearnerExecutor(secure_aggregation=False)
+    for task in SecAggTask.ALL:
+        reply = ex.execute(task, Shareable(), _site_ctx("site-2"), Signal())
+        assert reply.get_return_code() == ReturnCode.EXECUTION_EXCEPTION
+        assert "secure_aggregation=false" in reply.get_header(ERROR_HEADER) and "site-2" in reply.get_header(ERROR_HEADER)
+    assert ex._refusal("train") is None and ex._refusal("submit_model") is None and ex._refusal("validate") is None
+
+
+def test_the_executor_refuses_a_mode_that_is_not_a_bool():
+    with pytest.raises(ValueError, match="secure_aggregation"):
+        SecAggLearnerExecutor(secure_aggregation="true")
+    with pytest.raises(ConfigError, match="secure_aggregation"):
+        SecureScatterAndGather(persistor_id="persistor", secure_aggregation="yes")

@@ -1,10 +1,9 @@
-"""A real `nvflare simulator` run under secure aggregation: 2 sites, 2 rounds, tiny preset.
+"""A real `nvflare simulator` run of jobs/fedsegnet with ``secure_aggregation=true``: 2 sites, 2 rounds,
+tiny preset, its cross-site evaluation and ledger as the job ships them.
 
-The job is jobs/fedavg with its workflow replaced by ``SecureScatterAndGather`` and its executor by
-``SecAggLearnerExecutor`` (cross-site evaluation and the ledger are left out: the first would send
-each site's local model to the server). Sites keep their own weighted update and ring input in their
-workspace (``keep_inputs``); the server keeps what it received (``keep_masked_inputs``). The checks
-play the server: what it holds is compared with what only the sites hold.
+Two test-only switches are set in the exported configs: sites keep their own weighted update and ring
+input in their workspace (``keep_inputs``); the server keeps what it received (``keep_masked_inputs``).
+The checks play the server: what it holds is compared with what only the sites hold.
 """
 
 import json
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsegnet.flare.constants import SECAGG_DIR, SecAggTask
+from fedsegnet.flare.constants import SECAGG_DIR
 from fedsegnet.flare.ops.jobs import configure_job
 from fedsegnet.secagg import pack
 from fedsegnet.training.spec import build_from_spec, load_model_file
@@ -25,28 +24,16 @@ SITES = ["site-1", "site-2"]
 
 
 def secagg_job(dst):
-    """jobs/fedavg configured with TINY_JOB_ARGS, its workflows and executor swapped for secure aggregation."""
-    job = configure_job(JOBS / "fedavg", dst, **TINY_JOB_ARGS)
+    """jobs/fedsegnet with TINY_JOB_ARGS and secure_aggregation=true, each side keeping its inputs for the checks."""
+    job = configure_job(JOBS / "fedsegnet", dst, **TINY_JOB_ARGS, secure_aggregation=True)
     config = job / "app" / "config"
     server = json.loads((config / "config_fed_server.json").read_text())
-    server["workflows"] = [{
-        "id": "secure_scatter_and_gather",
-        "path": "fedsegnet.flare.secagg_workflow.SecureScatterAndGather",
-        "args": {"min_clients": "{min_clients}", "num_rounds": "{num_rounds}", "aggregator_id": "aggregator",
-                 "persistor_id": "persistor", "shareable_generator_id": "shareable_generator",
-                 "train_timeout": "{train_timeout}", "step_timeout": 120, "keep_masked_inputs": True},
-    }]  # fmt: skip
-    server["components"] = [c for c in server["components"] if "ledger" not in c["path"]]
-    server["task_data_filters"], server["task_result_filters"] = [], []
+    (workflow,) = [w for w in server["workflows"] if w["path"].endswith(".SecureScatterAndGather")]
+    workflow["args"]["keep_masked_inputs"] = True
     (config / "config_fed_server.json").write_text(json.dumps(server, indent=2))
     client = json.loads((config / "config_fed_client.json").read_text())
-    client["executors"] = [{
-        "tasks": ["train", "submit_model", "validate", *SecAggTask.ALL],
-        "executor": {"id": "executor", "path": "fedsegnet.flare.secagg_executor.SecAggLearnerExecutor",
-                     "args": {"learner_id": "learner", "keep_inputs": True}},
-    }]  # fmt: skip
-    client["components"] = [c for c in client["components"] if "ledger" not in c["path"]]
-    client["task_result_filters"] = []
+    (executor,) = [e["executor"] for e in client["executors"] if e["executor"]["path"].endswith(".SecAggLearnerExecutor")]
+    executor["args"]["keep_inputs"] = True
     (config / "config_fed_client.json").write_text(json.dumps(client, indent=2))
     return job
 
@@ -139,3 +126,47 @@ def test_the_global_model_moved_by_each_rounds_aggregate(secagg_run):
     aggregates = [np.load(server_dir / f"round{r}_aggregate.npy") for r in (0, 1)]
     assert all(np.linalg.norm(a) > 0 for a in aggregates) and not np.allclose(aggregates[0], aggregates[1])
     np.testing.assert_allclose(flat(trained), flat(initial) + aggregates[0] + aggregates[1], atol=1e-5)
+
+
+def test_cross_site_evaluation_scores_only_global_models_and_sites_refuse_to_send_their_own(secagg_run):
+    """The job's cross-site evaluation asks each site for its local model (the global model plus its
+    update, which would undo the masking); each site refuses, and only the server's models are scored."""
+    res, _, _, _ = secagg_run
+    results = json.loads(res.cross_site.read_text())
+    assert sorted(results) == SITES
+    for site, scored in results.items():
+        assert sorted(scored) == ["SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"], scored
+        log = (res.workspace / site / "log.txt").read_text()
+        assert f"site {site}: task 'submit_model' refused: this job runs with secure_aggregation=true" in log
+
+
+def test_the_ledger_records_each_rounds_masked_inputs_and_verifies(secagg_run):
+    from fedsegnet.ledger import Ledger, verify
+
+    res, rounds, _, _ = secagg_run
+    folder = res.job_root / "fedsegnet_ledger"
+    result = verify(folder, models={"final": res.global_model, "best": res.best_model})
+    assert result.ok, "\n".join(result.lines())
+    entries = [e for e in Ledger.open(folder).entries if e["kind"] == "round"]
+    assert [e["round"] for e in entries] == [0, 1]
+    hashes = set()
+    for e, r in zip(entries, rounds):
+        assert e["aggregation"]["method"] == "secure_aggregation" and e["codec"] == {}  # no codec: dense masked ring inputs
+        assert sorted(e["sites"]) == sorted(e["witnesses"]) == SITES  # every site countersigned the head it was sent
+        for site in SITES:
+            assert e["sites"][site]["weight"] == pytest.approx(r["weights"][site])
+            assert e["sites"][site]["signals"]["secagg"] == "survivor"
+            hashes.add(e["sites"][site]["payload_sha256"])
+    assert len(hashes) == 2 * len(SITES)  # one distinct masked input per site and round
+
+
+def test_round_records_count_every_steps_bytes(secagg_run):
+    """Bytes of all four exchanges, both ways, per site and round (the masked input is the big one)."""
+    res, rounds, sites, _ = secagg_run
+    for rec in res.read_records():
+        for site in SITES:
+            s = rec["sites"][site]
+            ring = sites[(site, rec["round"])]["ring"]
+            assert ring.nbytes <= s["bytes_up"] <= 1.2 * ring.nbytes + 20_000, s["bytes_up"]
+            assert s["bytes_down"] > ring.nbytes  # the dense float32 global model goes down
+        assert rec["bytes_up"] == sum(rec["sites"][s]["bytes_up"] for s in SITES)

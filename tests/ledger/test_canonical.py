@@ -75,3 +75,26 @@ def test_sha256_file(tmp_path):
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     with pytest.raises(LedgerError, match="missing.pt"):
         sha256_file(tmp_path / "missing.pt")
+
+
+def test_a_payload_holding_bytes_hashes_node_by_node_and_tells_types_apart():
+    """A secure-aggregation masked input ({"masked": {"data": ring bytes, ...}}) hashes the same on
+    both ends; one changed byte, bytes given as text or as a list of ints, all hash differently."""
+    from fedsegnet.ledger import hash_payload
+
+    ring = bytes(range(256)) * 4
+    masked = {"masked": {"kind": "secagg.masked", "round": 3, "data": ring, "parts": [b"\x00", 1]}}
+    assert hash_payload(masked) == hash_payload({"masked": {"parts": [b"\x00", 1], "data": bytes(ring), "round": 3, "kind": "secagg.masked"}})
+    changed = bytearray(ring)
+    changed[500] ^= 1
+    variants = [
+        {"masked": {**masked["masked"], "data": bytes(changed)}},
+        {"masked": {**masked["masked"], "data": ring.hex()}},
+        {"masked": {**masked["masked"], "data": list(ring)}},
+        {"masked": {**masked["masked"], "parts": [b"\x00", 2]}},
+        {"masked": {**masked["masked"], "parts": [b"\x00\x00", 1]}},
+    ]
+    hashes = {hash_payload(masked), *(hash_payload(v) for v in variants)}
+    assert len(hashes) == 1 + len(variants)
+    with pytest.raises(CanonicalError, match="keys must be strings"):
+        hash_payload({"masked": {1: b"x"}})

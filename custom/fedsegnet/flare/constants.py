@@ -89,6 +89,10 @@ AAM_STATE_KEY = "fedsegnet_aam"
 """Key of the AAM state in the ``train_conf`` of the saved global model."""
 
 
+SECURE_AGGREGATION = "secure_aggregation"
+"""``aggregation_method`` of a secure-aggregation round's records (the server saw only the sum)."""
+
+
 class SecAggTask:
     """Task names of a secure-aggregation round (``fedsegnet.flare.secagg_workflow``), one per exchange."""
 

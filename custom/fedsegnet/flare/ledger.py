@@ -56,7 +56,7 @@ from nvflare.app_common.app_event_type import AppEventType
 from nvflare.widgets.widget import Widget
 
 import fedsegnet
-from fedsegnet.flare.constants import ROUND_RECORD_EVENT, ROUND_RECORD_PROP, UpdateMeta
+from fedsegnet.flare.constants import ROUND_RECORD_EVENT, ROUND_RECORD_PROP, SECURE_AGGREGATION, UpdateMeta
 from fedsegnet.flare.widgets import _peer_site as _peer
 from fedsegnet.ledger import (
     KEY_SOURCE_GENERATED,
@@ -313,7 +313,9 @@ class LedgerKeeper(Widget):
                 aggregation["unhashed_sites"] = unhashed
             self.ledger.append(round_entry(
                 rnd, global_before=self._before or after, global_after=after, sites=sites, refused=refused,
-                aggregation=aggregation, codec=self._codec(fl_ctx), witnesses=witnesses,
+                aggregation=aggregation, witnesses=witnesses,
+                # under secure aggregation a site sends a masked dense ring input: no codec was used
+                codec={} if aggregation["method"] == SECURE_AGGREGATION else self._codec(fl_ctx),
             ))  # fmt: skip
             head = self.ledger.sign_head(self.signer)
             self._last_round = rnd
@@ -523,7 +525,11 @@ class LedgerPayloadRecorder(Filter):
         rnd = dxo.get_meta_prop(UpdateMeta.ROUND)
         if dxo.data and rnd is not None and dxo.get_meta_prop(WITNESS_META) is not None:
             t0 = time.perf_counter()
-            witness.record_payload(int(rnd), hash_payload(dxo.data))
+            try:
+                witness.record_payload(int(rnd), hash_payload(dxo.data))
+            except (LedgerError, OSError) as exc:  # the ledger's record is lost, never the update
+                self.log_warning(fl_ctx, f"ledger: payload of round {rnd} not recorded: {exc}", fire_event=False)
+                return shareable
             self.log_info(fl_ctx, f"ledger: payload of round {rnd} hashed and recorded in {1e3 * (time.perf_counter() - t0):.1f} ms",
                           fire_event=False)  # fmt: skip
         return shareable

@@ -55,7 +55,7 @@ from fedsegnet.flare.compression import (
     UpdateEncoder,
 )
 from fedsegnet.flare.aggregator import AAMAggregator, SharedKeysWeightedAggregator
-from fedsegnet.flare.constants import DATA_ROOT_ENV
+from fedsegnet.flare.constants import DATA_ROOT_ENV, SecAggTask
 from fedsegnet.flare.ledger import (
     LedgerKeeper,
     LedgerPayloadRecorder,
@@ -67,6 +67,8 @@ from fedsegnet.flare.learner import SegLearner
 from fedsegnet.flare.ops.policy import write_site_policy
 from fedsegnet.flare.persistor import SegModelPersistor
 from fedsegnet.flare.widgets import RoundRecorder
+from fedsegnet.flare.secagg_executor import SecAggLearnerExecutor
+from fedsegnet.flare.secagg_workflow import SecureScatterAndGather
 from fedsegnet.flare.workflow import ResumableScatterAndGather
 from fedsegnet.outputs import MARKER, claim_dir, read_marker, write_marker
 
@@ -139,6 +141,11 @@ class FedSegNetFedAvgRecipe(Recipe):
         dp, dp_noise, dp_target_epsilon, dp_delta, dp_clip, dp_budget: the sites' differential
             privacy (:class:`fedsegnet.privacy.DPSettings`; defaults ``"none"``, None, None, None,
             1.0, 0.0; see ``docs/privacy.md``).
+        secure_aggregation: None for ``jobs/fedavg``'s workflow and executor (no such job arg); True or
+            False for ``jobs/fedsegnet``'s, which switch on it
+            (:class:`~fedsegnet.flare.secagg_workflow.SecureScatterAndGather`,
+            :class:`~fedsegnet.flare.secagg_executor.SecAggLearnerExecutor`). Defaults to None.
+        secagg_threshold: the fewest sites a secure round's sum needs (0 = a majority). Defaults to 0.
 
     Raises:
         ConfigError: a bad value, or values that do not go together (``aam_floor`` > ``aam_cap``, a
@@ -198,16 +205,20 @@ class FedSegNetFedAvgRecipe(Recipe):
         dp_delta: float | None = None,
         dp_clip: float = 1.0,
         dp_budget: float = 0.0,
+        secure_aggregation: bool | None = None,
+        secagg_threshold: int = 0,
     ):
         given = {k: v for k, v in dict(locals()).items() if k in JOB_ARGS}
         if aggregation is None:
             del given["aggregation"]  # FedAvg: FLARE's weighted aggregator, no aggregation job arg
+        if secure_aggregation is None:  # jobs/fedavg: no secure-aggregation job args
+            del given["secure_aggregation"], given["secagg_threshold"]
         self._values = check_job(given)  # every value and the rules that join several, before anything is built
         self._bound = {"server": {}, "client": {}}
         server, client = self._server, self._client
         job = FedJob(name=name, min_clients=min_clients)
         job.set_app_packages(["fedsegnet"])  # sites run the installed package; nothing is copied into the job
-        sag = ResumableScatterAndGather(
+        rounds = dict(
             min_clients=min_clients,
             num_rounds=num_rounds,
             start_round=0,
@@ -220,9 +231,15 @@ class FedSegNetFedAvgRecipe(Recipe):
             ignore_result_error=ignore_result_error,
             drop_stragglers=drop_stragglers,
         )
+        # jobs/fedsegnet: one workflow and one executor for both modes, switched by the job arg
+        secagg = () if secure_aggregation is None else ("secure_aggregation", "secagg_threshold")
+        if secagg:
+            sag = SecureScatterAndGather(secure_aggregation=secure_aggregation, secagg_threshold=secagg_threshold, **rounds)
+        else:
+            sag = ResumableScatterAndGather(**rounds)
         # None (FLARE's rule) stays a literal, as in jobs/fedavg; a value is the job arg of jobs/fedsegnet
         rule = ("ignore_result_error",) if ignore_result_error is not None else ()
-        server(sag, "min_clients", "num_rounds", "train_timeout", "drop_stragglers", *rule,
+        server(sag, "min_clients", "num_rounds", "train_timeout", "drop_stragglers", *rule, *secagg,
                wait_time_after_min_received="wait_after_min_clients")  # fmt: skip
         job.to_server(sag, id="scatter_and_gather")
         cse = CrossSiteModelEval(
@@ -264,7 +281,11 @@ class FedSegNetFedAvgRecipe(Recipe):
         job.to_server(TBAnalyticsReceiver(tb_folder="tb_events", events=[f"fed.{ANALYTICS_EVENT}"]), id="tb_receiver")
         job.to_server(RoundRecorder(tb_folder="tb_events"), id="round_recorder")
 
-        job.to_clients(LearnerExecutor(learner_id="learner"), tasks=["train", "submit_model", "validate"], id="executor")
+        if secagg:
+            executor = client(SecAggLearnerExecutor(learner_id="learner", secure_aggregation=secure_aggregation), "secure_aggregation")
+            job.to_clients(executor, tasks=["train", "submit_model", "validate", *SecAggTask.ALL], id="executor")
+        else:
+            job.to_clients(LearnerExecutor(learner_id="learner"), tasks=["train", "submit_model", "validate"], id="executor")
         site_args = (
             "data_root", *model_args, "local_steps", "val_max_cases", "torch_threads", "num_workers", "pseudo_threshold",
             "pseudo_ramp_rounds", "fedprox_mu", "personalization", "personal_keys", "ditto_lambda", "personal_steps",
@@ -331,6 +352,18 @@ class FedSegNetFedAvgRecipe(Recipe):
         else:
             job.to_server(LedgerTaskFilter(), tasks=["train"], filter_type=FilterType.TASK_DATA)
         job.to_clients(LedgerPayloadRecorder(), tasks=["train"], filter_type=FilterType.TASK_RESULT)
+        if secagg:
+            # FLARE's filter chains must not share a task: the masked-input step (the global model,
+            # dense, with the ledger's bundle; the site's masked input back, hashed for the ledger) and
+            # the three key steps each get their own; every step's messages are counted both ways
+            masked, keys = [SecAggTask.MASKED], [t for t in SecAggTask.ALL if t != SecAggTask.MASKED]
+            for f in (LedgerTaskFilter(), MessageBytes(direction="down")):
+                job.to_server(f, tasks=masked, filter_type=FilterType.TASK_DATA)
+            for f in (LedgerResultFilter(), MessageBytes(direction="up")):
+                job.to_server(f, tasks=masked, filter_type=FilterType.TASK_RESULT)
+            job.to_server(MessageBytes(direction="down"), tasks=keys, filter_type=FilterType.TASK_DATA)
+            job.to_server(MessageBytes(direction="up"), tasks=keys, filter_type=FilterType.TASK_RESULT)
+            job.to_clients(LedgerPayloadRecorder(), tasks=masked, filter_type=FilterType.TASK_RESULT)
         super().__init__(job)
         # the job args, at the top of each config as in jobs/: FLARE puts them in place of the "{name}" references
         self.add_server_config(dict(self._bound["server"]))
@@ -371,7 +404,7 @@ class FedSegNetRecipe(FedSegNetFedAvgRecipe):
     """FedSegNet's job (``jobs/fedsegnet``): AAM aggregation of compressed updates (both ways), a
     rejected update skipped rather than ending the job. Takes the arguments of
     :class:`FedSegNetFedAvgRecipe`; defaults differ in ``name="fedsegnet"``, ``compression=True``,
-    ``ignore_result_error=True``, ``aggregation="aam"``.
+    ``ignore_result_error=True``, ``aggregation="aam"``, ``secure_aggregation=False``.
     """
 
     def __init__(
@@ -380,11 +413,13 @@ class FedSegNetRecipe(FedSegNetFedAvgRecipe):
         compression: bool = True,
         ignore_result_error: bool | None = True,
         aggregation: str | None = "aam",
+        secure_aggregation: bool = False,
         **kwargs,
     ):
         super().__init__(
-            name=name, compression=compression, ignore_result_error=ignore_result_error, aggregation=aggregation, **kwargs
-        )
+            name=name, compression=compression, ignore_result_error=ignore_result_error, aggregation=aggregation,
+            secure_aggregation=secure_aggregation, **kwargs,
+        )  # fmt: skip
 
 
 class FedSegNetSimEnv(SimEnv):

@@ -1,6 +1,8 @@
-"""Site executor for secure aggregation: FLARE's ``LearnerExecutor`` (``train``, ``validate``,
-``submit_model`` unchanged) that also answers the four tasks of a secure-aggregation round
-(:class:`~fedsegnet.flare.secagg_workflow.SecureScatterAndGather`) with :class:`~fedsegnet.secagg.SiteSecAgg`.
+"""Site executor for secure aggregation: FLARE's ``LearnerExecutor`` that also answers the four tasks
+of a secure-aggregation round (:class:`~fedsegnet.flare.secagg_workflow.SecureScatterAndGather`) with
+:class:`~fedsegnet.secagg.SiteSecAgg`. With ``secure_aggregation=true`` it refuses ``train`` and
+``submit_model`` (their answers would carry the update in the clear); with ``false`` it is FLARE's
+``LearnerExecutor`` and refuses the secure-aggregation tasks.
 
 The masked-input task trains exactly as ``train`` does (the learner's ``validate`` of the received
 global model before training, then its ``train``), multiplies the update by the weight the server
@@ -56,9 +58,14 @@ class SecAggLearnerExecutor(LearnerExecutor):
         keep_inputs: write this site's own weighted update and ring input of each round to
             ``<site job workspace>/fedsegnet_secagg/`` (tests compare them with what the server holds;
             they never leave the site). Defaults to False.
+        secure_aggregation: True: the site sends its update only masked. It refuses a plain ``train``
+            task (whose answer is the update itself) and ``submit_model`` (its local model is the global
+            model plus its update), whatever the server asks; ``validate`` of a model the server sends is
+            answered. False: ``LearnerExecutor`` as FLARE ships it, and the secure-aggregation tasks are
+            refused. The job arg ``secure_aggregation`` sets it. Defaults to False.
 
     Raises:
-        ValueError: a bad ``adverts``, ``min_threshold`` or ``keep_inputs``, naming it.
+        ValueError: a bad ``adverts``, ``min_threshold``, ``keep_inputs`` or ``secure_aggregation``, naming it.
     """
 
     def __init__(
@@ -70,14 +77,17 @@ class SecAggLearnerExecutor(LearnerExecutor):
         adverts: str = "generated",
         min_threshold: int = 2,
         keep_inputs: bool = False,
+        secure_aggregation: bool = False,
     ):
         super().__init__(learner_id=learner_id, train_task=train_task, submit_model_task=submit_model_task, validate_task=validate_task)
         if adverts not in ADVERT_MODES:
             raise ValueError(f"adverts={adverts!r}: must be one of {', '.join(ADVERT_MODES)}")
         if isinstance(min_threshold, bool) or not isinstance(min_threshold, int) or min_threshold < 2:
             raise ValueError(f"min_threshold={min_threshold!r}: must be an integer >= 2")
-        if not isinstance(keep_inputs, bool):
-            raise ValueError(f"keep_inputs={keep_inputs!r}: must be true or false")
+        for name, value in (("keep_inputs", keep_inputs), ("secure_aggregation", secure_aggregation)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name}={value!r}: must be true or false")
+        self.secure_aggregation = secure_aggregation
         self.adverts = adverts
         self.min_threshold = min_threshold
         self.keep_inputs = keep_inputs
@@ -89,12 +99,16 @@ class SecAggLearnerExecutor(LearnerExecutor):
         self._rng = np.random.default_rng()  # stochastic rounding: secret, from the OS
 
     def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        self._site = fl_ctx.get_identity_name()
+        refused = self._refusal(task_name)
+        if refused:
+            self.log_error(fl_ctx, refused)
+            return self._error(refused)
         if task_name not in SecAggTask.ALL:
             return super().execute(task_name, shareable, fl_ctx, abort_signal)
         if not self.is_initialized:
             self.is_initialized = True
             self.initialize(fl_ctx)
-        self._site = fl_ctx.get_identity_name()
         if self._feedback is None:
             self._feedback = SecAggErrorFeedback(self._site)
         try:
@@ -111,6 +125,17 @@ class SecAggLearnerExecutor(LearnerExecutor):
             if task_name in (SecAggTask.ADVERT, SecAggTask.SHARES, SecAggTask.MASKED):
                 self._round = None  # this site is out of the round
             return self._error(message)
+
+    def _refusal(self, task_name: str) -> str | None:
+        """Why this site refuses ``task_name`` in this job's mode, or None."""
+        site = self._site
+        if not self.secure_aggregation and task_name in SecAggTask.ALL:
+            return f"site {site}: task {task_name!r} refused: this job runs with secure_aggregation=false"
+        if self.secure_aggregation and task_name in (self.train_task, self.submit_model_task):
+            what = "its update" if task_name == self.train_task else "its local model (the global model plus its update)"
+            return (f"site {site}: task {task_name!r} refused: this job runs with secure_aggregation=true, so the site "
+                    f"sends {what} only masked, never in the clear")  # fmt: skip
+        return None
 
     @staticmethod
     def _error(message: str) -> Shareable:

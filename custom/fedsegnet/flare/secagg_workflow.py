@@ -54,7 +54,15 @@ from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
 from fedsegnet.errors import ConfigError
-from fedsegnet.flare.constants import AAM_RECORD_EVENT, AAM_RECORD_PROP, ERROR_HEADER, SECAGG_DIR, SECAGG_KEY, SecAggTask
+from fedsegnet.flare.constants import (
+    AAM_RECORD_EVENT,
+    AAM_RECORD_PROP,
+    ERROR_HEADER,
+    SECAGG_DIR,
+    SECAGG_KEY,
+    SECURE_AGGREGATION,
+    SecAggTask,
+)
 from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP, ResumableScatterAndGather
 from fedsegnet.secagg import (
     KeyAdvert,
@@ -70,7 +78,7 @@ from fedsegnet.secagg import (
 from fedsegnet.secagg.adverts import weakest
 from fedsegnet.secagg.masking import check_ring_bits
 
-METHOD = "secure_aggregation"
+METHOD = SECURE_AGGREGATION
 """``aggregation_method`` of the round records."""
 
 
@@ -108,6 +116,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         aggregator_id, persistor_id, shareable_generator_id: component ids as FLARE's (the aggregator
             must exist for FLARE's start-up checks; it receives no update).
         train_timeout: seconds the masked-input step (which trains) waits (0 = no limit). Defaults to 0.
+        secure_aggregation: False runs the plain rounds of :class:`~fedsegnet.flare.workflow.ResumableScatterAndGather`
+            (the update decoded and aggregated by the aggregator), so one job folder serves both modes
+            through its ``secure_aggregation`` job arg. Defaults to False.
         step_timeout: seconds each other step waits for the sites (0 = no limit). Defaults to 120.
         secagg_threshold: ``t``, the fewest sites each step needs; 0 = ``max(2, floor(n/2) + 1)`` for
             the ``n`` sites of the round (checked by :func:`~fedsegnet.secagg.check_threshold`).
@@ -117,6 +128,10 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         keep_masked_inputs: write what the server received and computed (masked inputs, ring sum,
             aggregate) under ``<job>/fedsegnet_secagg/`` for tests; never a site's own input, which the
             server does not have. Defaults to False.
+        wait_time_after_min_received, train_task_name, ignore_result_error, drop_stragglers: the plain
+            rounds' (:class:`~fedsegnet.flare.workflow.ResumableScatterAndGather`; same defaults). Under
+            secure aggregation a site that fails a step is dropped from it (``ignore_result_error`` is
+            not used).
         task_check_period, persist_every_n_rounds, snapshot_every_n_rounds: FLARE's (same defaults).
 
     Raises:
@@ -132,21 +147,31 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         persistor_id: str = "",
         shareable_generator_id: str = AppConstants.DEFAULT_SHAREABLE_GENERATOR_ID,
         train_timeout: int = 0,
+        secure_aggregation: bool = False,
         step_timeout: int = 120,
         secagg_threshold: int = 0,
         ring_bits: int = 32,
         clip: float = 1.0,
         keep_masked_inputs: bool = False,
+        wait_time_after_min_received: int = 10,
+        train_task_name: str = AppConstants.TASK_TRAIN,
+        ignore_result_error: bool | None = True,
+        drop_stragglers: bool = False,
         task_check_period: float = 0.5,
         persist_every_n_rounds: int = 1,
         snapshot_every_n_rounds: int = 1,
     ):
+        if not isinstance(secure_aggregation, bool):
+            raise ConfigError("secure_aggregation", secure_aggregation, "must be true or false")
         super().__init__(
-            min_clients=min_clients, num_rounds=num_rounds, start_round=start_round, aggregator_id=aggregator_id,
-            persistor_id=persistor_id, shareable_generator_id=shareable_generator_id, train_timeout=train_timeout,
-            ignore_result_error=True, task_check_period=task_check_period, persist_every_n_rounds=persist_every_n_rounds,
-            snapshot_every_n_rounds=snapshot_every_n_rounds,
+            min_clients=min_clients, num_rounds=num_rounds, start_round=start_round,
+            wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
+            persistor_id=persistor_id, shareable_generator_id=shareable_generator_id, train_task_name=train_task_name,
+            train_timeout=train_timeout, ignore_result_error=ignore_result_error if not secure_aggregation else True,
+            drop_stragglers=drop_stragglers, task_check_period=task_check_period,
+            persist_every_n_rounds=persist_every_n_rounds, snapshot_every_n_rounds=snapshot_every_n_rounds,
         )  # fmt: skip
+        self.secure_aggregation = secure_aggregation
         if isinstance(step_timeout, bool) or not isinstance(step_timeout, int) or step_timeout < 0:
             raise ConfigError("step_timeout", step_timeout, "must be an integer >= 0 (seconds, 0 = no limit)")
         if isinstance(secagg_threshold, bool) or not isinstance(secagg_threshold, int) or secagg_threshold < 0 or secagg_threshold == 1:
@@ -169,6 +194,8 @@ class SecureScatterAndGather(ResumableScatterAndGather):
 
     # ------------------------------------------------------------------------------------------ rounds
     def control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        if not self.secure_aggregation:  # the job's plain rounds: ResumableScatterAndGather's
+            return super().control_flow(abort_signal, fl_ctx)
         try:
             self._control_flow(abort_signal, fl_ctx)
         except Exception as e:  # a bug here must end the job with a reason, not hang it
@@ -176,6 +203,11 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             self.system_panic(f"secure aggregation control flow: {type(e).__name__}: {e}", fl_ctx)
 
     def _control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
+        self.log_info(
+            fl_ctx, "secure aggregation: the server learns only each round's weighted sum of the updates; the weights are "
+            "the training-case counts the sites report (the aggregator's AAM signals and the uplink codec need each "
+            "site's update and are not used); sites refuse plain train and submit_model tasks",
+        )  # fmt: skip
         self._phase = AppConstants.PHASE_TRAIN
         fl_ctx.set_prop(AppConstants.PHASE, self._phase, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self._num_rounds, private=True, sticky=False)

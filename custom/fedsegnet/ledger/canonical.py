@@ -183,11 +183,13 @@ def hash_weights(weights: Mapping) -> str:
 
 def hash_payload(payload: Mapping) -> str:
     """Deterministic hex SHA-256 of what a site sends: arrays as in :func:`hash_weights`, the other
-    fields (a codec's settings, tensor names, a version number) by their canonical JSON bytes.
+    fields (a codec's settings, tensor names, a version number) by their canonical JSON bytes; a
+    field holding bytes anywhere (a secure-aggregation masked input) node by node, type-tagged.
 
     Args:
-        payload: ``{name: numpy array | torch tensor | plain JSON value}`` (a packed update, or a
-            dict of arrays, for which the hash equals :func:`hash_weights`).
+        payload: ``{name: numpy array | torch tensor | plain JSON value | nested dicts and lists
+            holding bytes}`` (a packed update, or a dict of arrays, for which the hash equals
+            :func:`hash_weights`).
 
     Returns:
         64 lowercase hex digits; equal on both ends of the wire for the same payload.
@@ -209,7 +211,46 @@ def hash_payload(payload: Mapping) -> str:
         if isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "detach"):
             _put(digest, b"array")
             _put(digest, bytes.fromhex(hash_weights({name: value})))
+        elif _holds_bytes(value):  # e.g. a masked input of secure aggregation: its ring packed as bytes
+            _put(digest, b"tree")
+            _put_tree(digest, value, f"payload[{name!r}]")
         else:
             _put(digest, b"json")
             _put(digest, canonical_bytes(canonical_value(value, f"payload[{name!r}]")))
     return digest.hexdigest()
+
+
+def _holds_bytes(value) -> bool:
+    if isinstance(value, (bytes, bytearray)):
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bytes(v) for v in value)
+    return False
+
+
+def _put_tree(digest, value, field: str) -> None:
+    """A nested value holding bytes, each node tagged with its type so that no two values share a
+    stream: bytes (``b``), arrays (``a``, as :func:`hash_weights`), dicts (``d``, keys sorted), lists
+    (``l``) and plain JSON leaves (``j``, canonical bytes)."""
+    if isinstance(value, (bytes, bytearray)):
+        _put(digest, b"b")
+        _put(digest, bytes(value))
+    elif isinstance(value, (np.ndarray, np.generic)) or hasattr(value, "detach"):
+        _put(digest, b"a")
+        _put(digest, bytes.fromhex(hash_weights({"": value})))
+    elif isinstance(value, Mapping):
+        _put(digest, b"d" + struct.pack(">Q", len(value)))
+        for key in sorted(value, key=lambda k: (not isinstance(k, str), str(k))):
+            if not isinstance(key, str):
+                raise CanonicalError(field, f"key {key!r} is a {type(key).__name__}; keys must be strings")
+            _put(digest, key.encode("utf-8"))
+            _put_tree(digest, value[key], f"{field}.{key}")
+    elif isinstance(value, (list, tuple)):
+        _put(digest, b"l" + struct.pack(">Q", len(value)))
+        for i, item in enumerate(value):
+            _put_tree(digest, item, f"{field}[{i}]")
+    else:
+        _put(digest, b"j")
+        _put(digest, canonical_bytes(canonical_value(value, field)))
