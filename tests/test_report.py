@@ -105,6 +105,17 @@ def test_the_job_config_is_read_from_the_server_and_a_site(tmp_path):
     assert lines["personalisation"] == "none"
 
 
+def test_a_secure_aggregation_job_says_what_the_server_saw_and_what_did_not_run(tmp_path):
+    root = _job_dir(tmp_path, "fedsegnet")
+    job = read_job_config(root / "server" / "simulate_job", root)
+    assert job["args"]["secure_aggregation"] is False and not job_summary(job)["aggregation"].startswith("secure")
+    job["args"].update(secure_aggregation=True, secagg_threshold=3)  # as both configs of such a job have them
+    lines = job_summary(job)
+    assert lines["aggregation"].startswith("secure aggregation") and "only each round's weighted sum" in lines["aggregation"]
+    assert "threshold 3 sites" in lines["aggregation"] and "aam settings need each update and were not used" in lines["aggregation"]
+    assert lines["compression"].startswith("none under secure aggregation")
+
+
 def test_the_fedavg_job_says_fedavg_and_no_compression(tmp_path):
     root = _job_dir(tmp_path, "fedavg")
     lines = job_summary(read_job_config(root / "server" / "simulate_job", root))

@@ -241,7 +241,8 @@ JOB_GROUPS = (
     ("model", ("preset", "network", "patch_size", "num_classes", "in_channels")),
     ("local training", ("local_steps", "val_max_cases", "fedprox_mu", "pseudo_threshold", "pseudo_ramp_rounds",
                         "torch_threads", "num_workers")),
-    ("aggregation", ("aggregation", "aam_temperature", "aam_floor", "aam_cap", "aam_peer_cases_ratio")),
+    ("aggregation", ("aggregation", "aam_temperature", "aam_floor", "aam_cap", "aam_peer_cases_ratio", "secure_aggregation",
+                     "secagg_threshold")),
     ("compression", ("up_ratio", "up_bits", "down_ratio", "down_bits", "down_first_bits", "compression_block",
                      "compression_scope", "dense_bits")),
     ("personalisation", ("personalization", "personal_keys", "ditto_lambda", "personal_steps", "boundary_weight",
@@ -371,7 +372,14 @@ def job_summary(job: dict, facts: dict | None = None) -> dict[str, str]:
     else:
         agg = job.get("aggregator")
         out["aggregation"] = _AGGREGATORS.get(agg, f"{agg} (the job's aggregator)" if agg else "?")
-    if "up_ratio" in a or "down_ratio" in a:
+    if a.get("secure_aggregation"):  # the server saw only sums: neither AAM nor the uplink codec ran
+        t = a.get("secagg_threshold") or "a majority (at least 2)"
+        out["aggregation"] = (f"secure aggregation (pairwise masks with Shamir-shared seeds): the server saw only each "
+                              f"round's weighted sum; weights: the sites' training-case counts; threshold {t} sites "
+                              f"(the job's {method or 'aggregation'} settings need each update and were not used)")  # fmt: skip
+        out["compression"] = ("none under secure aggregation: masked dense ring inputs up, the float32 global model down; "
+                              "sites refused to send their local models")  # fmt: skip
+    elif "up_ratio" in a or "down_ratio" in a:
         parts = []
         if "up_ratio" in a:
             parts.append(f"up: top {_pct(a['up_ratio'])} of the values at {a.get('up_bits')} bits")

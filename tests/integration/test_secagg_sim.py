@@ -170,3 +170,12 @@ def test_round_records_count_every_steps_bytes(secagg_run):
             assert ring.nbytes <= s["bytes_up"] <= 1.2 * ring.nbytes + 20_000, s["bytes_up"]
             assert s["bytes_down"] > ring.nbytes  # the dense float32 global model goes down
         assert rec["bytes_up"] == sum(rec["sites"][s]["bytes_up"] for s in SITES)
+
+
+def test_the_report_says_the_round_ran_under_secure_aggregation(secagg_run, tmp_path):
+    from fedsegnet.report import build_report
+
+    res, _, _, _ = secagg_run
+    page = build_report(res.workspace, tmp_path / "report").read_text()
+    assert "secure aggregation (pairwise masks" in page and "only each round&#x27;s weighted sum" in page
+    assert "none under secure aggregation" in page
