@@ -32,7 +32,7 @@ def test_model_layout_is_sorted_and_leaves_out_integer_buffers():
     assert set(weights) == {"b.w", "a.bias", "bn.n"}  # input not modified
 
 
-@pytest.mark.parametrize("counts", [{"s1": 4, "s2": 4}, {"s1": 1, "s2": 3, "s3": 6}])
+@pytest.mark.parametrize("counts", [{"s1": 4, "s2": 4}, {"s1": 2, "s2": 3, "s3": 4}])  # within the peer bound
 def test_sample_weights_are_the_shares_of_the_cases(counts):
     w = sample_weights(counts)
     assert list(w) == sorted(counts) and sum(w.values()) == pytest.approx(1.0)
@@ -159,3 +159,13 @@ def test_the_executor_refuses_a_mode_that_is_not_a_bool():
         SecAggLearnerExecutor(secure_aggregation="true")
     with pytest.raises(ConfigError, match="secure_aggregation"):
         SecureScatterAndGather(persistor_id="persistor", secure_aggregation="yes")
+
+
+def test_a_site_overclaiming_cases_is_bounded_by_its_peers_as_in_the_plain_modes():
+    """Under secure aggregation the count is the only weight: 1e9 claimed cases count as 2 x the
+    others' lower median (weight 0.4 against 0.2 each for three honest sites, as AAM and mean give)."""
+    w = sample_weights({"site-1": 10, "site-2": 10, "site-3": 10, "site-4": 10**9})
+    assert w["site-4"] == pytest.approx(0.4) and all(w[s] == pytest.approx(0.2) for s in ("site-1", "site-2", "site-3"))
+    assert sample_weights({"a": 10, "b": 10**9}, peer_cases_ratio=0)["b"] > 0.99  # 0: counts as reported
+    with pytest.raises(ConfigError, match="aam_peer_cases_ratio"):
+        SecureScatterAndGather(persistor_id="persistor", peer_cases_ratio=0.5)

@@ -233,14 +233,16 @@ class FedSegNetFedAvgRecipe(Recipe):
         )
         # jobs/fedsegnet: one workflow and one executor for both modes, switched by the job arg
         secagg = () if secure_aggregation is None else ("secure_aggregation", "secagg_threshold")
+        peer = {"peer_cases_ratio": "aam_peer_cases_ratio"} if secagg else {}
         if secagg:
-            sag = SecureScatterAndGather(secure_aggregation=secure_aggregation, secagg_threshold=secagg_threshold, **rounds)
+            sag = SecureScatterAndGather(secure_aggregation=secure_aggregation, secagg_threshold=secagg_threshold,
+                                         peer_cases_ratio=aam_peer_cases_ratio, **rounds)  # fmt: skip
         else:
             sag = ResumableScatterAndGather(**rounds)
         # None (FLARE's rule) stays a literal, as in jobs/fedavg; a value is the job arg of jobs/fedsegnet
         rule = ("ignore_result_error",) if ignore_result_error is not None else ()
         server(sag, "min_clients", "num_rounds", "train_timeout", "drop_stragglers", *rule, *secagg,
-               wait_time_after_min_received="wait_after_min_clients")  # fmt: skip
+               wait_time_after_min_received="wait_after_min_clients", **peer)  # fmt: skip
         job.to_server(sag, id="scatter_and_gather")
         cse = CrossSiteModelEval(
             model_locator_id="model_locator",

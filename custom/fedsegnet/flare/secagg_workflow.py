@@ -53,6 +53,8 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
+from fedsegnet.aggregation.reports import peer_bounded_counts
+from fedsegnet.config import check_job_args
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import (
     AAM_RECORD_EVENT,
@@ -90,8 +92,15 @@ def model_layout(weights: dict) -> tuple[tuple[str, tuple[int, ...]], ...]:
     )  # fmt: skip
 
 
-def sample_weights(n_train: dict[str, int]) -> dict[str, float]:
-    """``{site: n / sum(n)}`` from the cases each site reported.
+def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> dict[str, float]:
+    """``{site: n / sum(n)}`` from the cases each site reported, each count first bounded by its peers'
+    as in the plain modes (:func:`~fedsegnet.aggregation.reports.peer_bounded_counts`: at most
+    ``peer_cases_ratio`` times the others' lower median), so that a site claiming ``1e9`` cases cannot
+    take the round's weight.
+
+    Args:
+        n_train: ``{site: reported training cases}``.
+        peer_cases_ratio: the job arg ``aam_peer_cases_ratio`` (0 = counts as reported). Defaults to 2.0.
 
     Raises:
         ValueError: no site, or a count that is not a positive integer (naming the site).
@@ -101,8 +110,9 @@ def sample_weights(n_train: dict[str, int]) -> dict[str, float]:
     for site, n in n_train.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"site {site!r}: n_train={n!r} must be a positive integer")
-    total = sum(n_train.values())
-    return {site: n / total for site, n in sorted(n_train.items())}
+    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    total = sum(bounded.values())
+    return {site: n / total for site, n in sorted(bounded.items())}
 
 
 class SecureScatterAndGather(ResumableScatterAndGather):
@@ -123,6 +133,8 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         secagg_threshold: ``t``, the fewest sites each step needs; 0 = ``max(2, floor(n/2) + 1)`` for
             the ``n`` sites of the round (checked by :func:`~fedsegnet.secagg.check_threshold`).
             Defaults to 0.
+        peer_cases_ratio: a site's reported case count counts at most this many times the others'
+            lower median (the job arg ``aam_peer_cases_ratio``; 0 = as reported). Defaults to 2.0.
         ring_bits: bits of a ring element, 2..32. Defaults to 32.
         clip: each site clips its weighted update's values to ``[-clip, clip]``. Defaults to 1.0.
         keep_masked_inputs: write what the server received and computed (masked inputs, ring sum,
@@ -150,6 +162,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         secure_aggregation: bool = False,
         step_timeout: int = 120,
         secagg_threshold: int = 0,
+        peer_cases_ratio: float = 2.0,
         ring_bits: int = 32,
         clip: float = 1.0,
         keep_masked_inputs: bool = False,
@@ -185,6 +198,8 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             RingQuantizer(clip, max(1, int(min_clients)), ring_bits)  # room for min_clients sites in the ring
         except SecAggError as e:
             raise ConfigError("ring_bits", ring_bits, e.problem.split(": ", 1)[-1]) from None
+        check_job_args({"aam_peer_cases_ratio": peer_cases_ratio})
+        self.peer_cases_ratio = peer_cases_ratio
         self.step_timeout = step_timeout
         self.secagg_threshold = secagg_threshold
         self.ring_bits = ring_bits
@@ -344,7 +359,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         seconds["shares"] = time.perf_counter() - t0
         if abort_signal.triggered or (inboxes := closing("shares", server.inboxes)) is None:
             return None, record
-        site_weights = sample_weights({s: n_train[s] for s in inboxes})
+        site_weights = sample_weights({s: n_train[s] for s in inboxes}, self.peer_cases_ratio)
         record["weights"] = site_weights
         record["n_train"] = {s: n_train[s] for s in inboxes}
 
