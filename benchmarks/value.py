@@ -70,6 +70,9 @@ SCENARIOS = ("few", "many", "organs", "mixed")
 PERSONAL = ("finetune", "fedbn", "ditto")
 MIXED_ONLY = ("voxel_only", "all_voxel")
 METHODS = ("local_only", "fedavg", "default", *PERSONAL, "centralized", *MIXED_ONLY)
+WITHOUT_DEFAULT_JOB = ("local_only", "fedavg", "centralized")
+"""Methods that use no part of the default job but its weak-label loss: their runs stay valid when
+the default job changes."""
 DIAGNOSTIC = ("aam_dense", "fedavg_codec")
 """Not in the default plan: the default job with one of its two parts switched off, to tell which
 one costs what against FedAvg (``--methods aam_dense,fedavg_codec``): AAM on dense float32 updates,
@@ -415,6 +418,9 @@ def main(argv=None) -> int:
     p.add_argument("--job-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="run the default job (and the methods built on it) with this job arg instead of its own "
                         "(repeatable), e.g. aam_temperature=0.2")  # fmt: skip
+    p.add_argument("--aam-margin", type=float, default=None,
+                   help="AAM's tolerated shortfall of quality and performance below the median, not a job arg "
+                        "(default: AdaptiveAggregation's), as aggregation.py takes it")  # fmt: skip
     args = p.parse_args(argv)
     apply_size(args, SIZES["quick" if args.quick else "full"])
     scenarios, methods = args.scenarios.split(","), args.methods.split(",")
@@ -426,6 +432,11 @@ def main(argv=None) -> int:
 
     setup_torch(args.torch_threads)
     job = job_defaults(overrides=parse_job_values(args.job_arg))
+    if args.aam_margin is not None:
+        job["aam_args"]["margin"] = args.aam_margin
+    # what the default job ran with, kept in the --json (a --resume of another default job reruns its runs)
+    args.default_job = json.loads(json.dumps({"aam": job["aam_args"], "codec": repr(job["codec"]), "weak_loss": job["weak_loss"],
+                                              "values": job["values"]}, default=str))  # fmt: skip
     cells = [(seed, sc, mt) for seed in args.seeds for sc in scenarios for mt in methods if mt not in MIXED_ONLY or sc == "mixed"]
     print(
         f"scenarios {scenarios}; methods {methods}; seeds {args.seeds}; preset {args.preset}, {args.rounds} rounds x "
@@ -436,10 +447,14 @@ def main(argv=None) -> int:
     rows = []
     if args.resume:
         plan, before = set(cells), json.loads(Path(args.resume).read_text())
-        if sorted(before["args"].get("job_arg", [])) != sorted(args.job_arg):
-            p.error(f"--resume {args.resume} ran with --job-arg {before['args'].get('job_arg', [])}, this run with "
-                    f"{args.job_arg}: their runs are not of one plan")  # fmt: skip
         rows = [r for r in before["rows"] if (r["seed"], r["scenario"], r["method"]) in plan]
+        then = before["args"].get("default_job")
+        if then != args.default_job:  # the default job changed (its files, --job-arg, --aam-margin): its runs are stale
+            kept = [r for r in rows if r["method"] in WITHOUT_DEFAULT_JOB] if (then or {}).get("weak_loss") == job["weak_loss"] else []
+            print(f"--resume {args.resume}: its default job was {then}, this run's is {args.default_job}; keeping only "
+                  f"its {len(kept)} run(s) that do not use it ({', '.join(WITHOUT_DEFAULT_JOB)}), {len(rows) - len(kept)} "
+                  "run(s) again", flush=True)  # fmt: skip
+            rows = kept
         done = {(r["seed"], r["scenario"], r["method"]) for r in rows}
         cells = [c for c in cells if c not in done]
         print(f"resumed {len(rows)} run(s) from {args.resume}; {len(cells)} to go", flush=True)

@@ -168,8 +168,8 @@ def test_goals_missed_with_their_numbers():
 def test_job_arg_overrides_reach_the_default_jobs_aggregation_and_codec_and_bad_ones_are_named():
     value = _value_module()
     shipped = value.job_defaults()
-    job = value.job_defaults(overrides={"aam_temperature": 0.2, "up_ratio": 0.05})
-    assert job["aam_args"]["temperature"] == 0.2 != shipped["aam_args"]["temperature"]
+    job = value.job_defaults(overrides={"aam_temperature": 0.5, "up_ratio": 0.05})
+    assert job["aam_args"]["temperature"] == 0.5 != shipped["aam_args"]["temperature"]
     assert job["codec"].ratio == 0.05 and shipped["codec"].ratio != 0.05
     with pytest.raises(ConfigError, match="aam_temprature"):
         value.job_defaults(overrides={"aam_temprature": 0.2})
@@ -177,11 +177,23 @@ def test_job_arg_overrides_reach_the_default_jobs_aggregation_and_codec_and_bad_
         value.job_defaults(overrides={"aam_floor": 0.9, "aam_cap": 0.5})
 
 
-def test_resume_refuses_a_run_made_with_other_job_args(tmp_path, capsys):
+def test_resume_reruns_what_another_default_job_ran_and_keeps_what_did_not_use_it(tmp_path, monkeypatch):
+    """A --json made with another default job (e.g. the former aam_temperature): its local-only,
+    FedAvg and centralized runs are kept, its default-job runs are run again."""
     value = _value_module()
-    before = tmp_path / "before.json"
-    before.write_text('{"args": {"job_arg": ["aam_temperature=0.2"]}, "rows": []}')
-    with pytest.raises(SystemExit):
-        value.main(["--quick", "--resume", str(before), "--json", str(tmp_path / "after.json")])
-    assert "aam_temperature=0.2" in capsys.readouterr().err
-    assert not (tmp_path / "after.json").exists()
+    ran = []
+    def run_one(data, sc, mt, seed, args, job):
+        ran.append((sc, mt, seed))
+        return {**_row(mt, sc, {"a": 0.5}, seed), "pooled": 0.5, "seconds": 0.0}
+
+    monkeypatch.setattr(value, "run_one", run_one)
+    monkeypatch.setattr(value, "make_data", lambda root, sc, seed, args: {"sites": root})
+    plan = ["--quick", "--scenarios", "few", "--methods", "local_only,fedavg,default"]
+    first = tmp_path / "first.json"
+    value.main([*plan, "--job-arg", "aam_temperature=0.5", "--json", str(first)])
+    assert sorted(ran) == [("few", "default", 0), ("few", "fedavg", 0), ("few", "local_only", 0)]
+    ran.clear()
+    value.main([*plan, "--job-arg", "aam_temperature=0.5", "--resume", str(first), "--json", str(tmp_path / "same.json")])
+    assert ran == []  # the same default job: nothing to run
+    value.main([*plan, "--resume", str(first), "--json", str(tmp_path / "other.json")])
+    assert ran == [("few", "default", 0)]  # another default job: only its runs again

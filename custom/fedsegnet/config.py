@@ -634,7 +634,7 @@ JOB_ARGS: dict[str, JobArg] = _args(
     JobArg("boundary_perturbation", "float", 0.1, "input noise of the boundary loss, share of the image's sd", low=0, low_open=True),
     # --- aggregation (server)
     JobArg("aggregation", "choice", "aam", "how the server combines updates (aam, FedAvg weights, coordinate-wise median or trimmed mean)", options="aggregation"),
-    JobArg("aam_temperature", "float", 0.05, "AAM softmax temperature (smaller: sharper)", low=0, low_open=True),
+    JobArg("aam_temperature", "float", 0.2, "AAM softmax temperature (smaller: sharper)", low=0, low_open=True),
     JobArg("aam_floor", "float", 0.02, "lowest AAM weight of an accepted site", low=0, high=0.99),
     JobArg("aam_cap", "float", 0.6, "highest AAM weight of any site", low=0, high=1, low_open=True),
     JobArg("aam_peer_cases_ratio", "float", 2.0, "a site's case count counts at most this many times the lower median of the others'", low=1, off=0),

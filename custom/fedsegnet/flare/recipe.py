@@ -121,7 +121,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         aggregation: None for FLARE's ``InTimeAccumulateWeightedAggregator`` (FedAvg), or an
             :class:`~fedsegnet.flare.aggregator.AAMAggregator` method: ``"aam"``, ``"mean"``,
             ``"median"``, ``"trimmed_mean"``. Defaults to None.
-        aam_temperature: AAM softmax temperature. Defaults to 0.05.
+        aam_temperature: AAM softmax temperature. Defaults to 0.2.
         aam_floor: lowest AAM weight of an accepted site. Defaults to 0.02.
         aam_cap: highest AAM weight. Defaults to 0.6.
         aam_peer_cases_ratio: a site's case count counts at most this many times the lower median
@@ -183,7 +183,7 @@ class FedSegNetFedAvgRecipe(Recipe):
         ignore_result_error: bool | None = None,
         fedprox_mu: float = 0.0,
         aggregation: str | None = None,
-        aam_temperature: float = 0.05,
+        aam_temperature: float = 0.2,
         aam_floor: float = 0.02,
         aam_cap: float = 0.6,
         aam_peer_cases_ratio: float = 2.0,
