@@ -450,7 +450,9 @@ def main(argv=None) -> int:
         rows = [r for r in before["rows"] if (r["seed"], r["scenario"], r["method"]) in plan]
         then = before["args"].get("default_job")
         if then != args.default_job:  # the default job changed (its files, --job-arg, --aam-margin): its runs are stale
-            kept = [r for r in rows if r["method"] in WITHOUT_DEFAULT_JOB] if (then or {}).get("weak_loss") == job["weak_loss"] else []
+            # a --json from before the default job was recorded: its weak-label loss is taken to be this one's
+            same_loss = then is None or then.get("weak_loss") == job["weak_loss"]
+            kept = [r for r in rows if r["method"] in WITHOUT_DEFAULT_JOB] if same_loss else []
             print(f"--resume {args.resume}: its default job was {then}, this run's is {args.default_job}; keeping only "
                   f"its {len(kept)} run(s) that do not use it ({', '.join(WITHOUT_DEFAULT_JOB)}), {len(rows) - len(kept)} "
                   "run(s) again", flush=True)  # fmt: skip
