@@ -62,7 +62,7 @@ def test_the_controller_keeps_its_settings():
     assert (c.step_timeout, c.secagg_threshold, c.ring_bits, c.clip, c.keep_masked_inputs) == (5, 3, 24, 0.5, False)
 
 
-@pytest.mark.parametrize("kwargs, field", [(dict(adverts="kit"), "adverts"), (dict(min_threshold=1), "min_threshold"),
+@pytest.mark.parametrize("kwargs, field", [(dict(adverts="pki"), "adverts"), (dict(min_threshold=1), "min_threshold"),
                                            (dict(keep_inputs=1), "keep_inputs")])  # fmt: skip
 def test_the_executor_refuses_bad_arguments_naming_them(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -169,3 +169,43 @@ def test_a_site_overclaiming_cases_is_bounded_by_its_peers_as_in_the_plain_modes
     assert sample_weights({"a": 10, "b": 10**9}, peer_cases_ratio=0)["b"] > 0.99  # 0: counts as reported
     with pytest.raises(ConfigError, match="aam_peer_cases_ratio"):
         SecureScatterAndGather(persistor_id="persistor", peer_cases_ratio=0.5)
+
+
+def test_with_a_startup_kit_adverts_are_signed_with_its_key_and_checked_against_its_root_ca(tmp_path):
+    """POC and production: each site signs with its kit's client key and requires kit-signed adverts
+    under the kit's root CA, and so does the server; a round of such sites says "kit". Without a kit
+    (the simulator) a generated key, no root CA; ``adverts="kit"`` without one is refused."""
+    from fedsegnet.flare.secagg_executor import advert_keys
+    from fedsegnet.flare.secagg_workflow import server_root_ca
+    from fedsegnet.secagg import KEYS_KIT, SecAggError
+    from tests.ledger.conftest import SERVER, write_kits
+
+    kits = write_kits(tmp_path / "kits", "secaggjob", names=(SERVER, "site-1", "site-2"))
+    root_ca = server_root_ca(kits / SERVER / "startup")
+    assert root_ca == (kits / SERVER / "startup" / "rootCA.pem").read_bytes()
+    keys = {s: advert_keys(kits / s / "startup", s) for s in ("site-1", "site-2")}
+    assert all(ca == root_ca and required and signer.key_source == "kit" for signer, ca, required in keys.values())
+    names = ["site-1", "site-2"]
+    server = ServerSecAgg(0, names, 2, 32, 4, session="job-9", root_ca=root_ca, require_signed=True)
+    sites = {s: SiteSecAgg(s, 0, session="job-9", signer=keys[s][0], root_ca=keys[s][1], require_signed=keys[s][2]) for s in names}
+    for s in names:
+        server.receive_advert(_wire(sites[s].advertise()))
+    roster = _wire(server.roster())
+    for s in names:
+        server.receive_shares(_wire(sites[s].share_keys(roster)))
+        assert sites[s].key_check == KEYS_KIT
+    # a site running with a generated key (no kit) is refused by a server that has one
+    stranger = SiteSecAgg("site-2", 0, session="job-9", signer=generate_signer("site-2"))
+    strict = ServerSecAgg(0, names, 2, 32, 4, session="job-9", root_ca=root_ca, require_signed=True)
+    strict.receive_advert(_wire(SiteSecAgg("site-1", 0, session="job-9", signer=keys["site-1"][0], root_ca=root_ca, require_signed=True).advertise()))
+    with pytest.raises(SecAggError, match="site-2"):
+        strict.receive_advert(_wire(stranger.advertise()))
+    # no kit: generated keys, nothing required; "kit" refused naming the folder
+    empty = tmp_path / "sim" / "startup"
+    empty.mkdir(parents=True)
+    assert server_root_ca(empty) is None
+    signer, ca, required = advert_keys(empty, "site-1")
+    assert signer.key_source != "kit" and ca is None and not required
+    assert advert_keys(empty, "site-1", "unsigned") == (None, None, False)
+    with pytest.raises(SecAggError, match=str(empty)):
+        advert_keys(empty, "site-1", "kit")

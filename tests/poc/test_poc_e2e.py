@@ -36,6 +36,11 @@ def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
         assert status == "FINISHED:COMPLETED", f"{status}; server log:\n{poc._tail('server', 40)}"
         result = poc.download(job_id, tmp_path / "download")
         kits = poc.prod_dir
+        # the same federation, a second job with secure aggregation: adverts signed with the kits' keys
+        secure = poc.submit(tiny_job(tmp_path / "fedsegnet_secure", num_rounds=1, min_clients=2, secure_aggregation=True))
+        secure_status = poc.wait(secure, timeout=480)
+        assert secure_status == "FINISHED:COMPLETED", f"{secure_status}; server log:\n{poc._tail('server', 40)}"
+        secure_result = poc.download(secure, tmp_path / "download_secure")
         witness_dirs = {s: poc.kit(s) / "fedsegnet_ledger_witness" for s in poc.sites}
     # every process group this test started is gone
     assert not any(_alive(pid) for pid in pids.values()), pids
@@ -72,5 +77,18 @@ def test_poc_end_to_end(tmp_path, poc_home, poc_sites):
     assert [c.label for c in rounds] == ["round 0", "round 1"]
     assert all(c.signed_by == "localhost (kit)" and c.witnessed_by == ["site-1", "site-2"] for c in rounds), check.lines()
     for site, folder in witness_dirs.items():  # each site kept the heads it accepted, in its own workspace
-        (seen,) = folder.glob("*/ledger_heads_seen.jsonl")
+        (seen,) = folder.glob(f"{job_id}*/ledger_heads_seen.jsonl")  # the first job's (a log id starts with its job id)
         assert sum('"kind":"head"' in line for line in seen.read_text().splitlines()) == 2, site
+
+
+    # secure aggregation in POC: every advert checked against the project's root CA ("kit"), the
+    # round aggregated from masked inputs only, and its ledger verified against the kits
+    import json
+
+    (secagg_round,) = [json.loads(line) for line in find_in_result(secure_result, "rounds.jsonl").read_text().splitlines()]
+    assert secagg_round["aggregated"] and secagg_round["survivors"] == ["site-1", "site-2"]
+    assert secagg_round["key_check"] == "kit" and set(secagg_round["key_checks"].values()) == {"kit"}
+    (secure_record,) = read_records(find_in_result(secure_result, "fedsegnet_rounds.jsonl"))
+    assert secure_record["aggregation_method"] == "secure_aggregation"
+    secure_ledger = verify(find_in_result(secure_result, "LEDGER.json").parent, certs=kits)
+    assert secure_ledger.ok and not any("generated" in note for note in secure_ledger.notes), secure_ledger.lines()

@@ -12,15 +12,18 @@ sent (the site's share of the training cases), encodes it into the ring with the
 the learner's report (cases, steps, loss, validation Dice) as DXO meta. The update itself never
 leaves the site.
 
-Adverts: without startup kits (the simulator) the site signs with a key generated for the run
-(``adverts="generated"``, label ``"signed, no root CA"``) or not at all (``"unsigned"``); either way
-the log says that the round protects against an honest-but-curious server only. The certificates
-seen in one round are pinned for the next.
+Adverts (:func:`advert_keys`): with a startup kit (POC, production) the site signs its adverts with
+the kit's ``client.key`` and accepts only adverts signed under the kit's ``rootCA.pem`` (label
+``"kit"``), so a server cannot swap in keys of its own. Without one (the simulator) it signs with a
+key generated for the run (label ``"signed, no root CA"``) or not at all (``adverts="unsigned"``),
+and the log says that the round then protects against an honest-but-curious server only. The
+certificates seen in one round are pinned for the next.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
@@ -43,7 +46,30 @@ from fedsegnet.secagg import (
     flatten,
 )
 
-ADVERT_MODES = ("generated", "unsigned")
+ADVERT_MODES = ("auto", "kit", "generated", "unsigned")
+
+
+def advert_keys(startup, site: str, adverts: str = "auto"):
+    """What a site signs its adverts with and checks the others' against: ``(signer, root_ca PEM,
+    require_signed)``.
+
+    ``"auto"``: the startup kit's ``client.key``/``client.crt`` and ``rootCA.pem`` when ``startup``
+    holds them (POC, production: every advert must then be signed under the kit's root CA), else a
+    key generated for the run (the simulator); ``"kit"``: the kit's, or refuse; ``"generated"``: a
+    generated key; ``"unsigned"``: none.
+
+    Raises:
+        SecAggError: ``"kit"`` and ``startup`` is not a site's startup kit (naming the folder).
+    """
+    from fedsegnet.ledger.signing import Signer, generate_signer
+
+    startup = Path(startup)
+    kit = all((startup / f).is_file() for f in ("client.key", "client.crt", "rootCA.pem"))
+    if adverts in ("auto", "kit") and kit:
+        return Signer.from_kit(startup, site), (startup / "rootCA.pem").read_bytes(), True
+    if adverts == "kit":
+        raise SecAggError(f"adverts='kit' but {startup} holds no client.key, client.crt and rootCA.pem (not a site's startup kit)", None, site)
+    return (None if adverts == "unsigned" else generate_signer(site)), None, False
 
 
 class SecAggLearnerExecutor(LearnerExecutor):
@@ -52,8 +78,9 @@ class SecAggLearnerExecutor(LearnerExecutor):
     Args:
         learner_id: the learner component (``SegLearner``). Defaults to ``"learner"``.
         train_task, submit_model_task, validate_task: FLARE's task names (same defaults).
-        adverts: ``"generated"`` (sign adverts with a key generated for the run: no kit) or
-            ``"unsigned"``. Defaults to ``"generated"``.
+        adverts: ``"auto"`` (the startup kit's key and root CA when the site has a kit, else a key
+            generated for the run), ``"kit"``, ``"generated"`` or ``"unsigned"`` (:func:`advert_keys`).
+            Defaults to ``"auto"``.
         min_threshold: the smallest threshold this site accepts. Defaults to 2.
         keep_inputs: write this site's own weighted update and ring input of each round to
             ``<site job workspace>/fedsegnet_secagg/`` (tests compare them with what the server holds;
@@ -74,7 +101,7 @@ class SecAggLearnerExecutor(LearnerExecutor):
         train_task: str = AppConstants.TASK_TRAIN,
         submit_model_task: str = AppConstants.TASK_SUBMIT_MODEL,
         validate_task: str = AppConstants.TASK_VALIDATION,
-        adverts: str = "generated",
+        adverts: str = "auto",
         min_threshold: int = 2,
         keep_inputs: bool = False,
         secure_aggregation: bool = False,
@@ -94,6 +121,9 @@ class SecAggLearnerExecutor(LearnerExecutor):
         self._site = None
         self._round: SiteSecAgg | None = None
         self._signer = None
+        self._root_ca = None
+        self._require_signed = False
+        self._keys_loaded = False
         self._certs = {}  # certificates of the other sites seen in earlier rounds (pinned)
         self._feedback = None
         self._rng = np.random.default_rng()  # stochastic rounding: secret, from the OS
@@ -169,13 +199,16 @@ class SecAggLearnerExecutor(LearnerExecutor):
         rnd, session = data.get("round"), data.get("session")
         if session != fl_ctx.get_job_id():
             raise SecAggError(f"session {session!r} is not this job's ({fl_ctx.get_job_id()!r})", rnd, self._site)
-        if self.adverts == "generated" and self._signer is None:
-            from fedsegnet.ledger.signing import generate_signer
-
-            self._signer = generate_signer(self._site)
+        if not self._keys_loaded:  # once per job: the kit's key, or one generated for the run
+            startup = fl_ctx.get_engine().get_workspace().get_startup_kit_dir()
+            self._signer, self._root_ca, self._require_signed = advert_keys(startup, self._site, self.adverts)
+            self._keys_loaded = True
+            how = ("signed with the startup kit's key; the other sites' checked against its root CA" if self._root_ca
+                   else "signed with a key generated for the run (no kit)" if self._signer else "unsigned")  # fmt: skip
+            self.log_info(fl_ctx, f"secure aggregation adverts: {how}")
         self._round = SiteSecAgg(
             self._site, rnd, min_threshold=self.min_threshold, session=session, signer=self._signer,
-            require_signed=False, certs=self._certs,
+            root_ca=self._root_ca, require_signed=self._require_signed, certs=self._certs,
         )  # fmt: skip
         advert = self._round.advertise()
         n_train = int(self.learner.trainer.n_train)

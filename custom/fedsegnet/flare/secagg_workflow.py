@@ -41,6 +41,7 @@ import math
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 from nvflare.apis.controller_spec import ClientTask, Task, TaskCompletionStatus
@@ -113,6 +114,14 @@ def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> di
     bounded = peer_bounded_counts(n_train, peer_cases_ratio)
     total = sum(bounded.values())
     return {site: n / total for site, n in sorted(bounded.items())}
+
+
+def server_root_ca(startup) -> bytes | None:
+    """The root CA (PEM) of the server's startup kit in ``startup``, or None without a kit (the
+    simulator): with one, every site's advert must be signed by a kit certificate under it."""
+    startup = Path(startup)
+    kit = all((startup / f).is_file() for f in ("server.key", "server.crt", "rootCA.pem"))
+    return (startup / "rootCA.pem").read_bytes() if kit else None
 
 
 class SecureScatterAndGather(ResumableScatterAndGather):
@@ -274,7 +283,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         try:
             threshold = check_threshold(self.secagg_threshold or max(2, len(sites) // 2 + 1), len(sites))
             quantizer = RingQuantizer(self.clip, len(sites), self.ring_bits)
-            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session)
+            root_ca = server_root_ca(self._engine.get_workspace().get_startup_kit_dir())
+            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session, root_ca=root_ca,
+                                  require_signed=root_ca is not None)  # fmt: skip
         except SecAggError as e:
             self.log_error(fl_ctx, f"round {rnd}: secure aggregation cannot run: {e}; the global model stays as it was")
             record["error"] = str(e)
