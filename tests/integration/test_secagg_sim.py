@@ -169,6 +169,7 @@ def test_round_records_count_every_steps_bytes(secagg_run):
             ring = sites[(site, rec["round"])]["ring"]
             assert ring.nbytes <= s["bytes_up"] <= 1.2 * ring.nbytes + 20_000, s["bytes_up"]
             assert s["bytes_down"] > ring.nbytes  # the dense float32 global model goes down
+            print(f"round {rec['round']} {site}: {s['bytes_up']:,} B up, {s['bytes_down']:,} B down")  # -s shows them
         assert rec["bytes_up"] == sum(rec["sites"][s]["bytes_up"] for s in SITES)
 
 

@@ -120,10 +120,7 @@ class SecAggLearnerExecutor(LearnerExecutor):
         self.keep_inputs = keep_inputs
         self._site = None
         self._round: SiteSecAgg | None = None
-        self._signer = None
-        self._root_ca = None
-        self._require_signed = False
-        self._keys_loaded = False
+        self._keys = None  # (signer, root CA, require_signed) of advert_keys, once per job
         self._certs = {}  # certificates of the other sites seen in earlier rounds (pinned)
         self._feedback = None
         self._rng = np.random.default_rng()  # stochastic rounding: secret, from the OS
@@ -199,16 +196,15 @@ class SecAggLearnerExecutor(LearnerExecutor):
         rnd, session = data.get("round"), data.get("session")
         if session != fl_ctx.get_job_id():
             raise SecAggError(f"session {session!r} is not this job's ({fl_ctx.get_job_id()!r})", rnd, self._site)
-        if not self._keys_loaded:  # once per job: the kit's key, or one generated for the run
-            startup = fl_ctx.get_engine().get_workspace().get_startup_kit_dir()
-            self._signer, self._root_ca, self._require_signed = advert_keys(startup, self._site, self.adverts)
-            self._keys_loaded = True
-            how = ("signed with the startup kit's key; the other sites' checked against its root CA" if self._root_ca
-                   else "signed with a key generated for the run (no kit)" if self._signer else "unsigned")  # fmt: skip
+        if self._keys is None:  # once per job: the kit's key, or one generated for the run
+            self._keys = advert_keys(fl_ctx.get_engine().get_workspace().get_startup_kit_dir(), self._site, self.adverts)
+            how = ("signed with the startup kit's key; the other sites' checked against its root CA" if self._keys[1]
+                   else "signed with a key generated for the run (no kit)" if self._keys[0] else "unsigned")  # fmt: skip
             self.log_info(fl_ctx, f"secure aggregation adverts: {how}")
+        signer, root_ca, require_signed = self._keys
         self._round = SiteSecAgg(
-            self._site, rnd, min_threshold=self.min_threshold, session=session, signer=self._signer,
-            root_ca=self._root_ca, require_signed=self._require_signed, certs=self._certs,
+            self._site, rnd, min_threshold=self.min_threshold, session=session, signer=signer,
+            root_ca=root_ca, require_signed=require_signed, certs=self._certs,
         )  # fmt: skip
         advert = self._round.advertise()
         n_train = int(self.learner.trainer.n_train)

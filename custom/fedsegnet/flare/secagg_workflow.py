@@ -189,7 +189,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             min_clients=min_clients, num_rounds=num_rounds, start_round=start_round,
             wait_time_after_min_received=wait_time_after_min_received, aggregator_id=aggregator_id,
             persistor_id=persistor_id, shareable_generator_id=shareable_generator_id, train_task_name=train_task_name,
-            train_timeout=train_timeout, ignore_result_error=ignore_result_error if not secure_aggregation else True,
+            train_timeout=train_timeout, ignore_result_error=ignore_result_error,
             drop_stragglers=drop_stragglers, task_check_period=task_check_period,
             persist_every_n_rounds=persist_every_n_rounds, snapshot_every_n_rounds=snapshot_every_n_rounds,
         )  # fmt: skip
@@ -214,6 +214,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         self.ring_bits = ring_bits
         self.clip = float(clip)
         self.keep_masked_inputs = keep_masked_inputs
+        self._root_ca = None  # the server kit's root CA, read when the secure rounds start
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ rounds
@@ -232,6 +233,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             "the training-case counts the sites report (the aggregator's AAM signals and the uplink codec need each "
             "site's update and are not used); sites refuse plain train and submit_model tasks",
         )  # fmt: skip
+        self._root_ca = server_root_ca(self._engine.get_workspace().get_startup_kit_dir())  # once per job
         self._phase = AppConstants.PHASE_TRAIN
         fl_ctx.set_prop(AppConstants.PHASE, self._phase, private=True, sticky=False)
         fl_ctx.set_prop(AppConstants.NUM_ROUNDS, self._num_rounds, private=True, sticky=False)
@@ -283,9 +285,8 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         try:
             threshold = check_threshold(self.secagg_threshold or max(2, len(sites) // 2 + 1), len(sites))
             quantizer = RingQuantizer(self.clip, len(sites), self.ring_bits)
-            root_ca = server_root_ca(self._engine.get_workspace().get_startup_kit_dir())
-            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session, root_ca=root_ca,
-                                  require_signed=root_ca is not None)  # fmt: skip
+            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session, root_ca=self._root_ca,
+                                  require_signed=self._root_ca is not None)  # fmt: skip
         except SecAggError as e:
             self.log_error(fl_ctx, f"round {rnd}: secure aggregation cannot run: {e}; the global model stays as it was")
             record["error"] = str(e)
