@@ -8,13 +8,13 @@ from nvflare.fuel.utils import fobs
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import SECAGG_KEY
 from fedsegnet.flare.secagg_executor import SecAggLearnerExecutor
-from fedsegnet.flare.secagg_workflow import SecureScatterAndGather, model_layout, sample_weights
+from fedsegnet.flare.secagg_workflow import SecureScatterAndGather, fitting_value_bits, model_layout, sample_weights
 from fedsegnet.ledger.signing import generate_signer
 from fedsegnet.secagg import (
     KeyAdvert,
     MaskedInput,
-    RingQuantizer,
     Roster,
+    RoundPlan,
     SecAggErrorFeedback,
     ServerSecAgg,
     ShareBundle,
@@ -23,6 +23,8 @@ from fedsegnet.secagg import (
     UnmaskReply,
     UnmaskRequest,
     flatten,
+    next_plan,
+    ring_bits_needed,
 )
 
 
@@ -49,7 +51,8 @@ def test_sample_weights_refuse_bad_counts(bad):
 @pytest.mark.parametrize(
     "kwargs, field",
     [(dict(step_timeout=-1), "step_timeout"), (dict(secagg_threshold=1), "secagg_threshold"),
-     (dict(secagg_threshold=-2), "secagg_threshold"), (dict(ring_bits=40), "ring_bits"), (dict(clip=0.0), "clip"),
+     (dict(secagg_threshold=-2), "secagg_threshold"), (dict(value_bits=5), "up_bits"), (dict(first_clip=0.0), "first_clip"),
+     (dict(support_ratio=0.0), "up_ratio"), (dict(scope="layer"), "compression_scope"), (dict(block=-1), "compression_block"),
      (dict(keep_masked_inputs="yes"), "keep_masked_inputs"), (dict(num_rounds=0), "num_rounds")],
 )  # fmt: skip
 def test_the_controller_refuses_bad_arguments_naming_them(kwargs, field):
@@ -58,8 +61,16 @@ def test_the_controller_refuses_bad_arguments_naming_them(kwargs, field):
 
 
 def test_the_controller_keeps_its_settings():
-    c = SecureScatterAndGather(persistor_id="persistor", step_timeout=5, secagg_threshold=3, ring_bits=24, clip=0.5)
-    assert (c.step_timeout, c.secagg_threshold, c.ring_bits, c.clip, c.keep_masked_inputs) == (5, 3, 24, 0.5, False)
+    c = SecureScatterAndGather(persistor_id="persistor", step_timeout=5, secagg_threshold=3, support_ratio=0.2, value_bits=8,
+                               block=128, scope="global", first_clip=0.5)  # fmt: skip
+    assert (c.step_timeout, c.secagg_threshold, c.support_ratio, c.value_bits, c.block, c.scope, c.first_clip,
+            c.keep_masked_inputs) == (5, 3, 0.2, 8, 128, "global", 0.5, False)  # fmt: skip
+
+
+@pytest.mark.parametrize("bits, n, expected", [(4, 2, 4), (16, 32, 16), (32, 2, 31), (32, 8, 29), (32, 32, 27)])
+def test_value_bits_are_lowered_to_what_a_32_bit_ring_holds(bits, n, expected):
+    assert fitting_value_bits(bits, n) == expected
+    assert ring_bits_needed(expected, n) <= 32
 
 
 @pytest.mark.parametrize("kwargs, field", [(dict(adverts="pki"), "adverts"), (dict(min_threshold=1), "min_threshold"),
@@ -78,16 +89,22 @@ def _wire(message):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_round_through_fobs_sums_the_weighted_updates(seed):
-    """Every message of a round crosses FOBS as the FLARE tasks carry it (bytes fields intact); the
-    server's decoded sum divided by the survivors' weight is the weighted mean of the updates."""
+    """Every message of a round, and the round's plan, cross FOBS as the FLARE tasks carry them (bytes
+    fields intact); the server's decoded sum divided by the survivors' weight is the weighted mean of
+    what the sites' inputs stand for, and on a full support (round 0's 16-bit values) that is the
+    weighted mean of the updates within one step per site."""
     rng = np.random.default_rng(seed)
     counts = {"site-1": 2, "site-2": 5, "site-3": 3}
     names = sorted(counts)
     updates = {s: {"a": rng.normal(0, 0.01, (7, 5)), "b": rng.normal(0, 0.01, 11)} for s in names}
     weights = sample_weights(counts)
-    length = 7 * 5 + 11
-    server = ServerSecAgg(0, names, 2, 32, length, session="job-1")
-    q = RingQuantizer(1.0, len(names), 32)
+    layout = (("a", (7, 5)), ("b", (11,)))
+    plan = next_plan(0, layout, len(names), b"job-1", ratio=1.0, block=8)
+    s = Shareable()
+    s[SECAGG_KEY] = {"plan": plan.to_dict()}
+    plan = RoundPlan.from_dict(fobs.loads(fobs.dumps(s))[SECAGG_KEY]["plan"], layout)
+    assert plan.support.size == 46 and plan.value_bits == 16 and plan.n_blocks == 7  # 5 + 2 blocks of <= 8 values
+    server = ServerSecAgg(0, names, 2, plan.ring_bits, plan.length, session="job-1")
     sites = {s: SiteSecAgg(s, 0, session="job-1", signer=generate_signer(s)) for s in names}
     for s in names:
         server.receive_advert(_wire(sites[s].advertise()))
@@ -99,16 +116,18 @@ def test_a_round_through_fobs_sums_the_weighted_updates(seed):
     assert all(isinstance(i, ShareInbox) for i in inboxes.values())
     for s in names:
         weighted = {k: weights[s] * v for k, v in updates[s].items()}
-        ring = SecAggErrorFeedback(s).encode(weighted, np.arange(length), q, np.random.default_rng(seed + 10))
+        ring = SecAggErrorFeedback(s).encode(weighted, plan, np.random.default_rng(seed + 10))
         server.receive_masked_input(_wire(sites[s].masked_input(inboxes[s], ring)))
     request = _wire(server.unmask_request())
     for s in names:
         server.receive_unmask_reply(_wire(sites[s].unmask(request)))
     result = server.result()
     assert result.survivors == names and result.key_check == "signed, no root CA"
-    mean = q.decode_sum(result.ring_sum, len(names)) / sum(weights[s] for s in result.survivors)
+    values, scores = plan.decode(result.ring_sum, len(names))
+    mean = values / sum(weights[s] for s in result.survivors)
     expected = sum(weights[s] * flatten(updates[s])[0] for s in names)
-    np.testing.assert_allclose(mean, expected, atol=len(names) * q.step)
+    np.testing.assert_allclose(mean, expected, atol=len(names) * plan.quantizer.step.max())
+    assert scores.shape == (7,) and np.all(np.abs(scores - np.log2(0.01 / 3)) < 2)  # mean log2 RMS of w x N(0, 0.01)
     assert not np.allclose(expected, sum(flatten(updates[s])[0] for s in names) / len(names))  # not the plain mean
     for cls in (KeyAdvert, MaskedInput, ShareBundle, UnmaskReply, UnmaskRequest):
         assert cls.KIND.startswith("secagg.")

@@ -10,8 +10,7 @@ from fedsegnet.secagg.error_feedback import SecAggErrorFeedback
 from fedsegnet.secagg.errors import DecryptionError, ProtocolViolation, SecAggError, ShareError, ThresholdError
 from fedsegnet.secagg.masking import ring_sum
 from fedsegnet.secagg.protocol import KeyAdvert, Roster, ServerSecAgg, SiteSecAgg, UnmaskRequest, check_threshold
-from fedsegnet.secagg.quantize import RingQuantizer
-from fedsegnet.secagg.support import choose_support
+from fedsegnet.secagg.plan import next_plan
 
 CHI2_15_P1E6 = 56.49  # chi-square, 15 degrees of freedom: P(X > 56.49) = 1e-6 (scipy.stats.chi2.isf(1e-6, 15))
 
@@ -86,20 +85,23 @@ def test_sum_is_exact_bit_for_bit(n):
 
 
 def test_quantised_updates_with_error_feedback_sum_exactly_at_the_fewest_ring_bits():
-    """The end-to-end site path: update -> residual + shared support + ring quantiser -> masks ->
-    the server's decoded sum equals the sum of what every site's ring elements stand for."""
-    n, numel, size = 4, 5000, 500
-    q = RingQuantizer(clip=0.05, n_sites=n, ring_bits=7, value_bits=4)
-    support = choose_support(numel, size, round=2, round_seed=b"job", previous_aggregate=np.linspace(-1, 1, numel), topk=100)
-    r = Round(n, 3, length=size, bits=7, round=2)
+    """The end-to-end site path: update -> residual + the round's plan (shared blocks, 4-bit values,
+    block scores) -> masks -> the server's decoded sum equals the sum of what every site's ring
+    elements stand for."""
+    n, numel = 4, 5000
+    plan = next_plan(2, (("w", (numel,)),), n, b"job", ratio=0.1, value_bits=4, block=100,
+                     mean_log_rms=np.linspace(-9, -7, 50))  # fmt: skip
+    assert plan.ring_bits == 6 and plan.support.size == 500 and plan.length == 550
+    r = Round(n, 3, length=plan.length, bits=6, round=2)
     rng = np.random.default_rng(5)
     feedback = {s: SecAggErrorFeedback(s) for s in r.names}
-    xs = {s: feedback[s].encode({"w": rng.normal(scale=0.02, size=numel).astype(np.float32)}, support, q, rng) for s in r.names}
+    xs = {s: feedback[s].encode({"w": rng.normal(scale=0.02, size=numel).astype(np.float32)}, plan, rng) for s in r.names}
     result = r.run(xs)
-    decoded = q.decode_sum(result.ring_sum, len(result.survivors))
-    expected = sum(q.decode_sum(xs[s], 1) for s in r.names)
-    np.testing.assert_allclose(decoded, expected, rtol=0, atol=1e-12)
-    assert len(r.masked["site-1"].data) == -(-size * 7 // 8)  # 7 bits per value on the wire, no positions
+    decoded, scores = plan.decode(result.ring_sum, len(result.survivors))
+    singles = [plan.decode(xs[s], 1) for s in r.names]
+    np.testing.assert_allclose(decoded, sum(v for v, _ in singles), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores, np.mean([sc for _, sc in singles], axis=0), atol=1e-9)
+    assert len(r.masked["site-1"].data) == -(-plan.length * 6 // 8)  # 6 bits per value on the wire, no positions
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import torch
 from fedsegnet.secagg.error_feedback import SecAggErrorFeedback
 from fedsegnet.secagg.errors import SecAggError
 from fedsegnet.secagg.masking import ring_sum
+from fedsegnet.secagg.plan import next_plan
 from fedsegnet.secagg.quantize import RingQuantizer, ring_bits_needed
 from fedsegnet.secagg.support import check_support, choose_support, flatten, unflatten
 
@@ -97,18 +98,17 @@ def test_flatten_round_trip_keeps_inputs():
 
 def test_error_feedback_loses_nothing_over_rounds():
     rng = np.random.default_rng(2)
-    q = RingQuantizer(clip=0.5, n_sites=4, ring_bits=8, value_bits=5)
+    layout = (("w", (10, 30)),)
     ef = SecAggErrorFeedback("site-1")
     total_u, total_carried = np.zeros(300), np.zeros(300)
     for r in range(5):
+        plan = next_plan(r, layout, 4, b"pub", ratio=0.1, value_bits=5, block=10, scope="global")
         update = {"w": rng.normal(scale=0.2, size=(10, 30)).astype(np.float32)}
         before = update["w"].copy()
-        support = choose_support(300, 30, r, b"pub")
-        ring = ef.encode(update, support, q, rng)
+        ring = ef.encode(update, plan, rng)
         np.testing.assert_array_equal(update["w"], before)
-        assert ring.shape == (30,) and ring.dtype == np.uint32
-        carried = np.zeros(300)
-        carried[support] = q.decode_sum(ring, 1)
+        assert ring.shape == (plan.length,) and ring.dtype == np.uint32 and plan.support.size == 30
+        carried, _ = plan.decode(ring, 1)
         total_u += update["w"].reshape(-1)
         total_carried += carried
     np.testing.assert_allclose(total_carried + ef.residual, total_u, atol=1e-9)

@@ -233,10 +233,12 @@ class FedSegNetFedAvgRecipe(Recipe):
         )
         # jobs/fedsegnet: one workflow and one executor for both modes, switched by the job arg
         secagg = () if secure_aggregation is None else ("secure_aggregation", "secagg_threshold")
-        peer = {"peer_cases_ratio": "aam_peer_cases_ratio"} if secagg else {}
+        peer = {"peer_cases_ratio": "aam_peer_cases_ratio", "support_ratio": "up_ratio", "value_bits": "up_bits",
+                "block": "compression_block", "scope": "compression_scope"} if secagg else {}  # fmt: skip
         if secagg:
             sag = SecureScatterAndGather(secure_aggregation=secure_aggregation, secagg_threshold=secagg_threshold,
-                                         peer_cases_ratio=aam_peer_cases_ratio, **rounds)  # fmt: skip
+                                         peer_cases_ratio=aam_peer_cases_ratio, support_ratio=up_ratio, value_bits=up_bits,
+                                         block=compression_block, scope=compression_scope, **rounds)  # fmt: skip
         else:
             sag = ResumableScatterAndGather(**rounds)
         # None (FLARE's rule) stays a literal, as in jobs/fedavg; a value is the job arg of jobs/fedsegnet

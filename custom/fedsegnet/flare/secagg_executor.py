@@ -6,9 +6,10 @@ of a secure-aggregation round (:class:`~fedsegnet.flare.secagg_workflow.SecureSc
 
 The masked-input task trains exactly as ``train`` does (the learner's ``validate`` of the received
 global model before training, then its ``train``), multiplies the update by the weight the server
-sent (the site's share of the training cases), encodes it into the ring with the round's
-:class:`~fedsegnet.secagg.RingQuantizer` and the site's :class:`~fedsegnet.secagg.SecAggErrorFeedback`
-(dense support: every floating-point parameter), masks it and returns only the masked input, with
+sent (the site's share of the training cases), encodes it under the round's plan
+(:class:`~fedsegnet.secagg.RoundPlan`: the shared blocks, their ranges, the value bits, then one
+score per block) with the site's :class:`~fedsegnet.secagg.SecAggErrorFeedback` (what the support
+does not carry stays in the residual), masks it and returns only the masked input, with
 the learner's report (cases, steps, loss, validation Dice) as DXO meta. The update itself never
 leaves the site.
 
@@ -36,8 +37,8 @@ from nvflare.app_common.executors.learner_executor import LearnerExecutor
 from fedsegnet.flare.constants import ERROR_HEADER, SECAGG_DIR, SECAGG_KEY, SecAggTask
 from fedsegnet.secagg import (
     KEYS_KIT,
-    RingQuantizer,
     Roster,
+    RoundPlan,
     SecAggError,
     SecAggErrorFeedback,
     ShareInbox,
@@ -229,10 +230,15 @@ class SecAggLearnerExecutor(LearnerExecutor):
         weight = data.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
             raise SecAggError(f"weight={weight!r}: must be in (0, 1]", inbox.round, self._site)
-        quantizer = RingQuantizer(**data.get("quantizer", {}))
         layout = tuple((str(name), tuple(int(d) for d in shape)) for name, shape in data.get("layout", ()))
-        if quantizer.ring_bits != state.roster.ring_bits:
-            raise SecAggError(f"quantizer ring_bits={quantizer.ring_bits} but the roster's are {state.roster.ring_bits}", inbox.round, self._site)
+        plan = RoundPlan.from_dict(data.get("plan"), layout)
+        if plan.round != inbox.round:
+            raise SecAggError(f"a plan of round {plan.round!r} in round {inbox.round}'s task", inbox.round, self._site)
+        if (plan.ring_bits, plan.length) != (state.roster.ring_bits, state.roster.length):
+            raise SecAggError(
+                f"the plan's ring ({plan.ring_bits} bits, {plan.length} values) is not the roster's "
+                f"({state.roster.ring_bits} bits, {state.roster.length} values)", inbox.round, self._site,
+            )  # fmt: skip
         # train as LearnerExecutor.train does: score the received global model first, then train
         shareable.set_header(AppConstants.VALIDATE_TYPE, ValidateType.BEFORE_TRAIN_VALIDATE)
         validated = self.learner.validate(shareable, fl_ctx, abort_signal)
@@ -246,12 +252,11 @@ class SecAggLearnerExecutor(LearnerExecutor):
         if missing:
             raise SecAggError(f"the update lacks or reshapes {len(missing)} parameter(s) of the layout, e.g. {missing[:3]}", inbox.round, self._site)
         weighted = {name: float(weight) * np.asarray(update[name], dtype=np.float64) for name, _ in layout}
-        if sum(int(np.prod(shape)) for _, shape in layout) != state.roster.length:
-            raise SecAggError(f"the layout has not the roster's {state.roster.length} values", inbox.round, self._site)
-        ring = self._feedback.encode(weighted, np.arange(state.roster.length, dtype=np.int64), quantizer, self._rng)
+        before = None if self._feedback.residual is None else self._feedback.residual.copy()
+        ring = self._feedback.encode(weighted, plan, self._rng)
         masked = state.masked_input(inbox, ring)
         if self.keep_inputs:
-            self._keep_inputs(fl_ctx, inbox.round, weighted, ring, weight, quantizer)
+            self._keep_inputs(fl_ctx, inbox.round, weighted, ring, weight, plan, before)
         meta = dict(dxo.meta)
         if validated is not None and isinstance(validated, Shareable) and validated.get_return_code(ReturnCode.OK) == ReturnCode.OK:
             try:
@@ -259,18 +264,24 @@ class SecAggLearnerExecutor(LearnerExecutor):
             except ValueError:
                 pass
         self.log_info(
-            fl_ctx, f"round {inbox.round}: update x weight {weight:.4f} quantised into Z_2^{quantizer.ring_bits} "
-            f"(clip {quantizer.clip:g}, step {quantizer.step:.3g}) over {state.roster.length:,} values and masked with "
-            f"{len(inbox.sharing) - 1} peer(s); only the masked input leaves the site",
+            fl_ctx, f"round {inbox.round}: update x weight {weight:.4f} on the round's {plan.support.size:,} of "
+            f"{plan.numel:,} values ({plan.blocks.size} blocks) at {plan.value_bits} bits, with {plan.n_blocks} block "
+            f"scores, in Z_2^{plan.ring_bits}, masked with {len(inbox.sharing) - 1} peer(s); the rest stays in the "
+            "site's error feedback; only the masked input leaves the site",
         )  # fmt: skip
         return DXO(DataKind.COLLECTION, data={"masked": masked.to_dict()}, meta=meta).to_shareable()
 
-    def _keep_inputs(self, fl_ctx, rnd, weighted, ring, weight, quantizer):
+    def _keep_inputs(self, fl_ctx, rnd, weighted, ring, weight, plan, before):
+        """What only this site holds: its weighted update, its ring input, the values that input stands
+        for (``carried``, zero off the support) and its residual before and after the round."""
         folder = os.path.join(fl_ctx.get_engine().get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
         os.makedirs(folder, exist_ok=True)
         flat, _ = flatten(weighted)
+        before = np.zeros_like(flat) if before is None else before
+        carried = flat + before - self._feedback.residual
         np.savez(os.path.join(folder, f"{self._site}_round{rnd}.npz"), weighted=flat, ring=ring, weight=weight,
-                 step=quantizer.step, ring_bits=quantizer.ring_bits)  # fmt: skip
+                 carried=carried, residual_before=before, residual=self._feedback.residual, support=plan.support,
+                 ring_bits=plan.ring_bits, value_bits=plan.value_bits)  # fmt: skip
 
     def _unmask(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         request = UnmaskRequest.from_dict(self._payload(shareable).get("message"))

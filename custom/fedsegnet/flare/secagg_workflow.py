@@ -7,15 +7,23 @@ One round, as FLARE tasks (one task per site and step; the payload under the Sha
 
     secagg_advert  server -> site  {round, session}              site -> server  {KeyAdvert, n_train}
     secagg_shares  server -> site  {Roster}                      site -> server  {ShareBundle}
-    secagg_masked  server -> site  global model (DXO WEIGHTS) + {ShareInbox, weight, quantizer, layout}
+    secagg_masked  server -> site  global model (DXO WEIGHTS) + {ShareInbox, weight, plan, layout}
                    site -> server  DXO(COLLECTION, {"masked": MaskedInput}, meta: the site's report)
     secagg_unmask  server -> site  {UnmaskRequest}               site -> server  {UnmaskReply}
 
 **Weights.** The server cannot see a single update, so it weighs each site by the number of training
 cases it reported with its advert: ``w_u = n_u / sum(n_v for v in U2)``, sent with the masked-input
-task. The site multiplies its update by ``w_u`` before quantising it into the ring
-(:class:`~fedsegnet.secagg.quantize.RingQuantizer`), so the ring sum is the weighted sum; the
-server divides it by the survivors' weight (1 when nobody dropped) and adds it to the global model.
+task. The site multiplies its update by ``w_u`` before quantising it into the ring, so the ring sum
+is the weighted sum; the server divides it by the survivors' weight (1 when nobody dropped) and adds
+it to the global model.
+
+**Compression** (:mod:`fedsegnet.secagg.plan`). Each round's :class:`~fedsegnet.secagg.RoundPlan`
+(sent with the masked-input task) names the blocks every site sends (about ``support_ratio`` of the
+values: the job arg ``up_ratio``), one range per block and the value bits (``up_bits``); the site
+sends those values, quantised, and one score per block (the log-RMS of what it has left to send)
+in the ring of :func:`~fedsegnet.secagg.ring_bits_needed` bits, and keeps the rest in its error
+feedback. The server plans the next round from the unmasked mean scores (:func:`~fedsegnet.secagg.next_plan`);
+round 0, and the first round after a server restart, draw the blocks at random with 16-bit values.
 
 **What stays as in** :class:`~fedsegnet.flare.workflow.ResumableScatterAndGather` (this class
 subclasses it): loading the global model through the persistor and ``resume_from``, FLARE's round
@@ -70,16 +78,18 @@ from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP, Resuma
 from fedsegnet.secagg import (
     KeyAdvert,
     MaskedInput,
-    RingQuantizer,
     SecAggError,
     ServerSecAgg,
     ShareBundle,
     UnmaskReply,
     check_threshold,
+    next_plan,
+    ring_bits_needed,
     unflatten,
 )
 from fedsegnet.secagg.adverts import weakest
-from fedsegnet.secagg.masking import check_ring_bits
+from fedsegnet.secagg.masking import MAX_RING_BITS
+from fedsegnet.secagg.plan import FIRST_VALUE_BITS
 
 METHOD = SECURE_AGGREGATION
 """``aggregation_method`` of the round records."""
@@ -91,6 +101,15 @@ def model_layout(weights: dict) -> tuple[tuple[str, tuple[int, ...]], ...]:
     return tuple(
         (k, tuple(np.asarray(weights[k]).shape)) for k in sorted(weights) if np.issubdtype(np.asarray(weights[k]).dtype, np.floating)
     )  # fmt: skip
+
+
+def fitting_value_bits(value_bits: int, n_sites: int) -> int:
+    """``value_bits``, or fewer where the sum of ``n_sites`` such values would not fit a 32-bit ring
+    (``up_bits=32`` sends 29-bit values at 8 sites)."""
+    bits = int(value_bits)
+    while bits > 2 and ring_bits_needed(bits, n_sites) > MAX_RING_BITS:
+        bits -= 1
+    return bits
 
 
 def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> dict[str, float]:
@@ -144,8 +163,15 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             Defaults to 0.
         peer_cases_ratio: a site's reported case count counts at most this many times the others'
             lower median (the job arg ``aam_peer_cases_ratio``; 0 = as reported). Defaults to 2.0.
-        ring_bits: bits of a ring element, 2..32. Defaults to 32.
-        clip: each site clips its weighted update's values to ``[-clip, clip]``. Defaults to 1.0.
+        support_ratio: share of each tensor's values in a round's support, (0, 1] (the job arg
+            ``up_ratio``; 1 = every value). Defaults to 0.1.
+        value_bits: bits of one site's value once the previous round's scores exist (the job arg
+            ``up_bits``; lowered to what a 32-bit ring holds for the round's sites). Defaults to 4.
+        block: values per block of the support and per range (the job arg ``compression_block``;
+            0 = one per tensor). Defaults to 256.
+        scope: ``"tensor"`` (``support_ratio`` of each tensor) or ``"global"`` (of the model; the
+            job arg ``compression_scope``). Defaults to ``"tensor"``.
+        first_clip: the range of every value in a round without scores (round 0). Defaults to 1.0.
         keep_masked_inputs: write what the server received and computed (masked inputs, ring sum,
             aggregate) under ``<job>/fedsegnet_secagg/`` for tests; never a site's own input, which the
             server does not have. Defaults to False.
@@ -172,8 +198,11 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         step_timeout: int = 120,
         secagg_threshold: int = 0,
         peer_cases_ratio: float = 2.0,
-        ring_bits: int = 32,
-        clip: float = 1.0,
+        support_ratio: float = 0.1,
+        value_bits: int = 4,
+        block: int = 256,
+        scope: str = "tensor",
+        first_clip: float = 1.0,
         keep_masked_inputs: bool = False,
         wait_time_after_min_received: int = 10,
         train_task_name: str = AppConstants.TASK_TRAIN,
@@ -200,21 +229,20 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             raise ConfigError("secagg_threshold", secagg_threshold, "must be 0 (a majority of the sites) or an integer >= 2")
         if not isinstance(keep_masked_inputs, bool):
             raise ConfigError("keep_masked_inputs", keep_masked_inputs, "must be true or false")
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
-            raise ConfigError("clip", clip, "must be a finite number > 0")
-        try:
-            check_ring_bits(ring_bits)
-            RingQuantizer(clip, max(1, int(min_clients)), ring_bits)  # room for min_clients sites in the ring
-        except SecAggError as e:
-            raise ConfigError("ring_bits", ring_bits, e.problem.split(": ", 1)[-1]) from None
-        check_job_args({"aam_peer_cases_ratio": peer_cases_ratio})
+        if isinstance(first_clip, bool) or not isinstance(first_clip, (int, float)) or not math.isfinite(first_clip) or first_clip <= 0:
+            raise ConfigError("first_clip", first_clip, "must be a finite number > 0")
+        names = {"peer_cases_ratio": "aam_peer_cases_ratio", "support_ratio": "up_ratio", "value_bits": "up_bits",
+                 "block": "compression_block", "scope": "compression_scope"}  # fmt: skip
+        check_job_args({"peer_cases_ratio": peer_cases_ratio, "support_ratio": support_ratio, "value_bits": value_bits,
+                        "block": block, "scope": scope}, names)  # fmt: skip
+        self.support_ratio, self.value_bits, self.block, self.scope = support_ratio, value_bits, block, scope
+        self.first_clip = float(first_clip)
         self.peer_cases_ratio = peer_cases_ratio
         self.step_timeout = step_timeout
         self.secagg_threshold = secagg_threshold
-        self.ring_bits = ring_bits
-        self.clip = float(clip)
         self.keep_masked_inputs = keep_masked_inputs
         self._root_ca = None  # the server kit's root CA, read when the secure rounds start
+        self._scores = None  # (layout, the last round's mean block scores): public, the next plan's input
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ rounds
@@ -230,8 +258,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
     def _control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         self.log_info(
             fl_ctx, "secure aggregation: the server learns only each round's weighted sum of the updates; the weights are "
-            "the training-case counts the sites report (the aggregator's AAM signals and the uplink codec need each "
-            "site's update and are not used); sites refuse plain train and submit_model tasks",
+            "the training-case counts the sites report (the aggregator's AAM signals need each site's update and are "
+            "not used); the uplink is compressed on one support per round for all sites (up_ratio, up_bits; "
+            "docs/secure_aggregation.md); sites refuse plain train and submit_model tasks",
         )  # fmt: skip
         self._root_ca = server_root_ca(self._engine.get_workspace().get_startup_kit_dir())  # once per job
         self._phase = AppConstants.PHASE_TRAIN
@@ -282,16 +311,22 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         length = int(sum(math.prod(shape) for _, shape in layout))
         session = fl_ctx.get_job_id()
         record = {"round": rnd, "mode": METHOD, "asked": sites, "survivors": [], "dropped": {}, "aggregated": False}
+        scores = self._scores[1] if self._scores is not None and self._scores[0] == layout else None
         try:
             threshold = check_threshold(self.secagg_threshold or max(2, len(sites) // 2 + 1), len(sites))
-            quantizer = RingQuantizer(self.clip, len(sites), self.ring_bits)
-            server = ServerSecAgg(rnd, sites, threshold, self.ring_bits, length, session=session, root_ca=self._root_ca,
+            plan = next_plan(
+                rnd, layout, len(sites), session.encode(), ratio=self.support_ratio,
+                value_bits=fitting_value_bits(self.value_bits, len(sites)), block=self.block, scope=self.scope,
+                mean_log_rms=scores, first_value_bits=fitting_value_bits(FIRST_VALUE_BITS, len(sites)), first_clip=self.first_clip,
+            )  # fmt: skip
+            server = ServerSecAgg(rnd, sites, threshold, plan.ring_bits, plan.length, session=session, root_ca=self._root_ca,
                                   require_signed=self._root_ca is not None)  # fmt: skip
         except SecAggError as e:
             self.log_error(fl_ctx, f"round {rnd}: secure aggregation cannot run: {e}; the global model stays as it was")
             record["error"] = str(e)
             return None, record
-        record.update(threshold=threshold, ring_bits=self.ring_bits, clip=self.clip, length=length, levels=quantizer.levels)
+        record.update(threshold=threshold, ring_bits=plan.ring_bits, length=plan.length, numel=length, plan=plan.summary(),
+                      planned_from="scores" if scores is not None else "random (no scores yet)")  # fmt: skip
         dropped = record["dropped"]
         seconds = record["seconds"] = {}
 
@@ -384,7 +419,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             data.set_header(AppConstants.NUM_ROUNDS, self._num_rounds)
             data.add_cookie(AppConstants.CONTRIBUTION_ROUND, rnd)
             data[SECAGG_KEY] = {
-                "inbox": inbox.to_dict(), "weight": site_weights[site], "quantizer": quantizer.config(),
+                "inbox": inbox.to_dict(), "weight": site_weights[site], "plan": plan.to_dict(),
                 "layout": [[name, list(shape)] for name, shape in layout],
             }  # fmt: skip
             tasks[site] = data
@@ -433,7 +468,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             return None, record
         seconds["unmask"] = time.perf_counter() - t0
         total_weight = sum(site_weights[s] for s in result.survivors)
-        flat = quantizer.decode_sum(result.ring_sum, len(result.survivors)) / total_weight
+        values, mean_scores = plan.decode(result.ring_sum, len(result.survivors))
+        flat = values / total_weight
+        self._scores = (layout, mean_scores)  # a sum the server was meant to learn: the next plan's input
         update = {k: v.astype(np.asarray(weights[k]).dtype) for k, v in unflatten(flat, layout).items()}
         record.update(
             survivors=list(result.survivors), responders=list(result.responders), aggregated=True,
@@ -444,8 +481,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             self._keep(fl_ctx, f"round{rnd}_aggregate.npy", flat)
         self.log_info(
             fl_ctx, f"round {rnd}: sum of {len(result.survivors)} masked input(s) unmasked ({', '.join(result.survivors)}; "
-            f"dropped {result.dropped or 'none'}), {length:,} values, weights {site_weights}, aggregate norm "
-            f"{record['aggregate_norm']:.4g}",
+            f"dropped {result.dropped or 'none'}), {plan.support.size:,} of {length:,} values in {plan.blocks.size} blocks "
+            f"({record['planned_from']}) at {plan.value_bits} bits in Z_2^{plan.ring_bits}, weights {site_weights}, "
+            f"aggregate norm {record['aggregate_norm']:.4g}",
         )  # fmt: skip
         return update, record
 

@@ -7,7 +7,8 @@ support so that the compression carries over.
 - :mod:`~fedsegnet.secagg.adverts`: key adverts signed with the startup-kit keys, checked under the root CA.
 - :mod:`~fedsegnet.secagg.masking`: the ChaCha20 PRG, pairwise and self masks in ``Z_{2^bits}``, packing.
 - :mod:`~fedsegnet.secagg.quantize`: :class:`RingQuantizer` (shared clip and scale, no-wrap check).
-- :mod:`~fedsegnet.secagg.support`: the round's shared support from public information.
+- :mod:`~fedsegnet.secagg.support`: flat model vectors and the random part of a shared support.
+- :mod:`~fedsegnet.secagg.plan`: :class:`RoundPlan`, the round's blocks, ranges and block scores; :func:`next_plan`.
 - :mod:`~fedsegnet.secagg.error_feedback`: :class:`SecAggErrorFeedback`, the site's residual.
 - :mod:`~fedsegnet.secagg.protocol`: :class:`SiteSecAgg`, :class:`ServerSecAgg` and their messages.
 
@@ -18,6 +19,7 @@ from fedsegnet.secagg.adverts import KEYS_KIT, KEYS_UNCHECKED, KEYS_UNSIGNED, ch
 from fedsegnet.secagg.error_feedback import SecAggErrorFeedback
 from fedsegnet.secagg.errors import AdvertError, DecryptionError, ProtocolViolation, SecAggError, ShareError, ThresholdError
 from fedsegnet.secagg.masking import expand, pack, unpack
+from fedsegnet.secagg.plan import RoundPlan, next_plan
 from fedsegnet.secagg.protocol import (
     KeyAdvert,
     MaskedInput,
@@ -46,6 +48,7 @@ __all__ = [
     "ProtocolViolation",
     "RingQuantizer",
     "Roster",
+    "RoundPlan",
     "SecAggError",
     "SecAggErrorFeedback",
     "SecAggResult",
@@ -62,6 +65,7 @@ __all__ = [
     "check_threshold",
     "choose_support",
     "expand",
+    "next_plan",
     "flatten",
     "pack",
     "reconstruct",

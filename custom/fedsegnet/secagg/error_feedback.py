@@ -1,7 +1,7 @@
 """Error feedback under secure aggregation: what the shared support did not carry stays at the site.
 
 The idea of :mod:`fedsegnet.compression.error_feedback` (Seide et al. 2014; Karimireddy et al. 2019)
-for the ring: a site encodes ``u + r`` on the round's support and keeps
+for the ring: a site encodes ``u + r`` under the round's plan (:mod:`~fedsegnet.secagg.plan`) and keeps
 ``r' = u + r - carried``, where ``carried`` is zero off the support and, on it, the clipped and
 rounded value its ring elements stand for. Over rounds ``sum(carried) + r_T = sum(u)``: the
 coordinates outside the support, the clipping and the rounding error are delayed, not lost.
@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from fedsegnet.secagg.errors import SecAggError
-from fedsegnet.secagg.quantize import RingQuantizer
-from fedsegnet.secagg.support import check_support, flatten, unflatten
+from fedsegnet.secagg.plan import RoundPlan
+from fedsegnet.secagg.support import flatten, unflatten
 
 logger = logging.getLogger(__name__)
 
@@ -36,35 +36,29 @@ class SecAggErrorFeedback:
         self.layout = None
         self.rounds = 0
 
-    def encode(
-        self,
-        update: Mapping,
-        support: np.ndarray,
-        quantizer: RingQuantizer,
-        generator: np.random.Generator,
-    ) -> np.ndarray:
-        """The ring elements of ``update + residual`` on ``support``; keeps the new residual.
+    def encode(self, update: Mapping, plan: RoundPlan, generator: np.random.Generator) -> np.ndarray:
+        """The ring input of ``update + residual`` under the round's ``plan``; keeps the new residual.
 
         Args:
-            update: ``{name: float tensor or array}``; not modified.
-            support: sorted unique flat indices (:func:`~fedsegnet.secagg.support.choose_support`).
-            quantizer: the round's shared :class:`~fedsegnet.secagg.quantize.RingQuantizer`.
+            update: ``{name: float tensor or array}`` in the plan's layout; not modified.
+            plan: the round's :class:`~fedsegnet.secagg.plan.RoundPlan` (support, ranges, levels).
             generator: the site's secret random source for stochastic rounding.
 
         Returns:
-            uint32 ring elements of shape ``(len(support),)``, ready for masking.
+            uint32 ring elements of shape ``(plan.length,)``, ready for masking.
 
         Raises:
-            SecAggError: a bad support or update (naming the field).
+            SecAggError: an update that does not fit the plan's layout, or with NaN/Inf.
         """
         flat, layout = flatten(update)
-        support = check_support(support, flat.size)
+        if layout != plan.layout:
+            raise SecAggError(f"{self.name}: the update's names or shapes are not the plan's layout", plan.round)
         if self.residual is not None and self.layout == layout:
             flat = flat + self.residual
         elif self.residual is not None:
             logger.warning("%s: residual does not match this update (other names or shapes); starting from zero", self.name)
-        ring, carried = quantizer.encode(flat[support], generator)
-        flat[support] -= carried
+        ring, carried = plan.encode(flat, generator)
+        flat[plan.support] -= carried
         self.residual, self.layout = flat, layout
         self.rounds += 1
         return ring

@@ -44,7 +44,9 @@ class RingQuantizer:
     """Shared clipping, scale and stochastic rounding into ``Z_{2^ring_bits}``.
 
     Args:
-        clip: the range ``r``: values are clipped to ``[-r, r]`` (> 0, finite).
+        clip: the range ``r``: values are clipped to ``[-r, r]`` (> 0, finite); a 1-D array gives each
+            value its own range (and step ``r_i / L``), as :class:`~fedsegnet.secagg.plan.RoundPlan`
+            does with one range per block.
         n_sites: most sites whose inputs are summed (the round's site count), >= 1.
         ring_bits: bits of a ring element, 2..32. Defaults to 32.
         value_bits: bits of one site's signed integer; ``L = 2^(value_bits - 1) - 1`` levels each side.
@@ -57,8 +59,14 @@ class RingQuantizer:
     """
 
     def __init__(self, clip: float, n_sites: int, ring_bits: int = 32, value_bits: int | None = None):
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
+        if isinstance(clip, np.ndarray):
+            if clip.ndim != 1 or clip.size == 0 or not np.isfinite(clip).all() or not (clip > 0).all():
+                raise SecAggError(f"clip: an array of ranges must be 1-D, non-empty, finite and > 0 (shape {clip.shape})")
+            clip = clip.astype(np.float64)
+        elif isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) or clip <= 0:
             raise SecAggError(f"clip={clip!r}: must be a finite number > 0")
+        else:
+            clip = float(clip)
         if isinstance(n_sites, bool) or not isinstance(n_sites, int) or n_sites < 1:
             raise SecAggError(f"n_sites={n_sites!r}: must be an integer >= 1")
         self.ring_bits = check_ring_bits(ring_bits)
@@ -78,14 +86,16 @@ class RingQuantizer:
                     f"(needs ring_bits >= {needed})"
                 )
             levels = 2 ** (value_bits - 1) - 1
-        self.clip = float(clip)
+        self.clip = clip
         self.n_sites = n_sites
         self.value_bits = value_bits
         self.levels = int(levels)
         self.step = self.clip / self.levels
 
     def config(self) -> dict:
-        """The settings (what the server sends every site of the round)."""
+        """The settings (what the server sends every site of the round; a scalar ``clip`` only)."""
+        if isinstance(self.clip, np.ndarray):
+            raise SecAggError("config(): per-value ranges travel as a RoundPlan's per-block clips")
         return {"clip": self.clip, "n_sites": self.n_sites, "ring_bits": self.ring_bits, "value_bits": self.value_bits}
 
     def encode(self, values, generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -105,6 +115,8 @@ class RingQuantizer:
         v = np.asarray(values, dtype=np.float64)
         if v.ndim != 1:
             raise SecAggError(f"values: must be 1-D, got shape {v.shape}")
+        if isinstance(self.clip, np.ndarray) and self.clip.shape != v.shape:
+            raise SecAggError(f"values: {v.size} values but {self.clip.size} ranges")
         if not np.isfinite(v).all():
             raise SecAggError("values: hold NaN or Inf")
         z = np.clip(v, -self.clip, self.clip) / self.step
