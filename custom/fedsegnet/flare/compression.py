@@ -211,9 +211,7 @@ class UpdateEncoder(Filter, _CodecArgs):
         atomic_torch_save(state, self._path)
 
     def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
-        version = fl_ctx.get_prop(CodecMeta.GLOBAL_VERSION_PROP)
-        if version:
-            shareable.set_header(CodecMeta.GLOBAL_VERSION_HEADER, version)
+        report_global_version(shareable, fl_ctx)
         if shareable.get_return_code(ReturnCode.OK) != ReturnCode.OK:
             return shareable
         try:
@@ -367,9 +365,12 @@ class GlobalModelSync(FLComponent, _CodecArgs):
         self.downlink = GlobalModelDownlink(self.codec, first_bits=first_bits, seed=seed, instance=uuid.uuid4().hex)
         self._lock = threading.Lock()
         self._holds: dict[str, str] = {}
+        self._carriers: set[str] = set()  # the tasks whose data went through GlobalModelEncoder
 
     def handle_event(self, event_type: str, fl_ctx: FLContext):
         if event_type == EventType.BEFORE_PROCESS_SUBMISSION:
+            if fl_ctx.get_prop(FLContextKey.TASK_NAME) not in self._carriers:
+                return  # a reply to a task that brought no global model (the key steps of secure aggregation, validate) says nothing about it
             result = fl_ctx.get_prop(FLContextKey.TASK_RESULT)
             site = _site_of_peer(fl_ctx)
             version = result.get_header(CodecMeta.GLOBAL_VERSION_HEADER) if result is not None else None
@@ -382,6 +383,7 @@ class GlobalModelSync(FLComponent, _CodecArgs):
     def message_for(self, site: str, weights: dict, rnd, fl_ctx: FLContext) -> tuple[dict, dict]:
         """``(data, downlink_info)`` for ``site`` in round ``rnd``; ``weights`` is the global model (read only)."""
         with self._lock:
+            self._carriers.add(fl_ctx.get_prop(FLContextKey.TASK_NAME))
             return self.downlink.message(weights, rnd, self._holds.get(site))
 
 
@@ -490,6 +492,24 @@ class GlobalModelDecoder(Filter):
 
 
 # ---------------------------------------------------------------------------------------- bytes
+def report_global_version(shareable: Shareable, fl_ctx: FLContext) -> None:
+    """Put the version of the global model this site holds (set by :class:`GlobalModelDecoder` for the
+    task) in the result's header, where :class:`GlobalModelSync` reads it."""
+    version = fl_ctx.get_prop(CodecMeta.GLOBAL_VERSION_PROP)
+    if version:
+        shareable.set_header(CodecMeta.GLOBAL_VERSION_HEADER, version)
+
+
+class GlobalVersionReporter(Filter):
+    """Site task-result filter of a task without an update codec (the secure-aggregation masked input):
+    tells the server which global model version the site holds, so its next model comes as a
+    difference (:class:`UpdateEncoder` does this for the plain ``train`` result)."""
+
+    def process(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
+        report_global_version(shareable, fl_ctx)
+        return shareable
+
+
 class MessageBytes(Filter):
     """Server filter that measures a message as FLARE serialises it and reports it (never changes it).
 

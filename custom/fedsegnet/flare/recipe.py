@@ -50,6 +50,7 @@ from fedsegnet.flare.compression import (
     GlobalModelDecoder,
     GlobalModelEncoder,
     GlobalModelSync,
+    GlobalVersionReporter,
     MessageBytes,
     UpdateDecoder,
     UpdateEncoder,
@@ -349,7 +350,9 @@ class FedSegNetFedAvgRecipe(Recipe):
             # AAMAggregator keeps top-k records as received (decoded when read); FLARE's weighted aggregator needs dense arrays
             for f in (MessageBytes(direction="up"), UpdateDecoder(sparse="packed" if aggregation is not None else False)):
                 job.to_server(f, tasks=["train"], filter_type=FilterType.TASK_RESULT)
-            job.to_clients(GlobalModelDecoder(), tasks=["train"], filter_type=FilterType.TASK_DATA)
+            # under secure aggregation the masked-input step brings the global model
+            down_tasks = ["train", SecAggTask.MASKED] if secagg else ["train"]
+            job.to_clients(GlobalModelDecoder(), tasks=down_tasks, filter_type=FilterType.TASK_DATA)
             encoder = UpdateEncoder(ratio=up_ratio, bits=up_bits, resume_from=resume_from, **codec)
             client(encoder, "resume_from", ratio="up_ratio", bits="up_bits", **codec_args)
             job.to_clients(encoder, tasks=["train"], filter_type=FilterType.TASK_RESULT)
@@ -357,17 +360,20 @@ class FedSegNetFedAvgRecipe(Recipe):
             job.to_server(LedgerTaskFilter(), tasks=["train"], filter_type=FilterType.TASK_DATA)
         job.to_clients(LedgerPayloadRecorder(), tasks=["train"], filter_type=FilterType.TASK_RESULT)
         if secagg:
-            # FLARE's filter chains must not share a task: the masked-input step (the global model,
-            # dense, with the ledger's bundle; the site's masked input back, hashed for the ledger) and
-            # the three key steps each get their own; every step's messages are counted both ways
+            # FLARE's filter chains must not share a task: the masked-input step (the global model, as
+            # a difference where the site holds the last one, with the ledger's bundle; the site's
+            # masked input back, hashed for the ledger) and the three key steps each get their own;
+            # every step's messages are counted both ways
             masked, keys = [SecAggTask.MASKED], [t for t in SecAggTask.ALL if t != SecAggTask.MASKED]
-            for f in (LedgerTaskFilter(), MessageBytes(direction="down")):
+            down = (GlobalModelEncoder(sync_id="global_model_sync"),) if compression else ()
+            for f in (*down, LedgerTaskFilter(), MessageBytes(direction="down")):
                 job.to_server(f, tasks=masked, filter_type=FilterType.TASK_DATA)
             for f in (LedgerResultFilter(), MessageBytes(direction="up")):
                 job.to_server(f, tasks=masked, filter_type=FilterType.TASK_RESULT)
             job.to_server(MessageBytes(direction="down"), tasks=keys, filter_type=FilterType.TASK_DATA)
             job.to_server(MessageBytes(direction="up"), tasks=keys, filter_type=FilterType.TASK_RESULT)
-            job.to_clients(LedgerPayloadRecorder(), tasks=masked, filter_type=FilterType.TASK_RESULT)
+            for f in ((GlobalVersionReporter(),) if compression else ()) + (LedgerPayloadRecorder(),):
+                job.to_clients(f, tasks=masked, filter_type=FilterType.TASK_RESULT)
         super().__init__(job)
         # the job args, at the top of each config as in jobs/: FLARE puts them in place of the "{name}" references
         self.add_server_config(dict(self._bound["server"]))
