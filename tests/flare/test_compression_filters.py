@@ -238,19 +238,22 @@ def _task(weights, rnd):
     return s
 
 
-def _ack(sync, engine, site, version):
+def _ack(sync, engine, site, version, task_name=None):
     result = Shareable()
     if version:
         result.set_header(CodecMeta.GLOBAL_VERSION_HEADER, version)
     ctx = _ctx(engine, "server", peer=site)
     ctx.set_prop(FLContextKey.TASK_RESULT, result, private=True, sticky=False)
+    ctx.set_prop(FLContextKey.TASK_NAME, task_name, private=True, sticky=False)
     sync.handle_event(EventType.BEFORE_PROCESS_SUBMISSION, ctx)
 
 
-def _send(encoder, engine, site, task):
+def _send(encoder, engine, site, task, task_name=None):
     per_site = Shareable(copy.copy(task))  # FLARE's make_copy: own headers, shared DXO
     per_site["__headers__"] = copy.deepcopy(task["__headers__"])
-    return encoder.process(per_site, _ctx(engine, "server", peer=site))
+    ctx = _ctx(engine, "server", peer=site)
+    ctx.set_prop(FLContextKey.TASK_NAME, task_name, private=True, sticky=False)
+    return encoder.process(per_site, ctx)
 
 
 def _receive(decoder, site_engine, site, message):
@@ -307,6 +310,27 @@ def test_downlink_sends_differences_to_synced_sites_and_full_weights_otherwise(t
     for site, expect in (("site-1", "diff"), ("site-2", "full"), ("site-3", "full")):
         msg = _send(encoder, engine, site, task)
         assert from_shareable(msg).get_meta_prop(CodecMeta.DOWNLINK)["mode"] == expect
+
+
+def test_replies_to_tasks_that_brought_no_global_model_leave_what_a_site_holds(tmp_path):
+    """Under secure aggregation the global model goes with the masked-input task; the key steps'
+    replies (no version header) come after it and must not make the server think the site holds
+    nothing. A failed reply to the task that carried the model still does (full weights next)."""
+    sync = GlobalModelSync(ratio=0.05, bits=8, dense_below=256)
+    engine = _Engine(tmp_path / "server", {"global_model_sync": sync})
+    encoder, decoder, site_engine = GlobalModelEncoder(), GlobalModelDecoder(), _Engine(tmp_path / "site-1")
+    model = _model(0)
+    msg = _send(encoder, engine, "site-1", _task(model, 0), task_name="secagg_masked")
+    _, version = _receive(decoder, site_engine, "site-1", msg)
+    _ack(sync, engine, "site-1", version, task_name="secagg_masked")
+    _ack(sync, engine, "site-1", None, task_name="secagg_unmask")  # a key step's reply: no global model involved
+    _ack(sync, engine, "site-1", None, task_name="validate")
+    model = {k: v + _update(3)[k] for k, v in model.items()}
+    msg = _send(encoder, engine, "site-1", _task(model, 1), task_name="secagg_masked")
+    assert from_shareable(msg).get_meta_prop(CodecMeta.DOWNLINK)["mode"] == "diff"
+    _ack(sync, engine, "site-1", None, task_name="secagg_masked")  # the site failed the task that carried the model
+    msg = _send(encoder, engine, "site-1", _task(model, 2), task_name="secagg_masked")
+    assert from_shareable(msg).get_meta_prop(CodecMeta.DOWNLINK)["mode"] == "full"
 
 
 @pytest.mark.parametrize("first_bits", [8, 32])
