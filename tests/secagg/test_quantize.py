@@ -1,4 +1,4 @@
-"""Quantisation into the ring, the no-wrap rule, the shared support and the site's error feedback."""
+"""Quantisation into the ring, the no-wrap rule, the plans' random blocks, flat vectors and the site's error feedback."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from fedsegnet.secagg.errors import SecAggError
 from fedsegnet.secagg.masking import ring_sum
 from fedsegnet.secagg.plan import next_plan
 from fedsegnet.secagg.quantize import RingQuantizer, ring_bits_needed
-from fedsegnet.secagg.support import check_support, choose_support, flatten, unflatten
+from fedsegnet.secagg.support import flatten, unflatten
 
 
 @pytest.mark.parametrize("value_bits,n,expected", [(4, 1, 4), (4, 2, 5), (4, 8, 7), (4, 9, 7), (4, 10, 8), (8, 32, 13), (16, 8, 19)])
@@ -57,32 +57,14 @@ def test_stochastic_rounding_is_unbiased_and_carried_is_what_the_ring_says():
     assert set(np.round(carried * 7).astype(int)) <= {0, 1}
 
 
-def test_support_is_public_deterministic_and_holds_the_topk():
-    rng = np.random.default_rng(0)
-    agg = rng.normal(size=1000)
-    s = choose_support(1000, 100, round=3, round_seed=b"job-7", previous_aggregate=agg, topk=40)
-    assert s.dtype == np.int64 and s.shape == (100,) and (np.diff(s) > 0).all()
-    np.testing.assert_array_equal(s, choose_support(1000, 100, 3, b"job-7", agg.copy(), 40))
-    assert set(np.argsort(-np.abs(agg))[:40]) <= set(s)
-    other = choose_support(1000, 100, 4, b"job-7", agg, 40)
-    assert len(set(s) ^ set(other)) > 0
-    r0 = choose_support(1000, 100, 0, b"job-7")
-    assert r0.shape == (100,) and check_support(r0, 1000).shape == (100,)
-    with pytest.raises(SecAggError, match="topk=5: needs the previous aggregate"):
-        choose_support(1000, 100, 1, b"s", None, 5)
-    with pytest.raises(SecAggError, match="size=2000"):
-        choose_support(1000, 2000, 1, b"s")
-    with pytest.raises(SecAggError, match="previous_aggregate"):
-        choose_support(1000, 100, 1, b"s", np.zeros(999), 5)
-    with pytest.raises(SecAggError, match="sorted, unique"):
-        check_support(np.array([3, 3]), 10)
-
-
-def test_support_random_part_is_uniform_over_rounds():
+def test_random_blocks_are_uniform_over_rounds():
+    layout = (("w", (2000,)),)  # 200 blocks of 10
     counts = np.zeros(200)
     for r in range(400):
-        counts[choose_support(200, 20, r, b"seed")] += 1
-    # each coordinate is chosen with probability 0.1: 40 of 400 expected, sd ~6; bound 40 +- 36 (6 sd)
+        plan = next_plan(r, layout, 4, b"seed", ratio=0.1, block=10)  # no scores: 20 blocks drawn at random
+        assert plan.blocks.size == 20
+        counts[plan.blocks] += 1
+    # each block is drawn with probability 0.1: 40 of 400 expected, sd ~6; bound 40 +- 36 (6 sd)
     assert counts.min() > 4 and counts.max() < 76
 
 

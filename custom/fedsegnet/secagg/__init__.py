@@ -7,7 +7,7 @@ support so that the compression carries over.
 - :mod:`~fedsegnet.secagg.adverts`: key adverts signed with the startup-kit keys, checked under the root CA.
 - :mod:`~fedsegnet.secagg.masking`: the ChaCha20 PRG, pairwise and self masks in ``Z_{2^bits}``, packing.
 - :mod:`~fedsegnet.secagg.quantize`: :class:`RingQuantizer` (shared clip and scale, no-wrap check).
-- :mod:`~fedsegnet.secagg.support`: flat model vectors and the random part of a shared support.
+- :mod:`~fedsegnet.secagg.support`: flat model vectors and the public seed of a plan's random blocks.
 - :mod:`~fedsegnet.secagg.plan`: :class:`RoundPlan`, the round's blocks, ranges and block scores; :func:`next_plan`.
 - :mod:`~fedsegnet.secagg.error_feedback`: :class:`SecAggErrorFeedback`, the site's residual.
 - :mod:`~fedsegnet.secagg.protocol`: :class:`SiteSecAgg`, :class:`ServerSecAgg` and their messages.
@@ -35,7 +35,7 @@ from fedsegnet.secagg.protocol import (
 )
 from fedsegnet.secagg.quantize import RingQuantizer, ring_bits_needed
 from fedsegnet.secagg.shamir import Share, reconstruct, share
-from fedsegnet.secagg.support import choose_support, flatten, unflatten
+from fedsegnet.secagg.support import flatten, unflatten
 
 __all__ = [
     "AdvertError",
@@ -63,10 +63,9 @@ __all__ = [
     "UnmaskRequest",
     "check_advert",
     "check_threshold",
-    "choose_support",
     "expand",
-    "next_plan",
     "flatten",
+    "next_plan",
     "pack",
     "reconstruct",
     "ring_bits_needed",
