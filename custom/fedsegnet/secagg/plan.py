@@ -27,7 +27,7 @@ on one support the server chose from what it may know, and that is the plan of t
   without the previous round's scores (a restarted server), draws every block at random, with
   ``first_value_bits`` and the range ``first_clip`` for all blocks.
 
-Why not the previous aggregate's top-k (:func:`~fedsegnet.secagg.support.choose_support`): the
+Why not the previous aggregate's top-k (this module's first design): the
 aggregate is zero off the previous support, so its top-k only re-picks last round's coordinates,
 and the rest of the model moves only when a random draw hits it. The block scores are a sum too
 (the server learns nothing about one site that it does not learn from the aggregate's kind of
