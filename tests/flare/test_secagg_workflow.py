@@ -8,7 +8,13 @@ from nvflare.fuel.utils import fobs
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import SECAGG_KEY
 from fedsegnet.flare.secagg_executor import SecAggLearnerExecutor
-from fedsegnet.flare.secagg_workflow import SecureScatterAndGather, fitting_value_bits, model_layout, sample_weights
+from fedsegnet.flare.secagg_workflow import (
+    SecureScatterAndGather,
+    fitting_value_bits,
+    model_layout,
+    reported_weights,
+    sample_weights,
+)
 from fedsegnet.ledger.signing import generate_signer
 from fedsegnet.secagg import (
     KeyAdvert,
@@ -228,3 +234,40 @@ def test_with_a_startup_kit_adverts_are_signed_with_its_key_and_checked_against_
     assert advert_keys(empty, "site-1", "unsigned") == (None, None, False)
     with pytest.raises(SecAggError, match=str(empty)):
         advert_keys(empty, "site-1", "kit")
+
+
+# ------------------------------------------------------------------------------ AAM from reports
+def _aam():
+    from fedsegnet.aggregation import AdaptiveAggregation
+
+    return AdaptiveAggregation()  # the job's defaults
+
+
+def test_reported_weights_without_aam_are_sample_counts():
+    w, signals = reported_weights(None, {"a": 3, "b": 5}, {}, {})
+    assert w == pytest.approx({"a": 3 / 8, "b": 5 / 8}) and signals == {}
+
+
+def test_reported_weights_are_fedavgs_while_the_sites_report_alike():
+    counts = {"s1": 4, "s2": 4, "s3": 8}
+    same = {s: {"agreement": 0.7, "val_dice_global": 0.6, "val_dice_local": 0.7} for s in counts}
+    w, signals = reported_weights(_aam(), counts, {}, same)
+    assert w == pytest.approx({"s1": 0.25, "s2": 0.25, "s3": 0.5})
+    assert all(signals[s]["score"] == 0 for s in counts)
+    w0, _ = reported_weights(_aam(), counts, {}, {})  # round 0: nothing reported yet
+    assert w0 == pytest.approx(w)
+
+
+def test_a_site_whose_reported_dice_falls_far_behind_loses_weight_and_label_kind_sets_the_prior():
+    counts = {f"s{i}": 5 for i in range(1, 5)}
+    reports = {s: {"agreement": 0.8, "val_dice_local": 0.8} for s in counts}
+    reports["s4"] = {"agreement": 0.2, "val_dice_local": 0.15}  # labels that contradict what the others learned
+    w, signals = reported_weights(_aam(), counts, {}, reports)
+    assert w["s4"] < 0.1 < 0.25 < w["s1"] and signals["s4"]["score"] < 0
+    assert sum(w.values()) == pytest.approx(1.0)
+    w, _ = reported_weights(_aam(), {"v1": 5, "v2": 5, "v3": 5, "b": 5}, {"b": "box"}, {})
+    assert w["b"] == pytest.approx(w["v1"] / 2)  # box labels: prior trust 0.5 of voxel's
+    w, _ = reported_weights(_aam(), {"a": 5, "b": 5, "c": 5, "liar": 10**9}, {}, {})
+    assert w["liar"] <= 0.6 and w["liar"] == pytest.approx(2 * w["a"])  # bounded by its peers, as in the plain modes
+    with pytest.raises(ValueError, match="site 'x'"):
+        reported_weights(_aam(), {"x": 0, "y": 3}, {}, {})

@@ -54,7 +54,9 @@ def _signed(ring, bits=32):
     return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
 
 
-def test_every_round_sums_both_sites_with_sample_count_weights(secagg_run):
+def test_every_round_sums_both_sites_with_aams_weights_from_their_reports(secagg_run):
+    """The job's aggregation=aam weighs from what the sites reported (their Dice are still below AAM's
+    min_signal after 4 steps, so the weights are the case counts); each site applied its weight."""
     res, rounds, sites, _ = secagg_run
     assert [r["round"] for r in rounds] == [0, 1]
     for r in rounds:
@@ -63,7 +65,9 @@ def test_every_round_sums_both_sites_with_sample_count_weights(secagg_run):
         assert r["key_check"] == "signed, no root CA"  # generated keys: said so, never "kit"
         n = r["n_train"]
         assert all(v > 0 for v in n.values())
+        assert r["weighting"] == "aam (reported signals)" and set(r["aam"]) == set(SITES)
         for s in SITES:
+            assert r["aam"][s]["score"] == 0 and r["aam"][s]["weight"] == pytest.approx(r["weights"][s])
             assert r["weights"][s] == pytest.approx(n[s] / sum(n.values()))
             assert float(sites[(s, r["round"])]["weight"]) == pytest.approx(r["weights"][s])
     records = res.read_records()  # RoundRecorder: the sites' reports, their role, nobody missing
@@ -74,6 +78,7 @@ def test_every_round_sums_both_sites_with_sample_count_weights(secagg_run):
             entry = rec["sites"][s]
             assert entry["n_train"] == r["n_train"][s] and entry["local_steps"] == TINY_JOB_ARGS["local_steps"]
             assert entry["aggregation"]["secagg"] == "survivor" and entry["aggregation"]["key_check"] == "signed, no root CA"
+            assert entry["aggregation"]["score"] == 0 and entry["aggregation"]["prior"] == pytest.approx(0.5)
             assert entry["n_values"] == 0  # the server got no tensor from the site: only the masked bytes
 
 

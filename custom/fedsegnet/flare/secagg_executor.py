@@ -209,7 +209,7 @@ class SecAggLearnerExecutor(LearnerExecutor):
         )  # fmt: skip
         advert = self._round.advertise()
         n_train = int(self.learner.trainer.n_train)
-        return self._reply({"message": advert.to_dict(), "n_train": n_train})
+        return self._reply({"message": advert.to_dict(), "n_train": n_train, "label_kind": self.learner.label_kind})
 
     def _share_keys(self, shareable: Shareable, fl_ctx: FLContext) -> Shareable:
         roster = Roster.from_dict(self._payload(shareable).get("message"))

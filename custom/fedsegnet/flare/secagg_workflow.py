@@ -11,11 +11,16 @@ One round, as FLARE tasks (one task per site and step; the payload under the Sha
                    site -> server  DXO(COLLECTION, {"masked": MaskedInput}, meta: the site's report)
     secagg_unmask  server -> site  {UnmaskRequest}               site -> server  {UnmaskReply}
 
-**Weights.** The server cannot see a single update, so it weighs each site by the number of training
-cases it reported with its advert: ``w_u = n_u / sum(n_v for v in U2)``, sent with the masked-input
-task. The site multiplies its update by ``w_u`` before quantising it into the ring, so the ring sum
-is the weighted sum; the server divides it by the survivors' weight (1 when nobody dropped) and adds
-it to the global model.
+**Weights.** The server cannot see a single update, so it weighs the sites from what they report
+(:func:`reported_weights`): with the job's ``aggregation=aam``, AAM's weights
+(:meth:`~fedsegnet.aggregation.AdaptiveAggregation.weights`) from the training cases and label
+kind each site reports with its advert and the label agreement and validation Dice it reported
+with its previous round's masked input (a round late: the weights must be known before the site
+trains), without the divergence and norm signals, which need the update; with ``mean``, the
+training-case counts: ``w_u = n_u / sum(n_v for v in U2)``. Counts are bounded by the peers' as in
+the plain modes. The weight goes with the masked-input task; the site multiplies its update by
+``w_u`` before quantising it into the ring, so the ring sum is the weighted sum; the server divides
+it by the survivors' weight (1 when nobody dropped) and adds it to the global model.
 
 **Compression** (:mod:`fedsegnet.secagg.plan`). Each round's :class:`~fedsegnet.secagg.RoundPlan`
 (sent with the masked-input task) names the blocks every site sends (about ``support_ratio`` of the
@@ -62,7 +67,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from fedsegnet.aggregation.reports import peer_bounded_counts
+from fedsegnet.aggregation.reports import SiteReport, peer_bounded_counts
 from fedsegnet.config import check_job_args
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import (
@@ -73,6 +78,7 @@ from fedsegnet.flare.constants import (
     SECAGG_KEY,
     SECURE_AGGREGATION,
     SecAggTask,
+    UpdateMeta,
 )
 from fedsegnet.flare.workflow import ROUND_SITES_EVENT, ROUND_SITES_PROP, ResumableScatterAndGather
 from fedsegnet.secagg import (
@@ -90,6 +96,10 @@ from fedsegnet.secagg import (
 from fedsegnet.secagg.adverts import weakest
 from fedsegnet.secagg.masking import MAX_RING_BITS
 from fedsegnet.secagg.plan import FIRST_VALUE_BITS
+
+REPORT_META = {"agreement": UpdateMeta.LABEL_AGREEMENT, "val_dice_global": UpdateMeta.VAL_DICE_GLOBAL,
+               "val_dice_local": UpdateMeta.VAL_DICE_LOCAL}  # fmt: skip
+"""The masked input's report fields AAM reads next round (their meta keys)."""
 
 METHOD = SECURE_AGGREGATION
 """``aggregation_method`` of the round records."""
@@ -133,6 +143,44 @@ def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> di
     bounded = peer_bounded_counts(n_train, peer_cases_ratio)
     total = sum(bounded.values())
     return {site: n / total for site, n in sorted(bounded.items())}
+
+
+def reported_weights(
+    aam, n_train: dict[str, int], kinds: dict[str, str], reports: dict[str, dict], peer_cases_ratio: float = 2.0,
+    max_cases: float = 100_000,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """AAM's weights from what the sites reported, for a round whose updates the server never sees.
+
+    Args:
+        aam: the job's :class:`~fedsegnet.aggregation.AdaptiveAggregation` (its smoothed signals are
+            updated), or None for sample-count weights (:func:`sample_weights`).
+        n_train: ``{site: training cases}`` reported with this round's adverts.
+        kinds: ``{site: label kind}`` reported with the adverts (missing: ``voxel``).
+        reports: ``{site: {"agreement", "val_dice_global", "val_dice_local"}}`` of each site's previous
+            masked input (missing: neutral, as in the plain modes).
+        peer_cases_ratio: the job arg ``aam_peer_cases_ratio``. Defaults to 2.0.
+        max_cases: the aggregator's bound on a reported count. Defaults to 100,000.
+
+    Returns:
+        ``({site: weight}, {site: AAM's signals and score})``; weights sum to 1; the signals are empty
+        for sample-count weights.
+
+    Raises:
+        ValueError: no site, or a count that is not a positive integer (naming the site).
+    """
+    if aam is None:
+        return sample_weights(n_train, peer_cases_ratio), {}
+    sample_weights(n_train, peer_cases_ratio)  # the same checks of the counts
+    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    site_reports = {}
+    for site in sorted(bounded):
+        prev = reports.get(site, {})
+        site_reports[site], _ = SiteReport.clamped(
+            max_cases, n_train=bounded[site], label_kind=kinds.get(site) or "voxel", agreement=prev.get("agreement"),
+            val_dice_global=prev.get("val_dice_global"), val_dice_local=prev.get("val_dice_local"),
+        )  # fmt: skip
+    signals = aam.weights(site_reports, {})
+    return {site: float(signals[site]["weight"]) for site in sorted(signals)}, signals
 
 
 def server_root_ca(startup) -> bytes | None:
@@ -243,6 +291,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         self.keep_masked_inputs = keep_masked_inputs
         self._root_ca = None  # the server kit's root CA, read when the secure rounds start
         self._scores = None  # (layout, the last round's mean block scores): public, the next plan's input
+        self._reports = {}  # site -> what it reported with its last masked input (AAM's signals next round)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ rounds
@@ -366,7 +415,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         # step 0: adverts (and the cases each site trains on, for the weights)
         t0 = time.perf_counter()
         replies = self._exchange(SecAggTask.ADVERT, {s: {"round": rnd, "session": session} for s in sites}, rnd, fl_ctx, abort_signal, self.step_timeout)
-        n_train = {}
+        n_train, kinds = {}, {}
         for site in sites:
             data = payload(site, "advert", replies.get(site))
             if data is None:
@@ -380,6 +429,7 @@ class SecureScatterAndGather(ResumableScatterAndGather):
                 drop(site, "advert", str(e))
                 continue
             n_train[site] = n
+            kinds[site] = data.get("label_kind") if isinstance(data.get("label_kind"), str) else None
         seconds["advert"] = time.perf_counter() - t0
         if abort_signal.triggered or (roster := closing("advert", server.roster)) is None:
             return None, record
@@ -406,8 +456,16 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         seconds["shares"] = time.perf_counter() - t0
         if abort_signal.triggered or (inboxes := closing("shares", server.inboxes)) is None:
             return None, record
-        site_weights = sample_weights({s: n_train[s] for s in inboxes}, self.peer_cases_ratio)
+        aam = self._aam()
+        site_weights, signals = reported_weights(
+            aam, {s: n_train[s] for s in inboxes}, kinds, self._reports, self.peer_cases_ratio,
+            getattr(self.aggregator, "max_cases", 100_000),
+        )  # fmt: skip
         record["weights"] = site_weights
+        record["weighting"] = "aam (reported signals)" if aam is not None else "sample counts"
+        if signals:
+            record["aam"] = {s: {k: v for k, v in sig.items() if k in ("quality", "performance", "score", "prior", "weight")}
+                             for s, sig in signals.items()}  # fmt: skip
         record["n_train"] = {s: n_train[s] for s in inboxes}
 
         # step 2: the global model, the inbox and the weight out; the site trains and sends its masked input
@@ -436,6 +494,9 @@ class SecureScatterAndGather(ResumableScatterAndGather):
                 drop(site, "masked", f"a masked input the protocol refuses: {e}")
                 return
             masked_ok.add(site)
+            meta = from_shareable(result).meta or {}
+            with self._lock:  # AAM's signals of the next round
+                self._reports[site] = {k: meta.get(m) for k, m in REPORT_META.items()}
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, rnd, private=True, sticky=True)
             fl_ctx.set_prop(AppConstants.TRAINING_RESULT, result, private=True, sticky=False)
             self.fire_event(AppEventType.BEFORE_CONTRIBUTION_ACCEPT, fl_ctx)  # RoundRecorder and the model selector read the report
@@ -487,6 +548,13 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         )  # fmt: skip
         return update, record
 
+    def _aam(self):
+        """The job's AAM state when its aggregator weighs by AAM (``aggregation=aam``), else None."""
+        from fedsegnet.flare.aggregator import AAMAggregator
+
+        agg = self.aggregator
+        return agg.aam if isinstance(agg, AAMAggregator) and agg.method == "aam" else None
+
     def _exchange(self, name: str, data: dict, rnd: int, fl_ctx: FLContext, abort_signal: Signal, timeout: int, on_result=None) -> dict:
         """Send task ``name`` to each site of ``data`` with its own payload; wait until every task closed.
 
@@ -536,7 +604,8 @@ class SecureScatterAndGather(ResumableScatterAndGather):
         for site in record["asked"]:
             role = "survivor" if site in record["survivors"] else ("dropped" if site in record["dropped"] else "not aggregated")
             sites[site] = {"accepted": site in record["survivors"], "secagg": role, "weight": weights.get(site),
-                           "key_check": checks.get(site)}  # fmt: skip
+                           "key_check": checks.get(site), **{k: v for k, v in record.get("aam", {}).get(site, {}).items()
+                                                             if k != "weight"}}  # fmt: skip
         fl_ctx.set_prop(AAM_RECORD_PROP, {"round": record["round"], "method": METHOD, "sites": sites}, private=True, sticky=False)
         self.fire_event(AAM_RECORD_EVENT, fl_ctx)
         folder = os.path.join(self._engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
