@@ -49,6 +49,32 @@ def test_fedprox_runs(sites):
     assert out["test"] is not None
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregation", ["aam", "mean"])
+def test_secure_aggregation_rounds_train_on_a_shared_support_with_reported_weights(sites, aggregation):
+    """The secure rounds' arithmetic in process: round 0 on random blocks at 16 bits, round 1 planned
+    from round 0's block scores at 4 bits; about 10% of the values change per round; the weights
+    sum to 1 and come from the reports (counts while the Dice are below AAM's min_signal)."""
+    config = build_train_config(preset="tiny", local_steps=2, seed=0, val_max_cases=1)
+    dirs = {f"site-{i}": sites / f"site-{i}" for i in range(1, 4)}
+    out = run_federation(dirs, config, rounds=2, test_dir=sites / "test", device="cpu", aggregation=aggregation,
+                         secure_aggregation={})  # fmt: skip
+    assert 0.0 <= out["test"]["dice_mean"] <= 1.0
+    assert [r["plan"]["value_bits"] for r in out["rounds"]] == [16, 4]
+    assert [r["plan"]["ring_bits"] for r in out["rounds"]] == [18, 6]  # 3 sites: 2 more bits than one value
+    for r in out["rounds"]:
+        assert sum(s["weight"] for s in r["sites"].values()) == pytest.approx(1.0)
+        numel = sum(v.size for v in out["final_weights"].values() if v.dtype.kind == "f")
+        assert 0.07 < r["plan"]["support_values"] / numel < 0.2
+        assert all(s["bytes_up"] == -(-(r["plan"]["support_values"] + r["plan"]["blocks"]) * r["plan"]["ring_bits"] // 8)
+                   for s in r["sites"].values())  # fmt: skip
+    assert all(np.isfinite(v).all() for v in out["final_weights"].values())
+    with pytest.raises(ValueError, match="secure_aggregation"):
+        run_federation(dirs, config, rounds=1, secure_aggregation={}, codec=SparseQuantCodec())
+    with pytest.raises(ValueError, match="secure_aggregation"):
+        run_federation(dirs, config, rounds=1, secure_aggregation={"bits": 4})
+
+
 def test_bad_arguments_are_named(sites):
     with pytest.raises(ValueError, match="aggregation"):
         _run(sites, aggregation="krum")

@@ -109,6 +109,7 @@ def run_federation(
     personal=None,
     personal_dir: str | Path | None = None,
     dp=None,
+    secure_aggregation: Mapping | None = None,
 ) -> dict:
     """Train a federation in this process and evaluate the final global model on a test set.
 
@@ -143,6 +144,16 @@ def run_federation(
             site whose next round would pass ``dp_budget`` sits it out (its record says
             ``"missing": "budget"``); when every site does, the federation ends there. Defaults to
             None (no DP).
+        secure_aggregation: run the secure rounds' arithmetic of the FLARE job
+            (:class:`~fedsegnet.flare.secagg_workflow.SecureScatterAndGather`): weights from the sites'
+            reports (:func:`~fedsegnet.aggregation.reported_weights`: AAM without divergence for
+            ``"aam"``, counts for ``"mean"``), each round's plan (:func:`~fedsegnet.secagg.next_plan`),
+            each site's weighted update through its :class:`~fedsegnet.secagg.SecAggErrorFeedback`,
+            the ring sum decoded by the plan. The pairwise masks cancel in the sum (the protocol's
+            tests prove it), so they are left out here. A mapping of the plan's settings: ``ratio``
+            (``up_ratio``, 0.1), ``value_bits`` (``up_bits``, 4), ``block`` (256), ``scope``
+            (``"tensor"``); ``{}`` takes these defaults. Not with ``codec``, ``personal`` or
+            ``faults``. Defaults to None (plain rounds).
 
     Returns:
         ``{"test": EvalResult.to_dict() or None, "rounds": [per-round records], "seconds": float,
@@ -163,6 +174,16 @@ def run_federation(
     if int(rounds) < 1:
         raise ValueError(f"rounds={rounds!r}: must be >= 1")
     faults = dict(faults or {})
+    if secure_aggregation is not None:
+        unknown_keys = sorted(set(secure_aggregation) - {"ratio", "value_bits", "block", "scope"})
+        if unknown_keys or codec is not None or personal is not None or faults or aggregation not in ("aam", "mean"):
+            raise ValueError(
+                f"secure_aggregation: plan settings ratio, value_bits, block, scope only (got {unknown_keys or 'ok'}); "
+                "not with a codec, personalisation or faults, and with aggregation aam or mean"
+            )
+        return _run_secure(site_dirs, config, rounds=int(rounds), test_dir=test_dir, aggregation=aggregation, aam=aam,
+                           proximal_loss=proximal_loss, device=device, on_round=on_round, weak_loss=weak_loss, dp=dp,
+                           plan_args=dict(secure_aggregation))  # fmt: skip
     unknown = sorted(set(faults) - set(site_dirs))
     if unknown:
         raise ValueError(f"faults: unknown site(s) {unknown} (sites: {sorted(site_dirs)})")
@@ -230,28 +251,89 @@ def run_federation(
         )  # fmt: skip
         if on_round is not None:
             on_round(record)
+    test, sites_test = _evaluate_final(trainers, global_weights, config, test_dir, device, int(rounds))
+    return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights,
+            "sites_test": sites_test}  # fmt: skip
+
+
+
+def _evaluate_final(trainers: Mapping[str, SiteTrainer], global_weights: dict, config: TrainConfig, test_dir, device, rounds: int):
+    """``(test result dict or None, {site: own test result})`` of the final global model."""
+    first = next(iter(trainers.values()))
     test = None
     if test_dir is not None:
         label_map, cases, dataset = _test_set(Path(test_dir), config)
-        dev = pick_device(device)
         first.set_weights(global_weights)
         p = config.preset
-        result = evaluate(
-            first.model, eval_cases(cases, dataset), num_classes=num_classes, roi_size=p.patch_size,
-            sw_batch_size=p.sw_batch_size, overlap=p.sw_overlap, device=dev, amp=p.amp,
+        test = evaluate(
+            first.model, eval_cases(cases, dataset), num_classes=first.num_classes, roi_size=p.patch_size,
+            sw_batch_size=p.sw_batch_size, overlap=p.sw_overlap, device=pick_device(device), amp=p.amp,
             class_names=label_map.class_names, regions=label_map.regions,
-        )  # fmt: skip
-        test = result.to_dict()
+        ).to_dict()  # fmt: skip
     sites_test = {}
     for site, trainer in trainers.items():
         if not trainer.datalist.evaluable("test"):
             continue
         if trainer.personal.method == "finetune":
-            trainer.finetune(global_weights, round=int(rounds))
+            trainer.finetune(global_weights, round=rounds)
         sites_test[site] = _own_test(trainer, trainer.personal_weights(global_weights))
+    return test, sites_test
+
+
+def _run_secure(site_dirs, config, *, rounds, test_dir, aggregation, aam, proximal_loss, device, on_round, weak_loss, dp, plan_args) -> dict:
+    """:func:`run_federation` under secure aggregation (the arithmetic of the FLARE job's secure rounds)."""
+    from fedsegnet.aggregation import reported_weights
+    from fedsegnet.secagg import SecAggErrorFeedback, next_plan, unflatten
+    from fedsegnet.secagg.masking import ring_sum
+    from fedsegnet.secagg.plan import FIRST_VALUE_BITS
+
+    t0 = time.perf_counter()
+    trainers = {
+        site: SiteTrainer(Path(d), config, site=site, device=device, proximal_loss=proximal_loss, weak_loss=weak_loss,
+                          dp=dp, planned_rounds=rounds)
+        for site, d in site_dirs.items()
+    }  # fmt: skip
+    first = next(iter(trainers.values()))
+    _, global_weights = _initial_model(config, first.in_channels, first.num_classes)
+    layout = tuple((k, tuple(v.shape)) for k, v in sorted(global_weights.items()) if np.issubdtype(v.dtype, np.floating))
+    mechanism = (aam if aam is not None else AdaptiveAggregation()) if aggregation == "aam" else None
+    peer_ratio = getattr(aam, "peer_cases_ratio", 2.0) if aam is not None else 2.0
+    feedback = {site: SecAggErrorFeedback(site) for site in trainers}
+    rng = np.random.default_rng(config.seed * 7919)  # the sites' stochastic rounding
+    n = len(trainers)
+    value_bits = int(plan_args.get("value_bits", 4))
+    reports, scores, records = {}, None, []
+    for rnd in range(rounds):
+        plan = next_plan(
+            rnd, layout, n, b"in-process", ratio=plan_args.get("ratio", 0.1), value_bits=value_bits,
+            block=plan_args.get("block", 256), scope=plan_args.get("scope", "tensor"), mean_log_rms=scores,
+            first_value_bits=max(FIRST_VALUE_BITS, value_bits),
+        )  # fmt: skip
+        counts = {s: int(t.n_train) for s, t in trainers.items()}
+        kinds = {s: t.datalist.label_kind for s, t in trainers.items()}
+        weights, signals = reported_weights(mechanism, counts, kinds, reports, peer_ratio)
+        rings, sites_rec = [], {}
+        for site, trainer in trainers.items():
+            update, stats = trainer.train_round(global_weights, round=rnd)
+            val_global = trainer.evaluate(weights=global_weights).dice_mean if mechanism is not None else None
+            val_local = trainer.evaluate().dice_mean if mechanism is not None else None
+            weighted = {k: weights[site] * np.asarray(update[k], dtype=np.float64) for k, _ in layout}
+            rings.append(feedback[site].encode(weighted, plan, rng))
+            reports[site] = {"agreement": stats.get("agreement"), "val_dice_global": val_global, "val_dice_local": val_local}
+            sites_rec[site] = {"loss": stats["loss_mean"], "weight": weights[site], "n_train": counts[site],
+                               "bytes_up": -(-plan.length * plan.ring_bits // 8), **reports[site],
+                               **{k: v for k, v in signals.get(site, {}).items() if k in ("quality", "performance", "score")}}  # fmt: skip
+        values, scores = plan.decode(ring_sum(rings, plan.length, plan.ring_bits), n)
+        combined = unflatten(values, layout)  # the weights sum to 1: the weighted sum is the update
+        global_weights = {k: (v + combined[k]).astype(np.float32) if k in combined else v for k, v in global_weights.items()}
+        record = {"round": rnd, "method": f"secure_aggregation ({aggregation})", "sites": sites_rec,
+                  "plan": plan.summary(), "update_norm": float(np.linalg.norm(values))}  # fmt: skip
+        records.append(record)
+        if on_round is not None:
+            on_round(record)
+    test, sites_test = _evaluate_final(trainers, global_weights, config, test_dir, device, rounds)
     return {"test": test, "rounds": records, "seconds": time.perf_counter() - t0, "final_weights": global_weights,
             "sites_test": sites_test}  # fmt: skip
-
 
 
 def _train_alone(trainer: SiteTrainer, config: TrainConfig, rounds: int) -> tuple[dict, list[dict]]:

@@ -17,7 +17,7 @@ from fedsegnet.aggregation.aam import AdaptiveAggregation, AggregationResult
 from fedsegnet.aggregation.compact import CompactUpdate
 from fedsegnet.aggregation.divergence import divergence_signals
 from fedsegnet.aggregation.gate import GateDecision, check_update, gate_updates, reference_norm, shared_reference
-from fedsegnet.aggregation.reports import LABEL_KIND_TRUST, SiteReport, peer_bounded_counts
+from fedsegnet.aggregation.reports import LABEL_KIND_TRUST, SiteReport, peer_bounded_counts, reported_weights, sample_weights
 from fedsegnet.aggregation.robust import (
     aggregate_mean,
     aggregate_median,
@@ -31,6 +31,7 @@ from fedsegnet.compression import update_norm  # the norm the gate uses, here fo
 __all__ = [
     "LABEL_KIND_TRUST", "METHODS", "AdaptiveAggregation", "AggregationResult", "CompactUpdate", "GateDecision",
     "RoundResult", "ServerRound", "SiteReport", "aggregate_mean", "check_personal_keys", "check_update", "aggregate_median", "aggregate_trimmed_mean", "bounded_weights",
-    "divergence_signals", "gate_updates", "peer_bounded_counts", "reference_norm", "shared_reference", "update_norm",
+    "divergence_signals", "gate_updates", "peer_bounded_counts", "reference_norm", "reported_weights", "sample_weights",
+    "shared_reference", "update_norm",
     "weighted_sum",
 ]  # fmt: skip

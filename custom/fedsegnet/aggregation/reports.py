@@ -6,7 +6,9 @@ to ``[1, max_cases]``, Dice to ``[0, 1]``, non-numbers and unknown label kinds t
 lowest trust) and notes every change; :func:`peer_bounded_counts` bounds each count by what the
 other sites report. :data:`LABEL_KIND_TRUST` is the prior trust of each label kind (FedMix: sites
 with voxel masks, boxes or image-level tags). AAM (:mod:`.aam`) and FedAvg's weights in the server
-round (:mod:`.server_round`) both read reports through these.
+round (:mod:`.server_round`) both read reports through these. Under secure aggregation, where the
+server never sees an update, :func:`reported_weights` gives the round's weights from the reports
+alone (AAM without its divergence terms, or :func:`sample_weights`).
 """
 
 from __future__ import annotations
@@ -113,3 +115,65 @@ def peer_bounded_counts(counts: Mapping[str, float], ratio: float = 2.0) -> dict
         others = sorted(float(v) for s, v in counts.items() if s != site)
         out[site] = min(float(n), float(ratio) * others[(len(others) - 1) // 2])
     return out
+
+
+def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> dict[str, float]:
+    """``{site: n / sum(n)}`` from the cases each site reported, each count first bounded by its peers'
+    as in the plain modes (:func:`peer_bounded_counts`: at most
+    ``peer_cases_ratio`` times the others' lower median), so that a site claiming ``1e9`` cases cannot
+    take the round's weight.
+
+    Args:
+        n_train: ``{site: reported training cases}``.
+        peer_cases_ratio: the job arg ``aam_peer_cases_ratio`` (0 = counts as reported). Defaults to 2.0.
+
+    Raises:
+        ValueError: no site, or a count that is not a positive integer (naming the site).
+    """
+    if not n_train:
+        raise ValueError("n_train: no site reported a number of training cases")
+    for site, n in n_train.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"site {site!r}: n_train={n!r} must be a positive integer")
+    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    total = sum(bounded.values())
+    return {site: n / total for site, n in sorted(bounded.items())}
+
+
+def reported_weights(
+    aam, n_train: dict[str, int], kinds: dict[str, str], reports: dict[str, dict], peer_cases_ratio: float = 2.0,
+    max_cases: float = 100_000,
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """AAM's weights from what the sites reported, for a round whose updates the server never sees.
+
+    Args:
+        aam: the job's :class:`~fedsegnet.aggregation.AdaptiveAggregation` (its smoothed signals are
+            updated; its ``weights`` is called without divergence signals), or None for sample-count
+            weights (:func:`sample_weights`).
+        n_train: ``{site: training cases}`` reported with this round's adverts.
+        kinds: ``{site: label kind}`` reported with the adverts (missing: ``voxel``).
+        reports: ``{site: {"agreement", "val_dice_global", "val_dice_local"}}`` of each site's previous
+            masked input (missing: neutral, as in the plain modes).
+        peer_cases_ratio: the job arg ``aam_peer_cases_ratio``. Defaults to 2.0.
+        max_cases: the aggregator's bound on a reported count. Defaults to 100,000.
+
+    Returns:
+        ``({site: weight}, {site: AAM's signals and score})``; weights sum to 1; the signals are empty
+        for sample-count weights.
+
+    Raises:
+        ValueError: no site, or a count that is not a positive integer (naming the site).
+    """
+    if aam is None:
+        return sample_weights(n_train, peer_cases_ratio), {}
+    sample_weights(n_train, peer_cases_ratio)  # the same checks of the counts
+    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    site_reports = {}
+    for site in sorted(bounded):
+        prev = reports.get(site, {})
+        site_reports[site], _ = SiteReport.clamped(
+            max_cases, n_train=bounded[site], label_kind=kinds.get(site) or "voxel", agreement=prev.get("agreement"),
+            val_dice_global=prev.get("val_dice_global"), val_dice_local=prev.get("val_dice_local"),
+        )  # fmt: skip
+    signals = aam.weights(site_reports, {})
+    return {site: float(signals[site]["weight"]) for site in sorted(signals)}, signals
