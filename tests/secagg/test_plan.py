@@ -101,7 +101,7 @@ def test_scores_measure_each_blocks_log_rms_and_steer_the_support_to_where_the_m
     tensor_plan = next_plan(1, LAYOUT, 2, b"job", ratio=0.2, value_bits=4, block=100, mean_log_rms=scores, random_share=0)
     assert len(tensor_plan.blocks) == 4 and 12 in tensor_plan.blocks  # 2 blocks of a, b's one, 1 of c (20% of each)
     # each block's range: 3x its RMS (the values of an N(0, s) block rarely pass it)
-    np.testing.assert_allclose(tensor_plan.clips, 3 * np.exp2(scores[tensor_plan.blocks]))
+    np.testing.assert_allclose(tensor_plan.clips, 3 * np.exp2(scores[tensor_plan.blocks]), rtol=1e-3)  # 4 digits travel
 
 
 def test_no_block_starves_what_it_holds_back_grows_until_its_score_brings_it_in():

@@ -239,6 +239,11 @@ class RoundPlan:
         }  # fmt: skip
 
 
+def round_to_digits(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant digits (a short JSON number)."""
+    return float(f"{x:.{digits}g}")
+
+
 def _fit(sizes: np.ndarray, room: float) -> int:
     """How many of the blocks of ``sizes`` (in order) fill ``room`` values: a block counts when at least
     half of it fits, so the support is within half a block of its budget."""
@@ -316,7 +321,7 @@ def next_plan(
     chosen = np.sort(np.concatenate([
         _pick(g, sizes, scores, keys, max(1, math.ceil(ratio * int(sizes[g].sum()))), random_share) for g in groups
     ]).astype(np.int64))  # fmt: skip
-    if scores is not None:
-        clips = CLIP_FACTOR * np.exp2(scores[chosen])
-        return RoundPlan(round, layout, block, chosen, clips, value_bits, n_sites, float(np.median(scores)))
+    if scores is not None:  # ranges to 4 significant digits: what travels is what the server decodes with
+        clips = np.array([round_to_digits(c) for c in CLIP_FACTOR * np.exp2(scores[chosen])])
+        return RoundPlan(round, layout, block, chosen, clips, value_bits, n_sites, round_to_digits(float(np.median(scores))))
     return RoundPlan(round, layout, block, chosen, np.full(chosen.size, float(first_clip)), max(first_value_bits, value_bits), n_sites)
