@@ -107,8 +107,8 @@ def test_the_server_holds_only_masked_inputs(secagg_run):
 
 def test_the_aggregate_is_the_sum_of_what_the_sites_sent_on_one_shared_support(secagg_run):
     """The ring sum is the sites' inputs' sum; the aggregate is exactly the sum of the values the sites'
-    inputs stand for (the weights sum to 1), on one support of about up_ratio of the model shared by
-    both sites; it follows what the sites had to send there; the rest stays in their residuals."""
+    inputs stand for (the weights sum to 1), on one support shared by both sites (up_ratio of each
+    large tensor, the small ones whole); it follows what the sites had to send there; the rest stays in their residuals."""
     res, rounds, sites, server_dir = secagg_run
     for r in rounds:
         rnd, bits = r["round"], r["ring_bits"]
@@ -118,7 +118,8 @@ def test_the_aggregate_is_the_sum_of_what_the_sites_sent_on_one_shared_support(s
         support = sites[(SITES[0], rnd)]["support"]
         np.testing.assert_array_equal(support, sites[(SITES[1], rnd)]["support"])
         aggregate = np.load(server_dir / f"round{rnd}_aggregate.npy")
-        assert abs(support.size / aggregate.size - 0.1) < 0.03 and r["plan"]["support_values"] == support.size
+        # up_ratio (10%) of each tensor of 2048 values or more, the smaller ones (9.5% of the tiny preset) whole
+        assert 0.15 < support.size / aggregate.size < 0.25 and r["plan"]["support_values"] == support.size
         off = np.setdiff1d(np.arange(aggregate.size), support)
         assert np.all(aggregate[off] == 0)
         np.testing.assert_allclose(aggregate, sum(sites[(s, rnd)]["carried"] for s in SITES), rtol=0, atol=1e-9)

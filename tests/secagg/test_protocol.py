@@ -91,7 +91,7 @@ def test_quantised_updates_with_error_feedback_sum_exactly_at_the_fewest_ring_bi
     n, numel = 4, 5000
     plan = next_plan(2, (("w", (numel,)),), n, b"job", ratio=0.1, value_bits=4, block=100,
                      mean_log_rms=np.linspace(-9, -7, 50))  # fmt: skip
-    assert plan.ring_bits == 6 and plan.support.size == 500 and plan.length == 550
+    assert plan.ring_bits == 6 and plan.support.size == 500 and plan.length == 600  # 50 scores of 2 digits
     r = Round(n, 3, length=plan.length, bits=6, round=2)
     rng = np.random.default_rng(5)
     feedback = {s: SecAggErrorFeedback(s) for s in r.names}

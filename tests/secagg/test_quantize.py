@@ -61,7 +61,7 @@ def test_random_blocks_are_uniform_over_rounds():
     layout = (("w", (2000,)),)  # 200 blocks of 10
     counts = np.zeros(200)
     for r in range(400):
-        plan = next_plan(r, layout, 4, b"seed", ratio=0.1, block=10)  # no scores: 20 blocks drawn at random
+        plan = next_plan(r, layout, 4, b"seed", ratio=0.1, block=10, dense_below=0)  # no scores: 20 blocks drawn at random
         assert plan.blocks.size == 20
         counts[plan.blocks] += 1
     # each block is drawn with probability 0.1: 40 of 400 expected, sd ~6; bound 40 +- 36 (6 sd)
@@ -84,7 +84,7 @@ def test_error_feedback_loses_nothing_over_rounds():
     ef = SecAggErrorFeedback("site-1")
     total_u, total_carried = np.zeros(300), np.zeros(300)
     for r in range(5):
-        plan = next_plan(r, layout, 4, b"pub", ratio=0.1, value_bits=5, block=10, scope="global")
+        plan = next_plan(r, layout, 4, b"pub", ratio=0.1, value_bits=5, block=10, scope="global", dense_below=0)
         update = {"w": rng.normal(scale=0.2, size=(10, 30)).astype(np.float32)}
         before = update["w"].copy()
         ring = ef.encode(update, plan, rng)

@@ -50,14 +50,15 @@ class SecAggErrorFeedback:
         Raises:
             SecAggError: an update that does not fit the plan's layout, or with NaN/Inf.
         """
-        flat, layout = flatten(update)
+        own, layout = flatten(update)
         if layout != plan.layout:
             raise SecAggError(f"{self.name}: the update's names or shapes are not the plan's layout", plan.round)
+        flat = own
         if self.residual is not None and self.layout == layout:
-            flat = flat + self.residual
+            flat = own + self.residual
         elif self.residual is not None:
             logger.warning("%s: residual does not match this update (other names or shapes); starting from zero", self.name)
-        ring, carried = plan.encode(flat, generator)
+        ring, carried = plan.encode(flat, generator, update=own)
         flat[plan.support] -= carried
         self.residual, self.layout = flat, layout
         self.rounds += 1

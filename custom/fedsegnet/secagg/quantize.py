@@ -51,6 +51,11 @@ class RingQuantizer:
         ring_bits: bits of a ring element, 2..32. Defaults to 32.
         value_bits: bits of one site's signed integer; ``L = 2^(value_bits - 1) - 1`` levels each side.
             Defaults to None (the most that fit: ``L = (2^(ring_bits - 1) - 1) // n_sites``).
+        stochastic: round stochastically (unbiased, ``floor(z + U[0, 1))``) or to the nearest level
+            (False: an error of at most half a step, what error feedback then carries; at a few bits
+            per value stochastic rounding's noise is far larger: at 4 bits and a step of 0.43 x the
+            block's RMS, about 30% of the values' norm against 15% for the nearest level). Defaults
+            to True.
 
     Raises:
         SecAggError: naming the field: ``clip`` not a positive finite number, ``n_sites`` or
@@ -58,7 +63,7 @@ class RingQuantizer:
             ``value_bits`` values (the sum could wrap; the message gives the bits needed).
     """
 
-    def __init__(self, clip: float, n_sites: int, ring_bits: int = 32, value_bits: int | None = None):
+    def __init__(self, clip: float, n_sites: int, ring_bits: int = 32, value_bits: int | None = None, stochastic: bool = True):
         if isinstance(clip, np.ndarray):
             if clip.ndim != 1 or clip.size == 0 or not np.isfinite(clip).all() or not (clip > 0).all():
                 raise SecAggError(f"clip: an array of ranges must be 1-D, non-empty, finite and > 0 (shape {clip.shape})")
@@ -86,6 +91,7 @@ class RingQuantizer:
                     f"(needs ring_bits >= {needed})"
                 )
             levels = 2 ** (value_bits - 1) - 1
+        self.stochastic = bool(stochastic)
         self.clip = clip
         self.n_sites = n_sites
         self.value_bits = value_bits
@@ -120,7 +126,8 @@ class RingQuantizer:
         if not np.isfinite(v).all():
             raise SecAggError("values: hold NaN or Inf")
         z = np.clip(v, -self.clip, self.clip) / self.step
-        q = np.clip(np.floor(z + generator.random(z.shape)), -self.levels, self.levels).astype(np.int64)
+        z = np.floor(z + generator.random(z.shape)) if self.stochastic else np.rint(z)
+        q = np.clip(z, -self.levels, self.levels).astype(np.int64)
         ring = (q % (1 << self.ring_bits)).astype(np.uint32)
         return ring, q.astype(np.float64) * self.step
 
