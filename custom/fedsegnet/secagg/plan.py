@@ -9,14 +9,16 @@ on one support the server chose from what it may know, and that is the plan of t
   is cut into blocks of ``block`` consecutive values (the last block of a tensor is shorter;
   ``block=0``: one block per tensor), as the plain codec's per-block scales
   (:mod:`fedsegnet.compression`) are.
-- **The support** is a set of whole blocks, about ``ratio`` of the model's values.
+- **The support** is a set of whole blocks, about ``ratio`` of each tensor's values, and every
+  tensor below ``dense_below`` values whole (as the plain codec sends those dense).
 - **Values** are the site's weighted update plus its error-feedback residual on the support, clipped
-  to the block's range ``clip_b`` and stochastically rounded to ``L = 2^(value_bits - 1) - 1`` levels
+  to the block's range ``clip_b`` and rounded to the nearest of ``L = 2^(value_bits - 1) - 1`` levels
   each side (:class:`~fedsegnet.secagg.quantize.RingQuantizer` with one range per value).
 - **Block scores** follow the values in the same ring vector: for every block of the model, the
-  site's ``log2`` of the root mean square of the same vector (update plus residual, before this
-  round's encoding), stochastically rounded to the same ``L`` levels around a public centre
-  (``SCORE_OCTAVES`` octaves each side). Masked and summed like the values, they tell the server only
+  ``log2`` of the root mean square of what the site expects to send next round (what this round
+  leaves in its residual plus another update like this one), rounded to at least ``SCORE_LEVELS``
+  levels around a public centre (``SCORE_OCTAVES`` octaves each side), in as many ring elements
+  (digits in base ``2L + 1``) as that takes. Masked and summed like the values, they tell the server only
   the *mean over the round's sites* of each block's log-RMS: where the federation as a whole has
   most left to send, including what error feedback holds back. A block off the support keeps
   growing in every site's residual until its score brings it in; nothing starves.
