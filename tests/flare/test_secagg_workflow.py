@@ -8,13 +8,8 @@ from nvflare.fuel.utils import fobs
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import SECAGG_KEY
 from fedsegnet.flare.secagg_executor import SecAggLearnerExecutor
-from fedsegnet.flare.secagg_workflow import (
-    SecureScatterAndGather,
-    fitting_value_bits,
-    model_layout,
-    reported_weights,
-    sample_weights,
-)
+from fedsegnet.aggregation import reported_weights, sample_weights
+from fedsegnet.flare.secagg_workflow import SecureScatterAndGather, fitting_value_bits, model_layout
 from fedsegnet.ledger.signing import generate_signer
 from fedsegnet.secagg import (
     KeyAdvert,

@@ -252,7 +252,7 @@ class SecAggLearnerExecutor(LearnerExecutor):
         if missing:
             raise SecAggError(f"the update lacks or reshapes {len(missing)} parameter(s) of the layout, e.g. {missing[:3]}", inbox.round, self._site)
         weighted = {name: float(weight) * np.asarray(update[name], dtype=np.float64) for name, _ in layout}
-        before = None if self._feedback.residual is None else self._feedback.residual.copy()
+        before = self._feedback.residual.copy() if self.keep_inputs and self._feedback.residual is not None else None
         ring = self._feedback.encode(weighted, plan, self._rng)
         masked = state.masked_input(inbox, ring)
         if self.keep_inputs:

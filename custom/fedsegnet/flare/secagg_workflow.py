@@ -5,7 +5,7 @@ sites' updates.
 One round, as FLARE tasks (one task per site and step; the payload under the Shareable key
 :data:`~fedsegnet.flare.constants.SECAGG_KEY`, messages as ``to_dict()``)::
 
-    secagg_advert  server -> site  {round, session}              site -> server  {KeyAdvert, n_train}
+    secagg_advert  server -> site  {round, session}              site -> server  {KeyAdvert, n_train, label_kind}
     secagg_shares  server -> site  {Roster}                      site -> server  {ShareBundle}
     secagg_masked  server -> site  global model (DXO WEIGHTS) + {ShareInbox, weight, plan, layout}
                    site -> server  DXO(COLLECTION, {"masked": MaskedInput}, meta: the site's report)
@@ -67,7 +67,7 @@ from nvflare.app_common.abstract.model import ModelLearnableKey
 from nvflare.app_common.app_constant import AppConstants
 from nvflare.app_common.app_event_type import AppEventType
 
-from fedsegnet.aggregation.reports import reported_weights, sample_weights
+from fedsegnet.aggregation.reports import reported_weights
 from fedsegnet.config import check_job_args
 from fedsegnet.errors import ConfigError
 from fedsegnet.flare.constants import (
@@ -245,10 +245,11 @@ class SecureScatterAndGather(ResumableScatterAndGather):
 
     def _control_flow(self, abort_signal: Signal, fl_ctx: FLContext) -> None:
         self.log_info(
-            fl_ctx, "secure aggregation: the server learns only each round's weighted sum of the updates; the weights are "
-            "the training-case counts the sites report (the aggregator's AAM signals need each site's update and are "
-            "not used); the uplink is compressed on one support per round for all sites (up_ratio, up_bits; "
-            "docs/secure_aggregation.md); sites refuse plain train and submit_model tasks",
+            fl_ctx, "secure aggregation: the server learns only each round's weighted sum of the updates; the weights come "
+            "from what the sites report (aggregation=aam: AAM's weights from the reported cases, label kinds and Dice, "
+            "without the divergence and norm signals, which need each update; mean: the case counts); the uplink is "
+            "compressed on one support per round for all sites (up_ratio, up_bits; docs/secure_aggregation.md); sites "
+            "refuse plain train and submit_model tasks",
         )  # fmt: skip
         self._root_ca = server_root_ca(self._engine.get_workspace().get_startup_kit_dir())  # once per job
         self._phase = AppConstants.PHASE_TRAIN
