@@ -19,7 +19,7 @@ do not depend on the values' scale). Measured:
   drop-outs) for each plan: round 0, then the round-1 plans, each site's ring input from its
   :class:`~fedsegnet.secagg.SecAggErrorFeedback` (``encode(update, plan, rng)``; the round-1 inputs
   start from the residuals the sites kept in round 0). Per row: the plan's ring bits, support values,
-  block scores (one ring element per block, sent after the values), and for site 1 the bytes it
+  block scores (per block one ring element, two at 4-bit values, sent after the values), and for site 1 the bytes it
   sends (key advert, sealed shares, masked input, unmasking shares) and receives (roster, its inbox,
   the unmask request), each message's ``nbytes()`` (payload fields; a serializer adds its own
   framing to every mode alike), and the plan's JSON (``RoundPlan.to_dict``, which the masked-input
