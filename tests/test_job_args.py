@@ -140,6 +140,10 @@ def test_a_value_that_fails_only_with_the_others_is_refused(tmp_path):
             configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, aggregation=method)
     with pytest.raises(ConfigError, match="secagg_threshold=1: must be 0 .* or >= 2"):
         configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, secagg_threshold=1)
+    with pytest.raises(ConfigError, match="personalization='?fedbn'?: cannot run with secure_aggregation=true yet"):
+        configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, personalization="fedbn")
+    with pytest.raises(ConfigError, match="personal_keys=.*: cannot run with secure_aggregation=true yet"):
+        configure_job(JOBS / "fedsegnet", tmp_path / "c", secure_aggregation=True, personal_keys=["head.*"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     assert (configure_job(JOBS / "fedsegnet", tmp_path / "d", secure_aggregation=True, aggregation="mean") / "meta.json").is_file()
 

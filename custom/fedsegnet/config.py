@@ -718,6 +718,12 @@ def check_job(values: Mapping) -> dict:
             "aggregation", out["aggregation"], "cannot run with secure_aggregation=true: the server sees only the sum of the "
             "updates, and a coordinate-wise median or trimmed mean needs each one (aam or mean: sample-count weights)",
         )  # fmt: skip
+    if out.get("secure_aggregation") and (out.get("personalization", "none") != "none" or out.get("personal_keys")):
+        name = "personalization" if out.get("personalization", "none") != "none" else "personal_keys"
+        raise ConfigError(
+            name, out[name], "cannot run with secure_aggregation=true yet: the secure rounds sum every floating-point "
+            "parameter, and a site that keeps some to itself sends an update without them (personalization=none)",
+        )  # fmt: skip
     if "preset" in out:
         config = build_train_config(
             **{k: out[k] for k in ("preset", "network", "patch_size", "local_steps", "seed", "num_workers", "val_max_cases", "torch_threads") if k in out}
