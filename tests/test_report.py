@@ -112,8 +112,11 @@ def test_a_secure_aggregation_job_says_what_the_server_saw_and_what_did_not_run(
     job["args"].update(secure_aggregation=True, secagg_threshold=3)  # as both configs of such a job have them
     lines = job_summary(job)
     assert lines["aggregation"].startswith("secure aggregation") and "only each round's weighted sum" in lines["aggregation"]
-    assert "threshold 3 sites" in lines["aggregation"] and "aam settings need each update and were not used" in lines["aggregation"]
-    assert lines["compression"].startswith("none under secure aggregation")
+    assert "threshold 3 sites" in lines["aggregation"] and "weights: AAM's from the sites' reports" in lines["aggregation"]
+    assert lines["compression"].startswith("up: one support per round for every site, 10 % of each tensor's blocks")
+    assert "4-bit values in the fewest ring bits; down: top 10 % at 4 bits" in lines["compression"]
+    job["args"]["aggregation"] = "mean"
+    assert "weights: the sites' training-case counts" in job_summary(job)["aggregation"]
 
 
 def test_the_fedavg_job_says_fedavg_and_no_compression(tmp_path):

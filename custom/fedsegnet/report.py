@@ -113,6 +113,7 @@ def series(records: list[dict]) -> dict:
         "errors": [dict(e, round=r["round"]) for r in records for e in r.get("errors", [])],
         "missing_sites": {r["round"]: missing_sites(r) for r in records if r.get("missing_sites")},
         "missed_rounds": missed_rounds(records),
+        "secure_rounds": [dict(r["secure_aggregation"], round=r["round"]) for r in records if r.get("secure_aggregation")],
     }
 
 
@@ -374,11 +375,15 @@ def job_summary(job: dict, facts: dict | None = None) -> dict[str, str]:
         out["aggregation"] = _AGGREGATORS.get(agg, f"{agg} (the job's aggregator)" if agg else "?")
     if a.get("secure_aggregation"):  # the server saw only sums: neither AAM nor the uplink codec ran
         t = a.get("secagg_threshold") or "a majority (at least 2)"
+        weights = ("AAM's from the sites' reports (cases, label kinds, Dice; no divergence terms)" if method == "aam"
+                   else "the sites' training-case counts")  # fmt: skip
         out["aggregation"] = (f"secure aggregation (pairwise masks with Shamir-shared seeds): the server saw only each "
-                              f"round's weighted sum; weights: the sites' training-case counts; threshold {t} sites "
-                              f"(the job's {method or 'aggregation'} settings need each update and were not used)")  # fmt: skip
-        out["compression"] = ("none under secure aggregation: masked dense ring inputs up, the float32 global model down; "
-                              "sites refused to send their local models")  # fmt: skip
+                              f"round's weighted sum; weights: {weights}; threshold {t} sites")  # fmt: skip
+        out["compression"] = (f"up: one support per round for every site, {_pct(a.get('up_ratio', 0.1))} of each tensor's "
+                              f"blocks chosen by the sites' summed block scores (small tensors whole), {a.get('up_bits', 4)}-bit "
+                              f"values in the fewest ring bits; down: top {_pct(a.get('down_ratio', 0.1))} at "
+                              f"{a.get('down_bits', 4)} bits; error feedback at the sites; sites refused to send their "
+                              "local models")  # fmt: skip
     elif "up_ratio" in a or "down_ratio" in a:
         parts = []
         if "up_ratio" in a:
@@ -927,6 +932,17 @@ def _write_html(out: Path, paths: dict, s: dict, figures: list, cross_tables: li
                      "reach the global model in those rounds):</p><ul>")  # fmt: skip
         parts += [f"<li>{html.escape(m['text'])}</li>" for m in s["missed_rounds"].values()]
         parts.append("</ul>")
+    if s["secure_rounds"]:
+        parts.append("<h2>Secure aggregation rounds</h2><p>The server learned only each round's sum of the survivors' "
+                     "masked inputs; drop-outs name the step and the reason.</p>")  # fmt: skip
+        parts.append(_table(["round", "survivors", "dropped", "weights", "support", "planned from"], [
+            [str(r["round"]), ", ".join(r.get("survivors") or []) or "none (no aggregate)",
+             "; ".join(f"{site} at {d.get('step')}: {d.get('reason')}" for site, d in (r.get("dropped") or {}).items()) or "none",
+             str(r.get("weighting", "?")),
+             (f"{r['plan']['support_values']:,} values, {r['plan']['value_bits']}-bit in Z_2^{r['plan']['ring_bits']}"
+              if r.get("plan") else "-"), str(r.get("planned_from", "-"))]
+            for r in s["secure_rounds"]
+        ]))  # fmt: skip
     if _has(s["dp_epsilon"]):
         spent = {site: next((v for v in reversed(vals) if v is not None), None) for site, vals in s["dp_epsilon"].items()}
         budget = s["dp_budget"]

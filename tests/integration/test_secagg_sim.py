@@ -202,4 +202,9 @@ def test_the_report_says_the_round_ran_under_secure_aggregation(secagg_run, tmp_
     res, _, _, _ = secagg_run
     page = build_report(res.workspace, tmp_path / "report").read_text()
     assert "secure aggregation (pairwise masks" in page and "only each round&#x27;s weighted sum" in page
-    assert "none under secure aggregation" in page
+    assert "AAM&#x27;s from the sites&#x27; reports" in page and "one support per round for every site" in page
+    assert "<h2>Secure aggregation rounds</h2>" in page  # each round: survivors, drop-outs, weights, support
+    assert page.count("site-1, site-2") >= 2 and "random (no scores yet)" in page and "4-bit in Z_2^5" in page
+    records = res.read_records()  # the same facts in the round records
+    assert [r["secure_aggregation"]["survivors"] for r in records] == [SITES, SITES]
+    assert all(r["secure_aggregation"]["dropped"] == {} and r["secure_aggregation"]["aggregated"] for r in records)

@@ -546,7 +546,10 @@ class SecureScatterAndGather(ResumableScatterAndGather):
             sites[site] = {"accepted": site in record["survivors"], "secagg": role, "weight": weights.get(site),
                            "key_check": checks.get(site), **{k: v for k, v in record.get("aam", {}).get(site, {}).items()
                                                              if k != "weight"}}  # fmt: skip
-        fl_ctx.set_prop(AAM_RECORD_PROP, {"round": record["round"], "method": METHOD, "sites": sites}, private=True, sticky=False)
+        summary = {k: record.get(k) for k in ("survivors", "dropped", "aggregated", "threshold", "weighting", "key_check",
+                                              "plan", "planned_from", "error") if record.get(k) is not None}  # fmt: skip
+        fl_ctx.set_prop(AAM_RECORD_PROP, {"round": record["round"], "method": METHOD, "sites": sites, "secure_aggregation": summary},
+                        private=True, sticky=False)  # fmt: skip
         self.fire_event(AAM_RECORD_EVENT, fl_ctx)
         folder = os.path.join(self._engine.get_workspace().get_run_dir(fl_ctx.get_job_id()), SECAGG_DIR)
         os.makedirs(folder, exist_ok=True)

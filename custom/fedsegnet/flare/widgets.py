@@ -214,6 +214,8 @@ class RoundRecorder(Widget):
         }
         if aggregation:
             record["aggregation_method"] = aggregation.get("method")
+            if aggregation.get("secure_aggregation"):  # the secure round's survivors, drop-outs and plan
+                record["secure_aggregation"] = json.loads(json.dumps(aggregation["secure_aggregation"], default=str))
         for site, s in sites.items():
             if isinstance(s.get("dp"), dict) and s["dp"].get("epsilon") is not None:
                 self._epsilon[site] = float(s["dp"]["epsilon"])
