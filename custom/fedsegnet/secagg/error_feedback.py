@@ -42,7 +42,7 @@ class SecAggErrorFeedback:
         Args:
             update: ``{name: float tensor or array}`` in the plan's layout; not modified.
             plan: the round's :class:`~fedsegnet.secagg.plan.RoundPlan` (support, ranges, levels).
-            generator: the site's secret random source for stochastic rounding.
+            generator: the site's secret random source (passed to :meth:`RoundPlan.encode`).
 
         Returns:
             uint32 ring elements of shape ``(plan.length,)``, ready for masking.

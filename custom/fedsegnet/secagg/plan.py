@@ -201,7 +201,8 @@ class RoundPlan:
 
         Args:
             flat: float ``(numel,)``; not modified.
-            generator: the site's secret random source (stochastic rounding).
+            generator: the site's secret random source (for a stochastically rounding quantiser; the
+                plan's rounds to the nearest level and draws nothing).
             update: the weighted update alone, float ``(numel,)``. The block scores are of what the
                 site expects to have to send next round: what this round leaves behind (``flat``
                 minus what it carries) plus another update like this one. Defaults to None (scores
