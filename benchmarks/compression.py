@@ -411,17 +411,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    p = build_parser()
-    args = p.parse_args(argv)
-    profile = PROFILES["quick" if args.quick else "full"]
+def apply_profile(p: argparse.ArgumentParser, args, profiles: dict) -> list[int]:
+    """Fill the run sizes ``args`` left unset from the quick or full profile; the seeds to run.
+
+    Exits through ``p.error`` when ``--seeds`` is not comma-separated integers.
+    """
+    profile = profiles["quick" if args.quick else "full"]
     for key in ("rounds", "local_steps", "cases", "size", "test_cases"):
         if getattr(args, key) is None:
             setattr(args, key, profile[key])
     try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
+        return [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
     except ValueError:
         p.error(f"--seeds={args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    seeds = apply_profile(p, args, PROFILES)
     requested = list(DEFAULT_METHODS)
     if args.methods == "all":
         requested = None

@@ -133,15 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    profile = PROFILES["quick" if args.quick else "full"]
-    for key in ("rounds", "local_steps", "cases", "size", "test_cases"):
-        if getattr(args, key) is None:
-            setattr(args, key, profile[key])
+    seeds = compression.apply_profile(p, args, PROFILES)
     try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(profile["seeds"])
         site_counts = [int(s) for s in args.sites.split(",")]
     except ValueError:
-        p.error(f"--seeds={args.seeds!r} / --sites={args.sites!r}: expected comma-separated integers")
+        p.error(f"--sites={args.sites!r}: expected comma-separated integers, e.g. 2,8")
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:

@@ -285,7 +285,6 @@ def _run_secure(site_dirs, config, *, rounds, test_dir, aggregation, aam, proxim
     from fedsegnet.aggregation import reported_weights
     from fedsegnet.secagg import SecAggErrorFeedback, next_plan, unflatten
     from fedsegnet.secagg.masking import ring_sum
-    from fedsegnet.secagg.plan import FIRST_VALUE_BITS
 
     t0 = time.perf_counter()
     trainers = {
@@ -307,7 +306,6 @@ def _run_secure(site_dirs, config, *, rounds, test_dir, aggregation, aam, proxim
         plan = next_plan(
             rnd, layout, n, b"in-process", ratio=plan_args.get("ratio", 0.1), value_bits=value_bits,
             block=plan_args.get("block", 256), scope=plan_args.get("scope", "tensor"), mean_log_rms=scores,
-            first_value_bits=max(FIRST_VALUE_BITS, value_bits),
         )  # fmt: skip
         counts = {s: int(t.n_train) for s, t in trainers.items()}
         kinds = {s: t.datalist.label_kind for s, t in trainers.items()}

@@ -117,6 +117,16 @@ def peer_bounded_counts(counts: Mapping[str, float], ratio: float = 2.0) -> dict
     return out
 
 
+def _bounded_counts(n_train: dict[str, int], peer_cases_ratio: float) -> dict[str, float]:
+    """The reported counts, checked (positive integers, at least one site) and bounded by the peers'."""
+    if not n_train:
+        raise ValueError("n_train: no site reported a number of training cases")
+    for site, n in n_train.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"site {site!r}: n_train={n!r} must be a positive integer")
+    return peer_bounded_counts(n_train, peer_cases_ratio)
+
+
 def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> dict[str, float]:
     """``{site: n / sum(n)}`` from the cases each site reported, each count first bounded by its peers'
     as in the plain modes (:func:`peer_bounded_counts`: at most
@@ -130,12 +140,7 @@ def sample_weights(n_train: dict[str, int], peer_cases_ratio: float = 2.0) -> di
     Raises:
         ValueError: no site, or a count that is not a positive integer (naming the site).
     """
-    if not n_train:
-        raise ValueError("n_train: no site reported a number of training cases")
-    for site, n in n_train.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"site {site!r}: n_train={n!r} must be a positive integer")
-    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    bounded = _bounded_counts(n_train, peer_cases_ratio)
     total = sum(bounded.values())
     return {site: n / total for site, n in sorted(bounded.items())}
 
@@ -166,8 +171,7 @@ def reported_weights(
     """
     if aam is None:
         return sample_weights(n_train, peer_cases_ratio), {}
-    sample_weights(n_train, peer_cases_ratio)  # the same checks of the counts
-    bounded = peer_bounded_counts(n_train, peer_cases_ratio)
+    bounded = _bounded_counts(n_train, peer_cases_ratio)
     site_reports = {}
     for site in sorted(bounded):
         prev = reports.get(site, {})
